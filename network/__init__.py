@@ -1,0 +1,1 @@
+"""Archipelago's peer-to-peer layer: Noise transport, framing, channels, gossip, peers."""
