@@ -8,6 +8,7 @@ is the first 20 bytes of SHA-256 over the 32-byte Ed25519 public key.
 from __future__ import annotations
 
 import hashlib
+
 import nacl.bindings
 import nacl.exceptions
 import nacl.signing

@@ -1,0 +1,853 @@
+"""The canonical data types whose bytes every node must agree on.
+
+Each type encodes as a msgpack array of its fields in declaration order
+(consensus/codec.py explains "canonical"), hashes with SHA-256, and decodes
+only from its canonical bytes, raising `DecodeError` for anything else.
+docs/PROTOCOL.md gives the byte-level description; keep the two in step.
+
+Signatures never cover an encoded object directly: each signed thing has a
+`*_sign_bytes` function that prefixes a domain tag and the chain id, so a
+signature is bound to one purpose and one chain and can never be replayed on
+another.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from consensus import merkle
+from consensus.codec import (
+    DecodeError,
+    decode,
+    encode,
+    expect_array,
+    expect_bytes,
+    expect_int,
+    expect_str,
+    expect_tuple,
+)
+from consensus.crypto import (
+    ADDRESS_BYTES,
+    HASH_BYTES,
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+    PrivateKey,
+    address_of,
+    sha256,
+    verify,
+)
+
+__all__ = [
+    "Block",
+    "Commit",
+    "CommitSig",
+    "DecodeError",
+    "DuplicateVoteEvidence",
+    "Genesis",
+    "GenesisError",
+    "Header",
+    "Proposal",
+    "Transaction",
+    "Validator",
+    "ValidatorSet",
+    "Vote",
+    "VoteType",
+    "precommit_sign_bytes",
+    "proposal_sign_bytes",
+    "tx_sign_bytes",
+    "vote_sign_bytes",
+]
+
+# Hard limits of the encoding itself. Chains set tighter block limits in genesis
+# (consensus_params); these bound what a decoder will ever allocate.
+CHAIN_ID_BYTES_MAX = 50
+TX_PAYLOAD_BYTES_MAX = 32 * 1024
+TX_BYTES_MAX = TX_PAYLOAD_BYTES_MAX + 256  # payload plus the fixed fields and msgpack framing
+BLOCK_BYTES_MAX = 16 * 1024 * 1024
+BLOCK_TXS_MAX = 200_000
+BLOCK_EVIDENCE_MAX = 100
+VALIDATORS_MAX = 1_000
+VOTING_POWER_MAX = 2**60 // VALIDATORS_MAX  # so a set's total fits in 2**60
+APP_HASH_BYTES_MAX = 64
+ROUND_MAX = 2**31 - 1
+HEIGHT_MAX = 2**62
+TIME_MS_MAX = 2**53  # about year 287,000: far enough, and exact in a JSON number
+NONCE_MAX = 2**64 - 1
+
+# Domain tags: the first element of every signed array.
+TAG_TX = "archipelago/tx/v1"
+TAG_VOTE = "archipelago/vote/v1"
+TAG_PROPOSAL = "archipelago/proposal/v1"
+
+
+def _hash_or_empty(obj: Any, what: str) -> bytes:
+    """A 32-byte hash, or b"" where the protocol allows "none" (nil vote, first block)."""
+    if type(obj) is bytes and len(obj) == 0:
+        return obj
+    return expect_bytes(obj, what, length=HASH_BYTES)
+
+
+class VoteType(IntEnum):
+    PREVOTE = 1
+    PRECOMMIT = 2
+
+
+# ---------------------------------------------------------------- sign bytes
+
+
+def tx_sign_bytes(chain_id: str, sender: bytes, nonce: int, payload: bytes) -> bytes:
+    return encode([TAG_TX, chain_id, sender, nonce, payload])
+
+
+def vote_sign_bytes(
+    chain_id: str, vote_type: VoteType, height: int, round: int, block_hash: bytes
+) -> bytes:
+    """What a validator signs for a prevote or precommit (block_hash b"" is nil)."""
+    return encode([TAG_VOTE, chain_id, int(vote_type), height, round, block_hash])
+
+
+def precommit_sign_bytes(chain_id: str, height: int, round: int, block_hash: bytes) -> bytes:
+    return vote_sign_bytes(chain_id, VoteType.PRECOMMIT, height, round, block_hash)
+
+
+def proposal_sign_bytes(
+    chain_id: str, height: int, round: int, pol_round: int, block_hash: bytes
+) -> bytes:
+    return encode([TAG_PROPOSAL, chain_id, height, round, pol_round, block_hash])
+
+
+# ---------------------------------------------------------------- transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A client's signed request; the application gives `payload` its meaning.
+
+    `sender` is the signer's Ed25519 public key, `nonce` orders one sender's
+    transactions. The transaction's id is SHA-256 of its encoding.
+    """
+
+    sender: bytes
+    nonce: int
+    payload: bytes
+    signature: bytes
+
+    @classmethod
+    def create(cls, key: PrivateKey, chain_id: str, nonce: int, payload: bytes) -> Transaction:
+        sig = key.sign(tx_sign_bytes(chain_id, key.public_key, nonce, payload))
+        return cls(key.public_key, nonce, payload, sig)
+
+    def sign_bytes(self, chain_id: str) -> bytes:
+        return tx_sign_bytes(chain_id, self.sender, self.nonce, self.payload)
+
+    @property
+    def sender_address(self) -> bytes:
+        return address_of(self.sender)
+
+    def to_obj(self) -> list[Any]:
+        return [self.sender, self.nonce, self.payload, self.signature]
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Transaction:
+        f = expect_tuple(obj, 4, "tx")
+        return cls(
+            expect_bytes(f[0], "tx.sender", length=PUBLIC_KEY_BYTES),
+            expect_int(f[1], "tx.nonce", 0, NONCE_MAX),
+            expect_bytes(f[2], "tx.payload", length_max=TX_PAYLOAD_BYTES_MAX),
+            expect_bytes(f[3], "tx.signature", length=SIGNATURE_BYTES),
+        )
+
+    def encode(self) -> bytes:
+        return encode(self.to_obj())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Transaction:
+        return cls.from_obj(decode(data, bytes_max=TX_BYTES_MAX))
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(self.encode())
+
+
+# ---------------------------------------------------------------- validators
+
+
+@dataclass(frozen=True, slots=True)
+class Validator:
+    public_key: bytes
+    power: int
+
+    @property
+    def address(self) -> bytes:
+        return address_of(self.public_key)
+
+    def to_obj(self) -> list[Any]:
+        return [self.public_key, self.power]
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Validator:
+        f = expect_tuple(obj, 2, "validator")
+        return cls(
+            expect_bytes(f[0], "validator.public_key", length=PUBLIC_KEY_BYTES),
+            expect_int(f[1], "validator.power", 1, VOTING_POWER_MAX),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorSet:
+    """Validators sorted by address (ascending, unique); index = position in that order."""
+
+    validators: tuple[Validator, ...]
+    _index: dict[bytes, int] = field(init=False, repr=False, compare=False, hash=False)
+    total_power: int = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        addresses = [v.address for v in self.validators]
+        if not 1 <= len(addresses) <= VALIDATORS_MAX:
+            raise DecodeError(f"validator set: expected 1..{VALIDATORS_MAX} validators")
+        if any(a >= b for a, b in itertools.pairwise(addresses)):
+            raise DecodeError("validator set: addresses not strictly ascending")
+        object.__setattr__(self, "_index", {a: i for i, a in enumerate(addresses)})
+        object.__setattr__(self, "total_power", sum(v.power for v in self.validators))
+
+    @classmethod
+    def of(cls, validators: Iterable[Validator]) -> ValidatorSet:
+        """A set from validators in any order (sorted here)."""
+        return cls(tuple(sorted(validators, key=lambda v: v.address)))
+
+    def __len__(self) -> int:
+        return len(self.validators)
+
+    def __iter__(self) -> Iterator[Validator]:
+        return iter(self.validators)
+
+    def __getitem__(self, index: int) -> Validator:
+        return self.validators[index]
+
+    def index_of(self, address: bytes) -> int | None:
+        return self._index.get(address)
+
+    def has_quorum(self, power: int) -> bool:
+        """More than two thirds of the total voting power (Algorithm 1's 2f + 1)."""
+        return 3 * power > 2 * self.total_power
+
+    def has_one_honest(self, power: int) -> bool:
+        """More than one third (Algorithm 1's f + 1): at least one honest validator."""
+        return 3 * power > self.total_power
+
+    def to_obj(self) -> list[Any]:
+        return [v.to_obj() for v in self.validators]
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> ValidatorSet:
+        items = expect_array(obj, "validator set", VALIDATORS_MAX)
+        return cls(tuple(Validator.from_obj(v) for v in items))
+
+    def encode(self) -> bytes:
+        return encode(self.to_obj())
+
+    @classmethod
+    def decode(cls, data: bytes) -> ValidatorSet:
+        return cls.from_obj(decode(data, bytes_max=VALIDATORS_MAX * 64 + 16))
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(self.encode())
+
+
+# ---------------------------------------------------------------- votes and proposals
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """A prevote or precommit; `block_hash` b"" is a vote for nil."""
+
+    type: VoteType
+    height: int
+    round: int
+    block_hash: bytes
+    validator_address: bytes
+    validator_index: int
+    signature: bytes
+
+    @classmethod
+    def create(
+        cls,
+        key: PrivateKey,
+        chain_id: str,
+        vote_type: VoteType,
+        height: int,
+        round: int,
+        block_hash: bytes,
+        validator_index: int,
+    ) -> Vote:
+        sig = key.sign(vote_sign_bytes(chain_id, vote_type, height, round, block_hash))
+        return cls(vote_type, height, round, block_hash, key.address, validator_index, sig)
+
+    def sign_bytes(self, chain_id: str) -> bytes:
+        return vote_sign_bytes(chain_id, self.type, self.height, self.round, self.block_hash)
+
+    @property
+    def is_nil(self) -> bool:
+        return not self.block_hash
+
+    def to_obj(self) -> list[Any]:
+        return [
+            int(self.type),
+            self.height,
+            self.round,
+            self.block_hash,
+            self.validator_address,
+            self.validator_index,
+            self.signature,
+        ]
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Vote:
+        f = expect_tuple(obj, 7, "vote")
+        return cls(
+            VoteType(expect_int(f[0], "vote.type", 1, 2)),
+            expect_int(f[1], "vote.height", 1, HEIGHT_MAX),
+            expect_int(f[2], "vote.round", 0, ROUND_MAX),
+            _hash_or_empty(f[3], "vote.block_hash"),
+            expect_bytes(f[4], "vote.validator_address", length=ADDRESS_BYTES),
+            expect_int(f[5], "vote.validator_index", 0, VALIDATORS_MAX - 1),
+            expect_bytes(f[6], "vote.signature", length=SIGNATURE_BYTES),
+        )
+
+    def encode(self) -> bytes:
+        return encode(self.to_obj())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Vote:
+        return cls.from_obj(decode(data, bytes_max=256))
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A proposer's signed claim that `block_hash` is its value for (height, round).
+
+    `pol_round` is Algorithm 1's validRound: -1, or the round of a polka for
+    this block that the proposer saw (lines 16 and 28).
+    """
+
+    height: int
+    round: int
+    pol_round: int
+    block_hash: bytes
+    signature: bytes
+
+    @classmethod
+    def create(
+        cls,
+        key: PrivateKey,
+        chain_id: str,
+        height: int,
+        round: int,
+        pol_round: int,
+        block_hash: bytes,
+    ) -> Proposal:
+        sig = key.sign(proposal_sign_bytes(chain_id, height, round, pol_round, block_hash))
+        return cls(height, round, pol_round, block_hash, sig)
+
+    def sign_bytes(self, chain_id: str) -> bytes:
+        return proposal_sign_bytes(
+            chain_id, self.height, self.round, self.pol_round, self.block_hash
+        )
+
+    def to_obj(self) -> list[Any]:
+        return [self.height, self.round, self.pol_round, self.block_hash, self.signature]
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Proposal:
+        f = expect_tuple(obj, 5, "proposal")
+        height = expect_int(f[0], "proposal.height", 1, HEIGHT_MAX)
+        round_ = expect_int(f[1], "proposal.round", 0, ROUND_MAX)
+        pol_round = expect_int(f[2], "proposal.pol_round", -1, ROUND_MAX)
+        if pol_round >= round_:
+            raise DecodeError("proposal.pol_round: must be below round")
+        return cls(
+            height,
+            round_,
+            pol_round,
+            expect_bytes(f[3], "proposal.block_hash", length=HASH_BYTES),
+            expect_bytes(f[4], "proposal.signature", length=SIGNATURE_BYTES),
+        )
+
+    def encode(self) -> bytes:
+        return encode(self.to_obj())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Proposal:
+        return cls.from_obj(decode(data, bytes_max=256))
+
+
+# ---------------------------------------------------------------- commit certificate
+
+
+@dataclass(frozen=True, slots=True)
+class CommitSig:
+    validator_index: int
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The commit certificate of block `height`: precommits for `block_hash` in `round`.
+
+    Signatures are sorted by validator index, at most one per validator; each
+    is over `precommit_sign_bytes(chain_id, height, round, block_hash)` by the
+    validator at that index of the set that was active at `height`.
+    """
+
+    height: int
+    round: int
+    block_hash: bytes
+    signatures: tuple[CommitSig, ...]
+
+    def to_obj(self) -> list[Any]:
+        return [
+            self.height,
+            self.round,
+            self.block_hash,
+            [[s.validator_index, s.signature] for s in self.signatures],
+        ]
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Commit:
+        f = expect_tuple(obj, 4, "commit")
+        sigs: list[CommitSig] = []
+        for item in expect_array(f[3], "commit.signatures", VALIDATORS_MAX):
+            s = expect_tuple(item, 2, "commit.signature")
+            index = expect_int(s[0], "commit.signature.validator_index", 0, VALIDATORS_MAX - 1)
+            if sigs and index <= sigs[-1].validator_index:
+                raise DecodeError("commit.signatures: indexes not strictly ascending")
+            sig = expect_bytes(s[1], "commit.signature.signature", length=SIGNATURE_BYTES)
+            sigs.append(CommitSig(index, sig))
+        if not sigs:
+            raise DecodeError("commit.signatures: empty")
+        return cls(
+            expect_int(f[0], "commit.height", 1, HEIGHT_MAX),
+            expect_int(f[1], "commit.round", 0, ROUND_MAX),
+            expect_bytes(f[2], "commit.block_hash", length=HASH_BYTES),
+            tuple(sigs),
+        )
+
+    def encode(self) -> bytes:
+        return encode(self.to_obj())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Commit:
+        return cls.from_obj(decode(data, bytes_max=VALIDATORS_MAX * 80 + 128))
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(self.encode())
+
+    def sign_items(
+        self, chain_id: str, validators: ValidatorSet
+    ) -> list[tuple[bytes, bytes, bytes]] | str:
+        """(public key, message, signature) per signature, or why the certificate is malformed.
+
+        Checks everything except the signatures themselves: known signers and a
+        quorum of voting power. The caller verifies the items (in parallel).
+        """
+        message = precommit_sign_bytes(chain_id, self.height, self.round, self.block_hash)
+        items: list[tuple[bytes, bytes, bytes]] = []
+        power = 0
+        for s in self.signatures:
+            if s.validator_index >= len(validators):
+                return f"signature by unknown validator index {s.validator_index}"
+            v = validators[s.validator_index]
+            power += v.power
+            items.append((v.public_key, message, s.signature))
+        if not validators.has_quorum(power):
+            return f"signers hold {power} of {validators.total_power} voting power, need > 2/3"
+        return items
+
+    def verify(self, chain_id: str, validators: ValidatorSet) -> str | None:
+        """None if this is a valid certificate for `validators`, else the reason it is not."""
+        items = self.sign_items(chain_id, validators)
+        if isinstance(items, str):
+            return items
+        for (pk, msg, sig), s in zip(items, self.signatures, strict=True):
+            if not verify(pk, msg, sig):
+                return f"invalid signature by validator index {s.validator_index}"
+        return None
+
+
+# ---------------------------------------------------------------- evidence
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateVoteEvidence:
+    """Two votes by one validator for different blocks at one (height, round, type).
+
+    Canonical order: vote_a.block_hash < vote_b.block_hash (nil, b"", sorts first).
+    """
+
+    vote_a: Vote
+    vote_b: Vote
+
+    def to_obj(self) -> list[Any]:
+        return [self.vote_a.to_obj(), self.vote_b.to_obj()]
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> DuplicateVoteEvidence:
+        f = expect_tuple(obj, 2, "evidence")
+        a, b = Vote.from_obj(f[0]), Vote.from_obj(f[1])
+        ev = cls(a, b)
+        reason = ev.structural_error()
+        if reason:
+            raise DecodeError(f"evidence: {reason}")
+        return ev
+
+    def structural_error(self) -> str | None:
+        a, b = self.vote_a, self.vote_b
+        if (a.type, a.height, a.round, a.validator_address, a.validator_index) != (
+            b.type,
+            b.height,
+            b.round,
+            b.validator_address,
+            b.validator_index,
+        ):
+            return "votes are not by one validator for one height, round and type"
+        if not a.block_hash < b.block_hash:
+            return "votes not for different blocks in canonical order"
+        return None
+
+    def verify(self, chain_id: str, validators: ValidatorSet) -> str | None:
+        """None if both votes are validly signed by the validator they name."""
+        reason = self.structural_error()
+        if reason:
+            return reason
+        index = validators.index_of(self.vote_a.validator_address)
+        if index is None or index != self.vote_a.validator_index:
+            return "validator not in the set at that height"
+        pk = validators[index].public_key
+        for v in (self.vote_a, self.vote_b):
+            if not verify(pk, v.sign_bytes(chain_id), v.signature):
+                return "invalid vote signature"
+        return None
+
+    @property
+    def height(self) -> int:
+        return self.vote_a.height
+
+    @property
+    def validator_address(self) -> bytes:
+        return self.vote_a.validator_address
+
+    def encode(self) -> bytes:
+        return encode(self.to_obj())
+
+    @classmethod
+    def decode(cls, data: bytes) -> DuplicateVoteEvidence:
+        return cls.from_obj(decode(data, bytes_max=512))
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(self.encode())
+
+
+# ---------------------------------------------------------------- header and block
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """Block header; the block hash is SHA-256 of the header's encoding.
+
+    `app_hash` and `last_results_hash` describe the state after executing the
+    previous block (execution lags one block, as in Tendermint), so a client
+    holding header h+1 and the commit for it can check a query against state h.
+    """
+
+    chain_id: str
+    height: int
+    time_ms: int
+    last_block_hash: bytes  # b"" at height 1
+    last_commit_hash: bytes  # b"" at height 1
+    data_hash: bytes  # Merkle root of the transactions
+    validators_hash: bytes  # set that signs this block's commit
+    next_validators_hash: bytes  # set for height + 1
+    app_hash: bytes  # application state root after block height - 1
+    last_results_hash: bytes  # Merkle root of block height - 1's transaction results
+    evidence_hash: bytes  # Merkle root of the encoded evidence
+    proposer_address: bytes
+
+    def to_obj(self) -> list[Any]:
+        return [
+            self.chain_id,
+            self.height,
+            self.time_ms,
+            self.last_block_hash,
+            self.last_commit_hash,
+            self.data_hash,
+            self.validators_hash,
+            self.next_validators_hash,
+            self.app_hash,
+            self.last_results_hash,
+            self.evidence_hash,
+            self.proposer_address,
+        ]
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Header:
+        f = expect_tuple(obj, 12, "header")
+        return cls(
+            expect_str(f[0], "header.chain_id", CHAIN_ID_BYTES_MAX),
+            expect_int(f[1], "header.height", 1, HEIGHT_MAX),
+            expect_int(f[2], "header.time_ms", 0, TIME_MS_MAX),
+            _hash_or_empty(f[3], "header.last_block_hash"),
+            _hash_or_empty(f[4], "header.last_commit_hash"),
+            expect_bytes(f[5], "header.data_hash", length=HASH_BYTES),
+            expect_bytes(f[6], "header.validators_hash", length=HASH_BYTES),
+            expect_bytes(f[7], "header.next_validators_hash", length=HASH_BYTES),
+            expect_bytes(f[8], "header.app_hash", length_max=APP_HASH_BYTES_MAX),
+            expect_bytes(f[9], "header.last_results_hash", length=HASH_BYTES),
+            expect_bytes(f[10], "header.evidence_hash", length=HASH_BYTES),
+            expect_bytes(f[11], "header.proposer_address", length=ADDRESS_BYTES),
+        )
+
+    def encode(self) -> bytes:
+        return encode(self.to_obj())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Header:
+        return cls.from_obj(decode(data, bytes_max=1024))
+
+    @property
+    def hash(self) -> bytes:
+        return sha256(self.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A header, the encoded transactions, the previous block's commit and evidence.
+
+    Transactions are carried as their encoded bytes (each the canonical
+    encoding of a `Transaction`): the Merkle root and tx ids hash those bytes
+    directly, and the validation core decodes each once.
+    """
+
+    header: Header
+    txs: tuple[bytes, ...]
+    last_commit: Commit | None  # None exactly at height 1
+    evidence: tuple[DuplicateVoteEvidence, ...] = ()
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+    def to_obj(self) -> list[Any]:
+        return [
+            self.header.to_obj(),
+            list(self.txs),
+            None if self.last_commit is None else self.last_commit.to_obj(),
+            [e.to_obj() for e in self.evidence],
+        ]
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Block:
+        f = expect_tuple(obj, 4, "block")
+        header = Header.from_obj(f[0])
+        txs = expect_array(f[1], "block.txs", BLOCK_TXS_MAX)
+        for tx in txs:
+            expect_bytes(tx, "block.tx", length_max=TX_BYTES_MAX)
+        if header.height == 1:
+            if f[2] is not None:
+                raise DecodeError("block.last_commit: must be nil at height 1")
+            last_commit = None
+        else:
+            last_commit = Commit.from_obj(f[2])
+        evidence = tuple(
+            DuplicateVoteEvidence.from_obj(e)
+            for e in expect_array(f[3], "block.evidence", BLOCK_EVIDENCE_MAX)
+        )
+        return cls(header, txs, last_commit, evidence)
+
+    def encode(self) -> bytes:
+        return encode(self.to_obj())
+
+    @classmethod
+    def decode(cls, data: bytes, *, bytes_max: int = BLOCK_BYTES_MAX) -> Block:
+        return cls.from_obj(decode(data, bytes_max=bytes_max))
+
+
+def data_hash(txs: Iterable[bytes]) -> bytes:
+    return merkle.root(list(txs))
+
+
+def evidence_hash(evidence: Iterable[DuplicateVoteEvidence]) -> bytes:
+    return merkle.root([e.encode() for e in evidence])
+
+
+def tx_id(tx_bytes: bytes) -> bytes:
+    """A transaction's id: SHA-256 of its encoded bytes."""
+    return sha256(tx_bytes)
+
+
+# ---------------------------------------------------------------- genesis
+
+
+class GenesisError(ValueError):
+    """genesis.json is missing a field or holds a wrong value; the message names it."""
+
+
+APPS = ("ledger", "kvstore")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusParams:
+    block_bytes_max: int = 4 * 1024 * 1024
+    block_txs_max: int = 20_000
+    evidence_age_blocks_max: int = 100_000
+    block_time_drift_ms_max: int = 10_000  # how far a proposed time may run ahead of ours
+
+
+@dataclass(frozen=True, slots=True)
+class GenesisValidator:
+    name: str
+    public_key: bytes
+    power: int
+
+
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    """The chain's starting point, stored as genesis.json (JSON, for people to read).
+
+    `app_state` is opaque here; the application named by `app` interprets it.
+    The genesis hash is SHA-256 of the canonical JSON text (keys sorted, no
+    spaces, UTF-8) so every node can compare that it started from the same file.
+    """
+
+    chain_id: str
+    genesis_time_ms: int
+    validators: tuple[GenesisValidator, ...]
+    app: str
+    app_state: dict[str, Any]
+    params: ConsensusParams = ConsensusParams()
+
+    @property
+    def validator_set(self) -> ValidatorSet:
+        return ValidatorSet.of(Validator(v.public_key, v.power) for v in self.validators)
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id,
+            "genesis_time_ms": self.genesis_time_ms,
+            "app": self.app,
+            "consensus_params": {
+                "block_bytes_max": self.params.block_bytes_max,
+                "block_txs_max": self.params.block_txs_max,
+                "evidence_age_blocks_max": self.params.evidence_age_blocks_max,
+                "block_time_drift_ms_max": self.params.block_time_drift_ms_max,
+            },
+            "validators": [
+                {"name": v.name, "public_key": v.public_key.hex(), "power": v.power}
+                for v in self.validators
+            ],
+            "app_state": self.app_state,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_json_obj(), indent=2) + "\n"
+
+    @property
+    def hash(self) -> bytes:
+        text = json.dumps(self.to_json_obj(), sort_keys=True, separators=(",", ":"))
+        return sha256(text.encode())
+
+    @classmethod
+    def from_json(cls, text: str) -> Genesis:
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise GenesisError(f"not valid JSON: {e}") from None
+        return cls.from_json_obj(obj)
+
+    @classmethod
+    def from_json_obj(cls, obj: Any) -> Genesis:
+        if not isinstance(obj, dict):
+            raise GenesisError("expected a JSON object")
+        known = {
+            "chain_id",
+            "genesis_time_ms",
+            "app",
+            "consensus_params",
+            "validators",
+            "app_state",
+        }
+        unknown = set(obj) - known
+        if unknown:
+            raise GenesisError(f"unknown key {sorted(unknown)[0]!r}")
+        chain_id = _gfield(obj, "chain_id", str)
+        if not 1 <= len(chain_id.encode()) <= CHAIN_ID_BYTES_MAX:
+            raise GenesisError(f"chain_id: expected 1..{CHAIN_ID_BYTES_MAX} bytes")
+        time_ms = _gfield(obj, "genesis_time_ms", int)
+        if not 0 <= time_ms <= TIME_MS_MAX:
+            raise GenesisError("genesis_time_ms: out of range")
+        app = _gfield(obj, "app", str)
+        if app not in APPS:
+            raise GenesisError(f"app: expected one of {', '.join(APPS)}, got {app!r}")
+        params = _params_from(obj.get("consensus_params", {}))
+        raw_validators = _gfield(obj, "validators", list)
+        validators: list[GenesisValidator] = []
+        for i, v in enumerate(raw_validators):
+            where = f"validators[{i}]"
+            if not isinstance(v, dict) or set(v) != {"name", "public_key", "power"}:
+                raise GenesisError(f"{where}: expected keys name, public_key, power")
+            name = _gfield(v, "name", str, where)
+            try:
+                pk = bytes.fromhex(_gfield(v, "public_key", str, where))
+            except ValueError:
+                raise GenesisError(f"{where}.public_key: expected hex") from None
+            if len(pk) != PUBLIC_KEY_BYTES:
+                raise GenesisError(f"{where}.public_key: expected 32 bytes")
+            power = _gfield(v, "power", int, where)
+            if not 1 <= power <= VOTING_POWER_MAX:
+                raise GenesisError(f"{where}.power: expected 1..{VOTING_POWER_MAX}")
+            validators.append(GenesisValidator(name, pk, power))
+        app_state = _gfield(obj, "app_state", dict)
+        genesis = cls(chain_id, time_ms, tuple(validators), app, app_state, params)
+        try:
+            genesis.validator_set  # noqa: B018  (checks count and duplicates)
+        except DecodeError as e:
+            raise GenesisError(f"validators: {e}") from None
+        return genesis
+
+
+def _gfield(obj: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
+    name = f"{where}.{key}" if where else key
+    if key not in obj:
+        raise GenesisError(f"{name}: missing")
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise GenesisError(f"{name}: expected {kind.__name__}")
+    return value
+
+
+def _params_from(obj: Any) -> ConsensusParams:
+    if not isinstance(obj, dict):
+        raise GenesisError("consensus_params: expected an object")
+    defaults = ConsensusParams()
+    values: dict[str, int] = {}
+    for key, value in obj.items():
+        if not hasattr(defaults, key):
+            raise GenesisError(f"consensus_params: unknown key {key!r}")
+        if type(value) is not int or value < 1:
+            raise GenesisError(f"consensus_params.{key}: expected a positive integer")
+        values[key] = value
+    params = ConsensusParams(**values)
+    if params.block_bytes_max > BLOCK_BYTES_MAX or params.block_txs_max > BLOCK_TXS_MAX:
+        raise GenesisError("consensus_params: block limits exceed the protocol's hard limits")
+    return params
