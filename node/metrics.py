@@ -1,0 +1,201 @@
+"""Prometheus metrics of one node, served on `[metrics] listen`.
+
+Each node owns a private registry (tests run several nodes in one process).
+Instruments the node updates as things happen live here; figures that other
+layers already count (the network's statistics record, the signature cache)
+are read at scrape time by `_PulledCollector`, so they are never copied on
+the hot path. Names follow Prometheus conventions: `archipelago_` prefix,
+base units in the name, `_total` on counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import prometheus_client as prom
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+_NS = "archipelago"
+# Block intervals from fast local nets (tens of ms) to stalled chains (minutes).
+_INTERVAL_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120)
+_VALIDATION_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_FSYNC_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class PulledSample:
+    """One figure read at scrape time: kind is 'counter' or 'gauge'."""
+
+    name: str
+    help: str
+    kind: str
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
+class _PulledCollector(Collector):
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], Iterable[PulledSample]]] = []
+
+    def collect(self) -> Iterable[prom.Metric]:
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for source in self.sources:
+            for s in source():
+                fam = families.get(s.name)
+                if fam is None:
+                    label_names = [k for k, _ in s.labels]
+                    if s.kind == "counter":
+                        fam = CounterMetricFamily(s.name, s.help, labels=label_names)
+                    else:
+                        fam = GaugeMetricFamily(s.name, s.help, labels=label_names)
+                    families[s.name] = fam
+                fam.add_metric([v for _, v in s.labels], s.value)
+        yield from families.values()
+
+
+@dataclass
+class Metrics:
+    registry: prom.CollectorRegistry = field(default_factory=prom.CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        prom.ProcessCollector(registry=r)
+        prom.PlatformCollector(registry=r)
+        self.pulled = _PulledCollector()
+        r.register(self.pulled)
+        g, c, h = prom.Gauge, prom.Counter, prom.Histogram
+
+        # Consensus
+        self.height = g(
+            f"{_NS}_consensus_height", "Height of the latest committed block.", registry=r
+        )
+        self.round = g(
+            f"{_NS}_consensus_round", "Round the node is in at the current height.", registry=r
+        )
+        self.round_changes = c(
+            f"{_NS}_consensus_round_changes_total",
+            "Rounds started beyond round 0 (each is a failed round).",
+            registry=r,
+        )
+        self.block_interval = h(
+            f"{_NS}_consensus_block_interval_seconds",
+            "Time between the header times of consecutive blocks.",
+            buckets=_INTERVAL_BUCKETS_S,
+            registry=r,
+        )
+        self.latest_block_time = g(
+            f"{_NS}_consensus_latest_block_timestamp_seconds",
+            "Header time of the latest committed block (Unix seconds).",
+            registry=r,
+        )
+        self.validators = g(
+            f"{_NS}_consensus_validators", "Validators in the current set.", registry=r
+        )
+        self.validators_power = g(
+            f"{_NS}_consensus_validators_power",
+            "Total voting power of the current set.",
+            registry=r,
+        )
+        self.validator_power = g(
+            f"{_NS}_consensus_validator_power",
+            "Voting power of each validator (label: address hex).",
+            ["validator"],
+            registry=r,
+        )
+        self.missing_validators = g(
+            f"{_NS}_consensus_missing_validators",
+            "Validators without a signature in the last commit.",
+            registry=r,
+        )
+        self.missing_validators_power = g(
+            f"{_NS}_consensus_missing_validators_power",
+            "Voting power missing from the last commit.",
+            registry=r,
+        )
+        self.evidence = c(
+            f"{_NS}_consensus_byzantine_evidence_total",
+            "Equivocation evidence seen (detected or committed).",
+            registry=r,
+        )
+        self.committed_txs = c(
+            f"{_NS}_consensus_committed_txs_total", "Transactions committed in blocks.", registry=r
+        )
+        self.failed_txs = c(
+            f"{_NS}_consensus_failed_txs_total",
+            "Committed transactions whose execution failed.",
+            registry=r,
+        )
+        self.block_size_bytes = g(
+            f"{_NS}_consensus_block_size_bytes", "Encoded size of the latest block.", registry=r
+        )
+        self.block_txs = g(
+            f"{_NS}_consensus_block_txs", "Transactions in the latest block.", registry=r
+        )
+        self.is_validator = g(
+            f"{_NS}_consensus_is_validator",
+            "1 if this node's key is in the current validator set.",
+            registry=r,
+        )
+
+        # Validation core
+        self.validation_time = h(
+            f"{_NS}_validation_duration_seconds",
+            "Block validation core time per block.",
+            buckets=_VALIDATION_BUCKETS_S,
+            registry=r,
+        )
+
+        # Mempool
+        self.mempool_txs = g(f"{_NS}_mempool_txs", "Transactions in the mempool.", registry=r)
+        self.mempool_bytes = g(
+            f"{_NS}_mempool_bytes", "Bytes of transactions in the mempool.", registry=r
+        )
+        self.mempool_txs_max = g(
+            f"{_NS}_mempool_txs_max", "Mempool capacity in transactions.", registry=r
+        )
+        self.mempool_rejected = c(
+            f"{_NS}_mempool_rejected_txs_total",
+            "Transactions refused at admission, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
+        # Block sync
+        self.blocksync_syncing = g(
+            f"{_NS}_blocksync_syncing", "1 while the node catches up by block sync.", registry=r
+        )
+        self.blocksync_lag = g(
+            f"{_NS}_blocksync_lag_blocks",
+            "Best height reported by peers minus our height.",
+            registry=r,
+        )
+        self.peer_max_height = g(
+            f"{_NS}_blocksync_peer_max_height", "Highest height reported by any peer.", registry=r
+        )
+        self.blocksync_blocks = c(
+            f"{_NS}_blocksync_blocks_total", "Blocks applied through block sync.", registry=r
+        )
+
+        # Storage
+        self.wal_fsync_time = h(
+            f"{_NS}_wal_fsync_duration_seconds",
+            "Time spent in fsync of the consensus WAL.",
+            buckets=_FSYNC_BUCKETS_S,
+            registry=r,
+        )
+        self.store_commit_time = h(
+            f"{_NS}_store_commit_duration_seconds",
+            "Time to durably save a committed block.",
+            buckets=_FSYNC_BUCKETS_S,
+            registry=r,
+        )
+
+    def add_source(self, source: Callable[[], Iterable[PulledSample]]) -> None:
+        """Register figures read at scrape time (network statistics, caches)."""
+        self.pulled.sources.append(source)
+
+    def exposition(self) -> bytes:
+        data: bytes = prom.generate_latest(self.registry)
+        return data
