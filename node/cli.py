@@ -1,0 +1,391 @@
+"""`archipelago`: the operator's command line.
+
+Every command is a small function registered on one argparse parser, so that
+`--help` exists everywhere and adding a command is adding one `_add_<name>`
+function to `COMMANDS`. Operator mistakes (bad config, genesis or key file,
+a home that exists or is locked) print one line, `archipelago: error: ...`,
+and exit with EXIT_USAGE (2), the same code argparse uses for bad flags;
+they never print a traceback.
+
+Exit codes: 0 success; 1 a command failed at run time; 2 usage or refused to
+start (bad input, file problems); 130 interrupted before the daemon took over
+signal handling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import trio
+
+import node
+from consensus.crypto import PrivateKey
+from consensus.types import APPS, GenesisError
+from node.config import ConfigError, load_config
+from node.home import (
+    DEFAULT_ACCOUNTS,
+    DEFAULT_BASE_PORT,
+    DEFAULT_CHAIN_ID,
+    DEFAULT_TESTNET_CHAIN_ID,
+    HomeError,
+    HomePaths,
+    create_testnet,
+    init_home,
+    unsafe_reset,
+)
+from node.keys import KeyFileError, load_key, node_id, save_key
+from node.logging import FORMATS, LEVELS, configure_logging, get_logger
+from node.signstate import SignStateError
+
+PROG = "archipelago"
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+HOME_ENV = "ARCHIPELAGO_HOME"
+DEFAULT_HOME = Path("~/.archipelago")
+
+# Commands whose whole argument list belongs to another module's own parser:
+# name -> (help line, "module:function" taking argv and returning an exit code).
+# Imported only when run, so a heavy or optional module costs nothing otherwise.
+DELEGATED: dict[str, tuple[str, str]] = {
+    "simulate": (
+        "run the seeded whole-cluster consensus simulator (see `simulate --help`)",
+        "node.simulator:main",
+    ),
+}
+
+# The errors an operator can cause and fix; anything else is a bug and keeps its traceback.
+OPERATOR_ERRORS = (ConfigError, GenesisError, KeyFileError, HomeError, SignStateError)
+
+log = get_logger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the one-line error format used for every operator error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in DELEGATED:
+        return _run_delegated(args[0], args[1:])
+    parser = build_parser()
+    ns = parser.parse_args(args)
+    handler: Handler | None = getattr(ns, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return handler(ns)
+    except OPERATOR_ERRORS as e:
+        _error(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Archipelago: a Tendermint-style BFT consensus node.",
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
+    for name, (help_line, _) in DELEGATED.items():
+        # Listed for --help only: main() hands these to their module before parsing.
+        sub.add_parser(name, help=help_line, add_help=False)
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
+
+
+def _add_home(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"node home folder (default: ${HOME_ENV} or {DEFAULT_HOME})",
+    )
+
+
+def _home(ns: argparse.Namespace) -> Path:
+    home: Path | None = ns.home
+    return (home if home is not None else _default_home()).expanduser()
+
+
+# ---------------------------------------------------------------- init
+
+
+def _add_init(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "init",
+        help="create a node home: config, genesis, keys, data/",
+        description="Create a single-validator node home. Refuses to overwrite existing "
+        "keys or config unless --force is given.",
+    )
+    _add_home(p)
+    p.add_argument("--chain-id", default=DEFAULT_CHAIN_ID, help="chain id (default: %(default)s)")
+    p.add_argument("--moniker", default=None, help="node name (default: the host name)")
+    p.add_argument(
+        "--app", choices=APPS, default="ledger", help="application (default: %(default)s)"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="overwrite existing keys, genesis and config"
+    )
+    p.set_defaults(handler=_cmd_init)
+
+
+def _cmd_init(ns: argparse.Namespace) -> int:
+    moniker = ns.moniker or platform.node() or "node"
+    home = init_home(_home(ns), chain_id=ns.chain_id, moniker=moniker, app=ns.app, force=ns.force)
+    print(f"initialised {home.paths.root}")
+    print(f"  chain_id:          {ns.chain_id}")
+    print(f"  moniker:           {home.moniker}")
+    print(f"  node_id:           {home.node_id}")
+    print(f"  validator_address: {home.validator_address}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- testnet
+
+
+def _add_testnet(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "testnet",
+        help="create N validator homes sharing one genesis, wired to each other",
+        description="Create homes OUTPUT/node0..node{N-1} sharing one genesis. Node i uses "
+        "ports BASE+10*i (p2p), +1 (rpc), +2 (metrics); every node lists all others "
+        "in persistent_peers. Funded client keys go to OUTPUT/accounts/.",
+    )
+    p.add_argument("--validators", type=int, required=True, metavar="N")
+    p.add_argument("--output", type=Path, required=True, metavar="DIR")
+    p.add_argument("--chain-id", default=DEFAULT_TESTNET_CHAIN_ID, help="(default: %(default)s)")
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=DEFAULT_BASE_PORT,
+        metavar="P",
+        help="(default: %(default)s)",
+    )
+    p.add_argument(
+        "--hosts",
+        default=None,
+        metavar="h1,h2,...",
+        help="one host per node to listen on and to dial (default: 127.0.0.1 for all)",
+    )
+    p.add_argument(
+        "--accounts",
+        type=int,
+        default=DEFAULT_ACCOUNTS,
+        metavar="K",
+        help="funded client accounts to create (default: %(default)s)",
+    )
+    p.add_argument(
+        "--app", choices=APPS, default="ledger", help="application (default: %(default)s)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite existing homes and accounts")
+    p.set_defaults(handler=_cmd_testnet)
+
+
+def _cmd_testnet(ns: argparse.Namespace) -> int:
+    hosts = [h.strip() for h in ns.hosts.split(",")] if ns.hosts else None
+    homes = create_testnet(
+        ns.output,
+        validators=ns.validators,
+        chain_id=ns.chain_id,
+        base_port=ns.base_port,
+        hosts=hosts,
+        accounts=ns.accounts,
+        app=ns.app,
+        force=ns.force,
+    )
+    for home in homes:
+        c = home.config
+        print(
+            f"{home.paths.root}  node_id={home.node_id}  p2p={c.p2p.listen}  "
+            f"rpc={c.rpc.listen}  metrics={c.metrics.listen}"
+        )
+    if ns.accounts:
+        print(f"{ns.accounts} funded accounts in {ns.output / 'accounts'}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- start
+
+
+def _add_start(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "start",
+        help="run the node until SIGTERM or SIGINT",
+        description="Run the node daemon. Stops cleanly on SIGTERM or SIGINT. Speaks the "
+        "systemd notify protocol when $NOTIFY_SOCKET is set.",
+    )
+    _add_home(p)
+    p.add_argument("--log-level", choices=tuple(LEVELS), default=None, help="override [log] level")
+    p.add_argument("--log-format", choices=FORMATS, default=None, help="override [log] format")
+    p.set_defaults(handler=_cmd_start)
+
+
+def _cmd_start(ns: argparse.Namespace) -> int:
+    from node.daemon import Node  # the daemon imports every service; only `start` needs it
+
+    paths = HomePaths(_home(ns))
+    # Log the loading itself with the flags' settings, then switch to the config's.
+    configure_logging(ns.log_level or "info", ns.log_format or "auto")
+    config = load_config(paths.config)
+    configure_logging(ns.log_level or config.log.level, ns.log_format or config.log.format)
+    daemon = Node.from_home(paths.root, config=config)
+    trio.run(daemon.run)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- keys
+
+
+def _add_keys(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("keys", help="show or create key files", description="Key file commands.")
+    keys = p.add_subparsers(title="key commands", metavar="COMMAND", parser_class=_Parser)
+    show = keys.add_parser(
+        "show",
+        help="print the node id and the validator's address and public key",
+        description="Print the node id (from node_key.json) and the validator address and "
+        "public key (from validator_key.json). Never prints private keys.",
+    )
+    _add_home(show)
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+    show.set_defaults(handler=_cmd_keys_show)
+    new = keys.add_parser(
+        "new",
+        help="write a new Ed25519 key file (mode 0600)",
+        description="Generate an Ed25519 key and write it to PATH with mode 0600; prints "
+        "its address and public key. Refuses to overwrite unless --force.",
+    )
+    new.add_argument("--output", type=Path, required=True, metavar="PATH")
+    new.add_argument("--force", action="store_true", help="overwrite an existing file")
+    new.add_argument("--json", action="store_true", help="print one JSON object")
+    new.set_defaults(handler=_cmd_keys_new)
+    p.set_defaults(handler=lambda _: _usage(p))
+
+
+def _usage(p: argparse.ArgumentParser) -> int:
+    p.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _cmd_keys_show(ns: argparse.Namespace) -> int:
+    paths = HomePaths(_home(ns))
+    node_key = load_key(paths.node_key)
+    validator_key = load_key(paths.validator_key)
+    info = {
+        "node_id": node_id(node_key),
+        "validator_address": validator_key.address.hex(),
+        "validator_public_key": validator_key.public_key.hex(),
+    }
+    _print_info(info, as_json=ns.json)
+    return EXIT_OK
+
+
+def _cmd_keys_new(ns: argparse.Namespace) -> int:
+    path: Path = ns.output
+    if path.parent and not path.parent.is_dir():
+        raise KeyFileError(path, f"directory {path.parent} does not exist")
+    key = PrivateKey.generate()
+    save_key(path, key, overwrite=ns.force)
+    info = {"path": str(path), "address": key.address.hex(), "public_key": key.public_key.hex()}
+    _print_info(info, as_json=ns.json)
+    return EXIT_OK
+
+
+def _print_info(info: dict[str, str], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info))
+        return
+    width = max(len(k) for k in info) + 1
+    for k, v in info.items():
+        print(f"{k + ':':<{width}} {v}")
+
+
+# ---------------------------------------------------------------- unsafe-reset
+
+
+def _add_unsafe_reset(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "unsafe-reset",
+        help="delete the chain data in data/, keep keys and config",
+        description="Delete everything under HOME/data (blocks, state, WAL, sign state) and "
+        "leave a fresh sign state. Keys, genesis and config are kept. Unsafe for a "
+        "validator of a live chain: it forgets what it signed. Refused while the node runs.",
+    )
+    _add_home(p)
+    p.set_defaults(handler=_cmd_unsafe_reset)
+
+
+def _cmd_unsafe_reset(ns: argparse.Namespace) -> int:
+    root = _home(ns)
+    removed = unsafe_reset(root)
+    print(f"reset {root / 'data'}: removed {len(removed)} entries; keys and config kept")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- version
+
+
+def _add_version(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("version", help="print the version", description="Print the version.")
+    p.set_defaults(handler=_cmd_version)
+
+
+def _cmd_version(ns: argparse.Namespace) -> int:
+    print(
+        f"{PROG} {node.__version__} (python {platform.python_version()}, trio {trio.__version__})"
+    )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- delegated commands
+
+
+def _run_delegated(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module_name, _, function_name = DELEGATED[name][1].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        _error(f"{name}: this build does not include {module_name}")
+        return EXIT_FAILURE
+    entry: Callable[[list[str]], int] = getattr(module, function_name)
+    return entry(argv)
+
+
+# Registration order is the order in `archipelago --help`.
+COMMANDS: tuple[Callable[[argparse._SubParsersAction[_Parser]], None], ...] = (
+    _add_init,
+    _add_testnet,
+    _add_start,
+    _add_keys,
+    _add_unsafe_reset,
+    _add_version,
+)

@@ -1,0 +1,200 @@
+"""Ed25519 key files: the node's identity, the validator's signing key, client keys.
+
+A key file is the only place a private key lives on disk, so this module is
+strict in both directions. Writing is atomic and private from the first byte
+(a temp file created 0600 with O_EXCL, fsync'd, renamed into place, then the
+directory fsync'd), so a crash never leaves a half-written or briefly
+world-readable key. Loading refuses a file that group or others may access,
+the way ssh refuses loose private keys, and checks that the stored public key
+and address really derive from the stored seed.
+
+Format (JSON, one object)::
+
+    {"type": "ed25519", "address": "<hex 20 bytes>",
+     "public_key": "<hex 32 bytes>", "private_key": "<hex 32-byte seed>"}
+
+A node id is `address_of(public_key).hex()` of the node key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Any
+
+from consensus.crypto import PUBLIC_KEY_BYTES, SEED_BYTES, PrivateKey, address_of
+
+KEY_TYPE = "ed25519"
+KEY_FILE_MODE = 0o600
+# A key file is about 250 bytes; anything far larger is not a key file and is
+# refused before it is read into memory.
+KEY_FILE_BYTES_MAX = 4096
+_FIELDS = frozenset({"type", "address", "public_key", "private_key"})
+
+
+class KeyFileError(Exception):
+    """A key file is missing, malformed, or too open. The message names the file."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+
+def node_id(key: PrivateKey) -> str:
+    """The node id (hex of the 20-byte address) of a node key."""
+    return address_of(key.public_key).hex()
+
+
+def key_to_json(key: PrivateKey) -> str:
+    obj = {
+        "type": KEY_TYPE,
+        "address": key.address.hex(),
+        "public_key": key.public_key.hex(),
+        "private_key": key.seed.hex(),
+    }
+    return json.dumps(obj, indent=2) + "\n"
+
+
+def save_key(path: Path | str, key: PrivateKey, *, overwrite: bool = False) -> None:
+    """Write `key` to `path` atomically with mode 0600.
+
+    Without `overwrite` an existing file is never replaced, even by a racing
+    writer: the final step is a hard link, which fails if the name exists.
+    """
+    write_private_file(Path(path), key_to_json(key).encode(), overwrite=overwrite)
+
+
+def load_key(path: Path | str) -> PrivateKey:
+    """Read and check a key file; raise KeyFileError naming the file on any problem."""
+    path = Path(path)
+    obj = _parse(path, _read_private(path))
+    try:
+        seed = _hex_field(obj, "private_key", SEED_BYTES)
+        key = PrivateKey(seed)
+        public_key = _hex_field(obj, "public_key", PUBLIC_KEY_BYTES)
+        address = _hex_field(obj, "address", len(key.address))
+    except ValueError as e:
+        raise KeyFileError(path, str(e)) from None
+    if public_key != key.public_key:
+        raise KeyFileError(path, "public_key does not match private_key")
+    if address != key.address:
+        raise KeyFileError(path, "address does not match public_key")
+    return key
+
+
+def load_or_generate_key(path: Path | str) -> PrivateKey:
+    """The key at `path`, or a new one written there if the file does not exist."""
+    path = Path(path)
+    if path.exists():
+        return load_key(path)
+    key = PrivateKey.generate()
+    save_key(path, key)
+    return key
+
+
+def check_private_mode(path: Path | str, mode: int) -> None:
+    """Raise KeyFileError if `mode` grants any permission to group or others."""
+    if mode & 0o077:
+        perms = stat.S_IMODE(mode)
+        raise KeyFileError(
+            path,
+            f"permissions {perms:04o} are too open (readable by group or others); "
+            f"run: chmod 600 {path}",
+        )
+
+
+def write_private_file(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Atomically create `path` holding `data`, mode 0600, durable on return.
+
+    The temp file is created with O_CREAT|O_EXCL and mode 0600, so the data is
+    never visible to anyone else, not even for an instant; the directory is
+    fsync'd after the rename so the new name survives power loss.
+    """
+    directory = path.parent
+    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
+    try:
+        try:
+            # The umask can only remove bits, but an inherited ACL default could
+            # add some: set the mode explicitly on the open descriptor.
+            os.fchmod(fd, KEY_FILE_MODE)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise KeyFileError(
+                    path, "already exists; refusing to overwrite a key file"
+                ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: Path) -> None:
+    """fsync a directory so a rename or create inside it is durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_private(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise KeyFileError(path, "no such file") from None
+    except OSError as e:
+        raise KeyFileError(path, f"cannot open: {e.strerror}") from None
+    try:
+        # Check the descriptor we read from, not the name: no window between
+        # the permission check and the read.
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(path, "not a regular file")
+        check_private_mode(path, st.st_mode)
+        if st.st_size > KEY_FILE_BYTES_MAX:
+            raise KeyFileError(path, f"larger than {KEY_FILE_BYTES_MAX} bytes; not a key file")
+        return os.read(fd, KEY_FILE_BYTES_MAX + 1)
+    finally:
+        os.close(fd)
+
+
+def _parse(path: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        # The parser's message may quote the file's content, which holds the seed.
+        raise KeyFileError(path, "not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise KeyFileError(path, "expected a JSON object")
+    if set(obj) != _FIELDS:
+        raise KeyFileError(path, f"expected exactly the keys {', '.join(sorted(_FIELDS))}")
+    if obj["type"] != KEY_TYPE:
+        raise KeyFileError(path, f"type: expected {KEY_TYPE!r}")
+    return obj
+
+
+def _hex_field(obj: dict[str, Any], name: str, length: int) -> bytes:
+    value = obj[name]
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected a hex string")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected a hex string") from None
+    if len(raw) != length:
+        raise ValueError(f"{name}: expected {length} bytes, got {len(raw)}")
+    return raw
