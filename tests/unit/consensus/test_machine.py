@@ -1,0 +1,552 @@
+"""Each rule of Algorithm 1 in the consensus state machine, driven event by event.
+
+Four validators of power 1 (f = 1, quorum 3), real Ed25519 signatures. The
+machine under test belongs to a validator that is not round 0's proposer
+unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consensus.crypto import PrivateKey, sha256
+from consensus.events import (
+    Action,
+    BlockBuilt,
+    BlockValidated,
+    Broadcast,
+    BuildBlock,
+    CommitReceived,
+    Decide,
+    HeightCommitted,
+    Misbehaviour,
+    ProposalReceived,
+    ReportEvidence,
+    ScheduleTimeout,
+    SignProposal,
+    SignVote,
+    StartHeight,
+    Step,
+    TimeoutFired,
+    ValidateBlock,
+    VoteReceived,
+    decode_event,
+    encode_event,
+)
+from consensus.machine import ConsensusConfig, ConsensusMachine
+from consensus.proposer import BlockContext, ProposerSchedule, build_block, header_link_error
+from consensus.types import (
+    Block,
+    Commit,
+    CommitSig,
+    Proposal,
+    Validator,
+    ValidatorSet,
+    Vote,
+    VoteType,
+)
+
+CHAIN = "machine-test"
+KEYS = [PrivateKey(sha256(b"machine-key-%d" % i)) for i in range(4)]
+VALIDATORS = ValidatorSet.of(Validator(k.public_key, 1) for k in KEYS)
+SCHEDULE = ProposerSchedule.initial(VALIDATORS)
+KEY_OF = {k.address: k for k in KEYS}
+PREVOTE, PRECOMMIT = VoteType.PREVOTE, VoteType.PRECOMMIT
+DEFAULT_CONFIG = ConsensusConfig()
+
+
+def proposer_key(round: int, schedule: ProposerSchedule = SCHEDULE) -> PrivateKey:
+    return KEY_OF[schedule.proposer(round).address]
+
+
+def non_proposer_key(rounds: range) -> PrivateKey:
+    proposers = {SCHEDULE.proposer(r).address for r in rounds}
+    return next(k for k in KEYS if k.address not in proposers)
+
+
+def make_block(tag: bytes, height: int = 1) -> Block:
+    context = BlockContext(
+        chain_id=CHAIN,
+        height=height,
+        last_block_hash=b"",
+        last_commit=None,
+        last_block_time_ms=0,
+        validators=VALIDATORS,
+        next_validators=VALIDATORS,
+        last_validators=VALIDATORS,
+        app_hash=b"",
+        last_results_hash=sha256(b""),
+    )
+    return build_block(
+        context, time_ms=1000, txs=[tag], evidence=[], proposer_address=KEYS[0].address
+    )
+
+
+def proposal(round: int, block: Block, pol_round: int = -1, key: Any = None) -> ProposalReceived:
+    signer = key or proposer_key(round)
+    p = Proposal.create(signer, CHAIN, block.height, round, pol_round, block.hash)
+    return ProposalReceived(p, block)
+
+
+def vote(
+    key: PrivateKey, vote_type: VoteType, round: int, block_hash: bytes, height: int = 1
+) -> VoteReceived:
+    index = VALIDATORS.index_of(key.address)
+    assert index is not None
+    return VoteReceived(Vote.create(key, CHAIN, vote_type, height, round, block_hash, index))
+
+
+def others(me: PrivateKey) -> list[PrivateKey]:
+    return [k for k in KEYS if k != me]
+
+
+class Harness:
+    def __init__(self, me: PrivateKey, config: ConsensusConfig = DEFAULT_CONFIG) -> None:
+        self.me = me
+        self.machine = ConsensusMachine(
+            chain_id=CHAIN,
+            height=1,
+            validators=VALIDATORS,
+            schedule=SCHEDULE,
+            own_address=me.address,
+            config=config,
+        )
+        self.log: list[Any] = []
+
+    def feed(self, event: Any) -> list[Action]:
+        self.log.append(event)
+        return self.machine.step(event)
+
+    def start(self) -> list[Action]:
+        return self.feed(StartHeight(1))
+
+    def valid_proposal(self, round: int, block: Block, pol_round: int = -1) -> list[Action]:
+        actions = self.feed(proposal(round, block, pol_round))
+        return actions + self.feed(BlockValidated(block.hash, True))
+
+    def votes(
+        self, keys: list[PrivateKey], vote_type: VoteType, round: int, h: bytes
+    ) -> list[Action]:
+        actions: list[Action] = []
+        for k in keys:
+            actions += self.feed(vote(k, vote_type, round, h))
+        return actions
+
+
+def sign_votes(actions: list[Action]) -> list[SignVote]:
+    return [a for a in actions if isinstance(a, SignVote)]
+
+
+def timeouts(actions: list[Action]) -> list[ScheduleTimeout]:
+    return [a for a in actions if isinstance(a, ScheduleTimeout)]
+
+
+A = make_block(b"block-a")
+B = make_block(b"block-b")
+
+
+def test_start_schedules_propose_timeout_and_proposer_builds() -> None:
+    """Lines 11-21: others schedule timeout_propose; the proposer asks for a block, signs it."""
+    h = Harness(non_proposer_key(range(1)))
+    actions = h.start()
+    assert timeouts(actions) == [ScheduleTimeout(1, 0, Step.PROPOSE, 3000)]
+    assert not [a for a in actions if isinstance(a, BuildBlock)]
+
+    p = Harness(proposer_key(0))
+    actions = p.start()
+    assert BuildBlock(1, 0) in actions
+    actions = p.feed(BlockBuilt(1, 0, A))
+    assert actions == [SignProposal(1, 0, -1, A)]
+    assert p.feed(BlockBuilt(1, 0, B)) == []  # only one proposal per round
+
+
+def test_prevote_waits_for_validation_then_votes_for_valid_block() -> None:
+    """Lines 22-27: the proposal is prevoted only after the node reports the block valid."""
+    h = Harness(non_proposer_key(range(1)))
+    h.start()
+    actions = h.feed(proposal(0, A))
+    assert ValidateBlock(A) in actions
+    assert sign_votes(actions) == []
+    actions = h.feed(BlockValidated(A.hash, True))
+    assert sign_votes(actions) == [SignVote(PREVOTE, 1, 0, A.hash)]
+    assert h.machine.current_step == Step.PREVOTE
+
+
+def test_invalid_block_gets_nil_prevote() -> None:
+    """Lines 22-27: valid(v) false means prevote nil."""
+    h = Harness(non_proposer_key(range(1)))
+    h.start()
+    h.feed(proposal(0, A))
+    actions = h.feed(BlockValidated(A.hash, False, "bad app hash"))
+    assert sign_votes(actions) == [SignVote(PREVOTE, 1, 0, b"")]
+
+
+def test_timeout_propose_prevotes_nil() -> None:
+    """Lines 57-60: no proposal by timeout_propose: prevote nil; a stale timeout does nothing."""
+    h = Harness(non_proposer_key(range(1)))
+    h.start()
+    assert h.feed(TimeoutFired(1, 5, Step.PROPOSE)) == []
+    actions = h.feed(TimeoutFired(1, 0, Step.PROPOSE))
+    assert sign_votes(actions) == [SignVote(PREVOTE, 1, 0, b"")]
+    assert h.feed(TimeoutFired(1, 0, Step.PROPOSE)) == []
+
+
+def test_polka_locks_and_precommits_and_sets_valid_value() -> None:
+    """Lines 36-43: proposal plus 2f+1 prevotes for it: lock, precommit, set valid value."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    h.valid_proposal(0, A)
+    actions = h.votes(others(me)[:2], PREVOTE, 0, A.hash)
+    assert sign_votes(actions) == []  # two others plus nobody: no polka yet (own vote not fed)
+    actions = h.feed(vote(me, PREVOTE, 0, A.hash))
+    assert sign_votes(actions) == [SignVote(PRECOMMIT, 1, 0, A.hash)]
+    s = h.machine.state()
+    assert (s.locked_round, s.locked_hash, s.valid_round, s.valid_hash) == (0, A.hash, 0, A.hash)
+
+
+def test_own_vote_fed_back_is_broadcast_once() -> None:
+    """A node's own signed vote, fed back (even twice, as after a replay), is broadcast once."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    own = vote(me, PREVOTE, 0, b"")
+    assert h.feed(own) == [Broadcast(own)]
+    assert h.feed(own) == []
+
+
+def lock_on_a_in_round_0(me: PrivateKey) -> Harness:
+    h = Harness(me)
+    h.start()
+    h.valid_proposal(0, A)
+    h.votes([me, *others(me)[:2]], PREVOTE, 0, A.hash)
+    assert h.machine.locked_round == 0
+    # Round 0 ends without a decision: 2f+1 nil precommits from others, then timeout_precommit.
+    h.votes(others(me), PRECOMMIT, 0, b"")
+    h.feed(TimeoutFired(1, 0, Step.PRECOMMIT))
+    assert h.machine.round == 1
+    return h
+
+
+def test_locked_validator_prevotes_nil_for_another_block() -> None:
+    """Lines 22-27: locked on A, a fresh proposal of B in a later round gets a nil prevote."""
+    me = non_proposer_key(range(2))
+    h = lock_on_a_in_round_0(me)
+    actions = h.valid_proposal(1, B)
+    assert sign_votes(actions) == [SignVote(PREVOTE, 1, 1, b"")]
+
+
+def test_locked_validator_prevotes_for_its_locked_block() -> None:
+    """Lines 22-27: lockedValue = v allows the prevote even with locked_round > -1."""
+    me = non_proposer_key(range(2))
+    h = lock_on_a_in_round_0(me)
+    actions = h.valid_proposal(1, A)
+    assert sign_votes(actions) == [SignVote(PREVOTE, 1, 1, A.hash)]
+
+
+def test_higher_polka_unlocks() -> None:
+    """Lines 28-33: B re-proposed with vr >= lockedRound and a polka in vr gets our prevote."""
+    me = non_proposer_key(range(3))
+    h = lock_on_a_in_round_0(me)
+    # Round 1: others see a polka for B (we were too slow); round 1 ends.
+    h.votes(others(me), PREVOTE, 1, B.hash)
+    h.feed(TimeoutFired(1, 1, Step.PROPOSE))
+    h.votes(others(me), PRECOMMIT, 1, b"")
+    h.feed(TimeoutFired(1, 1, Step.PRECOMMIT))
+    assert h.machine.round == 2 and h.machine.locked_round == 0
+    actions = h.valid_proposal(2, B, pol_round=1)
+    assert sign_votes(actions) == [SignVote(PREVOTE, 1, 2, B.hash)]
+
+
+def test_re_proposal_without_polka_waits_then_times_out() -> None:
+    """Lines 28-33 need the polka in vr; without it the machine waits for timeout_propose."""
+    me = non_proposer_key(range(3))
+    h = lock_on_a_in_round_0(me)
+    h.feed(TimeoutFired(1, 1, Step.PROPOSE))
+    h.votes(others(me), PRECOMMIT, 1, b"")
+    h.feed(TimeoutFired(1, 1, Step.PRECOMMIT))
+    assert sign_votes(h.valid_proposal(2, B, pol_round=1)) == []
+    assert sign_votes(h.feed(TimeoutFired(1, 2, Step.PROPOSE))) == [SignVote(PREVOTE, 1, 2, b"")]
+
+
+def test_proposer_re_proposes_valid_value() -> None:
+    """Lines 14-16: a proposer holding a valid value proposes it with validRound as pol_round."""
+    me = proposer_key(1)
+    assert me != proposer_key(0)
+    h2 = Harness(me)
+    h2.start()
+    h2.valid_proposal(0, A)
+    h2.votes([me, *others(me)[:2]], PREVOTE, 0, A.hash)
+    h2.votes(others(me), PRECOMMIT, 0, b"")
+    actions = h2.feed(TimeoutFired(1, 0, Step.PRECOMMIT))
+    assert SignProposal(1, 1, 0, A) in actions
+    assert not [a for a in actions if isinstance(a, BuildBlock)]
+
+
+def test_nil_polka_precommits_nil() -> None:
+    """Lines 44-46: 2f+1 nil prevotes: precommit nil."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    h.feed(TimeoutFired(1, 0, Step.PROPOSE))
+    actions = h.votes(others(me), PREVOTE, 0, b"")
+    assert sign_votes(actions) == [SignVote(PRECOMMIT, 1, 0, b"")]
+
+
+def test_mixed_prevotes_schedule_timeout_prevote_once_then_precommit_nil() -> None:
+    """Lines 34-35, 61-64: 2f+1 prevotes of any kind: timeout_prevote once, then precommit nil."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    h.valid_proposal(0, A)
+    o = others(me)
+    actions = h.feed(vote(o[0], PREVOTE, 0, b""))
+    actions += h.feed(vote(o[1], PREVOTE, 0, B.hash))
+    assert timeouts(actions) == []
+    actions = h.feed(vote(me, PREVOTE, 0, A.hash))
+    assert timeouts(actions) == [ScheduleTimeout(1, 0, Step.PREVOTE, 1000)]
+    assert timeouts(h.feed(vote(o[2], PREVOTE, 0, b""))) == []
+    actions = h.feed(TimeoutFired(1, 0, Step.PREVOTE))
+    assert sign_votes(actions) == [SignVote(PRECOMMIT, 1, 0, b"")]
+
+
+def test_precommits_of_any_kind_schedule_timeout_precommit_then_next_round() -> None:
+    """Lines 47-48 and 65-67: 2f+1 precommits of any kind: timeout_precommit; on it, round + 1."""
+    me = non_proposer_key(range(2))
+    h = Harness(me)
+    h.start()
+    o = others(me)
+    actions = h.feed(vote(o[0], PRECOMMIT, 0, b""))
+    actions += h.feed(vote(o[1], PRECOMMIT, 0, A.hash))
+    assert timeouts(actions) == []
+    actions = h.feed(vote(o[2], PRECOMMIT, 0, b""))
+    assert timeouts(actions) == [ScheduleTimeout(1, 0, Step.PRECOMMIT, 1000)]
+    actions = h.feed(TimeoutFired(1, 0, Step.PRECOMMIT))
+    assert h.machine.round == 1 and h.machine.current_step == Step.PROPOSE
+    assert ScheduleTimeout(1, 1, Step.PROPOSE, 3500) in actions
+
+
+def test_round_skip_on_f_plus_1_messages_of_higher_round() -> None:
+    """Lines 55-56: one validator in round 3 is not enough; f+1 (two of four) moves us there."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    o = others(me)
+    h.feed(vote(o[0], PREVOTE, 3, b""))
+    assert h.machine.round == 0
+    actions = h.feed(vote(o[1], PRECOMMIT, 3, b""))
+    assert h.machine.round == 3
+    assert ScheduleTimeout(1, 3, Step.PROPOSE, 4500) in actions
+
+
+def test_decide_on_precommits_of_an_earlier_round() -> None:
+    """Lines 49-54: proposal and 2f+1 precommits in an earlier round decide, with their Commit."""
+    me = non_proposer_key(range(1))
+    o = others(me)
+    h2 = Harness(me)  # hears the round 0 precommits for A only once in round 1
+    h2.start()
+    h2.valid_proposal(0, A)
+    h2.feed(TimeoutFired(1, 0, Step.PROPOSE))
+    h2.votes(o, PREVOTE, 1, b"")  # f+1 in round 1: skip there
+    assert h2.machine.round == 1
+    actions = h2.votes(o, PRECOMMIT, 0, A.hash)
+    decides = [a for a in actions if isinstance(a, Decide)]
+    assert len(decides) == 1
+    commit = decides[0].commit
+    assert (commit.height, commit.round, commit.block_hash) == (1, 0, A.hash)
+    assert commit.verify(CHAIN, VALIDATORS) is None
+    assert h2.machine.current_step == Step.COMMIT
+
+
+def test_decide_in_a_later_round_than_ours() -> None:
+    """Lines 49-56: precommits for A in round 2 move us to round 2 and decide A there."""
+    me = non_proposer_key(range(3))
+    h = Harness(me)
+    h.start()
+    block = make_block(b"round-2")
+    h.feed(proposal(2, block))
+    h.feed(BlockValidated(block.hash, True))
+    actions = h.votes(others(me), PRECOMMIT, 2, block.hash)
+    decides = [a for a in actions if isinstance(a, Decide)]
+    assert [d.commit.round for d in decides] == [2]
+
+
+def test_no_decision_without_validation() -> None:
+    """Line 49's valid(v): precommits for a block not yet reported valid do not decide."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    h.feed(proposal(0, A))
+    actions = h.votes(others(me), PRECOMMIT, 0, A.hash)
+    assert not [a for a in actions if isinstance(a, Decide)]
+    actions = h.feed(BlockValidated(A.hash, True))
+    assert [a for a in actions if isinstance(a, Decide)]
+
+
+def test_equivocation_reported_once_in_canonical_order_and_counted_once() -> None:
+    """Two prevotes by one validator for different blocks: verified evidence; power counts once."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    bad = others(me)[0]
+    h.feed(vote(bad, PREVOTE, 0, A.hash))
+    actions = h.feed(vote(bad, PREVOTE, 0, B.hash))
+    evidence = [a.evidence for a in actions if isinstance(a, ReportEvidence)]
+    assert len(evidence) == 1
+    ev = evidence[0]
+    assert ev.vote_a.block_hash < ev.vote_b.block_hash
+    assert ev.verify(CHAIN, VALIDATORS) is None
+    assert h.feed(vote(bad, PREVOTE, 0, b"")) == []  # a third vote: already reported
+    assert h.machine.votes.round(0).prevotes.power_any == 1
+
+
+def test_bad_signatures_and_wrong_proposer_are_ignored() -> None:
+    """A vote with a bad signature is not counted; a proposal by a non-proposer is not accepted."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    o = others(me)
+    good = vote(o[0], PREVOTE, 1, b"")
+    index = VALIDATORS.index_of(o[1].address)
+    assert index is not None
+    # o[1]'s vote carrying o[0]'s signature.
+    forged = VoteReceived(Vote(PREVOTE, 1, 1, b"", o[1].address, index, good.vote.signature))
+    h.feed(good)
+    actions = h.feed(forged)
+    assert [a for a in actions if isinstance(a, Misbehaviour)]
+    assert h.machine.round == 0  # the forged vote would have made f+1 in round 1
+    wrong = next(k for k in KEYS if k.address != SCHEDULE.proposer(0).address)
+    actions = h.feed(proposal(0, A, key=wrong))
+    assert [a for a in actions if isinstance(a, Misbehaviour)]
+    assert not [a for a in actions if isinstance(a, ValidateBlock)]
+    assert h.machine.proposals == {}
+
+
+def test_unknown_validator_and_old_height_ignored() -> None:
+    """Votes from outside the set and for other heights change nothing."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    stranger = PrivateKey(sha256(b"stranger"))
+    v = Vote.create(stranger, CHAIN, PREVOTE, 1, 1, b"", 0)
+    assert h.feed(VoteReceived(v)) == []
+    assert h.feed(vote(others(me)[0], PREVOTE, 1, b"", height=5)) == []
+    assert h.machine.votes.rounds == {}
+
+
+def decided_harness(me: PrivateKey) -> tuple[Harness, Decide]:
+    h = Harness(me, ConsensusConfig(skip_timeout_commit=False))
+    h.start()
+    h.valid_proposal(0, A)
+    actions = h.votes(others(me), PRECOMMIT, 0, A.hash)
+    return h, next(a for a in actions if isinstance(a, Decide))
+
+
+def test_next_height_after_commit_with_buffered_messages() -> None:
+    """After HeightCommitted: height + 1, timeout_commit, and buffered h+1 messages applied."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    h.valid_proposal(0, A)
+    o = others(me)
+    early = [vote(k, PREVOTE, 0, b"", height=2) for k in o]
+    for e in early:
+        assert h.feed(e) == []
+    h.votes(o, PRECOMMIT, 0, A.hash)
+    assert h.machine.decision == A
+    actions = h.feed(HeightCommitted(1, VALIDATORS))
+    assert h.machine.height == 2
+    assert ScheduleTimeout(2, 0, Step.NEW_HEIGHT, 1000) in actions
+    assert h.machine.votes.round(0).prevotes.power_for(b"") == 3
+    actions = h.feed(TimeoutFired(2, 0, Step.NEW_HEIGHT))
+    assert h.machine.current_step == Step.PROPOSE and h.machine.round == 0
+
+
+def test_commit_received_decides_only_with_a_valid_certificate() -> None:
+    """Catch-up: a verified commit certificate decides; one with too little power does not."""
+    me = non_proposer_key(range(1))
+    _, decided = decided_harness(me)
+    h = Harness(me)
+    h.start()
+    weak = Commit(1, 0, A.hash, decided.commit.signatures[:2])
+    actions = h.feed(CommitReceived(A, weak))
+    assert [a for a in actions if isinstance(a, Misbehaviour)]
+    actions = h.feed(CommitReceived(A, decided.commit))
+    assert actions == [Decide(A, decided.commit)]
+
+
+def test_replay_rebuilds_state_and_returns_current_height_actions() -> None:
+    """Replaying the logged events (after an encode/decode round trip) gives the same state."""
+    me = proposer_key(1)
+    h = Harness(me)
+    h.start()
+    h.valid_proposal(0, A)
+    h.votes([me, *others(me)[:2]], PREVOTE, 0, A.hash)
+    h.votes(others(me), PRECOMMIT, 0, b"")
+    h.feed(TimeoutFired(1, 0, Step.PRECOMMIT))
+    wal = [encode_event(e) for e in h.log]
+    fresh = ConsensusMachine(
+        chain_id=CHAIN, height=1, validators=VALIDATORS, schedule=SCHEDULE, own_address=me.address
+    )
+    again = fresh.replay(decode_event(b) for b in wal)
+    assert fresh.state() == h.machine.state()
+    assert SignProposal(1, 1, 0, A) in again
+    assert all(not isinstance(a, SignVote) or a.height == 1 for a in again)
+
+
+def test_events_round_trip_through_canonical_encoding() -> None:
+    """Every event kind encodes and decodes to an equal value."""
+    commit = Commit(1, 0, A.hash, (CommitSig(0, b"\x01" * 64),))
+    events = [
+        proposal(0, A),
+        vote(KEYS[0], PRECOMMIT, 2, A.hash),
+        TimeoutFired(3, 4, Step.PREVOTE),
+        BlockValidated(A.hash, False, "why"),
+        BlockBuilt(1, 2, B),
+        CommitReceived(A, commit),
+        HeightCommitted(7, VALIDATORS),
+        StartHeight(9),
+    ]
+    for e in events:
+        assert decode_event(encode_event(e)) == e
+
+
+def test_build_block_links_to_previous_and_checks_pass() -> None:
+    """build_block's header passes header_link_error for its context; a changed field fails it."""
+    assert header_link_error(A, _context1()) is None
+    context2 = BlockContext(
+        chain_id=CHAIN,
+        height=2,
+        last_block_hash=A.hash,
+        last_commit=decided_harness(non_proposer_key(range(1)))[1].commit,
+        last_block_time_ms=A.header.time_ms,
+        validators=VALIDATORS,
+        next_validators=VALIDATORS,
+        last_validators=VALIDATORS,
+        app_hash=sha256(b"state-1"),
+        last_results_hash=sha256(b""),
+    )
+    b2 = build_block(context2, time_ms=5, txs=[b"t"], evidence=[], proposer_address=KEYS[1].address)
+    assert b2.header.time_ms == A.header.time_ms + 1
+    assert header_link_error(b2, context2) is None
+    wrong = BlockContext(**{**_fields(context2), "app_hash": sha256(b"other")})
+    assert header_link_error(b2, wrong) == "app_hash mismatch"
+
+
+def _context1() -> BlockContext:
+    return BlockContext(
+        chain_id=CHAIN,
+        height=1,
+        last_block_hash=b"",
+        last_commit=None,
+        last_block_time_ms=0,
+        validators=VALIDATORS,
+        next_validators=VALIDATORS,
+        last_validators=VALIDATORS,
+        app_hash=b"",
+        last_results_hash=sha256(b""),
+    )
+
+
+def _fields(c: BlockContext) -> dict[str, Any]:
+    return {name: getattr(c, name) for name in c.__slots__}  # type: ignore[attr-defined]
