@@ -92,8 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OPERATOR_ERRORS as e:
         _error(str(e))
         return EXIT_USAGE
+    except BaseExceptionGroup as group:
+        # A service that refuses to start (e.g. a corrupt store) raises inside
+        # the daemon's nursery; report it like any other operator error.
+        operator, rest = group.split(OPERATOR_ERRORS)
+        if operator is None or rest is not None:
+            raise
+        _error(str(_first_leaf(operator)))
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def build_parser() -> argparse.ArgumentParser:
