@@ -26,6 +26,7 @@ import trio
 
 from consensus.types import Genesis
 from node.config import Address, Peer, load_config
+from node.daemon import EXIT_SHUTDOWN_TIMEOUT
 from node.home import HomePaths, init_home
 from node.keys import load_key, node_id
 
@@ -488,3 +489,53 @@ async def test_sd_notify_ready_watchdog_and_stopping(
                 while not any("STOPPING=1" in m for m in messages):
                     messages.append((await sock.recv(4096)).decode().split("\n"))
                 assert await process.wait() == 0
+
+
+_SERVICE_SCRIPT = """
+import sys, trio
+from pathlib import Path
+from node.daemon import Node
+from node.logging import configure_logging
+
+class Stubborn:
+    name = "stubborn"
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        with trio.CancelScope(shield=True):  # ignores cancellation: a wedged service
+            await trio.sleep_forever()
+
+configure_logging("info", "json")
+node = Node.from_home(Path(sys.argv[1]), shutdown_grace_ms=int(sys.argv[2]))
+node.services.append(Stubborn())
+trio.run(node.run)
+"""
+
+
+async def test_a_service_that_ignores_cancellation_is_forced_out_after_the_grace(
+    home: Path,
+) -> None:
+    """A service added to Node.services starts before "node started"; if it ignores
+    cancellation, SIGTERM still ends the process (exit 70) once the grace has passed."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _SERVICE_SCRIPT, str(home), "300"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    assert process.stderr is not None
+    lines = Lines(process.stderr)
+    try:
+        with trio.fail_after(START_TIMEOUT_S):
+            started = await lines.until_event("node started")
+        assert started["services"] == ["stubborn"]
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(SHUTDOWN_TIMEOUT_S):
+            forced = await lines.until_event("shutdown took too long; exiting without waiting")
+            assert await process.wait() == EXIT_SHUTDOWN_TIMEOUT
+        assert forced["level"] == "error"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()
