@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from consensus.types import TX_BYTES_MAX
+from node.storage import MAP_BYTES_DEFAULT
 
 CONFIG_FILE_NAME = "config.toml"
 NODE_ID_HEX_CHARS = 40
@@ -38,6 +39,8 @@ _NODE_ID = re.compile(r"^[0-9a-fA-F]{40}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "json", "console")
 STORAGE_BACKENDS = ("lmdb",)
+MAP_BYTES_MIN = 16 * 1024 * 1024
+MAP_BYTES_MAX = 1 << 44  # 16 TiB: far beyond any disk this node is meant for
 
 
 class ConfigError(Exception):
@@ -432,11 +435,22 @@ class BlockSyncConfig:
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
-    doc: ClassVar[str] = "The embedded store under data/."
+    doc: ClassVar[str] = (
+        "The embedded store under data/. Every block commit is fsync'd; durability is "
+        "not configurable."
+    )
 
     backend: str = field(
         default=STORAGE_BACKENDS[0],
         metadata=_meta(_choice(STORAGE_BACKENDS), "Store engine (only one is built in)."),
+    )
+    map_bytes: int = field(
+        default=MAP_BYTES_DEFAULT,
+        metadata=_meta(
+            _integer(MAP_BYTES_MIN, MAP_BYTES_MAX),
+            "Size of the LMDB memory map: the most the store can hold. The file is sparse, "
+            "so a large value costs no disk; when full, writes fail with StorageFullError.",
+        ),
     )
 
 
