@@ -340,7 +340,9 @@ class WAL:
         self._head_fd = None
         seq = self._seqs[-1] + 1
         fd = os.open(
-            self.directory / _file_name(seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+            self.directory / _file_name(seq),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
+            0o600,
         )
         self._head_fd = fd
         self._seqs.append(seq)
