@@ -1,0 +1,208 @@
+"""The application interface: the state machine that gives transactions their meaning.
+
+The validation core runs the application's state transition in the same pass
+as signature checking, so the interface lives in `consensus/` and is pure: an
+application never does I/O. It returns what it would write (`BlockExecution`)
+and the node persists those writes in the same storage transaction as the
+block; `commit` then applies them to the in-memory state. Executing a block
+never changes committed state, so a block that fails validation (or loses the
+round) leaves no trace.
+
+Two applications are built in (`consensus/apps/`): `ledger` and `kvstore`.
+docs/protocol-apps.md gives their payload formats and app hash byte-exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from consensus import merkle
+from consensus.codec import encode
+from consensus.crypto import sha256
+from consensus.types import DuplicateVoteEvidence, Genesis, Header, Transaction
+
+__all__ = [
+    "CODE_OK",
+    "Application",
+    "BlockExecution",
+    "QueryResult",
+    "TxResult",
+    "ValidatorUpdate",
+    "chain_app_hash",
+    "results_hash",
+]
+
+CODE_OK = 0
+
+# Application logs are for people; bounded so a hostile payload cannot bloat results.
+TX_LOG_BYTES_MAX = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TxResult:
+    """The outcome of one transaction. Only `code` and `data` are hashed into results."""
+
+    code: int
+    log: str = ""
+    data: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.code == CODE_OK
+
+    def to_obj(self) -> list[Any]:
+        """What `results_hash` commits to: the deterministic part of the result."""
+        return [self.code, self.data]
+
+
+# Most transactions succeed with nothing to return: one shared object, no allocation.
+TX_OK = TxResult(CODE_OK)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    code: int
+    value: bytes = b""
+    log: str = ""
+    height: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.code == CODE_OK
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorUpdate:
+    """Set `public_key`'s voting power at height + 2; power 0 removes the validator."""
+
+    public_key: bytes
+    power: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockExecution:
+    """What executing one block would do, computed without touching committed state.
+
+    `writes` are (key, value) sorted by key, value None for a deletion; the
+    node stores them with the block and then calls `Application.commit`.
+    `base_app_hash` is the app hash the block was executed on, so `commit` can
+    refuse an execution computed against some other state.
+    """
+
+    height: int
+    tx_results: tuple[TxResult, ...]
+    validator_updates: tuple[ValidatorUpdate, ...]
+    writes: tuple[tuple[bytes, bytes | None], ...]
+    base_app_hash: bytes
+    app_hash: bytes
+
+
+class Application(Protocol):
+    """A deterministic state machine driven by committed blocks.
+
+    Implementations also provide the classmethods
+    `from_genesis(genesis) -> Self` and
+    `load(items: Iterable[tuple[bytes, bytes]], app_hash: bytes, height: int) -> Self`
+    (the state as the key/value pairs the node stored).
+    """
+
+    name: str
+
+    @property
+    def app_hash(self) -> bytes: ...
+
+    @property
+    def height(self) -> int: ...
+
+    def check_tx(self, tx: Transaction) -> TxResult:
+        """Admission against the mempool's view (committed state plus admitted txs).
+
+        The signature is the caller's to check (through the verifier and its
+        cache). An accepted transaction updates the mempool's view; `commit`
+        resets that view to the committed state.
+        """
+        ...
+
+    def execute_block(
+        self,
+        header: Header,
+        txs: Iterable[Transaction],
+        evidence: Sequence[DuplicateVoteEvidence],
+    ) -> BlockExecution:
+        """Run a block on the committed state. `txs` is iterated once, in order.
+
+        A transaction that fails is recorded with its code and log, never
+        dropped. The committed state is left unchanged. The iteration may stop
+        early (the validation core stops feeding transactions once the block is
+        known to be invalid); the result is then discarded.
+        """
+        ...
+
+    def commit(self, execution: BlockExecution) -> bytes:
+        """Apply `execution.writes` to the in-memory state and return the new app hash."""
+        ...
+
+    def query(self, path: str, data: bytes) -> QueryResult: ...
+
+
+def chain_app_hash(prev_app_hash: bytes, writes: Sequence[tuple[bytes, bytes | None]]) -> bytes:
+    """SHA-256(prev_app_hash || SHA-256(canonical encoding of the sorted writes)).
+
+    O(changes) per block. It commits to the whole history of state changes:
+    given a trusted app hash and the blocks' write-sets, anyone can recompute
+    every later app hash, so a node's replayed state is checked exactly.
+    """
+    return sha256(prev_app_hash + sha256(encode([[k, v] for k, v in writes])))
+
+
+def genesis_app_hash(chain_id: str, app: str) -> bytes:
+    """The app hash before the first block: bound to the chain and the application."""
+    return sha256(encode(["archipelago/app/v1", chain_id, app]))
+
+
+def results_hash(results: Sequence[TxResult]) -> bytes:
+    """Merkle root (consensus/merkle.py) over each result's canonical `to_obj` encoding.
+
+    Results repeat (nearly all transactions succeed identically), so leaf and
+    subtree hashes are computed once per distinct value: the root is the same
+    as merkle.root, at a fraction of the cost.
+    """
+    level: list[bytes] = []
+    prev: TxResult | None = None
+    leaf = b""
+    for r in results:
+        if r is not prev:  # identity: apps share one object for the common outcome
+            leaf = merkle.leaf_hash(encode(r.to_obj()))
+            prev = r
+        level.append(leaf)
+    return root_memo(level)
+
+
+def root_memo(level: list[bytes]) -> bytes:
+    """merkle.root_from_leaf_hashes, computing each distinct (left, right) pair once."""
+    if len(level) <= 1:
+        return merkle.root_from_leaf_hashes(level)
+    memo: dict[bytes, bytes] = {}
+    while len(level) > 1:
+        nxt: list[bytes] = []
+        for i in range(0, len(level) - 1, 2):
+            pair = level[i] + level[i + 1]
+            h = memo.get(pair)
+            if h is None:
+                h = merkle.inner_hash(level[i], level[i + 1])
+                memo[pair] = h
+            nxt.append(h)
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+def app_from_genesis(genesis: Genesis) -> Application:
+    """The built-in application that genesis names, in its initial state."""
+    from consensus.apps import app_class
+
+    app: Application = app_class(genesis.app).from_genesis(genesis)
+    return app

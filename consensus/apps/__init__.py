@@ -1,0 +1,148 @@
+"""The built-in applications, selected by genesis `app`, and the rules they share.
+
+Both `ledger` and `kvstore` order each sender's transactions with a nonce
+(the next nonce must be used, so a signed transaction can never be replayed)
+and can return validator set changes; the checks that keep every resulting
+validator set valid live here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consensus.app import TxResult, ValidatorUpdate
+from consensus.codec import DecodeError, decode, encode
+from consensus.crypto import ADDRESS_BYTES, PUBLIC_KEY_BYTES, address_of
+from consensus.types import TX_PAYLOAD_BYTES_MAX, VALIDATORS_MAX, VOTING_POWER_MAX
+
+__all__ = [
+    "CODE_BAD_NONCE",
+    "CODE_BAD_PAYLOAD",
+    "CODE_BAD_VALIDATOR_UPDATE",
+    "CODE_BUSY",
+    "CODE_INSUFFICIENT_FUNDS",
+    "CODE_UNAUTHORIZED",
+    "AddressMemo",
+    "app_class",
+    "apply_validator_update",
+]
+
+# Result codes, shared so clients read them the same way for either app.
+CODE_BAD_PAYLOAD = 1
+CODE_BAD_NONCE = 2
+CODE_INSUFFICIENT_FUNDS = 3
+CODE_UNAUTHORIZED = 4
+CODE_BAD_VALIDATOR_UPDATE = 5
+CODE_BUSY = 6  # the mempool's view is full; retry after the next commit
+
+# One block may change the validator set this often; more would let one block
+# swap the whole set at once. Later updates in the block fail with a code.
+VALIDATOR_UPDATES_PER_BLOCK_MAX = 100
+
+# Accounts touched by admitted-but-uncommitted transactions (the mempool's view).
+# Two per admitted transaction at most; when full, check_tx answers CODE_BUSY.
+CHECK_VIEW_ENTRIES_MAX = 1_000_000
+
+KEY_VALIDATOR = b"v"  # + 32-byte public key -> canonical power
+
+
+def bad_payload(why: str) -> TxResult:
+    return TxResult(CODE_BAD_PAYLOAD, why)
+
+
+def decode_payload(payload: bytes) -> tuple[Any, ...] | None:
+    """A payload's canonical msgpack array, or None when it is not one."""
+    try:
+        obj = decode(payload, bytes_max=TX_PAYLOAD_BYTES_MAX)
+    except DecodeError:
+        return None
+    if not isinstance(obj, tuple) or not obj or type(obj[0]) is not str:
+        return None
+    return obj
+
+
+class AddressMemo:
+    """Sender public key -> address, so a busy sender's key is hashed once.
+
+    Bounded by `entries_max`; when full it is emptied (a miss only costs one hash).
+    """
+
+    __slots__ = ("_memo", "entries_max")
+
+    def __init__(self, entries_max: int = 65_536) -> None:
+        self._memo: dict[bytes, bytes] = {}
+        self.entries_max = entries_max
+
+    def get(self, public_key: bytes) -> bytes:
+        address = self._memo.get(public_key)
+        if address is None:
+            if len(self._memo) >= self.entries_max:
+                self._memo.clear()
+            address = address_of(public_key)
+            self._memo[public_key] = address
+        return address
+
+
+def apply_validator_update(
+    validators: dict[bytes, int],
+    changed: dict[bytes, int],
+    update_count: int,
+    public_key: Any,
+    power: Any,
+) -> TxResult | ValidatorUpdate:
+    """Check one update against the set as changed so far in this block.
+
+    `validators` is the committed set (public key -> power), `changed` this
+    block's overlay (power 0 = removed). Returns the update, recorded into
+    `changed`, or the failed result. Every accepted sequence leaves 1 to
+    VALIDATORS_MAX validators, each with power in 1..VOTING_POWER_MAX.
+    """
+    if type(public_key) is not bytes or len(public_key) != PUBLIC_KEY_BYTES:
+        return TxResult(CODE_BAD_VALIDATOR_UPDATE, "public key must be 32 bytes")
+    if type(power) is not int or not 0 <= power <= VOTING_POWER_MAX:
+        return TxResult(CODE_BAD_VALIDATOR_UPDATE, f"power must be in 0..{VOTING_POWER_MAX}")
+    if update_count >= VALIDATOR_UPDATES_PER_BLOCK_MAX:
+        return TxResult(CODE_BAD_VALIDATOR_UPDATE, "too many validator updates in this block")
+    current = changed.get(public_key, validators.get(public_key, 0))
+    count = sum(1 for pk in validators if changed.get(pk, 1) > 0)
+    count += sum(1 for pk, p in changed.items() if p > 0 and pk not in validators)
+    if power == 0 and current == 0:
+        return TxResult(CODE_BAD_VALIDATOR_UPDATE, "not a validator")
+    if power == 0 and count <= 1:
+        return TxResult(CODE_BAD_VALIDATOR_UPDATE, "cannot remove the last validator")
+    if power > 0 and current == 0 and count >= VALIDATORS_MAX:
+        return TxResult(CODE_BAD_VALIDATOR_UPDATE, "validator set is full")
+    changed[public_key] = power
+    return ValidatorUpdate(public_key, power)
+
+
+def validator_writes(changed: dict[bytes, int]) -> list[tuple[bytes, bytes | None]]:
+    return [(KEY_VALIDATOR + pk, encode(p) if p else None) for pk, p in changed.items()]
+
+
+def load_validator(key: bytes, value: bytes, validators: dict[bytes, int]) -> None:
+    power = decode(value)
+    assert len(key) == 1 + PUBLIC_KEY_BYTES and type(power) is int and power > 0
+    validators[key[1:]] = power
+
+
+def parse_address(text: Any, what: str) -> bytes:
+    """A 20-byte address from genesis hex; ValueError names the field."""
+    try:
+        address = bytes.fromhex(text) if isinstance(text, str) else b""
+    except ValueError:
+        address = b""
+    if len(address) != ADDRESS_BYTES:
+        raise ValueError(f"{what}: expected a {ADDRESS_BYTES}-byte address in hex")
+    return address
+
+
+def app_class(name: str) -> Any:
+    """The class of the built-in application `name` ("ledger" or "kvstore")."""
+    from consensus.apps.kvstore import KVStore
+    from consensus.apps.ledger import Ledger
+
+    classes: dict[str, Any] = {"ledger": Ledger, "kvstore": KVStore}
+    if name not in classes:
+        raise ValueError(f"unknown application {name!r}")
+    return classes[name]

@@ -1,0 +1,218 @@
+"""`kvstore`: a key/value store any signer may write, for tests and demonstrations.
+
+Small on purpose: it exercises the node's whole path (mempool, blocks,
+queries, validator set changes) without the ledger's rules. Nonces still
+apply, so a signed write or validator change cannot be replayed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Self
+
+from consensus.app import (
+    TX_OK,
+    BlockExecution,
+    QueryResult,
+    TxResult,
+    ValidatorUpdate,
+    chain_app_hash,
+    genesis_app_hash,
+)
+from consensus.apps import (
+    CHECK_VIEW_ENTRIES_MAX,
+    CODE_BAD_NONCE,
+    CODE_BAD_PAYLOAD,
+    CODE_BUSY,
+    KEY_VALIDATOR,
+    AddressMemo,
+    apply_validator_update,
+    bad_payload,
+    decode_payload,
+    load_validator,
+    validator_writes,
+)
+from consensus.codec import decode, encode
+from consensus.crypto import PrivateKey
+from consensus.types import DuplicateVoteEvidence, Genesis, Header, Transaction
+
+__all__ = ["KEY_BYTES_MAX", "VALUE_BYTES_MAX", "KVStore", "set_tx"]
+
+KEY_BYTES_MAX = 256  # a key is also a storage key: short keeps the store's index small
+VALUE_BYTES_MAX = 16 * 1024  # within one transaction payload
+KEY_DATA = b"k"  # + key -> value
+KEY_NONCE = b"n"  # + 20-byte address -> canonical next nonce
+
+_NONCE_FAIL = TxResult(CODE_BAD_NONCE, "nonce is not the sender's next nonce")
+_BUSY = TxResult(CODE_BUSY, "mempool view full")
+
+
+def set_tx(key: PrivateKey, chain_id: str, nonce: int, k: bytes, v: bytes) -> Transaction:
+    """A signed ["set", k, v]."""
+    return Transaction.create(key, chain_id, nonce, encode(["set", k, v]))
+
+
+class KVStore:
+    """Keys to values; "val" transactions from any signer change the validator set."""
+
+    name = "kvstore"
+
+    def __init__(
+        self,
+        data: dict[bytes, bytes],
+        nonces: dict[bytes, int],
+        validators: dict[bytes, int],
+        app_hash: bytes,
+        height: int,
+    ) -> None:
+        self._data = data
+        self._nonces = nonces  # address -> next nonce
+        self._validators = validators
+        self._app_hash = app_hash
+        self._height = height
+        self._check: dict[bytes, int] = {}  # the mempool's view of next nonces
+        self._addresses = AddressMemo()
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis) -> Self:
+        if genesis.app_state:
+            raise ValueError("app_state: kvstore takes no initial state ({})")
+        validators = {v.public_key: v.power for v in genesis.validators}
+        return cls({}, {}, validators, genesis_app_hash(genesis.chain_id, cls.name), 0)
+
+    @classmethod
+    def load(cls, items: Iterable[tuple[bytes, bytes]], app_hash: bytes, height: int) -> Self:
+        data: dict[bytes, bytes] = {}
+        nonces: dict[bytes, int] = {}
+        validators: dict[bytes, int] = {}
+        for key, value in items:
+            if key[:1] == KEY_DATA:
+                data[key[1:]] = value
+            elif key[:1] == KEY_NONCE:
+                nonces[key[1:]] = decode(value)
+            elif key[:1] == KEY_VALIDATOR:
+                load_validator(key, value, validators)
+        return cls(data, nonces, validators, app_hash, height)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        for k, v in self._data.items():
+            yield KEY_DATA + k, v
+        for address, nonce in self._nonces.items():
+            yield KEY_NONCE + address, encode(nonce)
+        for pk, power in self._validators.items():
+            yield KEY_VALIDATOR + pk, encode(power)
+
+    @property
+    def app_hash(self) -> bytes:
+        return self._app_hash
+
+    @property
+    def height(self) -> int:
+        return self._height
+
+    def check_tx(self, tx: Transaction) -> TxResult:
+        if len(self._check) >= CHECK_VIEW_ENTRIES_MAX:
+            return _BUSY
+        sender = self._addresses.get(tx.sender)
+        nonce = self._check.get(sender, self._nonces.get(sender, 0))
+        if tx.nonce != nonce:
+            return _NONCE_FAIL
+        result, _ = self._apply(tx.payload, {}, {}, 0)
+        if result.ok:
+            self._check[sender] = nonce + 1
+        return result
+
+    def execute_block(
+        self,
+        header: Header,
+        txs: Iterable[Transaction],
+        evidence: Sequence[DuplicateVoteEvidence],
+    ) -> BlockExecution:
+        data_changed: dict[bytes, bytes] = {}
+        nonces_changed: dict[bytes, int] = {}
+        validators_changed: dict[bytes, int] = {}
+        updates: list[ValidatorUpdate] = []
+        results: list[TxResult] = []
+        for tx in txs:
+            sender = self._addresses.get(tx.sender)
+            nonce = nonces_changed.get(sender, self._nonces.get(sender, 0))
+            if tx.nonce != nonce:
+                results.append(_NONCE_FAIL)
+                continue
+            nonces_changed[sender] = nonce + 1
+            result, update = self._apply(tx.payload, data_changed, validators_changed, len(updates))
+            if update is not None:
+                updates.append(update)
+            results.append(result)
+        writes: list[tuple[bytes, bytes | None]] = [
+            (KEY_DATA + k, v) for k, v in data_changed.items()
+        ]
+        writes += [(KEY_NONCE + a, encode(n)) for a, n in nonces_changed.items()]
+        writes += validator_writes(validators_changed)
+        writes.sort()
+        return BlockExecution(
+            height=header.height,
+            tx_results=tuple(results),
+            validator_updates=tuple(updates),
+            writes=tuple(writes),
+            base_app_hash=self._app_hash,
+            app_hash=chain_app_hash(self._app_hash, writes),
+        )
+
+    def _apply(
+        self,
+        payload: bytes,
+        data_changed: dict[bytes, bytes],
+        validators_changed: dict[bytes, int],
+        update_count: int,
+    ) -> tuple[TxResult, ValidatorUpdate | None]:
+        obj = decode_payload(payload)
+        if obj is None:
+            return bad_payload("payload is not a canonical msgpack array"), None
+        if obj[0] == "set" and len(obj) == 3:
+            k, v = obj[1], obj[2]
+            if type(k) is not bytes or not 1 <= len(k) <= KEY_BYTES_MAX:
+                return bad_payload(f"key must be 1..{KEY_BYTES_MAX} bytes"), None
+            if type(v) is not bytes or len(v) > VALUE_BYTES_MAX:
+                return bad_payload(f"value must be at most {VALUE_BYTES_MAX} bytes"), None
+            data_changed[k] = v
+            return TX_OK, None
+        if obj[0] == "val" and len(obj) == 3:
+            outcome = apply_validator_update(
+                self._validators, validators_changed, update_count, obj[1], obj[2]
+            )
+            if isinstance(outcome, TxResult):
+                return outcome, None
+            return TX_OK, outcome
+        return bad_payload('expected ["set", key, value] or ["val", public_key, power]'), None
+
+    def commit(self, execution: BlockExecution) -> bytes:
+        assert execution.base_app_hash == self._app_hash, "execution is for another state"
+        assert execution.height == self._height + 1, "execution is for another height"
+        for key, value in execution.writes:
+            assert value is not None or key[:1] == KEY_VALIDATOR
+            if key[:1] == KEY_DATA and value is not None:
+                self._data[key[1:]] = value
+            elif key[:1] == KEY_NONCE and value is not None:
+                self._nonces[key[1:]] = decode(value)
+            elif key[:1] == KEY_VALIDATOR:
+                if value is None:
+                    del self._validators[key[1:]]
+                else:
+                    load_validator(key, value, self._validators)
+        self._app_hash = execution.app_hash
+        self._height = execution.height
+        self._check.clear()
+        return self._app_hash
+
+    def query(self, path: str, data: bytes) -> QueryResult:
+        """ "key" (data: the key) -> its value, code 1 when absent."""
+        if path == "key":
+            value = self._data.get(data)
+            if value is None:
+                return QueryResult(CODE_BAD_PAYLOAD, log="no such key", height=self._height)
+            return QueryResult(0, value, height=self._height)
+        if path == "validators":
+            value = encode(sorted([pk, p] for pk, p in self._validators.items()))
+            return QueryResult(0, value, height=self._height)
+        return QueryResult(CODE_BAD_PAYLOAD, log=f"unknown path {path[:32]!r}")

@@ -1,0 +1,361 @@
+"""`ledger`: accounts with balances and nonces, moved by signed transfers.
+
+It is the application the benchmarks and the CLI drive, so execution is
+written for the hot path: a transfer's canonical payload is recognised by its
+fixed byte layout (no generic decode), a sender's address is hashed once per
+block range (AddressMemo), and a block touches only an overlay of the
+accounts it changes. docs/protocol-apps.md gives the formats byte-exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Self
+
+from consensus.app import (
+    TX_OK,
+    BlockExecution,
+    QueryResult,
+    TxResult,
+    ValidatorUpdate,
+    chain_app_hash,
+    genesis_app_hash,
+)
+from consensus.apps import (
+    CHECK_VIEW_ENTRIES_MAX,
+    CODE_BAD_NONCE,
+    CODE_BAD_PAYLOAD,
+    CODE_BUSY,
+    CODE_INSUFFICIENT_FUNDS,
+    CODE_UNAUTHORIZED,
+    KEY_VALIDATOR,
+    AddressMemo,
+    apply_validator_update,
+    bad_payload,
+    decode_payload,
+    load_validator,
+    parse_address,
+    validator_writes,
+)
+from consensus.codec import decode, encode
+from consensus.crypto import ADDRESS_BYTES, PrivateKey
+from consensus.types import (
+    DuplicateVoteEvidence,
+    Genesis,
+    Header,
+    Transaction,
+    ValidatorSet,
+)
+
+__all__ = ["BALANCE_MAX", "Ledger", "transfer_payload", "transfer_tx", "validator_tx"]
+
+BALANCE_MAX = 2**63 - 1  # every balance and amount fits a msgpack int64
+KEY_ACCOUNT = b"a"  # + 20-byte address -> canonical [balance, nonce]
+KEY_ADMIN = b"m/admin"  # -> 20-byte address of the genesis admin
+
+# Canonical ["transfer", <20-byte address>, amount]: fixarray(3), fixstr(8), bin8(20).
+_TRANSFER_HEAD = b"\x93\xa8transfer\xc4\x14"
+_HEAD_END = len(_TRANSFER_HEAD)
+_ADDR_END = _HEAD_END + ADDRESS_BYTES
+_NO_ACCOUNT = (0, 0)
+
+_OK = TX_OK
+_NONCE_FAIL = TxResult(CODE_BAD_NONCE, "nonce is not the sender's next nonce")
+_FUNDS_FAIL = TxResult(CODE_INSUFFICIENT_FUNDS, "amount exceeds balance")
+_AMOUNT_FAIL = TxResult(CODE_BAD_PAYLOAD, "amount must be in 1..2**63-1")
+_ADMIN_FAIL = TxResult(CODE_UNAUTHORIZED, "only the genesis admin may set validators")
+_BUSY = TxResult(CODE_BUSY, "mempool view full")
+
+
+def transfer_payload(to_address: bytes, amount: int) -> bytes:
+    assert len(to_address) == ADDRESS_BYTES
+    return encode(["transfer", to_address, amount])
+
+
+def transfer_tx(
+    key: PrivateKey, chain_id: str, nonce: int, to_address: bytes, amount: int
+) -> Transaction:
+    """A signed ledger transfer of `amount` from `key`'s account to `to_address`."""
+    return Transaction.create(key, chain_id, nonce, transfer_payload(to_address, amount))
+
+
+def validator_tx(
+    admin: PrivateKey, chain_id: str, nonce: int, public_key: bytes, power: int
+) -> Transaction:
+    """A signed ["set_validator", public_key, power] from the genesis admin (0 removes)."""
+    return Transaction.create(admin, chain_id, nonce, encode(["set_validator", public_key, power]))
+
+
+def _transfer_amount(payload: bytes) -> int:
+    """The amount of a canonical transfer payload, or -1 when the payload is not one.
+
+    Reads msgpack's minimal unsigned integer forms directly; anything else
+    (including a non-minimal form) is left to the generic decoder.
+    """
+    n = len(payload) - _ADDR_END
+    if n < 1 or payload[:_HEAD_END] != _TRANSFER_HEAD:
+        return -1
+    first = payload[_ADDR_END]
+    if n == 1:
+        return first if first < 0x80 else -1
+    if first == 0xCC and n == 2:
+        value = payload[-1]
+        return value if value >= 0x80 else -1
+    if (first, n) in ((0xCD, 3), (0xCE, 5), (0xCF, 9)):
+        value = int.from_bytes(payload[_ADDR_END + 1 :], "big")
+        minimal = value.bit_length() > 8 * (n - 1) // 2
+        return value if minimal and value <= BALANCE_MAX else -1
+    return -1
+
+
+class Ledger:
+    """Balances and nonces per 20-byte address; an optional admin sets validators."""
+
+    name = "ledger"
+
+    def __init__(
+        self,
+        accounts: dict[bytes, tuple[int, int]],
+        validators: dict[bytes, int],
+        admin: bytes | None,
+        app_hash: bytes,
+        height: int,
+    ) -> None:
+        self._accounts = accounts  # committed: address -> (balance, nonce)
+        self._validators = validators  # committed: public key -> power
+        self._admin = admin
+        self._app_hash = app_hash
+        self._height = height
+        self._check: dict[bytes, tuple[int, int]] = {}  # the mempool's view, over committed
+        self._addresses = AddressMemo()
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis) -> Self:
+        """Accounts from `app_state.accounts` ({address hex: balance}), admin optional."""
+        state = genesis.app_state
+        unknown = set(state) - {"accounts", "admin"}
+        if unknown:
+            raise ValueError(f"app_state: unknown key {sorted(unknown)[0]!r}")
+        raw = state.get("accounts", {})
+        if not isinstance(raw, dict):
+            raise ValueError("app_state.accounts: expected an object")
+        accounts: dict[bytes, tuple[int, int]] = {}
+        for text, balance in raw.items():
+            address = parse_address(text, f"app_state.accounts[{text!r}]")
+            if type(balance) is not int or not 0 <= balance <= BALANCE_MAX:
+                raise ValueError(f"app_state.accounts[{text!r}]: expected 0..{BALANCE_MAX}")
+            accounts[address] = (balance, 0)
+        admin = state.get("admin")
+        admin_address = None if admin is None else parse_address(admin, "app_state.admin")
+        validators = {v.public_key: v.power for v in genesis.validators}
+        return cls(
+            accounts,
+            validators,
+            admin_address,
+            genesis_app_hash(genesis.chain_id, cls.name),
+            0,
+        )
+
+    @classmethod
+    def load(cls, items: Iterable[tuple[bytes, bytes]], app_hash: bytes, height: int) -> Self:
+        """The state from the key/value pairs that `items()` and commits wrote."""
+        accounts: dict[bytes, tuple[int, int]] = {}
+        validators: dict[bytes, int] = {}
+        admin = None
+        for key, value in items:
+            if key[:1] == KEY_ACCOUNT:
+                balance, nonce = decode(value)
+                accounts[key[1:]] = (balance, nonce)
+            elif key[:1] == KEY_VALIDATOR:
+                load_validator(key, value, validators)
+            elif key == KEY_ADMIN:
+                admin = value
+        return cls(accounts, validators, admin, app_hash, height)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """The whole state as key/value pairs (what the node stores at genesis)."""
+        for address, (balance, nonce) in self._accounts.items():
+            yield KEY_ACCOUNT + address, encode([balance, nonce])
+        for pk, power in self._validators.items():
+            yield KEY_VALIDATOR + pk, encode(power)
+        if self._admin is not None:
+            yield KEY_ADMIN, self._admin
+
+    @property
+    def app_hash(self) -> bytes:
+        return self._app_hash
+
+    @property
+    def height(self) -> int:
+        return self._height
+
+    def validator_set(self) -> ValidatorSet:
+        from consensus.types import Validator
+
+        return ValidatorSet.of(Validator(pk, p) for pk, p in self._validators.items())
+
+    # ------------------------------------------------------------ mempool
+
+    def check_tx(self, tx: Transaction) -> TxResult:
+        """Nonce, payload and balance against committed state plus admitted transactions."""
+        if len(self._check) + 2 > CHECK_VIEW_ENTRIES_MAX:
+            return _BUSY
+        changed = self._check
+        changes: dict[bytes, tuple[int, int]] = {}
+        result, _ = self._apply(tx, self._addresses.get(tx.sender), changed, changes, {}, 0)
+        if result.ok:
+            changed.update(changes)
+        return result
+
+    # ------------------------------------------------------------ blocks
+
+    def execute_block(
+        self,
+        header: Header,
+        txs: Iterable[Transaction],
+        evidence: Sequence[DuplicateVoteEvidence],
+    ) -> BlockExecution:
+        """Apply each transaction in order to an overlay; evidence carries no penalty here."""
+        accounts = self._accounts
+        changed: dict[bytes, tuple[int, int]] = {}
+        validators_changed: dict[bytes, int] = {}
+        updates: list[ValidatorUpdate] = []
+        results: list[TxResult] = []
+        append = results.append
+        address_of = self._addresses.get
+        for tx in txs:
+            sender = address_of(tx.sender)
+            amount = _transfer_amount(tx.payload)
+            if amount <= 0:  # not the fast path's shape: the general rules decide
+                result, update = self._apply(
+                    tx, sender, changed, changed, validators_changed, len(updates)
+                )
+                if update is not None:
+                    updates.append(update)
+                append(result)
+                continue
+            balance, nonce = changed.get(sender) or accounts.get(sender, _NO_ACCOUNT)
+            if tx.nonce != nonce:
+                append(_NONCE_FAIL)
+                continue
+            if amount > balance:
+                changed[sender] = (balance, nonce + 1)
+                append(_FUNDS_FAIL)
+                continue
+            changed[sender] = (balance - amount, nonce + 1)
+            to = tx.payload[_HEAD_END:_ADDR_END]
+            to_balance, to_nonce = changed.get(to) or accounts.get(to, _NO_ACCOUNT)
+            if to_balance + amount > BALANCE_MAX:
+                changed[sender] = (balance, nonce + 1)
+                append(_AMOUNT_FAIL)
+                continue
+            changed[to] = (to_balance + amount, to_nonce)
+            append(_OK)
+        writes: list[tuple[bytes, bytes | None]] = [
+            (KEY_ACCOUNT + a, encode([b, n])) for a, (b, n) in changed.items()
+        ]
+        writes += validator_writes(validators_changed)
+        writes.sort()
+        return BlockExecution(
+            height=header.height,
+            tx_results=tuple(results),
+            validator_updates=tuple(updates),
+            writes=tuple(writes),
+            base_app_hash=self._app_hash,
+            app_hash=chain_app_hash(self._app_hash, writes),
+        )
+
+    def _apply(
+        self,
+        tx: Transaction,
+        sender: bytes,
+        view: dict[bytes, tuple[int, int]],
+        changes: dict[bytes, tuple[int, int]],
+        validators_changed: dict[bytes, int],
+        update_count: int,
+    ) -> tuple[TxResult, ValidatorUpdate | None]:
+        """The general rules for one transaction, reading `view` over committed state."""
+        accounts = self._accounts
+
+        def account(address: bytes) -> tuple[int, int]:
+            return changes.get(address) or view.get(address) or accounts.get(address, _NO_ACCOUNT)
+
+        balance, nonce = account(sender)
+        if tx.nonce != nonce:
+            return _NONCE_FAIL, None
+        changes[sender] = (balance, nonce + 1)  # a transaction with the right nonce uses it
+        obj = decode_payload(tx.payload)
+        if obj is None:
+            return bad_payload("payload is not a canonical msgpack array"), None
+        if obj[0] == "transfer":
+            return self._transfer(obj, sender, balance, nonce, account, changes), None
+        if obj[0] == "set_validator":
+            if sender != self._admin:
+                return _ADMIN_FAIL, None
+            if len(obj) != 3:
+                return bad_payload('expected ["set_validator", public_key, power]'), None
+            outcome = apply_validator_update(
+                self._validators, validators_changed, update_count, obj[1], obj[2]
+            )
+            if isinstance(outcome, TxResult):
+                return outcome, None
+            return _OK, outcome
+        return bad_payload(f"unknown operation {obj[0][:32]!r}"), None
+
+    @staticmethod
+    def _transfer(
+        obj: tuple[Any, ...],
+        sender: bytes,
+        balance: int,
+        nonce: int,
+        account: Any,
+        changes: dict[bytes, tuple[int, int]],
+    ) -> TxResult:
+        if len(obj) != 3 or type(obj[1]) is not bytes or len(obj[1]) != ADDRESS_BYTES:
+            return bad_payload('expected ["transfer", 20-byte address, amount]')
+        amount = obj[2]
+        if type(amount) is not int or not 0 < amount <= BALANCE_MAX:
+            return _AMOUNT_FAIL
+        if amount > balance:
+            return _FUNDS_FAIL
+        changes[sender] = (balance - amount, nonce + 1)
+        to_balance, to_nonce = account(obj[1])
+        if to_balance + amount > BALANCE_MAX:
+            changes[sender] = (balance, nonce + 1)
+            return _AMOUNT_FAIL
+        changes[obj[1]] = (to_balance + amount, to_nonce)
+        return _OK
+
+    def commit(self, execution: BlockExecution) -> bytes:
+        assert execution.base_app_hash == self._app_hash, "execution is for another state"
+        assert execution.height == self._height + 1, "execution is for another height"
+        for key, value in execution.writes:
+            if key[:1] == KEY_ACCOUNT:
+                assert value is not None
+                balance, nonce = decode(value)
+                self._accounts[key[1:]] = (balance, nonce)
+            elif key[:1] == KEY_VALIDATOR:
+                if value is None:
+                    del self._validators[key[1:]]
+                else:
+                    load_validator(key, value, self._validators)
+        self._app_hash = execution.app_hash
+        self._height = execution.height
+        self._check.clear()
+        return self._app_hash
+
+    # ------------------------------------------------------------ queries
+
+    def query(self, path: str, data: bytes) -> QueryResult:
+        """ "account" (data: 20-byte address) -> canonical [balance, nonce]; "validators"."""
+        if path == "account":
+            if len(data) != ADDRESS_BYTES:
+                return QueryResult(CODE_BAD_PAYLOAD, log="expected a 20-byte address")
+            balance, nonce = self._accounts.get(data, _NO_ACCOUNT)
+            return QueryResult(0, encode([balance, nonce]), height=self._height)
+        if path == "validators":
+            value = encode(sorted([pk, p] for pk, p in self._validators.items()))
+            return QueryResult(0, value, height=self._height)
+        return QueryResult(CODE_BAD_PAYLOAD, log=f"unknown path {path[:32]!r}")

@@ -1,0 +1,656 @@
+"""The block validation core: everything a node checks before it votes for or applies a block.
+
+One entry point, `validate_block`, takes a proposed block and what the node
+knows after the previous height (`ChainState`) and returns the result of
+executing it (`ValidatedBlock`), or raises `BlockInvalid` naming the first
+offending field or transaction. It is what makes a proposal valid in
+Algorithm 1's sense (`valid(v)`, lines 22, 28, 36 and 49).
+
+It is the hot path, so the checks run as one pass over the transactions:
+each is hashed once and decoded once (or taken, decoded, from the cache of
+transactions verified at mempool admission), its signature is queued for the
+verifier's threads, and the application executes it, while the caller's
+thread verifies queued chunks between steps. The commit certificate's and
+the evidence's signatures are queued first, in the same pass. A hostile
+block makes this raise `BlockInvalid` and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import msgpack
+
+from consensus import merkle
+from consensus.app import Application, BlockExecution, ValidatorUpdate, results_hash
+from consensus.codec import DecodeError, encode
+from consensus.crypto import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
+from consensus.sigverify import CHUNK_ITEMS, SigItem, SignatureVerifier, VerifyPass
+from consensus.types import (
+    TAG_TX,
+    TX_BYTES_MAX,
+    TX_PAYLOAD_BYTES_MAX,
+    VALIDATORS_MAX,
+    Block,
+    Commit,
+    ConsensusParams,
+    DuplicateVoteEvidence,
+    Genesis,
+    Header,
+    Transaction,
+    Validator,
+    ValidatorSet,
+    data_hash,
+    evidence_hash,
+    precommit_sign_bytes,
+)
+
+__all__ = [
+    "BlockInvalid",
+    "ChainState",
+    "Reason",
+    "ValidatedBlock",
+    "build_block",
+    "decode_and_validate",
+    "next_chain_state",
+    "validate_block",
+    "verify_commit",
+]
+
+_NONCE_MAX = 2**64 - 1
+_SIG_FIELD_BYTES = 2 + SIGNATURE_BYTES  # bin8 marker and length, then the signature
+_sha256 = hashlib.sha256
+_unpackb = msgpack.unpackb
+_packb = msgpack.packb
+
+
+class Reason(StrEnum):
+    """Why a block is invalid; stable strings for logs, metrics and peers' ban reasons."""
+
+    MALFORMED = "malformed"
+    BLOCK_TOO_LARGE = "block_too_large"
+    TOO_MANY_TXS = "too_many_txs"
+    WRONG_CHAIN_ID = "wrong_chain_id"
+    WRONG_HEIGHT = "wrong_height"
+    WRONG_LAST_BLOCK_HASH = "wrong_last_block_hash"
+    TIME_NOT_MONOTONIC = "time_not_monotonic"
+    TIME_TOO_FAR_AHEAD = "time_too_far_ahead"
+    WRONG_PROPOSER = "wrong_proposer"
+    WRONG_VALIDATORS_HASH = "wrong_validators_hash"
+    WRONG_NEXT_VALIDATORS_HASH = "wrong_next_validators_hash"
+    WRONG_APP_HASH = "wrong_app_hash"
+    WRONG_LAST_RESULTS_HASH = "wrong_last_results_hash"
+    WRONG_LAST_COMMIT_HASH = "wrong_last_commit_hash"
+    LAST_COMMIT_MISSING = "last_commit_missing"
+    LAST_COMMIT_UNEXPECTED = "last_commit_unexpected"
+    LAST_COMMIT_WRONG_HEIGHT = "last_commit_wrong_height"
+    LAST_COMMIT_WRONG_BLOCK = "last_commit_wrong_block"
+    LAST_COMMIT_DUPLICATE_SIGNER = "last_commit_duplicate_signer"
+    LAST_COMMIT_UNKNOWN_SIGNER = "last_commit_unknown_signer"
+    LAST_COMMIT_NO_QUORUM = "last_commit_no_quorum"
+    LAST_COMMIT_BAD_SIGNATURE = "last_commit_bad_signature"
+    WRONG_EVIDENCE_HASH = "wrong_evidence_hash"
+    EVIDENCE_INVALID = "evidence_invalid"
+    EVIDENCE_BAD_SIGNATURE = "evidence_bad_signature"
+    EVIDENCE_DUPLICATE = "evidence_duplicate"
+    EVIDENCE_TOO_OLD = "evidence_too_old"
+    WRONG_DATA_HASH = "wrong_data_hash"
+    TX_MALFORMED = "tx_malformed"
+    TX_DUPLICATE = "tx_duplicate"
+    TX_BAD_SIGNATURE = "tx_bad_signature"
+    VALIDATOR_UPDATES_INVALID = "validator_updates_invalid"
+
+
+class BlockInvalid(Exception):
+    """The block breaks `reason`; `field` names where, `tx_index` which transaction."""
+
+    def __init__(
+        self, reason: Reason, field: str, detail: str = "", *, tx_index: int | None = None
+    ) -> None:
+        where = field if tx_index is None else f"{field}[{tx_index}]"
+        super().__init__(f"{reason.value} at {where}" + (f": {detail}" if detail else ""))
+        self.reason = reason
+        self.field = field
+        self.detail = detail
+        self.tx_index = tx_index
+
+
+@dataclass(frozen=True, slots=True)
+class ChainState:
+    """What a node knows after committing height `last_height` (0 before the first block).
+
+    `last_validators` signed block `last_height` (None at 0), `validators`
+    sign height `last_height + 1`, `next_validators` height `last_height + 2`;
+    `app_hash` and `last_results_hash` are those after block `last_height`.
+    """
+
+    chain_id: str
+    last_height: int
+    last_block_hash: bytes
+    last_block_time_ms: int
+    last_validators: ValidatorSet | None
+    validators: ValidatorSet
+    next_validators: ValidatorSet
+    app_hash: bytes
+    last_results_hash: bytes
+    params: ConsensusParams = field(default_factory=ConsensusParams)
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis, app_hash: bytes) -> ChainState:
+        """Before height 1: the genesis set signs heights 1 and 2."""
+        vset = genesis.validator_set
+        return cls(
+            chain_id=genesis.chain_id,
+            last_height=0,
+            last_block_hash=b"",
+            last_block_time_ms=genesis.genesis_time_ms,
+            last_validators=None,
+            validators=vset,
+            next_validators=vset,
+            app_hash=app_hash,
+            last_results_hash=results_hash(()),
+            params=genesis.params,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedBlock:
+    """A valid block with what executing it produced, ready to persist and commit."""
+
+    block: Block
+    block_hash: bytes
+    txs: tuple[Transaction, ...]
+    tx_ids: tuple[bytes, ...]
+    execution: BlockExecution
+    results_hash: bytes
+    validators_after_next: ValidatorSet  # the set for height + 2, with the app's updates
+
+
+def next_chain_state(state: ChainState, validated: ValidatedBlock) -> ChainState:
+    """The state after committing `validated` (the validators shift by one height)."""
+    header = validated.block.header
+    return ChainState(
+        chain_id=state.chain_id,
+        last_height=header.height,
+        last_block_hash=validated.block_hash,
+        last_block_time_ms=header.time_ms,
+        last_validators=state.validators,
+        validators=state.next_validators,
+        next_validators=validated.validators_after_next,
+        app_hash=validated.execution.app_hash,
+        last_results_hash=validated.results_hash,
+        params=state.params,
+    )
+
+
+def build_block(
+    state: ChainState,
+    txs: Sequence[bytes],
+    *,
+    time_ms: int,
+    proposer_address: bytes,
+    last_commit: Commit | None,
+    evidence: Sequence[DuplicateVoteEvidence] = (),
+) -> Block:
+    """The block a proposer makes on `state` from encoded transactions (no validation)."""
+    header = Header(
+        chain_id=state.chain_id,
+        height=state.last_height + 1,
+        time_ms=time_ms,
+        last_block_hash=state.last_block_hash,
+        last_commit_hash=b"" if last_commit is None else last_commit.hash,
+        data_hash=data_hash(txs),
+        validators_hash=state.validators.hash,
+        next_validators_hash=state.next_validators.hash,
+        app_hash=state.app_hash,
+        last_results_hash=state.last_results_hash,
+        evidence_hash=evidence_hash(evidence),
+        proposer_address=proposer_address,
+    )
+    return Block(header, tuple(txs), last_commit, tuple(evidence))
+
+
+def decode_and_validate(
+    data: bytes,
+    state: ChainState,
+    app: Application,
+    verifier: SignatureVerifier,
+    *,
+    now_ms: int,
+    expected_proposer: bytes,
+    validators_at: Callable[[int], ValidatorSet | None] | None = None,
+) -> ValidatedBlock:
+    """Decode a block received as bytes and validate it; BlockInvalid for anything wrong."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise BlockInvalid(Reason.MALFORMED, "block", "expected bytes")
+    if len(data) > state.params.block_bytes_max:
+        raise BlockInvalid(
+            Reason.BLOCK_TOO_LARGE,
+            "block",
+            f"{len(data)} bytes, limit {state.params.block_bytes_max}",
+        )
+    try:
+        block = Block.decode(bytes(data), bytes_max=state.params.block_bytes_max)
+    except DecodeError as e:
+        raise BlockInvalid(Reason.MALFORMED, "block", str(e)) from None
+    except RecursionError:
+        raise BlockInvalid(Reason.MALFORMED, "block", "nested too deeply") from None
+    return _validate(
+        block, state, app, verifier, now_ms, expected_proposer, validators_at, len(data)
+    )
+
+
+def validate_block(
+    block: Block,
+    state: ChainState,
+    app: Application,
+    verifier: SignatureVerifier,
+    *,
+    now_ms: int,
+    expected_proposer: bytes,
+    validators_at: Callable[[int], ValidatorSet | None] | None = None,
+) -> ValidatedBlock:
+    """Validate `block` as the next block after `state`; BlockInvalid names the first fault.
+
+    `now_ms` is the node's clock (for the drift bound), `expected_proposer`
+    the address the proposer rotation chose for this height and round, and
+    `validators_at(height)` the validator set of an earlier height, for
+    evidence (by default only heights `last_height` and `last_height + 1`
+    are known). The application's committed state is not changed.
+    """
+    return _validate(block, state, app, verifier, now_ms, expected_proposer, validators_at, None)
+
+
+def verify_commit(
+    commit: Commit, chain_id: str, validators: ValidatorSet, verifier: SignatureVerifier
+) -> None:
+    """Check a commit certificate on its own (block sync); BlockInvalid if it is not one."""
+    items = _commit_items(commit, chain_id, validators)
+    vpass = verifier.open_pass()
+    try:
+        vpass.submit(items)
+    finally:
+        failed = vpass.finish()
+    if failed:
+        _raise_commit_signature(commit, min(-1 - t for t in failed))
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def _validate(
+    block: Block,
+    state: ChainState,
+    app: Application,
+    verifier: SignatureVerifier,
+    now_ms: int,
+    expected_proposer: bytes,
+    validators_at: Callable[[int], ValidatorSet | None] | None,
+    encoded_bytes: int | None,
+) -> ValidatedBlock:
+    if not isinstance(block, Block):
+        raise BlockInvalid(Reason.MALFORMED, "block", "not a Block")
+    params = state.params
+    if len(block.txs) > params.block_txs_max:
+        raise BlockInvalid(
+            Reason.TOO_MANY_TXS, "block.txs", f"{len(block.txs)}, limit {params.block_txs_max}"
+        )
+    size = _encoded_size(block) if encoded_bytes is None else encoded_bytes
+    if size > params.block_bytes_max:
+        raise BlockInvalid(
+            Reason.BLOCK_TOO_LARGE, "block", f"{size} bytes, limit {params.block_bytes_max}"
+        )
+    _check_header(block, state, now_ms, expected_proposer)
+    commit_items = _last_commit_items(block, state)
+    evidence_items = _evidence_items(block, state, validators_at)
+    return _run_pass(block, state, app, verifier, commit_items + evidence_items)
+
+
+def _check_header(block: Block, state: ChainState, now_ms: int, expected_proposer: bytes) -> None:
+    h = block.header
+    height = state.last_height + 1
+    if h.chain_id != state.chain_id:
+        raise BlockInvalid(Reason.WRONG_CHAIN_ID, "header.chain_id", repr(h.chain_id))
+    if h.height != height:
+        raise BlockInvalid(Reason.WRONG_HEIGHT, "header.height", f"{h.height}, expected {height}")
+    if h.last_block_hash != state.last_block_hash:
+        raise BlockInvalid(Reason.WRONG_LAST_BLOCK_HASH, "header.last_block_hash")
+    if height == 1:
+        if h.time_ms < state.last_block_time_ms:
+            raise BlockInvalid(
+                Reason.TIME_NOT_MONOTONIC, "header.time_ms", "before the genesis time"
+            )
+    elif h.time_ms <= state.last_block_time_ms:
+        raise BlockInvalid(
+            Reason.TIME_NOT_MONOTONIC, "header.time_ms", "not after the previous block's time"
+        )
+    if h.time_ms > now_ms + state.params.block_time_drift_ms_max:
+        raise BlockInvalid(
+            Reason.TIME_TOO_FAR_AHEAD,
+            "header.time_ms",
+            f"{h.time_ms - now_ms} ms ahead, limit {state.params.block_time_drift_ms_max}",
+        )
+    if h.proposer_address != expected_proposer:
+        raise BlockInvalid(Reason.WRONG_PROPOSER, "header.proposer_address")
+    if h.validators_hash != state.validators.hash:
+        raise BlockInvalid(Reason.WRONG_VALIDATORS_HASH, "header.validators_hash")
+    if h.next_validators_hash != state.next_validators.hash:
+        raise BlockInvalid(Reason.WRONG_NEXT_VALIDATORS_HASH, "header.next_validators_hash")
+    if h.app_hash != state.app_hash:
+        raise BlockInvalid(Reason.WRONG_APP_HASH, "header.app_hash")
+    if h.last_results_hash != state.last_results_hash:
+        raise BlockInvalid(Reason.WRONG_LAST_RESULTS_HASH, "header.last_results_hash")
+    if h.evidence_hash != evidence_hash(block.evidence):
+        raise BlockInvalid(Reason.WRONG_EVIDENCE_HASH, "header.evidence_hash")
+
+
+def _last_commit_items(block: Block, state: ChainState) -> list[SigItem]:
+    commit = block.last_commit
+    if block.header.height == 1:
+        if commit is not None:
+            raise BlockInvalid(Reason.LAST_COMMIT_UNEXPECTED, "last_commit")
+        if block.header.last_commit_hash != b"":
+            raise BlockInvalid(Reason.WRONG_LAST_COMMIT_HASH, "header.last_commit_hash")
+        return []
+    if commit is None:
+        raise BlockInvalid(Reason.LAST_COMMIT_MISSING, "last_commit")
+    if block.header.last_commit_hash != commit.hash:
+        raise BlockInvalid(Reason.WRONG_LAST_COMMIT_HASH, "header.last_commit_hash")
+    if commit.height != state.last_height:
+        raise BlockInvalid(
+            Reason.LAST_COMMIT_WRONG_HEIGHT,
+            "last_commit.height",
+            f"{commit.height}, expected {state.last_height}",
+        )
+    if commit.block_hash != state.last_block_hash:
+        raise BlockInvalid(Reason.LAST_COMMIT_WRONG_BLOCK, "last_commit.block_hash")
+    assert state.last_validators is not None, "a state after height >= 1 has its signers"
+    return _commit_items(commit, state.chain_id, state.last_validators)
+
+
+def _commit_items(commit: Commit, chain_id: str, validators: ValidatorSet) -> list[SigItem]:
+    """One item per signature (tag -1 - position); raises for unknown, duplicate or too few."""
+    message = precommit_sign_bytes(chain_id, commit.height, commit.round, commit.block_hash)
+    items: list[SigItem] = []
+    power = 0
+    previous = -1
+    for position, s in enumerate(commit.signatures):
+        where = f"last_commit.signatures[{position}]"
+        if s.validator_index <= previous:
+            raise BlockInvalid(Reason.LAST_COMMIT_DUPLICATE_SIGNER, where, "indexes not ascending")
+        previous = s.validator_index
+        if not 0 <= s.validator_index < len(validators):
+            raise BlockInvalid(
+                Reason.LAST_COMMIT_UNKNOWN_SIGNER, where, f"index {s.validator_index}"
+            )
+        if len(s.signature) != SIGNATURE_BYTES:
+            raise BlockInvalid(Reason.LAST_COMMIT_BAD_SIGNATURE, where, "not 64 bytes")
+        v = validators[s.validator_index]
+        power += v.power
+        items.append((-1 - position, v.public_key, message, s.signature))
+    if not validators.has_quorum(power):
+        raise BlockInvalid(
+            Reason.LAST_COMMIT_NO_QUORUM,
+            "last_commit.signatures",
+            f"{power} of {validators.total_power} voting power, need > 2/3",
+        )
+    return items
+
+
+def _raise_commit_signature(commit: Commit, position: int) -> None:
+    raise BlockInvalid(
+        Reason.LAST_COMMIT_BAD_SIGNATURE,
+        f"last_commit.signatures[{position}]",
+        f"validator index {commit.signatures[position].validator_index}",
+    )
+
+
+# Evidence item tags sit below every commit tag (commit positions < VALIDATORS_MAX).
+_EVIDENCE_TAG_BASE = -1 - VALIDATORS_MAX
+
+
+def _evidence_items(
+    block: Block,
+    state: ChainState,
+    validators_at: Callable[[int], ValidatorSet | None] | None,
+) -> list[SigItem]:
+    items: list[SigItem] = []
+    seen: set[bytes] = set()
+    height = block.header.height
+    for position, ev in enumerate(block.evidence):
+        where = f"evidence[{position}]"
+        reason = ev.structural_error()
+        if reason:
+            raise BlockInvalid(Reason.EVIDENCE_INVALID, where, reason)
+        if ev.hash in seen:
+            raise BlockInvalid(Reason.EVIDENCE_DUPLICATE, where)
+        seen.add(ev.hash)
+        if ev.height >= height:
+            raise BlockInvalid(Reason.EVIDENCE_INVALID, where, "not from an earlier height")
+        if height - ev.height > state.params.evidence_age_blocks_max:
+            raise BlockInvalid(Reason.EVIDENCE_TOO_OLD, where, f"from height {ev.height}")
+        vset = _validators_at(state, validators_at, ev.height)
+        if vset is None:
+            raise BlockInvalid(
+                Reason.EVIDENCE_INVALID, where, f"validator set at {ev.height} unknown"
+            )
+        index = vset.index_of(ev.validator_address)
+        if index is None or index != ev.vote_a.validator_index:
+            raise BlockInvalid(Reason.EVIDENCE_INVALID, where, "validator not in the set")
+        pk = vset[index].public_key
+        for k, vote in enumerate((ev.vote_a, ev.vote_b)):
+            if len(vote.signature) != SIGNATURE_BYTES:
+                raise BlockInvalid(Reason.EVIDENCE_BAD_SIGNATURE, where, "not 64 bytes")
+            tag = _EVIDENCE_TAG_BASE - 2 * position - k
+            items.append((tag, pk, vote.sign_bytes(state.chain_id), vote.signature))
+    return items
+
+
+def _validators_at(
+    state: ChainState,
+    validators_at: Callable[[int], ValidatorSet | None] | None,
+    height: int,
+) -> ValidatorSet | None:
+    if height == state.last_height and state.last_validators is not None:
+        return state.last_validators
+    if height == state.last_height + 1:
+        return state.validators
+    return None if validators_at is None else validators_at(height)
+
+
+# ---------------------------------------------------------------- the parallel pass
+
+
+class _Stream:
+    """Feeds the application decoded transactions while queueing their signatures.
+
+    Per chunk of CHUNK_ITEMS transactions: hash each (its id), take it from
+    the cache or decode it, hash its Merkle leaf, queue the signatures of the
+    ones not cached, fold the chunk's Merkle subtree, and let the caller's
+    thread verify a queued chunk. A power-of-two chunk makes the subtree roots
+    exactly the nodes of the RFC 6962 tree one level up.
+    """
+
+    def __init__(
+        self, block: Block, chain_id: str, verifier: SignatureVerifier, vpass: VerifyPass
+    ) -> None:
+        self.raw = block.txs
+        self.chain_id = chain_id
+        self.cache_get = verifier.cache.get
+        self.vpass = vpass
+        # Sign bytes of a canonical tx are this prefix plus the tx's encoding
+        # without its array marker and signature field (see tx_sign_bytes).
+        self.sign_prefix = b"\x95" + encode(TAG_TX) + encode(chain_id)
+        self.ids: list[bytes] = []
+        self.txs: list[Transaction] = []
+        self.subtree_roots: list[bytes] = []
+        self.malformed: tuple[int, str] | None = None
+
+    def __iter__(self) -> Iterator[Transaction]:
+        raw = self.raw
+        cache_get = self.cache_get
+        chain_id = self.chain_id
+        prefix = self.sign_prefix
+        vpass = self.vpass
+        for start in range(0, len(raw), CHUNK_ITEMS):
+            chunk = raw[start : start + CHUNK_ITEMS]
+            ids = [_sha256(t).digest() for t in chunk]
+            leaves: list[bytes] = []
+            decoded: list[Transaction] = []
+            items: list[SigItem] = []
+            index = start
+            for t, tx_id in zip(chunk, ids, strict=True):
+                hit = cache_get(tx_id)
+                if hit is not None and hit[0] == chain_id:
+                    decoded.append(hit[1])
+                    leaves.append(hit[2])
+                else:
+                    tx = _decode_tx(t)
+                    if tx is None:
+                        self.malformed = (index, _decode_error(t))
+                        break
+                    decoded.append(tx)
+                    leaves.append(_sha256(b"\x00" + t).digest())
+                    items.append((index, tx.sender, prefix + t[1:-_SIG_FIELD_BYTES], tx.signature))
+                index += 1
+            if items:
+                vpass.submit(items)
+            self.ids += ids
+            self.txs += decoded
+            if self.malformed is not None:
+                yield from decoded
+                return
+            self.subtree_roots.append(merkle.root_from_leaf_hashes(leaves))
+            vpass.help()
+            yield from decoded
+
+
+def _decode_tx(t: bytes) -> Transaction | None:
+    """Transaction.decode's acceptance, without its generic overhead; None if rejected."""
+    if type(t) is not bytes or len(t) > TX_BYTES_MAX:
+        return None
+    try:
+        o = _unpackb(t, use_list=False)
+    except Exception:  # msgpack raises many types on hostile input
+        return None
+    if (
+        type(o) is tuple
+        and len(o) == 4
+        and type(o[0]) is bytes
+        and len(o[0]) == PUBLIC_KEY_BYTES
+        and type(o[1]) is int
+        and 0 <= o[1] <= _NONCE_MAX
+        and type(o[2]) is bytes
+        and len(o[2]) <= TX_PAYLOAD_BYTES_MAX
+        and type(o[3]) is bytes
+        and len(o[3]) == SIGNATURE_BYTES
+        and _packb(o) == t
+    ):
+        return Transaction(o[0], o[1], o[2], o[3])
+    return None
+
+
+def _decode_error(t: object) -> str:
+    """Why a transaction was rejected, in the strict decoder's words (failure path only)."""
+    if type(t) is not bytes:
+        return "not bytes"
+    try:
+        Transaction.decode(t)
+    except DecodeError as e:
+        return str(e)
+    except RecursionError:
+        return "nested too deeply"
+    return "rejected"
+
+
+def _run_pass(
+    block: Block,
+    state: ChainState,
+    app: Application,
+    verifier: SignatureVerifier,
+    early_items: list[SigItem],
+) -> ValidatedBlock:
+    vpass = verifier.open_pass()
+    try:
+        if early_items:
+            vpass.submit(early_items)
+        stream = _Stream(block, state.chain_id, verifier, vpass)
+        execution = app.execute_block(block.header, stream, block.evidence)
+        data_root = merkle.root_from_leaf_hashes(stream.subtree_roots)
+    finally:
+        failed = vpass.finish()
+    n = len(block.txs)
+    if failed:
+        commit_failed = [t for t in failed if _EVIDENCE_TAG_BASE < t < 0]
+        if commit_failed:
+            assert block.last_commit is not None
+            _raise_commit_signature(block.last_commit, -1 - max(commit_failed))
+        evidence_failed = [t for t in failed if t <= _EVIDENCE_TAG_BASE]
+        if evidence_failed:
+            position = (_EVIDENCE_TAG_BASE - max(evidence_failed)) // 2
+            raise BlockInvalid(Reason.EVIDENCE_BAD_SIGNATURE, f"evidence[{position}]")
+    first_bad_sig = min((t for t in failed if t >= 0), default=n)
+    if stream.malformed is not None and stream.malformed[0] < first_bad_sig:
+        index, why = stream.malformed
+        raise BlockInvalid(Reason.TX_MALFORMED, "txs", why, tx_index=index)
+    if first_bad_sig < n:
+        raise BlockInvalid(Reason.TX_BAD_SIGNATURE, "txs", tx_index=first_bad_sig)
+    if len(stream.txs) != n or len(execution.tx_results) != n:
+        raise BlockInvalid(Reason.MALFORMED, "txs", "the application did not execute every tx")
+    if data_root != block.header.data_hash:
+        raise BlockInvalid(Reason.WRONG_DATA_HASH, "header.data_hash")
+    ids = stream.ids
+    if len(set(ids)) != n:
+        raise BlockInvalid(Reason.TX_DUPLICATE, "txs", tx_index=_first_duplicate(ids))
+    after_next = _apply_updates(state.next_validators, execution.validator_updates)
+    return ValidatedBlock(
+        block=block,
+        block_hash=block.hash,
+        txs=tuple(stream.txs),
+        tx_ids=tuple(ids),
+        execution=execution,
+        results_hash=results_hash(execution.tx_results),
+        validators_after_next=after_next,
+    )
+
+
+def _first_duplicate(ids: Sequence[bytes]) -> int:
+    seen: set[bytes] = set()
+    for i, tx_id in enumerate(ids):
+        if tx_id in seen:
+            return i
+        seen.add(tx_id)
+    raise AssertionError("no duplicate")
+
+
+def _apply_updates(vset: ValidatorSet, updates: Sequence[ValidatorUpdate]) -> ValidatorSet:
+    if not updates:
+        return vset
+    powers = {v.public_key: v.power for v in vset}
+    for u in updates:
+        if u.power == 0:
+            powers.pop(u.public_key, None)
+        else:
+            powers[u.public_key] = u.power
+    try:
+        return ValidatorSet.of(Validator(pk, p) for pk, p in powers.items())
+    except DecodeError as e:
+        raise BlockInvalid(Reason.VALIDATOR_UPDATES_INVALID, "validator_updates", str(e)) from None
+
+
+def _encoded_size(block: Block) -> int:
+    """len(block.encode()) without building the encoding (the txs dominate it)."""
+    n = len(block.txs)
+    txs_bytes = 0
+    for t in block.txs:
+        if type(t) is not bytes:
+            raise BlockInvalid(Reason.MALFORMED, "txs", "not bytes")
+        size = len(t)
+        txs_bytes += size + (2 if size < 256 else 3 if size < 65536 else 5)
+    array_header = 1 if n < 16 else 3 if n < 65536 else 5
+    commit = b"\xc0" if block.last_commit is None else block.last_commit.encode()
+    evidence = encode([e.to_obj() for e in block.evidence])
+    return 1 + len(block.header.encode()) + array_header + txs_bytes + len(commit) + len(evidence)
