@@ -179,7 +179,11 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class Broadcast:
-    """Send this message to all peers (the machine accepted it as our own)."""
+    """Gossip this message to peers that lack it: the machine accepted it for the first time.
+
+    Ours or a peer's: correct processes relay what they accept (Algorithm 1's
+    gossip assumption), which is what makes an equivocator's votes reach all.
+    """
 
     message: ProposalReceived | VoteReceived
 

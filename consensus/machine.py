@@ -18,12 +18,20 @@ once the validation core has reported it valid (`valid(v)` is asynchronous),
 and the proposer also schedules timeout_propose, so that a proposal it could
 not sign (its sign state refused) cannot leave it waiting forever.
 
+Every message accepted for the first time, ours or a peer's, comes back as
+a Broadcast action: Algorithm 1 assumes that what one correct process
+receives, all eventually receive, and that includes a Byzantine validator's
+votes, which may otherwise reach only some of us. Votes are counted per block
+as the paper counts them (consensus/votes.py), so a polka that needed an
+equivocator's vote is visible to everyone it is gossiped to.
+
 Limits: messages for rounds more than `ROUNDS_AHEAD_MAX` above ours are
-dropped (peers re-gossip them); at most one vote per validator per (round,
-type) is counted and a second one for another block becomes evidence
-(`VOTES_PER_VALIDATOR_PER_ROUND_MAX`); one proposal per round, from that
-round's proposer; messages for the next height are kept up to
-`NEXT_HEIGHT_MESSAGES_MAX`, newer ones dropped when full.
+dropped (peers re-gossip them); a validator's votes in one (round, type) are
+counted for at most `VOTE_HASHES_PER_VALIDATOR_MAX` blocks, and a conflicting
+one only if it is nil or for a block we hold (else dropped until gossip brings
+it again); one proposal per round, from that round's proposer; messages for
+the next height are kept up to `NEXT_HEIGHT_MESSAGES_MAX`, newer ones dropped
+when full.
 """
 
 from __future__ import annotations
@@ -70,7 +78,7 @@ from consensus.votes import HeightVotes
 __all__ = [
     "NEXT_HEIGHT_MESSAGES_MAX",
     "ROUNDS_AHEAD_MAX",
-    "VOTES_PER_VALIDATOR_PER_ROUND_MAX",
+    "VOTE_HASHES_PER_VALIDATOR_MAX",
     "ConsensusConfig",
     "ConsensusMachine",
     "MachineState",
@@ -79,9 +87,10 @@ __all__ = [
 # Votes and proposals for rounds beyond round + this are dropped: it bounds the
 # rounds a peer can make us store, while leaving room for the f + 1 round skip.
 ROUNDS_AHEAD_MAX = 32
-# One prevote and one precommit per validator per round; a conflicting second
-# vote is turned into evidence and not stored (so the bound holds under attack).
-VOTES_PER_VALIDATOR_PER_ROUND_MAX = 2
+# Blocks (nil counts as one) a validator's votes of one type in one round are
+# counted for: an honest validator needs one; an equivocator gets nil and two
+# held blocks, enough for every polka a correct process could have seen.
+VOTE_HASHES_PER_VALIDATOR_MAX = 3
 # Messages for height + 1 that arrive before we decide; when full, new ones are
 # dropped (gossip re-sends them). 1024 covers two rounds of 250 validators.
 NEXT_HEIGHT_MESSAGES_MAX = 1024
@@ -160,7 +169,7 @@ class ConsensusMachine:
         self.valid_value: Block | None = None
         self.valid_round = -1
         self.decision: Block | None = None
-        self.votes = HeightVotes(self.validators)
+        self.votes = HeightVotes(self.validators, VOTE_HASHES_PER_VALIDATOR_MAX)
         self.proposals: dict[int, ProposalReceived] = {}
         self.blocks: dict[bytes, Block] = {}
         self.validity: dict[bytes, bool] = {}
@@ -264,7 +273,7 @@ class ConsensusMachine:
         if index is None or index != vote.validator_index:
             return  # not a validator of this height: nothing to count
         vote_set = self.votes.round(vote.round).of(vote.type)
-        if vote_set.votes.get(index) == vote:
+        if vote_set.has(vote):
             return  # duplicate delivery or our own vote fed back twice
         validator = self.validators[index]
         if not verify(validator.public_key, vote.sign_bytes(self.chain_id), vote.signature):
@@ -272,14 +281,14 @@ class ConsensusMachine:
                 Misbehaviour(vote.validator_address, vote.height, vote.round, "bad vote signature")
             )
             return
-        result = self.votes.add(vote, validator.power)
+        held = not vote.block_hash or vote.block_hash in self.blocks
+        result = self.votes.add(vote, validator.power, conflicting_ok=held)
         if result.evidence is not None:
             key = (vote.validator_address, vote.round, vote.type)
             if key not in self._evidence_reported:
                 self._evidence_reported.add(key)
                 actions.append(ReportEvidence(result.evidence))
-            return
-        if result.added and vote.validator_address == self.own_address:
+        if result.added:
             actions.append(Broadcast(event))
 
     def _on_proposal(self, event: ProposalReceived, actions: list[Action]) -> None:
@@ -322,8 +331,7 @@ class ConsensusMachine:
         if block.hash not in self._validation_asked:
             self._validation_asked.add(block.hash)
             actions.append(ValidateBlock(block))
-        if proposer.address == self.own_address:
-            actions.append(Broadcast(event))
+        actions.append(Broadcast(event))
 
     def _on_validated(self, event: BlockValidated) -> None:
         if event.block_hash in self._validation_asked and event.block_hash not in self.validity:

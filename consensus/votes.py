@@ -2,10 +2,9 @@
 
 Algorithm 1 asks "are there 2f + 1 prevotes for v in round r?", "2f + 1 of
 any kind?", "f + 1 messages of round r?" many times per step; this module
-answers each in O(1) from running sums kept as votes arrive. It accepts at
-most one vote per validator per (round, type): a second vote for a different
-block is equivocation, returned as `DuplicateVoteEvidence` and never counted,
-so a Byzantine validator's power is counted once however many votes it signs.
+answers each in O(1) from running sums kept as votes arrive. A second vote by
+one validator in one (round, type) for a different block is equivocation,
+returned as `DuplicateVoteEvidence`; how it is counted is VoteSet's docstring.
 
 Signatures are checked by the caller (the state machine) before a vote gets
 here; this module only counts.
@@ -22,7 +21,7 @@ __all__ = ["AddResult", "HeightVotes", "RoundVotes", "VoteSet"]
 
 @dataclass(frozen=True, slots=True)
 class AddResult:
-    """What adding one vote did: counted it, ignored a duplicate, or found equivocation."""
+    """What adding one vote did: counted it or not, and any equivocation it revealed."""
 
     added: bool
     evidence: DuplicateVoteEvidence | None = None
@@ -30,35 +29,56 @@ class AddResult:
 
 @dataclass(slots=True)
 class VoteSet:
-    """The votes of one type in one round: at most one per validator (Algorithm 1's counts)."""
+    """The votes of one type in one round, tallied per block as Algorithm 1 counts them.
+
+    The paper counts, for each value, the distinct validators that sent a vote
+    for it, so an equivocator's votes count toward each block it voted for
+    (never twice toward one), while "2f + 1 of any kind" counts each validator
+    once. Only the first vote of a validator counts toward "any". A conflicting
+    vote is counted only when the caller says the block is one it holds (or
+    nil), and at most `hashes_max` blocks per validator, which bounds what an
+    equivocator can make us store.
+    """
 
     validators: ValidatorSet
-    votes: dict[int, Vote] = field(default_factory=dict)  # by validator index
-    power_by_block: dict[bytes, int] = field(default_factory=dict)  # b"" is nil
+    hashes_max: int
+    first: dict[int, Vote] = field(default_factory=dict)  # by validator index
+    by_block: dict[bytes, dict[int, Vote]] = field(default_factory=dict)  # b"" is nil
+    power_by_block: dict[bytes, int] = field(default_factory=dict)
+    hashes_by_validator: dict[int, int] = field(default_factory=dict)
     power_any: int = 0
 
-    def add(self, vote: Vote, power: int) -> AddResult:
-        existing = self.votes.get(vote.validator_index)
-        if existing is not None:
-            if existing.block_hash == vote.block_hash:
-                return AddResult(added=False)
+    def add(self, vote: Vote, power: int, *, conflicting_ok: bool) -> AddResult:
+        index = vote.validator_index
+        voters = self.by_block.get(vote.block_hash)
+        if voters is not None and index in voters:
+            return AddResult(added=False)
+        existing = self.first.get(index)
+        evidence = None
+        if existing is None:
+            self.first[index] = vote
+            self.power_any += power
+        else:
             a, b = sorted((existing, vote), key=lambda v: v.block_hash)
-            return AddResult(added=False, evidence=DuplicateVoteEvidence(a, b))
-        self.votes[vote.validator_index] = vote
+            evidence = DuplicateVoteEvidence(a, b)
+            if not conflicting_ok or self.hashes_by_validator[index] >= self.hashes_max:
+                return AddResult(added=False, evidence=evidence)
+        self.hashes_by_validator[index] = self.hashes_by_validator.get(index, 0) + 1
+        self.by_block.setdefault(vote.block_hash, {})[index] = vote
         self.power_by_block[vote.block_hash] = self.power_by_block.get(vote.block_hash, 0) + power
-        self.power_any += power
-        return AddResult(added=True)
+        return AddResult(added=True, evidence=evidence)
 
     def power_for(self, block_hash: bytes) -> int:
         return self.power_by_block.get(block_hash, 0)
 
-    def has(self, validator_index: int, block_hash: bytes) -> bool:
-        vote = self.votes.get(validator_index)
-        return vote is not None and vote.block_hash == block_hash
+    def has(self, vote: Vote) -> bool:
+        voters = self.by_block.get(vote.block_hash)
+        return voters is not None and voters.get(vote.validator_index) == vote
 
     def for_block(self, block_hash: bytes) -> list[Vote]:
         """The votes for `block_hash`, by validator index (the order a Commit needs)."""
-        return [self.votes[i] for i in sorted(self.votes) if self.votes[i].block_hash == block_hash]
+        voters = self.by_block.get(block_hash, {})
+        return [voters[i] for i in sorted(voters)]
 
 
 @dataclass(slots=True)
@@ -84,21 +104,24 @@ class HeightVotes:
     """All rounds' votes of one height, created on first use."""
 
     validators: ValidatorSet
+    hashes_max: int
     rounds: dict[int, RoundVotes] = field(default_factory=dict)
 
     def round(self, round: int) -> RoundVotes:
         rv = self.rounds.get(round)
         if rv is None:
-            rv = RoundVotes(VoteSet(self.validators), VoteSet(self.validators))
+            rv = RoundVotes(
+                VoteSet(self.validators, self.hashes_max), VoteSet(self.validators, self.hashes_max)
+            )
             self.rounds[round] = rv
         return rv
 
     def get(self, round: int) -> RoundVotes | None:
         return self.rounds.get(round)
 
-    def add(self, vote: Vote, power: int) -> AddResult:
+    def add(self, vote: Vote, power: int, *, conflicting_ok: bool) -> AddResult:
         rv = self.round(vote.round)
-        result = rv.of(vote.type).add(vote, power)
+        result = rv.of(vote.type).add(vote, power, conflicting_ok=conflicting_ok)
         if result.added:
             rv.note_sender(vote.validator_index, power)
         return result

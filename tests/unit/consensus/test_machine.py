@@ -396,8 +396,28 @@ def test_equivocation_reported_once_in_canonical_order_and_counted_once() -> Non
     ev = evidence[0]
     assert ev.vote_a.block_hash < ev.vote_b.block_hash
     assert ev.verify(CHAIN, VALIDATORS) is None
-    assert h.feed(vote(bad, PREVOTE, 0, b"")) == []  # a third vote: already reported
-    assert h.machine.votes.round(0).prevotes.power_any == 1
+    assert h.machine.votes.round(0).prevotes.power_for(B.hash) == 0  # B is not held: dropped
+    third = h.feed(vote(bad, PREVOTE, 0, b""))
+    assert not [a for a in third if isinstance(a, ReportEvidence)]  # reported once
+    prevotes = h.machine.votes.round(0).prevotes
+    assert prevotes.power_any == 1 and prevotes.power_for(b"") == 1
+
+
+def test_equivocators_vote_for_a_held_block_counts_toward_its_polka() -> None:
+    """As the paper counts: an equivocator's relayed vote for the proposal completes the polka."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    h.valid_proposal(0, A)
+    bad, honest = others(me)[0], others(me)[1]
+    h.feed(vote(bad, PREVOTE, 0, b""))  # what the equivocator sent us directly
+    h.feed(vote(honest, PREVOTE, 0, A.hash))
+    actions = h.feed(vote(me, PREVOTE, 0, A.hash))
+    assert sign_votes(actions) == []
+    actions = h.feed(vote(bad, PREVOTE, 0, A.hash))  # relayed by a peer that got this one
+    assert [a for a in actions if isinstance(a, ReportEvidence)]
+    assert sign_votes(actions) == [SignVote(PRECOMMIT, 1, 0, A.hash)]
+    assert h.machine.votes.round(0).prevotes.power_any == 3
 
 
 def test_bad_signatures_and_wrong_proposer_are_ignored() -> None:
