@@ -13,6 +13,12 @@ blocks/s and MB/s of block bytes. LMDB: sync=True, metasync=True (an msync
 per commit). SQLite: journal_mode=WAL, synchronous=FULL (an fsync of the WAL
 per commit), one table per kind of record, blobs inline.
 
+It also measures what the node really pays: node/storage.py's
+`BlockStore.save_block` on the same blocks (with its checks: re-encoding the
+block, hashing every tx id), and the per-signature fsync latency of the WAL
+(`append` + `sync`) and of the sign state (`check_and_sign`: temp file, fsync,
+rename, directory fsync).
+
 Usage: .venv/bin/python benchmarks/storage.py [--blocks 30] [--txs 5000] [--tx-bytes 200]
 The last line is JSON.
 """
@@ -33,6 +39,24 @@ from pathlib import Path
 
 import lmdb
 import msgpack
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from consensus import merkle
+from consensus.crypto import PrivateKey
+from consensus.types import (
+    Block,
+    Commit,
+    CommitSig,
+    Header,
+    Validator,
+    ValidatorSet,
+    VoteType,
+    vote_sign_bytes,
+)
+from node import wal
+from node.signstate import SignState, SignStep
+from node.storage import ChainState, open_store
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +153,69 @@ def run_sqlite(directory: Path, blocks: list[BlockWrite]) -> float:
     return elapsed
 
 
+def run_blockstore(directory: Path, blocks: list[BlockWrite]) -> float:
+    """node/storage.py itself: real Block objects holding the same tx bytes."""
+    key = PrivateKey(b"\x01" * 32)
+    valset = ValidatorSet.of([Validator(key.public_key, 1)])
+    empty = merkle.root([])
+    state = ChainState("bench", 0, b"", 0, b"", empty, valset, valset)
+    store = open_store(directory / "store", map_bytes=64 << 30)
+    store.init_genesis(state, {})
+    prepared = []
+    last_commit: Commit | None = None
+    for b in blocks:
+        txs = tuple(msgpack.unpackb(b.block_bytes)[1])
+        header = Header(
+            "bench", b.height, b.height, state.last_block_hash,
+            b"" if last_commit is None else last_commit.hash, empty, valset.hash,
+            valset.hash, b"", empty, empty, key.address,
+        )  # fmt: skip
+        block = Block(header, txs, last_commit)
+        commit = Commit(b.height, 0, block.hash, (CommitSig(0, b"\x00" * 64),))
+        state = ChainState("bench", b.height, block.hash, 0, b"", empty, valset, valset)
+        prepared.append((block, block.encode(), commit, b, state))
+        last_commit = commit
+    start = time.perf_counter()
+    for block, block_bytes, commit, b, new_state in prepared:
+        store.save_block(block, block_bytes, commit, b.results, dict(b.app_writes), new_state)
+    elapsed = time.perf_counter() - start
+    store.close()
+    return elapsed
+
+
+def fsync_latencies(directory: Path, count: int) -> dict[str, float]:
+    """Median and p99 ms of one WAL append+sync and one durable sign-state update."""
+    key = PrivateKey(b"\x02" * 32)
+    w = wal.open(directory / "wal")
+    ss = SignState.create(directory / "sign_state.json")
+    wal_ms, sign_ms = [], []
+    for height in range(1, count + 1):
+        t0 = time.perf_counter()
+        w.append(os.urandom(200))
+        w.sync()
+        t1 = time.perf_counter()
+        sb = vote_sign_bytes("bench", VoteType.PREVOTE, height, 0, os.urandom(32))
+        ss.check_and_sign(height, 0, SignStep.PREVOTE, sb, key.sign)
+        t2 = time.perf_counter()
+        wal_ms.append(1000 * (t1 - t0))
+        sign_ms.append(1000 * (t2 - t1))
+    w.close()
+    wal_ms.sort()
+    sign_ms.sort()
+    return {
+        "wal_sync_ms_p50": round(wal_ms[count // 2], 2),
+        "wal_sync_ms_p99": round(wal_ms[count * 99 // 100], 2),
+        "sign_ms_p50": round(sign_ms[count // 2], 2),
+        "sign_ms_p99": round(sign_ms[count * 99 // 100], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=30)
     parser.add_argument("--txs", type=int, default=5000)
     parser.add_argument("--tx-bytes", type=int, default=200)
+    parser.add_argument("--fsyncs", type=int, default=200, help="samples per latency")
     parser.add_argument("--dir", type=Path, default=None, help="parent of the scratch dirs")
     args = parser.parse_args()
     blocks = make_blocks(args.blocks, args.txs, args.tx_bytes)
@@ -144,10 +226,11 @@ def main() -> None:
         file=sys.stderr,
     )
     results: dict[str, dict[str, float]] = {}
-    for name, run in (("lmdb", run_lmdb), ("sqlite", run_sqlite)):
+    runs = (("lmdb", run_lmdb), ("sqlite", run_sqlite), ("blockstore", run_blockstore))
+    for name, run in runs:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             elapsed = run(Path(tmp), blocks)
-            du = sum(p.stat().st_blocks * 512 for p in Path(tmp).iterdir()) / 1e6
+            du = sum(p.stat().st_blocks * 512 for p in Path(tmp).rglob("*")) / 1e6
         results[name] = {
             "blocks_per_s": round(args.blocks / elapsed, 2),
             "block_mb_per_s": round(block_mb / elapsed, 2),
@@ -157,6 +240,9 @@ def main() -> None:
         print(f"{name:7s} {results[name]}", file=sys.stderr)
     ratio = results["lmdb"]["blocks_per_s"] / results["sqlite"]["blocks_per_s"]
     print(f"lmdb/sqlite throughput ratio: {ratio:.2f}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        latencies = fsync_latencies(Path(tmp), args.fsyncs)
+    print(f"fsync latencies: {latencies}", file=sys.stderr)
     print(
         json.dumps(
             {
@@ -166,6 +252,7 @@ def main() -> None:
                 "tx_bytes": args.tx_bytes,
                 **{f"{k}_{m}": v for k, r in results.items() for m, v in r.items()},
                 "lmdb_over_sqlite": round(ratio, 2),
+                **latencies,
             }
         )
     )
