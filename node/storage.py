@@ -491,6 +491,20 @@ class BlockStore:
                 raise StorageCorruptError(f"{self.path}: block {height} missing below the tip")
             yield block
 
+    def blocks_to_replay(self, app_height: int) -> Iterator[Block]:
+        """Handshake by height: the blocks an application at `app_height` must re-execute.
+
+        An application that keeps its state in this store is always at
+        `latest_height()` (its writes commit with the block) and gets nothing.
+        One that keeps state elsewhere reports the last height it applied and
+        re-executes these, in order. An application ahead of the store cannot
+        be reconciled and raises StorageConflictError.
+        """
+        top = self.latest_height()
+        if not 0 <= app_height <= top:
+            raise StorageConflictError(f"application at height {app_height}, store at {top}")
+        return self.iter_blocks(app_height + 1, top)
+
     def load_app_value(self, key: bytes) -> bytes | None:
         return self._get("app", key)
 

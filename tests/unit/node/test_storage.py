@@ -303,3 +303,13 @@ def test_damaged_state_record_is_reported(tmp_path: Path) -> None:
     with open_store(path, map_bytes=16 * 1024 * 1024) as s:
         with pytest.raises(StorageCorruptError, match="chain state"):
             s.load_state()
+
+
+def test_handshake_replays_exactly_the_blocks_the_app_missed(store: BlockStore) -> None:
+    """An app behind the store gets the missing blocks in order; one ahead is refused."""
+    chain = Chain(store)
+    chain.add(4)
+    assert [b.height for b in store.blocks_to_replay(1)] == [2, 3, 4]
+    assert list(store.blocks_to_replay(4)) == []
+    with pytest.raises(StorageConflictError, match="application at height 5"):
+        store.blocks_to_replay(5)
