@@ -28,8 +28,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-import cffi
-import nacl._sodium  # type: ignore[import-untyped]
+import cffi  # type: ignore[import-untyped]
+import nacl._sodium
 import nacl.bindings
 
 from consensus import merkle

@@ -1,0 +1,266 @@
+"""Block validation throughput against the machine's limit: libsodium verifying on all cores.
+
+Builds one block of `--txs` signed ledger transfers from `--senders` senders
+and prints, in one run: the raw ceiling (verifications per second, measured
+here in tight loops with no other work, the fastest of several ways of calling
+libsodium), block validation with a cold signature cache, with a warm one
+(signatures verified at "mempool admission" first), the commit certificate of
+100 validators, and a naive baseline (one thread, no cache). Each figure is
+the best of `--repeat` runs, so other load on the machine lowers it, never
+raises it. The last line is a JSON object.
+
+    python benchmarks/validation.py --txs 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import nacl.bindings
+
+from consensus.apps.ledger import Ledger, transfer_tx
+from consensus.crypto import PrivateKey
+from consensus.sigverify import SignatureVerifier, _verify_detached
+from consensus.types import (
+    Commit,
+    CommitSig,
+    Genesis,
+    GenesisValidator,
+    precommit_sign_bytes,
+)
+from consensus.validation import (
+    ChainState,
+    build_block,
+    decode_and_validate,
+    validate_block,
+    verify_commit,
+)
+
+CHAIN_ID = "bench"
+Item = tuple[bytes, bytes, bytes]
+
+
+def best_seconds(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# ---------------------------------------------------------------- raw ceiling
+
+
+def _loop_detached(items: list[Item]) -> None:
+    f = _verify_detached
+    for pk, msg, sig in items:
+        f(sig, msg, len(msg), pk)
+
+
+def _loop_open(items: list[Item]) -> None:
+    opn = nacl.bindings.crypto_sign_open
+    for pk, msg, sig in items:
+        opn(sig + msg, pk)
+
+
+def threads_rate(items: list[Item], workers: int, loop: Callable[[list[Item]], None]) -> float:
+    shares = [items[i::workers] for i in range(workers)]
+    ts = [threading.Thread(target=loop, args=(s,)) for s in shares]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return len(items) / (time.perf_counter() - t0)
+
+
+def _process_main(items: list[Item], barrier: object, out: object) -> None:
+    barrier.wait()  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    _loop_detached(items)
+    out.put((t0, time.perf_counter()))  # type: ignore[attr-defined]
+
+
+def processes_rate(items: list[Item], workers: int) -> float:
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(workers)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_process_main, args=(items[i::workers], barrier, out))
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    spans = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    start = min(s for s, _ in spans)
+    end = max(e for _, e in spans)
+    return len(items) / (end - start)
+
+
+# ---------------------------------------------------------------- the chain
+
+
+def make_chain(n_txs: int, n_senders: int, n_validators: int) -> dict[str, object]:
+    rng = random.Random(7)
+    validators = [PrivateKey(rng.randbytes(32)) for _ in range(n_validators)]
+    senders = [PrivateKey(rng.randbytes(32)) for _ in range(n_senders)]
+    genesis = Genesis(
+        CHAIN_ID,
+        1_000,
+        tuple(GenesisValidator(f"v{i}", k.public_key, 10) for i, k in enumerate(validators)),
+        "ledger",
+        {"accounts": {k.address.hex(): 10**12 for k in senders}},
+    )
+    app = Ledger.from_genesis(genesis)
+    state = ChainState.from_genesis(genesis, app.app_hash)
+    vset = state.validators
+    # Height 1 carries nothing, so that height 2 has a real commit certificate of all validators.
+    proposer = vset[0].address
+    b1 = build_block(state, [], time_ms=2_000, proposer_address=proposer, last_commit=None)
+    with SignatureVerifier(threads=0) as v:
+        from consensus.validation import next_chain_state
+
+        vb1 = validate_block(b1, state, app, v, now_ms=2_000, expected_proposer=proposer)
+    app.commit(vb1.execution)
+    state = next_chain_state(state, vb1)
+    by_address = {k.address: k for k in validators}
+    message = precommit_sign_bytes(CHAIN_ID, 1, 0, vb1.block_hash)
+    commit = Commit(
+        1,
+        0,
+        vb1.block_hash,
+        tuple(CommitSig(i, by_address[val.address].sign(message)) for i, val in enumerate(vset)),
+    )
+    txs = []
+    nonces = [0] * n_senders
+    for i in range(n_txs):
+        s = i % n_senders
+        to = senders[rng.randrange(n_senders)].address
+        tx = transfer_tx(senders[s], CHAIN_ID, nonces[s], to, rng.randrange(1, 1000))
+        nonces[s] += 1
+        txs.append(tx)
+    block = build_block(
+        state,
+        [t.encode() for t in txs],
+        time_ms=3_000,
+        proposer_address=proposer,
+        last_commit=commit,
+    )
+    return {"app": app, "state": state, "block": block, "txs": txs, "commit": commit}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--txs", type=int, default=10_000)
+    ap.add_argument("--senders", type=int, default=1_000)
+    ap.add_argument("--validators", type=int, default=100)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    cores = args.cores
+
+    print(f"building {args.txs} transfers from {args.senders} senders ...", flush=True)
+    chain = make_chain(args.txs, args.senders, args.validators)
+    app, state, block = chain["app"], chain["state"], chain["block"]
+    txs, commit = chain["txs"], chain["commit"]
+    assert isinstance(state, ChainState)
+    items: list[Item] = [(t.sender, t.sign_bytes(CHAIN_ID), t.signature) for t in txs]  # type: ignore[attr-defined]
+
+    # Raw ceiling: several ways of driving libsodium on all cores, the fastest one counts.
+    ways: dict[str, float] = {}
+    for name, fn in [
+        (
+            f"cffi verify_detached, {cores} threads",
+            lambda: threads_rate(items, cores, _loop_detached),
+        ),
+        (
+            f"cffi verify_detached, {cores + 1} threads",
+            lambda: threads_rate(items, cores + 1, _loop_detached),
+        ),
+        (
+            f"pynacl crypto_sign_open, {cores} threads",
+            lambda: threads_rate(items, cores, _loop_open),
+        ),
+        (f"cffi verify_detached, {cores} processes", lambda: processes_rate(items, cores)),
+        ("cffi verify_detached, 1 thread", lambda: threads_rate(items, 1, _loop_detached)),
+    ]:
+        ways[name] = max(fn() for _ in range(args.repeat))
+        print(f"  ceiling candidate: {name:45s} {ways[name]:10.0f} sig/s", flush=True)
+    ceiling = max(ways.values())
+    print(f"raw ceiling: {ceiling:.0f} sig/s ({max(ways, key=ways.__getitem__)})")
+
+    n = len(txs)  # type: ignore[arg-type]
+    now = 3_000
+    proposer = block.header.proposer_address  # type: ignore[attr-defined]
+    results: dict[str, float] = {}
+
+    def validate(verifier: SignatureVerifier) -> None:
+        validate_block(block, state, app, verifier, now_ms=now, expected_proposer=proposer)  # type: ignore[arg-type]
+
+    for threads in (0, cores - 1, cores):
+        with SignatureVerifier(threads=threads) as v:
+            sec = best_seconds(lambda v=v: validate(v), args.repeat)
+        results[f"cold_threads_{threads}"] = n / sec
+        print(f"  cold cache, {threads} pool threads + caller: {n / sec:10.0f} tx/s", flush=True)
+    best_threads = max((cores - 1, cores), key=lambda t: results[f"cold_threads_{t}"])
+    cold = results[f"cold_threads_{best_threads}"]
+    naive = results["cold_threads_0"]
+
+    with SignatureVerifier(threads=best_threads) as v:
+        encoded = block.encode()  # type: ignore[attr-defined]
+        sec = best_seconds(
+            lambda: decode_and_validate(
+                encoded, state, app, v, now_ms=now, expected_proposer=proposer
+            ),  # type: ignore[arg-type]
+            args.repeat,
+        )
+        decode_cold = n / sec
+        ids = [t.hash for t in txs]  # type: ignore[attr-defined]
+        for tx_id, tx in zip(ids, txs, strict=True):  # type: ignore[call-overload]
+            assert v.verify_tx(tx_id, tx, CHAIN_ID)
+        warm = n / best_seconds(lambda: validate(v), args.repeat)
+        commit_sec = best_seconds(
+            lambda: verify_commit(commit, CHAIN_ID, state.last_validators, v),  # type: ignore[arg-type]
+            args.repeat,
+        )
+    commit_sigs = len(commit.signatures)  # type: ignore[attr-defined]
+    print(f"naive baseline (one thread, no cache): {naive:10.0f} tx/s")
+    print(f"block validation, cold cache ({best_threads} pool threads + caller): {cold:10.0f} tx/s")
+    print(f"decode + validate from bytes, cold cache:          {decode_cold:10.0f} tx/s")
+    print(f"block validation, warm cache:                      {warm:10.0f} tx/s")
+    print(
+        f"commit certificate of {commit_sigs} validators: {commit_sec * 1e3:.2f} ms "
+        f"({commit_sigs / commit_sec:.0f} sig/s)"
+    )
+    report = {
+        "txs": n,
+        "senders": args.senders,
+        "cores": cores,
+        "ceiling_sig_per_s": round(ceiling),
+        "ceiling_method": max(ways, key=ways.__getitem__),
+        "naive_tx_per_s": round(naive),
+        "cold_tx_per_s": round(cold),
+        "cold_decode_tx_per_s": round(decode_cold),
+        "warm_tx_per_s": round(warm),
+        "commit_validators": commit_sigs,
+        "commit_ms": round(commit_sec * 1e3, 3),
+        "commit_sig_per_s": round(commit_sigs / commit_sec),
+        "cold_ratio": round(cold / ceiling, 3),
+        "warm_over_ceiling": round(warm / ceiling, 2),
+        "speedup_over_naive": round(cold / naive, 2),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
