@@ -48,7 +48,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import lmdb
 
@@ -56,19 +56,14 @@ from consensus.codec import (
     DecodeError,
     decode,
     encode,
-    expect_bytes,
     expect_int,
-    expect_str,
     expect_tuple,
 )
-from consensus.crypto import HASH_BYTES
+from consensus.state import ChainState
 from consensus.types import (
-    APP_HASH_BYTES_MAX,
     BLOCK_BYTES_MAX,
     BLOCK_TXS_MAX,
-    CHAIN_ID_BYTES_MAX,
     HEIGHT_MAX,
-    TIME_MS_MAX,
     Block,
     Commit,
     ValidatorSet,
@@ -82,7 +77,6 @@ __all__ = [
     "MAP_BYTES_DEFAULT",
     "TX_RESULT_BYTES_MAX",
     "BlockStore",
-    "ChainState",
     "StorageConflictError",
     "StorageCorruptError",
     "StorageError",
@@ -145,63 +139,6 @@ class StorageFullError(StorageError):
 
 def _h(height: int) -> bytes:
     return _U64.pack(height)
-
-
-@dataclass(frozen=True, slots=True)
-class ChainState:
-    """What the node knows after committing block `last_height` (0: only genesis).
-
-    `validators` sign block last_height + 1; `next_validators` sign block
-    last_height + 2 (the application's updates at h take effect at h + 2).
-    `app_hash` and `last_results_hash` go into the header of block last_height + 1.
-    """
-
-    chain_id: str
-    last_height: int
-    last_block_hash: bytes  # b"" at height 0
-    last_block_time_ms: int  # genesis time at height 0
-    app_hash: bytes
-    last_results_hash: bytes
-    validators: ValidatorSet
-    next_validators: ValidatorSet
-
-    def to_obj(self) -> list[Any]:
-        return [
-            self.chain_id,
-            self.last_height,
-            self.last_block_hash,
-            self.last_block_time_ms,
-            self.app_hash,
-            self.last_results_hash,
-            self.validators.to_obj(),
-            self.next_validators.to_obj(),
-        ]
-
-    @classmethod
-    def from_obj(cls, obj: Any) -> ChainState:
-        f = expect_tuple(obj, 8, "chain state")
-        last_height = expect_int(f[1], "state.last_height", 0, HEIGHT_MAX)
-        if last_height == 0:
-            last_block_hash = expect_bytes(f[2], "state.last_block_hash", length=0)
-        else:
-            last_block_hash = expect_bytes(f[2], "state.last_block_hash", length=HASH_BYTES)
-        return cls(
-            expect_str(f[0], "state.chain_id", CHAIN_ID_BYTES_MAX),
-            last_height,
-            last_block_hash,
-            expect_int(f[3], "state.last_block_time_ms", 0, TIME_MS_MAX),
-            expect_bytes(f[4], "state.app_hash", length_max=APP_HASH_BYTES_MAX),
-            expect_bytes(f[5], "state.last_results_hash", length=HASH_BYTES),
-            ValidatorSet.from_obj(f[6]),
-            ValidatorSet.from_obj(f[7]),
-        )
-
-    def encode(self) -> bytes:
-        return encode(self.to_obj())
-
-    @classmethod
-    def decode(cls, data: bytes) -> ChainState:
-        return cls.from_obj(decode(data, bytes_max=STATE_BYTES_MAX))
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 from consensus import merkle
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
+from consensus.state import ChainState
 from consensus.types import (
     Block,
     Commit,
@@ -46,7 +47,7 @@ from consensus.types import (
 )
 from node import wal
 from node.signstate import DoubleSignRefused, SignState, SignStep
-from node.storage import BlockStore, ChainState, open_store
+from node.storage import BlockStore, open_store
 
 CHAIN = "crash-test"
 KEY = PrivateKey(b"\x42" * 32)
@@ -56,8 +57,32 @@ TXS_PER_BLOCK = 40
 STORE_MAP_BYTES = 256 * 1024 * 1024
 
 
+def legacy_state(
+    chain_id: str,
+    last_height: int,
+    last_block_hash: bytes,
+    last_block_time_ms: int,
+    app_hash: bytes,
+    last_results_hash: bytes,
+    validators: ValidatorSet,
+    next_validators: ValidatorSet,
+) -> ChainState:
+    """A chain state from the fields the store checks (the rest at their defaults)."""
+    return ChainState(
+        chain_id=chain_id,
+        last_height=last_height,
+        last_block_hash=last_block_hash,
+        last_block_time_ms=last_block_time_ms,
+        last_validators=None if last_height == 0 else validators,
+        validators=validators,
+        next_validators=next_validators,
+        app_hash=app_hash,
+        last_results_hash=last_results_hash,
+    )
+
+
 def genesis_state() -> ChainState:
-    return ChainState(CHAIN, 0, b"", GENESIS_TIME_MS, b"", merkle.root([]), VALSET, VALSET)
+    return legacy_state(CHAIN, 0, b"", GENESIS_TIME_MS, b"", merkle.root([]), VALSET, VALSET)
 
 
 def out(line: str) -> None:
@@ -147,7 +172,7 @@ def run_height(
         round_ += 1
     commit = Commit(height, round_, block.hash, (CommitSig(0, precommit),))
     results = [b"ok"] * len(block.txs)
-    new_state = ChainState(
+    new_state = legacy_state(
         CHAIN,
         height,
         block.hash,

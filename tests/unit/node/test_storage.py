@@ -10,6 +10,7 @@ import pytest
 
 from consensus import merkle
 from consensus.crypto import PrivateKey
+from consensus.state import ChainState
 from consensus.types import (
     Block,
     Commit,
@@ -26,7 +27,6 @@ from consensus.types import (
 from node.storage import (
     APP_VALUE_BYTES_MAX,
     BlockStore,
-    ChainState,
     StorageConflictError,
     StorageCorruptError,
     StorageFullError,
@@ -42,6 +42,30 @@ VALSET_2 = ValidatorSet.of([*VALSET.validators, Validator(NEW_KEY.public_key, 10
 GENESIS_TIME_MS = 1_700_000_000_000
 
 
+def legacy_state(
+    chain_id: str,
+    last_height: int,
+    last_block_hash: bytes,
+    last_block_time_ms: int,
+    app_hash: bytes,
+    last_results_hash: bytes,
+    validators: ValidatorSet,
+    next_validators: ValidatorSet,
+) -> ChainState:
+    """A chain state from the fields the store checks (the rest at their defaults)."""
+    return ChainState(
+        chain_id=chain_id,
+        last_height=last_height,
+        last_block_hash=last_block_hash,
+        last_block_time_ms=last_block_time_ms,
+        last_validators=None if last_height == 0 else validators,
+        validators=validators,
+        next_validators=next_validators,
+        app_hash=app_hash,
+        last_results_hash=last_results_hash,
+    )
+
+
 def sign_commit(block: Block, signers: int = 4, valset: ValidatorSet = VALSET) -> Commit:
     """Real precommit signatures by the first `signers` validators of the set."""
     by_address = {k.address: k for k in [*KEYS, NEW_KEY]}
@@ -54,7 +78,9 @@ def sign_commit(block: Block, signers: int = 4, valset: ValidatorSet = VALSET) -
 
 
 def genesis_state() -> ChainState:
-    return ChainState(CHAIN, 0, b"", GENESIS_TIME_MS, b"\x00" * 32, merkle.root([]), VALSET, VALSET)
+    return legacy_state(
+        CHAIN, 0, b"", GENESIS_TIME_MS, b"\x00" * 32, merkle.root([]), VALSET, VALSET
+    )
 
 
 class Chain:
@@ -96,7 +122,7 @@ class Chain:
         seen_signers: int = 3,
     ) -> ChainState:
         results = [f"ok {block.height}/{i}".encode() for i in range(len(block.txs))]
-        state = ChainState(
+        state = legacy_state(
             CHAIN,
             block.height,
             block.hash,
@@ -218,7 +244,7 @@ def test_rejected_save_writes_nothing(store: BlockStore) -> None:
     with pytest.raises(StorageLimitError):
         chain.commit(block, {b"": b"v"})
     seen = sign_commit(block)
-    good_state = ChainState(CHAIN, 2, block.hash, 0, b"", merkle.root([]), VALSET, VALSET)
+    good_state = legacy_state(CHAIN, 2, block.hash, 0, b"", merkle.root([]), VALSET, VALSET)
     results = [b""] * len(block.txs)
     with pytest.raises(StorageConflictError, match="encoding"):
         store.save_block(block, block.encode() + b"\x00", seen, results, {}, good_state)
@@ -227,7 +253,7 @@ def test_rejected_save_writes_nothing(store: BlockStore) -> None:
     with pytest.raises(StorageConflictError, match="fixed at h-1"):
         store.save_block(block, block.encode(), seen, results, {}, _replace_validators(good_state))
     ahead = _at_height(block, 4)
-    ahead_state = ChainState(CHAIN, 4, ahead.hash, 0, b"", merkle.root([]), VALSET, VALSET)
+    ahead_state = legacy_state(CHAIN, 4, ahead.hash, 0, b"", merkle.root([]), VALSET, VALSET)
     with pytest.raises(StorageConflictError, match="does not follow"):
         store.save_block(ahead, ahead.encode(), sign_commit(ahead), results, {}, ahead_state)
     assert store.statistics() == before
@@ -235,7 +261,7 @@ def test_rejected_save_writes_nothing(store: BlockStore) -> None:
 
 
 def _replace_validators(state: ChainState) -> ChainState:
-    return ChainState(
+    return legacy_state(
         state.chain_id,
         state.last_height,
         state.last_block_hash,
