@@ -579,7 +579,7 @@ def test_random_bytes_raise_only_block_invalid(chain: Chain, data: bytes) -> Non
 def test_mutated_blocks_raise_only_block_invalid(
     chain: Chain, edits: list[tuple[int, int, str]]
 ) -> None:
-    """A valid block's bytes with bytes flipped, inserted or deleted: valid or BlockInvalid, nothing else."""
+    """A valid block with bytes flipped, inserted or deleted: only ever BlockInvalid or valid."""
     b = chain.block([chain.tx(1).encode(), chain.tx(2).encode()])
     chain.nonces[1] -= 1
     chain.nonces[2] -= 1

@@ -1,0 +1,209 @@
+"""The built-in applications: ledger and kvstore rules, app hash, commit/load round trips."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from consensus.app import app_from_genesis, chain_app_hash, genesis_app_hash
+from consensus.apps import (
+    CODE_BAD_NONCE,
+    CODE_BAD_PAYLOAD,
+    CODE_BAD_VALIDATOR_UPDATE,
+    CODE_INSUFFICIENT_FUNDS,
+    CODE_UNAUTHORIZED,
+)
+from consensus.apps.kvstore import KVStore, set_tx
+from consensus.apps.ledger import Ledger, transfer_payload, transfer_tx, validator_tx
+from consensus.codec import decode, encode
+from consensus.crypto import PrivateKey
+from consensus.types import Genesis, GenesisValidator, Header, Transaction
+
+CHAIN = "apps-test"
+ALICE, BOB, ADMIN = (PrivateKey(bytes([i]) * 32) for i in (11, 12, 13))
+VALS = [PrivateKey(bytes([i]) * 32) for i in (1, 2)]
+
+
+def _genesis(app: str, state: dict[str, Any]) -> Genesis:
+    return Genesis(
+        CHAIN,
+        0,
+        tuple(GenesisValidator(f"v{i}", k.public_key, 10) for i, k in enumerate(VALS)),
+        app,
+        state,
+    )
+
+
+def _ledger() -> Ledger:
+    state = {
+        "accounts": {ALICE.address.hex(): 100, BOB.address.hex(): 5},
+        "admin": ADMIN.address.hex(),
+    }
+    return Ledger.from_genesis(_genesis("ledger", state))
+
+
+def _header(height: int) -> Header:
+    z = b"\x00" * 32
+    return Header(CHAIN, height, 0, b"", b"", z, z, z, b"", z, z, b"\x00" * 20)
+
+
+def _account(app: Ledger, key: PrivateKey) -> tuple[int, int]:
+    balance, nonce = decode(app.query("account", key.address).value)
+    return balance, nonce
+
+
+def test_transfers_results_and_commit() -> None:
+    """Transfers move balances; bad nonce, overdraft and bad amount are recorded, not dropped."""
+    app = _ledger()
+    txs = [
+        transfer_tx(ALICE, CHAIN, 0, BOB.address, 30),
+        transfer_tx(ALICE, CHAIN, 5, BOB.address, 1),  # wrong nonce
+        transfer_tx(ALICE, CHAIN, 1, BOB.address, 1000),  # overdraft: nonce used
+        transfer_tx(ALICE, CHAIN, 2, BOB.address, 0),  # amount must be positive
+        transfer_tx(BOB, CHAIN, 0, ALICE.address, 35),
+        Transaction.create(BOB, CHAIN, 1, b"\x93\xa8transfer"),  # truncated payload
+    ]
+    ex = app.execute_block(_header(1), txs, ())
+    assert [r.code for r in ex.tx_results] == [
+        0,
+        CODE_BAD_NONCE,
+        CODE_INSUFFICIENT_FUNDS,
+        CODE_BAD_PAYLOAD,
+        0,
+        CODE_BAD_PAYLOAD,
+    ]
+    assert _account(app, ALICE) == (100, 0)  # execution leaves committed state alone
+    assert (
+        app.commit(ex)
+        == ex.app_hash
+        == chain_app_hash(genesis_app_hash(CHAIN, "ledger"), ex.writes)
+    )
+    assert _account(app, ALICE) == (105, 3)
+    assert _account(app, BOB) == (0, 2)
+
+
+@pytest.mark.parametrize("amount", [1, 127, 128, 255, 256, 65_535, 65_536, 2**32, 2**63 - 1])
+def test_fast_path_agrees_with_general_rules(amount: int) -> None:
+    """Every integer width of a transfer amount gives the same outcome as check_tx's rules."""
+    app = _ledger()
+    rich = Ledger.from_genesis(_genesis("ledger", {"accounts": {ALICE.address.hex(): 2**63 - 1}}))
+    for a in (app, rich):
+        tx = transfer_tx(ALICE, CHAIN, 0, BOB.address, amount)
+        assert a.execute_block(_header(1), [tx], ()).tx_results[0].code == a.check_tx(tx).code
+
+
+def test_non_minimal_amount_is_a_bad_payload() -> None:
+    """An amount in a longer msgpack form than needed is not a canonical payload."""
+    app = _ledger()
+    payload = transfer_payload(BOB.address, 5)[:-1] + b"\xcd\x00\x05"
+    tx = Transaction.create(ALICE, CHAIN, 0, payload)
+    assert app.execute_block(_header(1), [tx], ()).tx_results[0].code == CODE_BAD_PAYLOAD
+
+
+def test_check_tx_tracks_the_mempool_view() -> None:
+    """check_tx accepts consecutive nonces and spends pending balance; commit resets the view."""
+    app = _ledger()
+    assert app.check_tx(transfer_tx(ALICE, CHAIN, 0, BOB.address, 60)).ok
+    assert app.check_tx(transfer_tx(ALICE, CHAIN, 0, BOB.address, 1)).code == CODE_BAD_NONCE
+    assert (
+        app.check_tx(transfer_tx(ALICE, CHAIN, 1, BOB.address, 60)).code == CODE_INSUFFICIENT_FUNDS
+    )
+    assert app.check_tx(transfer_tx(ALICE, CHAIN, 1, BOB.address, 40)).ok  # rejected: unused
+    app.commit(app.execute_block(_header(1), [], ()))
+    assert app.check_tx(transfer_tx(ALICE, CHAIN, 0, BOB.address, 1)).ok
+
+
+def test_admin_sets_validators_others_cannot() -> None:
+    """Only the genesis admin's set_validator passes; removing the last validator fails."""
+    app = _ledger()
+    new = PrivateKey(b"\x21" * 32)
+    txs = [
+        validator_tx(ALICE, CHAIN, 0, new.public_key, 5),
+        validator_tx(ADMIN, CHAIN, 0, new.public_key, 5),
+        validator_tx(ADMIN, CHAIN, 1, VALS[0].public_key, 0),
+        validator_tx(ADMIN, CHAIN, 2, VALS[1].public_key, 0),
+        validator_tx(ADMIN, CHAIN, 3, new.public_key, 0),  # would leave none
+    ]
+    ex = app.execute_block(_header(1), txs, ())
+    assert [r.code for r in ex.tx_results] == [
+        CODE_UNAUTHORIZED,
+        0,
+        0,
+        0,
+        CODE_BAD_VALIDATOR_UPDATE,
+    ]
+    assert [(u.public_key, u.power) for u in ex.validator_updates] == [
+        (new.public_key, 5),
+        (VALS[0].public_key, 0),
+        (VALS[1].public_key, 0),
+    ]
+    app.commit(ex)
+    assert decode(app.query("validators", b"").value) == ((new.public_key, 5),)
+
+
+def test_ledger_load_restores_committed_state() -> None:
+    """load() from the genesis items plus the committed writes equals the live app."""
+    app = _ledger()
+    items = dict(app.items())
+    ex = app.execute_block(_header(1), [transfer_tx(ALICE, CHAIN, 0, BOB.address, 7)], ())
+    app.commit(ex)
+    for k, v in ex.writes:
+        if v is None:
+            items.pop(k, None)
+        else:
+            items[k] = v
+    loaded = Ledger.load(items.items(), ex.app_hash, 1)
+    assert dict(loaded.items()) == dict(app.items())
+    assert loaded.app_hash == app.app_hash and loaded.height == 1
+    tx = transfer_tx(BOB, CHAIN, 0, ALICE.address, 1)
+    assert loaded.execute_block(_header(2), [tx], ()) == app.execute_block(_header(2), [tx], ())
+
+
+def test_kvstore_set_query_val_and_load() -> None:
+    """kvstore stores values, answers queries, changes validators and reloads identically."""
+    app = KVStore.from_genesis(_genesis("kvstore", {}))
+    new = PrivateKey(b"\x22" * 32)
+    txs = [
+        set_tx(ALICE, CHAIN, 0, b"colour", b"blue"),
+        set_tx(ALICE, CHAIN, 0, b"colour", b"red"),  # replayed nonce
+        Transaction.create(BOB, CHAIN, 0, encode(["val", new.public_key, 3])),
+        Transaction.create(BOB, CHAIN, 1, encode(["set", b"", b"x"])),  # empty key
+        Transaction.create(BOB, CHAIN, 2, b"\xc1"),
+    ]
+    ex = app.execute_block(_header(1), txs, ())
+    assert [r.code for r in ex.tx_results] == [
+        0,
+        CODE_BAD_NONCE,
+        0,
+        CODE_BAD_PAYLOAD,
+        CODE_BAD_PAYLOAD,
+    ]
+    assert not app.query("key", b"colour").ok
+    app.commit(ex)
+    assert app.query("key", b"colour").value == b"blue"
+    assert [(u.public_key, u.power) for u in ex.validator_updates] == [(new.public_key, 3)]
+    loaded = KVStore.load(app.items(), app.app_hash, app.height)
+    assert dict(loaded.items()) == dict(app.items())
+
+
+def test_app_from_genesis_selects_by_name() -> None:
+    """Genesis `app` picks the implementation; a bad app_state is a ValueError."""
+    assert isinstance(app_from_genesis(_genesis("kvstore", {})), KVStore)
+    assert isinstance(app_from_genesis(_genesis("ledger", {})), Ledger)
+    with pytest.raises(ValueError, match="admin"):
+        Ledger.from_genesis(_genesis("ledger", {"admin": "zz"}))
+    with pytest.raises(ValueError, match="kvstore"):
+        KVStore.from_genesis(_genesis("kvstore", {"x": 1}))
+
+
+def test_app_hash_is_deterministic_and_chained() -> None:
+    """Two apps fed the same blocks agree on every app hash; the hash covers the writes."""
+    a, b = _ledger(), _ledger()
+    for h, amount in ((1, 3), (2, 4)):
+        tx = transfer_tx(ALICE, CHAIN, h - 1, BOB.address, amount)
+        ea, eb = a.execute_block(_header(h), [tx], ()), b.execute_block(_header(h), [tx], ())
+        assert a.commit(ea) == b.commit(eb)
+    other = _ledger()
+    e1 = other.execute_block(_header(1), [transfer_tx(ALICE, CHAIN, 0, BOB.address, 2)], ())
+    assert e1.app_hash != chain_app_hash(genesis_app_hash(CHAIN, "ledger"), ())
