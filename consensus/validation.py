@@ -64,7 +64,8 @@ _NONCE_MAX = 2**64 - 1
 _SIG_FIELD_BYTES = 2 + SIGNATURE_BYTES  # bin8 marker and length, then the signature
 _sha256 = hashlib.sha256
 _unpackb = msgpack.unpackb
-_packb = msgpack.packb
+# One packer for the canonical re-encoding check; it never releases the GIL mid-call.
+_pack = msgpack.Packer(use_bin_type=True).pack
 
 
 class Reason(StrEnum):
@@ -495,27 +496,38 @@ class _Stream:
         chain_id = self.chain_id
         prefix = self.sign_prefix
         vpass = self.vpass
+        sha256 = _sha256
         for start in range(0, len(raw), CHUNK_ITEMS):
             chunk = raw[start : start + CHUNK_ITEMS]
-            ids = [_sha256(t).digest() for t in chunk]
+            ids = [sha256(t).digest() for t in chunk]
             leaves: list[bytes] = []
             decoded: list[Transaction] = []
             items: list[SigItem] = []
+            fresh: list[bytes] = []  # decoded here: their canonical form is checked at once
+            fresh_objs: list[tuple[object, ...]] = []
             index = start
             for t, tx_id in zip(chunk, ids, strict=True):
                 hit = cache_get(tx_id)
                 if hit is not None and hit[0] == chain_id:
                     decoded.append(hit[1])
                     leaves.append(hit[2])
-                else:
-                    tx = _decode_tx(t)
-                    if tx is None:
-                        self.malformed = (index, _decode_error(t))
-                        break
-                    decoded.append(tx)
-                    leaves.append(_sha256(b"\x00" + t).digest())
-                    items.append((index, tx.sender, prefix + t[1:-_SIG_FIELD_BYTES], tx.signature))
+                    index += 1
+                    continue
+                o = _decode_shape(t)
+                if o is None:
+                    self.malformed = (index, _decode_error(t))
+                    break
+                tx = Transaction(o[0], o[1], o[2], o[3])
+                decoded.append(tx)
+                fresh.append(t)
+                fresh_objs.append(o)
+                leaves.append(sha256(b"\x00" + t).digest())
+                items.append((index, tx.sender, prefix + t[1:-_SIG_FIELD_BYTES], tx.signature))
                 index += 1
+            if fresh and not _all_canonical(fresh_objs, fresh):
+                index = _first_non_canonical(chunk, start)
+                self.malformed = (index, "non-canonical encoding")
+                del decoded[index - start :]
             if items:
                 vpass.submit(items)
             self.ids += ids
@@ -523,9 +535,65 @@ class _Stream:
             if self.malformed is not None:
                 yield from decoded
                 return
-            self.subtree_roots.append(merkle.root_from_leaf_hashes(leaves))
+            self.subtree_roots.append(_subtree_root(leaves))
             vpass.help()
             yield from decoded
+
+
+def _subtree_root(level: list[bytes]) -> bytes:
+    """merkle.root_from_leaf_hashes, inlined for the hot path (same RFC 6962 shape)."""
+    sha256 = _sha256
+    while len(level) > 1:
+        odd = level[-1] if len(level) % 2 else None
+        level = [
+            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
+        if odd is not None:
+            level.append(odd)
+    return level[0] if level else merkle.root_from_leaf_hashes(level)
+
+
+def _all_canonical(objs: list[tuple[object, ...]], fresh: list[bytes]) -> bool:
+    """Whether each of `fresh` is the canonical encoding of the tuple decoded from it.
+
+    One re-encoding for the chunk instead of one per transaction: each decoded
+    value's canonical form is its shortest encoding, so the concatenations can
+    only be equal if every transaction is exactly canonical.
+    """
+    n = len(objs)
+    header = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    return bool(_pack(objs) == header + b"".join(fresh))
+
+
+def _first_non_canonical(chunk: Sequence[bytes], start: int) -> int:
+    for i, t in enumerate(chunk, start):
+        if _decode_tx(t) is None:
+            return i
+    raise AssertionError("a non-canonical transaction was seen")
+
+
+def _decode_shape(t: bytes) -> tuple[bytes, int, bytes, bytes] | None:
+    """The four fields if `t` decodes to a transaction's shape (canonical form checked later)."""
+    if type(t) is not bytes or len(t) > TX_BYTES_MAX:
+        return None
+    try:
+        o = _unpackb(t, use_list=False)
+    except Exception:  # msgpack raises many types on hostile input
+        return None
+    if (
+        type(o) is tuple
+        and len(o) == 4
+        and type(o[0]) is bytes
+        and len(o[0]) == PUBLIC_KEY_BYTES
+        and type(o[1]) is int
+        and 0 <= o[1] <= _NONCE_MAX
+        and type(o[2]) is bytes
+        and len(o[2]) <= TX_PAYLOAD_BYTES_MAX
+        and type(o[3]) is bytes
+        and len(o[3]) == SIGNATURE_BYTES
+    ):
+        return o
+    return None
 
 
 def _decode_tx(t: bytes) -> Transaction | None:
@@ -547,7 +615,7 @@ def _decode_tx(t: bytes) -> Transaction | None:
         and len(o[2]) <= TX_PAYLOAD_BYTES_MAX
         and type(o[3]) is bytes
         and len(o[3]) == SIGNATURE_BYTES
-        and _packb(o) == t
+        and _pack(o) == t
     ):
         return Transaction(o[0], o[1], o[2], o[3])
     return None
@@ -593,7 +661,7 @@ def _run_pass(
             position = (_EVIDENCE_TAG_BASE - max(evidence_failed)) // 2
             raise BlockInvalid(Reason.EVIDENCE_BAD_SIGNATURE, f"evidence[{position}]")
     first_bad_sig = min((t for t in failed if t >= 0), default=n)
-    if stream.malformed is not None and stream.malformed[0] < first_bad_sig:
+    if stream.malformed is not None and stream.malformed[0] <= first_bad_sig:
         index, why = stream.malformed
         raise BlockInvalid(Reason.TX_MALFORMED, "txs", why, tx_index=index)
     if first_bad_sig < n:
