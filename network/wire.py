@@ -212,7 +212,7 @@ class FrameDecoder:
     def buffered_bytes(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes | bytearray) -> list[Message]:
         if self._buffer:
             self._buffer += data
             work: bytes | bytearray = self._buffer
