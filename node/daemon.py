@@ -28,7 +28,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -39,6 +39,9 @@ from node.home import HomeLock, HomePaths, load_genesis_file
 from node.keys import load_key, node_id
 from node.logging import get_logger
 from node.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from node.core import NodeCore
 
 log = get_logger(__name__)
 
@@ -98,7 +101,10 @@ class Node:
         self._lock = HomeLock(paths)
         self._stop = trio.Event()
         self._stop_reason = ""
-        self.services: list[Service] = build_services(self)
+        # Extra services (tests, embedders) run after the node's own, which
+        # build_services creates in run(), once the home's lock is held.
+        self.services: list[Service] = []
+        self.core: NodeCore | None = None
 
     @classmethod
     def from_home(
@@ -150,6 +156,7 @@ class Node:
         self._lock.acquire()
         deadline: threading.Timer | None = None
         try:
+            self.services = [*build_services(self), *self.services]
             with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watch_signals, signals)
@@ -167,6 +174,8 @@ class Node:
                     deadline = self._arm_shutdown_deadline()
                     nursery.cancel_scope.cancel()
         finally:
+            if self.core is not None:
+                self.core.close()
             self._lock.release()
             self.notifier.close()
             if deadline is not None:
@@ -213,9 +222,36 @@ def _force_exit(grace_ms: int) -> None:
 def build_services(node: Node) -> list[Service]:
     """The node's services in start order; they stop together by cancellation.
 
-    Each service that joins the daemon is constructed here from `node`
-    (its config, genesis, keys, paths, notifier), e.g.
-    `services.append(NetworkService(node.config.p2p, node.node_key, ...))`.
+    Opens the node's stores (so it runs only once the home's lock is held).
     """
-    services: list[Service] = []
+    from node.consensus_service import ConsensusService
+    from node.core import NodeCore
+    from node.rpc import RpcServer
+    from node.services import Announcer, BlockSync, MempoolGossip, MetricsServer, Reactor
+
+    core = NodeCore(node)
+    node.core = core
+    core.consensus = ConsensusService(core)
+    core.blocksync = BlockSync(core)
+    services: list[Service] = [
+        _NetworkService(core),
+        Reactor(core),
+        core.consensus,
+        core.blocksync,
+        Announcer(core),
+        MempoolGossip(core),
+        RpcServer(core),
+    ]
+    if node.config.metrics.enabled:
+        services.append(MetricsServer(core))
     return services
+
+
+class _NetworkService:
+    name = "network"
+
+    def __init__(self, core: NodeCore) -> None:
+        self.core = core
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.core.net.run(task_status=task_status)

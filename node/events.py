@@ -42,9 +42,7 @@ class CommittedBlock:
 
 class Subscription:
     def __init__(self) -> None:
-        self._send, self.receive = trio.open_memory_channel[CommittedBlock](
-            SUBSCRIPTION_EVENTS_MAX
-        )
+        self._send, self.receive = trio.open_memory_channel[CommittedBlock](SUBSCRIPTION_EVENTS_MAX)
         self.overflowed = False
 
     def _offer(self, event: CommittedBlock) -> None:

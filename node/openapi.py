@@ -129,9 +129,7 @@ OPENAPI: dict[str, Any] = {
         "/tx/{hash}": {
             "get": {
                 "summary": "A committed transaction with its result and Merkle inclusion proof",
-                "parameters": [
-                    {"name": "hash", "in": "path", "required": True, "schema": _HEX}
-                ],
+                "parameters": [{"name": "hash", "in": "path", "required": True, "schema": _HEX}],
                 "responses": {"200": _ok("Transaction"), "400": _ERROR, "404": _ERROR},
             }
         },
@@ -165,9 +163,7 @@ OPENAPI: dict[str, Any] = {
         "/account/{address}": {
             "get": {
                 "summary": "A ledger account's balance and next nonce",
-                "parameters": [
-                    {"name": "address", "in": "path", "required": True, "schema": _HEX}
-                ],
+                "parameters": [{"name": "address", "in": "path", "required": True, "schema": _HEX}],
                 "responses": {"200": _ok("Account"), "400": _ERROR, "404": _ERROR},
             }
         },

@@ -1,0 +1,216 @@
+"""The node's chain: validate, build and apply blocks on the stored state.
+
+Consensus and block sync both end in `apply`, so a block becomes committed
+in exactly one way: the block, its certificate, results, the application's
+writes and the new `ChainState` go to the store in one durable transaction,
+and only then does the in-memory application commit. A crash between the
+two leaves the store ahead of memory, which the next start reloads from the
+store; never the reverse.
+
+`validate` and `apply` are synchronous (the validation core is CPU work in
+threads, the store waits on fsync): the caller runs them in a worker thread,
+one at a time, holding `lock` so that executing a proposal never overlaps
+committing another block on the same application.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from consensus.app import Application, TxResult, app_from_genesis
+from consensus.apps import app_class
+from consensus.codec import DecodeError, decode, encode, expect_int, expect_str, expect_tuple
+from consensus.proposer import ProposerSchedule
+from consensus.sigverify import SignatureVerifier
+from consensus.state import ChainState
+from consensus.types import (
+    Block,
+    Commit,
+    DuplicateVoteEvidence,
+    Genesis,
+    Header,
+    ValidatorSet,
+    data_hash,
+    evidence_hash,
+)
+from consensus.validation import BlockInvalid, ValidatedBlock, validate_block, verify_commit
+from node.events import CommittedBlock
+from node.storage import BlockStore
+
+# Room in a block for everything but transactions: header, last commit (80 bytes
+# per signature), evidence and msgpack framing; the rest is for transactions.
+BLOCK_OVERHEAD_BYTES = 16 * 1024
+COMMIT_SIG_BYTES = 80
+VALIDATED_CACHE_BLOCKS_MAX = 8  # proposals of one height kept validated (one per round seen)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def encode_result(result: TxResult) -> bytes:
+    return encode([result.code, result.log, result.data])
+
+
+def decode_result(data: bytes) -> tuple[int, str]:
+    """(code, log) of a stored result."""
+    try:
+        f = expect_tuple(decode(data), 3, "result")
+        return expect_int(f[0], "result.code", 0, 2**32), expect_str(f[1], "result.log", 1024)
+    except DecodeError:
+        return -1, "unreadable result"
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    committed: CommittedBlock
+    tx_ids: tuple[bytes, ...]
+    block_bytes: int
+
+
+class Chain:
+    def __init__(self, genesis: Genesis, store: BlockStore, verifier: SignatureVerifier) -> None:
+        self.genesis = genesis
+        self.store = store
+        self.verifier = verifier
+        self.lock = trio.Lock()
+        state = store.load_state()
+        if state is None:
+            app = app_from_genesis(genesis)
+            state = ChainState.from_genesis(genesis, app.app_hash)
+            store.init_genesis(state, dict(app.items()))  # type: ignore[attr-defined]
+        else:
+            app = app_class(genesis.app).load(
+                store.iter_app_state(), state.app_hash, state.last_height
+            )
+        self.app: Application = app
+        self.state = state
+        self._validated: dict[bytes, ValidatedBlock] = {}
+
+    @property
+    def height(self) -> int:
+        """Height of the latest committed block (0 before the first)."""
+        return self.state.last_height
+
+    def schedule(self) -> ProposerSchedule:
+        return self.state.schedule
+
+    # ------------------------------------------------------------ building
+
+    def tx_bytes_budget(self) -> int:
+        params = self.state.params
+        commit_bytes = COMMIT_SIG_BYTES * len(self.state.validators)
+        return max(0, params.block_bytes_max - BLOCK_OVERHEAD_BYTES - commit_bytes)
+
+    def build(
+        self,
+        *,
+        txs: Sequence[bytes],
+        evidence: Sequence[DuplicateVoteEvidence],
+        time_ms: int,
+        proposer_address: bytes,
+    ) -> Block:
+        """The next block on the committed state (the proposer's side of `validate`)."""
+        s = self.state
+        last_commit = None if s.last_height == 0 else self.store.load_seen_commit(s.last_height)
+        assert s.last_height == 0 or last_commit is not None, "no commit stored for last block"
+        header = Header(
+            chain_id=s.chain_id,
+            height=s.height,
+            time_ms=max(time_ms, s.last_block_time_ms + 1),
+            last_block_hash=s.last_block_hash,
+            last_commit_hash=b"" if last_commit is None else last_commit.hash,
+            data_hash=data_hash(txs),
+            validators_hash=s.validators.hash,
+            next_validators_hash=s.next_validators.hash,
+            app_hash=s.app_hash,
+            last_results_hash=s.last_results_hash,
+            evidence_hash=evidence_hash(evidence),
+            proposer_address=proposer_address,
+        )
+        return Block(header, tuple(txs), last_commit, tuple(evidence))
+
+    # ------------------------------------------------------------ validating
+
+    def validate(self, block: Block, *, now: int | None = None) -> ValidatedBlock:
+        """Validate the next block (cached by hash); raises BlockInvalid.
+
+        The proposer of a block re-proposed in a later round is the one who
+        built it, so the header's proposer must be a validator of this height;
+        that it signed the proposal for its round is the state machine's check.
+        """
+        cached = self._validated.get(block.hash)
+        if cached is not None:
+            return cached
+        validated = validate_block(
+            block,
+            self.state,
+            self.app,
+            self.verifier,
+            now_ms=now_ms() if now is None else now,
+            expected_proposer=block.header.proposer_address,
+            validators_at=self.store.load_validators,
+        )
+        if len(self._validated) >= VALIDATED_CACHE_BLOCKS_MAX:
+            self._validated.pop(next(iter(self._validated)))
+        self._validated[block.hash] = validated
+        return validated
+
+    def verify_commit(self, commit: Commit, block: Block) -> None:
+        """A certificate for `block` by the validators of its height; raises BlockInvalid."""
+        if commit.height != block.height or commit.block_hash != block.hash:
+            from consensus.validation import Reason
+
+            raise BlockInvalid(Reason.MALFORMED, "commit", "certificate is for another block")
+        verify_commit(commit, self.state.chain_id, self.state.validators, self.verifier)
+
+    # ------------------------------------------------------------ applying
+
+    def apply(self, block: Block, commit: Commit, *, now: int | None = None) -> Applied:
+        """Commit `block` (validated here if it was not yet) with its certificate."""
+        validated = self.validate(block, now=now)
+        s = self.state
+        execution = validated.execution
+        new_state = s.advance(
+            block_hash=validated.block_hash,
+            block_time_ms=block.header.time_ms,
+            app_hash=execution.app_hash,
+            last_results_hash=validated.results_hash,
+            validators_after_next=validated.validators_after_next,
+        )
+        results = [encode_result(r) for r in execution.tx_results]
+        block_bytes = block.encode()
+        self.store.save_block(
+            block, block_bytes, commit, results, dict(execution.writes), new_state
+        )
+        self.app.commit(execution)
+        self.state = new_state
+        self._validated.clear()
+        self.verifier.cache.discard(validated.tx_ids)
+        committed = CommittedBlock(
+            block,
+            commit,
+            tuple((r.code, r.log) for r in execution.tx_results),
+        )
+        return Applied(committed, validated.tx_ids, len(block_bytes))
+
+    def committed_block(self, height: int) -> CommittedBlock | None:
+        block = self.store.load_block(height)
+        commit = self.store.load_commit(height)
+        if block is None or commit is None:
+            return None
+        results = tuple(decode_result(r) for r in self.store.iter_block_results(height))
+        return CommittedBlock(block, commit, results)
+
+    def validators_at(self, height: int) -> ValidatorSet | None:
+        return self.store.load_validators(height)
+
+
+def worker_threads() -> int:
+    """Signature verification threads: one per core (pynacl releases the GIL)."""
+    return max(1, len(os.sched_getaffinity(0)))

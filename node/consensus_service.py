@@ -1,0 +1,432 @@
+"""The one task that owns the consensus state machine (STYLE.md habit 2).
+
+It reads its inputs in order from two bounded inboxes (peers' messages, and
+the node's own: timeouts, signed messages fed back, validation results),
+writes each input to the WAL before stepping the machine, and performs the
+machine's actions:
+
+- SignVote / SignProposal: WAL fsync, then the sign state's durable
+  check-and-sign, then broadcast and feed the signed message back. The sign
+  state refusing (a conflicting message was signed before a crash) is not an
+  error: the machine moves on by its timeouts.
+- ScheduleTimeout: one timer heap served by one task, not a task per timer.
+- ValidateBlock / BuildBlock / Decide: run on the chain in a worker thread,
+  holding the chain lock, so the event loop keeps serving peers and clients.
+
+At start the machine is rebuilt at the next height and the WAL records of
+that height are replayed into it, so a restarted validator resumes the round
+it was in with the votes it had seen and signed.
+
+The service runs only while the node is in consensus mode; block sync takes
+the chain while the node catches up, then hands it back (`core.mode`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import trio
+
+from consensus.codec import DecodeError
+from consensus.events import (
+    Action,
+    BlockBuilt,
+    BlockValidated,
+    Broadcast,
+    BuildBlock,
+    Decide,
+    Event,
+    HeightCommitted,
+    Misbehaviour,
+    ProposalReceived,
+    ReportEvidence,
+    ScheduleTimeout,
+    SignProposal,
+    SignVote,
+    StartHeight,
+    TimeoutFired,
+    ValidateBlock,
+    VoteReceived,
+    decode_event,
+    encode_event,
+)
+from consensus.machine import ConsensusConfig, ConsensusMachine
+from consensus.types import Proposal, Vote, VoteType, proposal_sign_bytes, vote_sign_bytes
+from consensus.validation import BlockInvalid
+from network import CONSENSUS, EVIDENCE
+from network import Misbehaviour as PeerFault
+from node.chain import now_ms
+from node.logging import get_logger
+from node.messages import EvidenceMsg, ProposalMsg, VoteMsg, encode_message
+from node.signstate import DoubleSignRefused, SignStateError, SignStep, step_of_vote
+
+if TYPE_CHECKING:
+    from node.core import NodeCore
+
+log = get_logger(__name__)
+
+# Peers' proposals and votes waiting for the core. Policy when full: drop the
+# message (counted); peers re-send what we lack when our status shows us stuck.
+PEER_EVENTS_MAX = 4096
+# Our own inputs: at most a few timers, one validation and one signed message
+# per step are outstanding at once, so this bound is never reached in practice;
+# if it were, the put would wait (it is never dropped).
+OWN_EVENTS_MAX = 1024
+# Own signed messages of the current height, re-sent to peers that stall.
+OWN_MESSAGES_MAX = 64
+
+
+class ConsensusService:
+    name = "consensus"
+
+    def __init__(self, core: NodeCore) -> None:
+        self.core = core
+        cfg = core.config.consensus
+        self.config = ConsensusConfig(
+            timeout_propose_ms=cfg.timeout_propose_ms,
+            timeout_propose_delta_ms=cfg.timeout_propose_delta_ms,
+            timeout_prevote_ms=cfg.timeout_prevote_ms,
+            timeout_prevote_delta_ms=cfg.timeout_prevote_delta_ms,
+            timeout_precommit_ms=cfg.timeout_precommit_ms,
+            timeout_precommit_delta_ms=cfg.timeout_precommit_delta_ms,
+            timeout_commit_ms=cfg.timeout_commit_ms,
+        )
+        self._peer_events: deque[tuple[str, Event]] = deque()
+        self._own_events: deque[Event] = deque()
+        self._wakeup = trio.Event()
+        self.machine: ConsensusMachine | None = None
+        self.dropped_events = 0
+        self._timers: list[tuple[float, int, TimeoutFired]] = []
+        self._timer_seq = itertools.count()
+        self._timer_changed = trio.Event()
+        self._sender = ""  # peer whose message is being stepped ("" for our own inputs)
+        self.own_messages: list[bytes] = []  # encoded, for re-sending to stalled peers
+        self._replayed = False
+        self.started_height_at_ms = now_ms()
+
+    # ------------------------------------------------------------ inputs
+
+    def submit_from_peer(self, peer_id: str, event: ProposalReceived | VoteReceived) -> bool:
+        """Queue a peer's message for the core; False (and dropped) when the inbox is full."""
+        if self.machine is None:
+            return False
+        if len(self._peer_events) >= PEER_EVENTS_MAX:
+            self.dropped_events += 1
+            return False
+        self._peer_events.append((peer_id, event))
+        self._wakeup.set()
+        return True
+
+    def _submit_own(self, event: Event) -> None:
+        assert len(self._own_events) < OWN_EVENTS_MAX, "own inputs are bounded by construction"
+        self._own_events.append(event)
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        """Make the loop look at the node's mode again (block sync wants the chain)."""
+        self._wakeup.set()
+
+    def submit_decided(self, peer_id: str, event: Event) -> bool:
+        return self.submit_from_peer(peer_id, event)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self.core.wait_mode("consensus")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._timer_loop)
+                await self._run_machine()
+                nursery.cancel_scope.cancel()
+            self.machine = None
+            self._timers.clear()
+            self._drain_inboxes()
+
+    def _drain_inboxes(self) -> None:
+        self._peer_events.clear()
+        self._own_events.clear()
+
+    def _new_machine(self) -> ConsensusMachine:
+        chain = self.core.chain
+        own = self.core.validator_address if self.core.can_sign else None
+        return ConsensusMachine(
+            chain_id=chain.state.chain_id,
+            height=chain.state.height,
+            validators=chain.state.validators,
+            schedule=chain.schedule(),
+            own_address=own,
+            config=self.config,
+        )
+
+    async def _run_machine(self) -> None:
+        """Step the machine until the node leaves consensus mode."""
+        machine = self._new_machine()
+        self.machine = machine
+        self.own_messages.clear()
+        actions: list[Action] = []
+        if not self._replayed:
+            self._replayed = True
+            actions = self._replay(machine)
+        if machine.current_step.name == "NEW_HEIGHT":
+            actions += machine.step(StartHeight(machine.height))
+            self.core.wal.append(encode_event(StartHeight(machine.height)))
+        await self._perform(actions)
+        while self.core.mode == "consensus":
+            event, sender = await self._next_event()
+            if event is None:
+                continue
+            self._sender = sender
+            self.core.wal.append(encode_event(event))
+            actions = machine.step(event)
+            await self._perform(actions)
+            self._sender = ""
+            self.core.on_consensus_progress(machine)
+
+    def _replay(self, machine: ConsensusMachine) -> list[Action]:
+        """Feed the WAL's records of the current height back into a fresh machine."""
+        events: list[Event] = []
+        skipped = 0
+        for record in self.core.wal.replay_from_last_height():
+            try:
+                event = decode_event(record)
+            except DecodeError as e:
+                log.error("unreadable WAL record skipped", error=str(e))
+                continue
+            height = getattr(event, "height", machine.height)
+            if height < machine.height:
+                skipped += 1
+                continue
+            events.append(event)
+        if not events:
+            return []
+        actions = machine.replay(events)
+        log.info(
+            "resumed from WAL",
+            height=machine.height,
+            round=machine.round,
+            step=machine.current_step.name,
+            events=len(events),
+            skipped=skipped,
+        )
+        return actions
+
+    async def _next_event(self) -> tuple[Event | None, str]:
+        """Our own inputs first (they unblock the round), then peers', in order."""
+        while True:
+            if self._own_events:
+                return self._own_events.popleft(), ""
+            if self._peer_events:
+                sender, event = self._peer_events.popleft()
+                return event, sender
+            if self.core.mode != "consensus":
+                return None, ""
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+    # ------------------------------------------------------------ actions
+
+    async def _perform(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Broadcast):
+                self._broadcast(action)
+            elif isinstance(action, SignVote):
+                await self._sign_vote(action)
+            elif isinstance(action, SignProposal):
+                await self._sign_proposal(action)
+            elif isinstance(action, ScheduleTimeout):
+                self._schedule(action)
+            elif isinstance(action, ValidateBlock):
+                await self._validate(action)
+            elif isinstance(action, BuildBlock):
+                await self._build(action)
+            elif isinstance(action, Decide):
+                await self._decide(action)
+            elif isinstance(action, ReportEvidence):
+                self._evidence(action)
+            elif isinstance(action, Misbehaviour):
+                self._misbehaviour(action)
+
+    def _broadcast(self, action: Broadcast) -> None:
+        msg = action.message
+        payload = encode_message(
+            ProposalMsg(msg.proposal, msg.block)
+            if isinstance(msg, ProposalReceived)
+            else VoteMsg(msg.vote)
+        )
+        self.core.net.gossip(CONSENSUS, payload, exclude_peer=self._sender or None)
+        if not self._sender and len(self.own_messages) < OWN_MESSAGES_MAX:
+            self.own_messages.append(payload)
+
+    async def _sign(
+        self, step: SignStep, height: int, round: int, sign_bytes: bytes
+    ) -> bytes | None:
+        core = self.core
+        if core.sign_state is None:
+            return None
+        await trio.to_thread.run_sync(core.wal.sync)
+        try:
+            return await trio.to_thread.run_sync(
+                core.sign_state.check_and_sign,
+                height,
+                round,
+                step,
+                sign_bytes,
+                core.validator_key.sign,
+            )
+        except DoubleSignRefused as e:
+            log.warning(
+                "refused to sign a conflicting message",
+                height=height,
+                round=round,
+                step=step.name,
+                reason=str(e),
+            )
+        except SignStateError as e:
+            log.error("sign state failed; this validator stops signing", error=str(e))
+            core.sign_state = None
+        return None
+
+    async def _sign_vote(self, action: SignVote) -> None:
+        machine = self.machine
+        assert machine is not None
+        index = machine.validators.index_of(self.core.validator_address)
+        if index is None:
+            return
+        sign_bytes = vote_sign_bytes(
+            self.core.chain.state.chain_id,
+            action.type,
+            action.height,
+            action.round,
+            action.block_hash,
+        )
+        signature = await self._sign(
+            step_of_vote(action.type), action.height, action.round, sign_bytes
+        )
+        if signature is None:
+            return
+        vote = Vote(
+            action.type,
+            action.height,
+            action.round,
+            action.block_hash,
+            self.core.validator_address,
+            index,
+            signature,
+        )
+        if action.type == VoteType.PRECOMMIT and action.block_hash:
+            self.core.metrics_precommitted()
+        self._submit_own(VoteReceived(vote))
+
+    async def _sign_proposal(self, action: SignProposal) -> None:
+        block_hash = action.block.hash
+        sign_bytes = proposal_sign_bytes(
+            self.core.chain.state.chain_id,
+            action.height,
+            action.round,
+            action.pol_round,
+            block_hash,
+        )
+        signature = await self._sign(SignStep.PROPOSE, action.height, action.round, sign_bytes)
+        if signature is None:
+            return
+        proposal = Proposal(action.height, action.round, action.pol_round, block_hash, signature)
+        log.debug("proposing", height=action.height, round=action.round, txs=len(action.block.txs))
+        self._submit_own(ProposalReceived(proposal, action.block))
+
+    async def _validate(self, action: ValidateBlock) -> None:
+        chain = self.core.chain
+        block = action.block
+        started = trio.current_time()
+        async with chain.lock:
+            try:
+                await trio.to_thread.run_sync(chain.validate, block)
+                event = BlockValidated(block.hash, True)
+            except BlockInvalid as e:
+                log.warning(
+                    "invalid block proposed",
+                    height=block.height,
+                    proposer=block.header.proposer_address.hex(),
+                    reason=str(e),
+                )
+                event = BlockValidated(block.hash, False, str(e))
+                if self._sender:
+                    self.core.net.report_misbehaviour(self._sender, PeerFault.PROTOCOL_VIOLATION)
+        self.core.metrics.validation_time.observe(trio.current_time() - started)
+        self._submit_own(event)
+
+    async def _build(self, action: BuildBlock) -> None:
+        core = self.core
+        chain = core.chain
+        params = chain.state.params
+        txs = core.mempool.reap(bytes_max=chain.tx_bytes_budget(), txs_max=params.block_txs_max)
+        evidence = core.evidence.pending(chain.state)
+        block = chain.build(
+            txs=txs,
+            evidence=evidence,
+            time_ms=now_ms(),
+            proposer_address=core.validator_address,
+        )
+        self._submit_own(BlockBuilt(action.height, action.round, block))
+
+    async def _decide(self, action: Decide) -> None:
+        machine = self.machine
+        assert machine is not None
+        await self.core.apply_block(action.block, action.commit)
+        self.core.wal.mark_height_end(action.block.height)
+        self.own_messages.clear()
+        self._timers = [t for t in self._timers if t[2].height > action.block.height]
+        heapq.heapify(self._timers)
+        self._submit_own(HeightCommitted(action.block.height, self.core.chain.state.validators))
+
+    def _evidence(self, action: ReportEvidence) -> None:
+        if self.core.evidence.add(action.evidence):
+            self.core.metrics.evidence.inc()
+            log.warning(
+                "equivocation detected",
+                validator=action.evidence.validator_address.hex(),
+                height=action.evidence.height,
+            )
+            self.core.net.gossip(EVIDENCE, encode_message(EvidenceMsg(action.evidence)))
+
+    def _misbehaviour(self, action: Misbehaviour) -> None:
+        log.warning(
+            "peer message rejected",
+            peer=self._sender,
+            height=action.height,
+            round=action.round,
+            reason=action.reason,
+        )
+        if self._sender:
+            fault = (
+                PeerFault.INVALID_SIGNATURE
+                if "signature" in action.reason
+                else PeerFault.PROTOCOL_VIOLATION
+            )
+            self.core.net.report_misbehaviour(self._sender, fault)
+
+    # ------------------------------------------------------------ timers
+
+    def _schedule(self, action: ScheduleTimeout) -> None:
+        deadline = trio.current_time() + action.duration_ms / 1000
+        event = TimeoutFired(action.height, action.round, action.step)
+        heapq.heappush(self._timers, (deadline, next(self._timer_seq), event))
+        self._timer_changed.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._timer_changed = trio.Event()
+            if not self._timers:
+                await self._timer_changed.wait()
+                continue
+            deadline = self._timers[0][0]
+            with trio.move_on_at(deadline):
+                await self._timer_changed.wait()
+                continue
+            while self._timers and self._timers[0][0] <= trio.current_time():
+                _, _, event = heapq.heappop(self._timers)
+                self._submit_own(event)

@@ -1,0 +1,547 @@
+"""What one node knows and shares between its services: chain, mempool, network, mode.
+
+`NodeCore` is built from a `Node` (its home, config, genesis and keys) and
+owns the long-lived resources: the store, the WAL, the sign state, the
+signature verifier, the application (through `Chain`), the mempool, the
+network and the metrics. The services in node/services.py are thin tasks
+over it. Nothing here reads peer input without checking it first: messages
+are decoded in the reactor, transactions in the mempool, blocks by the
+validation core.
+
+The node is in one of two modes. "blocksync": behind its peers, it fetches
+committed blocks and applies them; "consensus": it runs the state machine.
+`set_mode` switches and says why; the reason is on /status and in metrics,
+so an operator can see why a node is not voting.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from consensus.app import QueryResult
+from consensus.codec import DecodeError, decode
+from consensus.crypto import PrivateKey
+from consensus.machine import ConsensusMachine
+from consensus.sigverify import SignatureVerifier
+from consensus.state import ChainState
+from consensus.types import BLOCK_EVIDENCE_MAX, Block, Commit, DuplicateVoteEvidence
+from network import Network, NetworkConfig, PeerAddress
+from node import __version__
+from node.chain import Applied, Chain, decode_result, now_ms, worker_threads
+from node.events import CommittedBlock, EventHub
+from node.logging import get_logger
+from node.mempool import Mempool, MempoolLimits
+from node.metrics import Metrics, PulledSample
+from node.signstate import SignState, SignStateError
+from node.storage import BlockStore, open_store
+from node.wal import WAL
+from node.wal import open as open_wal
+
+if TYPE_CHECKING:
+    from consensus.app import TxResult
+    from node.consensus_service import ConsensusService
+    from node.daemon import Node
+    from node.services import BlockSync
+
+log = get_logger(__name__)
+
+TX_WAITERS_MAX = 10_000  # clients waiting for a commit; policy when full: answer 503
+EVIDENCE_PENDING_MAX = 1_000  # verified, not yet committed; policy when full: drop new
+EVIDENCE_COMMITTED_MAX = 10_000  # hashes remembered so committed evidence is not re-proposed
+PEER_STATUS_STALE_S = 30.0
+
+
+@dataclass(slots=True)
+class PeerStatus:
+    height: int = 0  # consensus height the peer is working on
+    round: int = 0
+    base: int = 0  # lowest block it can serve
+    synced: int = 0  # highest committed block it can serve
+    updated_at: float = 0.0
+
+
+class EvidencePool:
+    """Verified equivocation evidence waiting for a block, bounded and deduplicated."""
+
+    def __init__(self) -> None:
+        self._pending: OrderedDict[bytes, DuplicateVoteEvidence] = OrderedDict()
+        self._committed: OrderedDict[bytes, None] = OrderedDict()
+
+    def add(self, evidence: DuplicateVoteEvidence) -> bool:
+        key = evidence.hash
+        if key in self._pending or key in self._committed:
+            return False
+        if len(self._pending) >= EVIDENCE_PENDING_MAX:
+            return False
+        self._pending[key] = evidence
+        return True
+
+    def pending(self, state: ChainState) -> list[DuplicateVoteEvidence]:
+        """Evidence a block at `state.height` may include (young enough, at most the limit)."""
+        oldest = state.height - state.params.evidence_age_blocks_max
+        out = [e for e in self._pending.values() if e.height >= oldest]
+        return out[:BLOCK_EVIDENCE_MAX]
+
+    def committed(self, evidence: tuple[DuplicateVoteEvidence, ...]) -> None:
+        for e in evidence:
+            key = e.hash
+            self._pending.pop(key, None)
+            self._committed[key] = None
+        while len(self._committed) > EVIDENCE_COMMITTED_MAX:
+            self._committed.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+class NodeCore:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.config = node.config
+        self.genesis = node.genesis
+        self.node_id = node.identity.node_id
+        self.validator_key: PrivateKey = node.validator_key
+        self.validator_address = node.validator_key.address
+        self.metrics = Metrics()
+        data = node.paths.data
+        data.mkdir(parents=True, exist_ok=True)
+        self.verifier = SignatureVerifier(threads=worker_threads())
+        self.store: BlockStore = open_store(data / "store", map_bytes=self.config.storage.map_bytes)
+        self.chain = Chain(self.genesis, self.store, self.verifier)
+        self.wal: WAL = open_wal(data / "wal")
+        self.sign_state: SignState | None = None
+        self.sign_state_error = ""
+        if self.chain.state.validators.index_of(self.validator_address) is not None or (
+            self.genesis.validator_set.index_of(self.validator_address) is not None
+        ):
+            self._load_sign_state()
+        mp = self.config.mempool
+        self.mempool = Mempool(
+            chain_id=self.genesis.chain_id,
+            app=self.chain.app,
+            verifier=self.verifier,
+            limits=MempoolLimits(mp.txs_max, mp.bytes_max, mp.tx_bytes_max, mp.recheck),
+            on_reject=lambda reason: self.metrics.mempool_rejected.labels(reason).inc(),
+        )
+        self.evidence = EvidencePool()
+        self.hub = EventHub()
+        self.net = self._make_network()
+        self.consensus: ConsensusService | None = None
+        self.mode = "blocksync" if self.config.blocksync.enabled else "consensus"
+        self.mode_reason = "starting: asking peers for their heights"
+        self._mode_changed = trio.Event()
+        self.peer_status: dict[str, PeerStatus] = {}
+        self._tx_waiters: dict[bytes, tuple[trio.Event, list[tuple[int, int, int, str]]]] = {}
+        # Admitted transactions not yet gossiped, by origin peer (None: a client).
+        # Bounded by the mempool itself: each entry is also a mempool entry.
+        self._gossip: dict[str | None, list[bytes]] = {}
+        self.gossip_ready = trio.Event()
+        self.blocksync: BlockSync | None = None
+        self.started_at_ms = now_ms()
+        self.last_progress_ms = now_ms()
+        self._last_round = 0
+        self.metrics.add_source(self._pulled_samples)
+        self._update_chain_metrics(None)
+
+    def _load_sign_state(self) -> None:
+        try:
+            self.sign_state = SignState.load(self.node.paths.sign_state)
+        except SignStateError as e:
+            self.sign_state_error = str(e)
+            log.error(
+                "sign state missing or unreadable: this validator will not sign",
+                error=str(e),
+                path=str(self.node.paths.sign_state),
+            )
+
+    def _make_network(self) -> Network:
+        p2p = self.config.p2p
+        peers = [
+            PeerAddress(p.node_id, p.address.host, p.address.port) for p in p2p.persistent_peers
+        ]
+        net_config = NetworkConfig(
+            frame_bytes_max=p2p.frame_bytes_max,
+            inbound_peers_max=p2p.inbound_peers_max,
+            outbound_peers_max=p2p.outbound_peers_max,
+            ban_duration_s=float(p2p.ban_duration_s),
+            pex_interval_s=30.0 if p2p.pex else 10**9,
+        )
+        return Network(
+            identity=self.node.node_key,
+            chain_id=self.genesis.chain_id,
+            listen=(p2p.listen.host, p2p.listen.port),
+            persistent_peers=peers,
+            config=net_config,
+        )
+
+    def close(self) -> None:
+        """Release files and threads once every service has stopped."""
+        self.verifier.close()
+        self.wal.close()
+        self.store.close()
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def height(self) -> int:
+        return self.chain.height
+
+    @property
+    def app(self) -> Any:
+        return self.chain.app
+
+    @property
+    def can_sign(self) -> bool:
+        return self.sign_state is not None
+
+    # ------------------------------------------------------------ mode
+
+    def set_mode(self, mode: str, reason: str) -> None:
+        if mode == self.mode and reason == self.mode_reason:
+            return
+        if mode != self.mode:
+            log.info("mode changed", mode=mode, reason=reason, height=self.height)
+        self.mode, self.mode_reason = mode, reason
+        self.metrics.blocksync_syncing.set(1 if mode == "blocksync" else 0)
+        self._mode_changed.set()
+        self._mode_changed = trio.Event()
+        if self.consensus is not None:
+            self.consensus.wake()
+
+    async def wait_mode(self, mode: str) -> None:
+        while self.mode != mode:
+            await self._mode_changed.wait()
+
+    # ------------------------------------------------------------ applying blocks
+
+    async def apply_block(self, block: Block, commit: Commit) -> Applied:
+        """Commit a decided or synced block; everything that follows a commit happens here."""
+        chain = self.chain
+        started = trio.current_time()
+        previous_time_ms = chain.state.last_block_time_ms
+        async with chain.lock:
+            applied = await trio.to_thread.run_sync(chain.apply, block, commit)
+        self.metrics.store_commit_time.observe(trio.current_time() - started)
+        dropped = self.mempool.update(applied.tx_ids)
+        self.evidence.committed(block.evidence)
+        committed = applied.committed
+        self.hub.publish(committed)
+        self._resolve_waiters(committed, applied.tx_ids)
+        self._update_chain_metrics(applied, previous_time_ms)
+        self.last_progress_ms = now_ms()
+        log.info(
+            "committed block",
+            height=block.height,
+            hash=block.hash.hex()[:16],
+            txs=len(block.txs),
+            round=commit.round,
+            app_hash=chain.state.app_hash.hex()[:16],
+            rechecked_out=dropped,
+        )
+        return applied
+
+    def _update_chain_metrics(self, applied: Applied | None, previous_time_ms: int = 0) -> None:
+        m = self.metrics
+        state = self.chain.state
+        m.height.set(state.last_height)
+        m.validators.set(len(state.validators))
+        m.validators_power.set(state.validators.total_power)
+        m.is_validator.set(
+            1 if state.validators.index_of(self.validator_address) is not None else 0
+        )
+        m.mempool_txs_max.set(self.config.mempool.txs_max)
+        if state.last_height > 0:
+            m.latest_block_time.set(state.last_block_time_ms / 1000)
+        if applied is None:
+            return
+        block = applied.committed.block
+        m.block_txs.set(len(block.txs))
+        m.block_size_bytes.set(applied.block_bytes)
+        m.committed_txs.inc(len(block.txs))
+        m.failed_txs.inc(sum(1 for code, _ in applied.committed.tx_results if code != 0))
+        if previous_time_ms and block.height > 1:
+            m.block_interval.observe(max(0, block.header.time_ms - previous_time_ms) / 1000)
+        signed = {s.validator_index for s in applied.committed.commit.signatures}
+        last_validators = state.last_validators
+        if last_validators is not None:
+            missing = [v for i, v in enumerate(last_validators) if i not in signed]
+            m.missing_validators.set(len(missing))
+            m.missing_validators_power.set(sum(v.power for v in missing))
+        m.validator_power.clear()
+        for v in state.validators:
+            m.validator_power.labels(v.address.hex()).set(v.power)
+
+    def on_consensus_progress(self, machine: ConsensusMachine) -> None:
+        if machine.round != self._last_round:
+            if machine.round > self._last_round:
+                self.metrics.round_changes.inc(machine.round - self._last_round)
+            self._last_round = machine.round
+        self.metrics.round.set(machine.round)
+
+    def metrics_precommitted(self) -> None:
+        """Hook for a validator's own precommit for a block (kept for metrics symmetry)."""
+
+    # ------------------------------------------------------------ transactions
+
+    def mempool_add(self, raw: bytes) -> tuple[bytes, TxResult]:
+        txid, result = self.mempool.add(raw)
+        self.queue_gossip([raw], origin=None)
+        self.metrics.mempool_txs.set(len(self.mempool))
+        self.metrics.mempool_bytes.set(self.mempool.bytes)
+        return txid, result
+
+    def queue_gossip(self, txs: list[bytes], *, origin: str | None) -> None:
+        self._gossip.setdefault(origin, []).extend(txs)
+        self.gossip_ready.set()
+
+    def take_gossip(self) -> list[tuple[str | None, list[bytes]]]:
+        items = list(self._gossip.items())
+        self._gossip.clear()
+        self.gossip_ready = trio.Event()
+        return items
+
+    async def wait_for_tx(self, txid: bytes, timeout_s: float) -> tuple[int, int, int, str] | None:
+        """(height, index, code, log) once committed, or None after `timeout_s`."""
+        record = self.store.load_tx(txid)
+        if record is not None:
+            code, text = decode_result(record.result)
+            return record.height, record.index, code, text
+        entry = self._tx_waiters.get(txid)
+        if entry is None:
+            if len(self._tx_waiters) >= TX_WAITERS_MAX:
+                return None
+            entry = (trio.Event(), [])
+            self._tx_waiters[txid] = entry
+        event, result = entry
+        with trio.move_on_after(timeout_s):
+            await event.wait()
+        if not event.is_set() and self._tx_waiters.get(txid) is entry:
+            del self._tx_waiters[txid]
+        return result[0] if result else None
+
+    def _resolve_waiters(self, committed: CommittedBlock, tx_ids: tuple[bytes, ...]) -> None:
+        if not self._tx_waiters:
+            return
+        for index, txid in enumerate(tx_ids):
+            entry = self._tx_waiters.pop(txid, None)
+            if entry is not None:
+                code, text = committed.tx_results[index]
+                entry[1].append((committed.height, index, code, text))
+                entry[0].set()
+
+    def decode_result(self, data: bytes) -> tuple[int, str]:
+        return decode_result(data)
+
+    def committed_block(self, height: int) -> CommittedBlock | None:
+        return self.chain.committed_block(height)
+
+    def render_query(self, path: str, result: QueryResult) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": path, "height": result.height, "value": result.value.hex()}
+        try:
+            value = decode(result.value)
+        except DecodeError:
+            return out
+        if path == "account" and isinstance(value, tuple) and len(value) == 2:
+            out.update(balance=value[0], nonce=value[1])
+        return out
+
+    # ------------------------------------------------------------ status
+
+    def peer_max_height(self) -> int:
+        """Highest committed height any live peer reports."""
+        cutoff = trio.current_time() - PEER_STATUS_STALE_S
+        heights = [s.synced for s in self.peer_status.values() if s.updated_at >= cutoff]
+        return max(heights, default=0)
+
+    def status(self) -> dict[str, Any]:
+        from node.doctor import diagnose
+
+        state = self.chain.state
+        machine = self.consensus.machine if self.consensus is not None else None
+        peer_max = self.peer_max_height()
+        out: dict[str, Any] = {
+            "node_id": self.node_id,
+            "chain_id": state.chain_id,
+            "moniker": self.config.moniker,
+            "version": __version__,
+            "latest_height": state.last_height,
+            "latest_block_hash": state.last_block_hash.hex(),
+            "latest_app_hash": state.app_hash.hex(),
+            "latest_block_time_ms": state.last_block_time_ms,
+            "catching_up": self.mode == "blocksync",
+            "sync": {
+                "mode": self.mode,
+                "reason": self.mode_reason,
+                "peer_max_height": peer_max,
+                "lag_blocks": max(0, peer_max - state.last_height),
+            },
+            "validator": {
+                "address": self.validator_address.hex(),
+                "public_key": self.validator_key.public_key.hex(),
+                "in_set": state.validators.index_of(self.validator_address) is not None,
+                "signing": self.can_sign,
+                "sign_state_error": self.sign_state_error,
+            },
+            "consensus": None,
+            "mempool": {
+                "txs": len(self.mempool),
+                "bytes": self.mempool.bytes,
+                "txs_max": self.config.mempool.txs_max,
+                "bytes_max": self.config.mempool.bytes_max,
+            },
+            "peers": len(self.net.peers()),
+            "time_ms": now_ms(),
+        }
+        if machine is not None:
+            ms = machine.state()
+            out["consensus"] = {
+                "height": ms.height,
+                "round": ms.round,
+                "step": ms.step.name.lower(),
+                "locked_round": ms.locked_round,
+                "valid_round": ms.valid_round,
+                "proposer": machine.proposer(ms.round).address.hex(),
+            }
+        out["diagnosis"] = diagnose(self, out)
+        return out
+
+    def health(self) -> tuple[bool, list[str]]:
+        problems: list[str] = []
+        if self.config.p2p.persistent_peers and not self.net.peers():
+            problems.append("no peers connected")
+        free = shutil.disk_usage(self.node.paths.data).free
+        if free < 256 * 1024 * 1024:
+            problems.append(f"only {free // (1024 * 1024)} MiB of disk left")
+        return not problems, problems
+
+    def net_info(self) -> dict[str, Any]:
+        from network import CHANNEL_NAMES
+
+        stats = self.net.statistics()
+        peers = []
+        for p in self.net.peers():
+            status = self.peer_status.get(p.node_id)
+            peers.append(
+                {
+                    "node_id": p.node_id,
+                    "host": p.host,
+                    "port": p.port,
+                    "direction": p.direction,
+                    "connected_since": p.connected_since,
+                    "bytes_sent": p.bytes_sent,
+                    "bytes_received": p.bytes_received,
+                    "height": None if status is None else status.synced,
+                }
+            )
+        return {
+            "listening": True,
+            "listen": str(self.config.p2p.listen),
+            "peers": peers,
+            "peer_count": len(peers),
+            "bytes_sent_by_channel": {
+                CHANNEL_NAMES[c]: v for c, v in stats.bytes_sent_by_channel.items()
+            },
+            "bytes_received_by_channel": {
+                CHANNEL_NAMES[c]: v for c, v in stats.bytes_received_by_channel.items()
+            },
+        }
+
+    def _pulled_samples(self) -> list[PulledSample]:
+        from network import CHANNEL_NAMES
+
+        stats = self.net.statistics()
+        out: list[PulledSample] = []
+        for direction, count in (
+            ("inbound", stats.peers_inbound),
+            ("outbound", stats.peers_outbound),
+        ):
+            out.append(
+                PulledSample(
+                    "archipelago_p2p_peers",
+                    "Connected peers by direction.",
+                    "gauge",
+                    (("direction", direction),),
+                    count,
+                )
+            )
+        for c, v in stats.bytes_sent_by_channel.items():
+            out.append(
+                PulledSample(
+                    "archipelago_p2p_sent_bytes",
+                    "Bytes sent by channel.",
+                    "counter",
+                    (("channel", CHANNEL_NAMES[c]),),
+                    v,
+                )
+            )
+        for c, v in stats.bytes_received_by_channel.items():
+            out.append(
+                PulledSample(
+                    "archipelago_p2p_received_bytes",
+                    "Bytes received by channel.",
+                    "counter",
+                    (("channel", CHANNEL_NAMES[c]),),
+                    v,
+                )
+            )
+        for reason, v in stats.messages_dropped.items():
+            out.append(
+                PulledSample(
+                    "archipelago_p2p_dropped_messages",
+                    "Messages dropped by reason.",
+                    "counter",
+                    (("reason", reason),),
+                    v,
+                )
+            )
+        out.append(
+            PulledSample(
+                "archipelago_p2p_banned_peers", "Peers banned.", "counter", (), stats.peers_banned
+            )
+        )
+        if self.consensus is not None:
+            out.append(
+                PulledSample(
+                    "archipelago_consensus_dropped_events",
+                    "Peer consensus messages dropped: inbox full.",
+                    "counter",
+                    (),
+                    self.consensus.dropped_events,
+                )
+            )
+        cache = self.verifier.cache
+        hits, misses = getattr(cache, "hits", 0), getattr(cache, "misses", 0)
+        ratio = hits / (hits + misses) if hits + misses else 0.0
+        out.append(
+            PulledSample(
+                "archipelago_sigcache_hit_ratio",
+                "Share of transaction signatures found already verified.",
+                "gauge",
+                (),
+                ratio,
+            )
+        )
+        out.append(
+            PulledSample(
+                "archipelago_sigcache_entries",
+                "Verified transaction signatures remembered.",
+                "gauge",
+                (),
+                len(cache),
+            )
+        )
+        out.append(
+            PulledSample(
+                "archipelago_evidence_pending",
+                "Evidence waiting for a block.",
+                "gauge",
+                (),
+                len(self.evidence),
+            )
+        )
+        return out

@@ -1,0 +1,193 @@
+"""Why is this node, or the chain, not progressing? Facts and a plain sentence of what to do.
+
+`diagnose` runs inside the node (its findings are part of /status);
+`archipelago doctor --home DIR` reads that status from the running node
+through the API and prints the findings, or, when the node is not running,
+checks what it can from the home folder alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, Any
+
+from node.chain import now_ms
+
+if TYPE_CHECKING:
+    from node.core import NodeCore
+
+DISK_FREE_WARN_BYTES = 1024 * 1024 * 1024
+MEMPOOL_PRESSURE_RATIO = 0.8
+CLOCK_SKEW_WARN_MS = 2_000
+STALL_FACTOR = 10  # no block for this many commit timeouts (plus the round's timeouts) is a stall
+
+
+def _finding(severity: str, what: str, advice: str) -> dict[str, str]:
+    return {"severity": severity, "problem": what, "advice": advice}
+
+
+def diagnose(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    out += _peers(core, status)
+    out += _sync(status)
+    out += _consensus(core, status)
+    out += _validator(status)
+    out += _resources(core, status)
+    return out
+
+
+def _peers(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
+    configured = len(core.config.p2p.persistent_peers)
+    connected = status["peers"]
+    if configured and connected == 0:
+        return [
+            _finding(
+                "critical",
+                f"no peers connected ({configured} persistent peers configured)",
+                "check that the peers run and that [p2p] persistent_peers and firewalls "
+                "allow their p2p ports; the log shows each failed dial",
+            )
+        ]
+    if configured and connected < configured:
+        connected_ids = {p.node_id for p in core.net.peers()}
+        missing = [
+            p.node_id[:12]
+            for p in core.config.p2p.persistent_peers
+            if p.node_id not in connected_ids
+        ]
+        return [
+            _finding(
+                "warning",
+                f"{connected} of {configured} persistent peers connected; missing: "
+                + ", ".join(missing),
+                "those nodes are down or unreachable; the node keeps re-dialling them",
+            )
+        ]
+    return []
+
+
+def _sync(status: dict[str, Any]) -> list[dict[str, str]]:
+    sync = status["sync"]
+    if sync["mode"] == "blocksync":
+        return [
+            _finding(
+                "info",
+                f"catching up by block sync: {sync['lag_blocks']} blocks behind "
+                f"(peers at {sync['peer_max_height']}): {sync['reason']}",
+                "wait; the node joins consensus by itself once it is caught up",
+            )
+        ]
+    return []
+
+
+def _consensus(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
+    c = status["consensus"]
+    if c is None:
+        return []
+    out: list[dict[str, str]] = []
+    cfg = core.config.consensus
+    round_ms = cfg.timeout_propose_ms + cfg.timeout_prevote_ms + cfg.timeout_precommit_ms
+    stalled_ms = now_ms() - core.last_progress_ms
+    if c["round"] > 0 or stalled_ms > STALL_FACTOR * (cfg.timeout_commit_ms + round_ms):
+        silent = _silent_validators(core)
+        why = (
+            f"height {c['height']} is in round {c['round']} (step {c['step']}); "
+            f"no block for {stalled_ms // 1000} s"
+        )
+        if silent:
+            power = sum(p for _, p in silent)
+            total = core.chain.state.validators.total_power
+            why += f"; silent validators: {', '.join(a[:12] for a, _ in silent)} "
+            why += f"({power} of {total} voting power)"
+            advice = (
+                "more than a third of the voting power is silent: the chain cannot commit "
+                "until enough of those validators are back online"
+                if 3 * power >= total
+                else "rounds fail while some validators are silent; bring them back"
+            )
+        else:
+            advice = (
+                "all validators vote but rounds fail: look for 'invalid block proposed' and "
+                "clock skew in the logs, or raise the [consensus] timeouts on a slow network"
+            )
+        out.append(_finding("warning" if c["round"] < 3 else "critical", why, advice))
+    skew = _clock_skew_ms(core)
+    if skew is not None and abs(skew) > CLOCK_SKEW_WARN_MS:
+        out.append(
+            _finding(
+                "warning",
+                f"our clock is {-skew / 1000:.1f} s behind the latest block time set by our peers",
+                "run NTP (chrony or systemd-timesyncd) on every validator",
+            )
+        )
+    return out
+
+
+def _silent_validators(core: NodeCore) -> list[tuple[str, int]]:
+    """Validators without a vote in the current height's rounds so far."""
+    machine = core.consensus.machine if core.consensus is not None else None
+    if machine is None:
+        return []
+    heard: set[int] = set()
+    for rv in machine.votes.rounds.values():
+        heard.update(rv.senders)
+    return [
+        (v.address.hex(), v.power)
+        for i, v in enumerate(machine.validators)
+        if i not in heard and v.address != core.validator_address
+    ]
+
+
+def _clock_skew_ms(core: NodeCore) -> int | None:
+    """How far the latest block's time (set by the peers' proposers) is ahead of our clock.
+
+    Block times only move forward from the proposer's clock, so a block time
+    in our future means our clock is behind the other validators'.
+    """
+    state = core.chain.state
+    if state.last_height == 0:
+        return None
+    ahead_ms = state.last_block_time_ms - now_ms()
+    return -ahead_ms if ahead_ms > 0 else None
+
+
+def _validator(status: dict[str, Any]) -> list[dict[str, str]]:
+    v = status["validator"]
+    if v["in_set"] and not v["signing"]:
+        return [
+            _finding(
+                "critical",
+                "this validator is in the set but does not sign: "
+                + (v["sign_state_error"] or "no sign state"),
+                "restore data/sign_state.json from this validator's own backup, or if it is "
+                "certain that this key never signed elsewhere, create one with "
+                "`archipelago unsafe-reset`",
+            )
+        ]
+    return []
+
+
+def _resources(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    free = shutil.disk_usage(core.node.paths.data).free
+    if free < DISK_FREE_WARN_BYTES:
+        out.append(
+            _finding(
+                "critical" if free < DISK_FREE_WARN_BYTES // 4 else "warning",
+                f"{free // (1024 * 1024)} MiB of disk left in {core.node.paths.data}",
+                "free disk space or move data/ to a larger volume before the store fills",
+            )
+        )
+    mp = status["mempool"]
+    if mp["txs"] >= MEMPOOL_PRESSURE_RATIO * mp["txs_max"] or (
+        mp["bytes"] >= MEMPOOL_PRESSURE_RATIO * mp["bytes_max"]
+    ):
+        out.append(
+            _finding(
+                "warning",
+                f"mempool at {mp['txs']} of {mp['txs_max']} transactions",
+                "clients submit faster than blocks commit: raise the block limits in genesis "
+                "for a new chain, or slow the clients; new transactions are refused when full",
+            )
+        )
+    return out

@@ -1,0 +1,389 @@
+"""The HTTP JSON API and websocket stream on `[rpc] listen` (Starlette on Hypercorn's trio worker).
+
+Clients are untrusted: every handler validates its input and answers a bad
+request with a 4xx and a JSON body `{"error": "..."}`; the handlers only read
+the store or hand a transaction to the mempool through `NodeCore`, so a bad
+request changes nothing. Request bodies are capped by `request_body_bytes_max`
+before they are read whole, and waiting for a commit is capped by
+`tx_wait_timeout_ms` (504 when it runs out, the transaction stays pending).
+
+The websocket `/stream` sends committed blocks in order; with `from_height`
+it first replays from the store, then continues live with no gap and no
+duplicate (it subscribes before reading the store and skips what it already
+sent). A client that cannot keep up is closed with code 1008 and a reason
+naming the height to resume from, instead of holding the node's memory.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from consensus import merkle
+from consensus.codec import DecodeError
+from consensus.types import Transaction, tx_id
+from node import __version__
+from node.events import CommittedBlock, TooManySubscribers
+from node.jsonview import block_json, commit_json, tx_json
+from node.logging import get_logger
+from node.mempool import MempoolError
+from node.openapi import OPENAPI
+
+if TYPE_CHECKING:
+    from node.core import NodeCore
+
+log = get_logger(__name__)
+
+HEX_TX_CHARS_MAX = 2 * 64 * 1024  # a hex-encoded transaction; the mempool's own limit is tighter
+STREAM_SENDER_FILTERS_MAX = 16  # sender addresses one stream subscription may filter on
+WS_CLOSE_TOO_SLOW = 1008
+WS_CLOSE_BAD_REQUEST = 1003
+WS_CLOSE_OVERLOADED = 1013
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _height_param(text: str, what: str = "height") -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise HTTPException(400, f"{what} must be a positive integer") from None
+    if value < 1:
+        raise HTTPException(400, f"{what} must be a positive integer")
+    return value
+
+
+def _hex_param(text: str, what: str, length: int | None = None) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise HTTPException(400, f"{what} must be hex") from None
+    if length is not None and len(value) != length:
+        raise HTTPException(400, f"{what} must be {length} bytes ({2 * length} hex characters)")
+    return value
+
+
+class RpcServer:
+    """The API service: `run` serves until cancelled."""
+
+    name = "rpc"
+
+    def __init__(self, core: NodeCore) -> None:
+        self.core = core
+        rpc = core.config.rpc
+        self.listen = rpc.listen
+        self.body_bytes_max = rpc.request_body_bytes_max
+        self.wait_timeout_s = rpc.tx_wait_timeout_ms / 1000
+        self.app = Starlette(
+            routes=[
+                Route("/health", self.health),
+                Route("/status", self.status),
+                Route("/tx", self.submit_tx, methods=["POST"]),
+                Route("/tx/{hash}", self.get_tx),
+                Route("/block/{height}", self.get_block),
+                Route("/commit/{height}", self.get_commit),
+                Route("/validators", self.get_validators),
+                Route("/net_info", self.net_info),
+                Route("/account/{address}", self.get_account),
+                Route("/query", self.query),
+                Route("/openapi.json", self.openapi),
+                WebSocketRoute("/stream", self.stream),
+            ],
+            exception_handlers={HTTPException: self._http_error, Exception: self._internal_error},
+        )
+        self.bound_port: int | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        config = HypercornConfig()
+        config.bind = [f"{self.listen.host}:{self.listen.port}"]
+        config.accesslog = None
+        config.errorlog = None  # errors are logged by our handlers, in our log format
+        config.graceful_timeout = 1
+        config.keep_alive_timeout = 30
+        config.h11_max_incomplete_size = 16 * 1024
+        config.websocket_max_message_size = 64 * 1024
+        config.backlog = 128
+        await serve(self.app, config, task_status=task_status)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------ error mapping
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, str(exc.detail))
+
+    async def _internal_error(self, request: Request, exc: Exception) -> Response:
+        log.error("rpc handler failed", path=request.url.path, error=repr(exc))
+        return _error(500, "internal error")
+
+    # ------------------------------------------------------------ reads
+
+    async def health(self, request: Request) -> Response:
+        healthy, problems = self.core.health()
+        body = {"healthy": healthy, "problems": problems, "height": self.core.height}
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    async def status(self, request: Request) -> Response:
+        return JSONResponse(self.core.status())
+
+    async def openapi(self, request: Request) -> Response:
+        spec = dict(OPENAPI)
+        spec["info"] = {**OPENAPI["info"], "version": __version__}
+        return JSONResponse(spec)
+
+    async def get_block(self, request: Request) -> Response:
+        height = self._resolve_height(request.path_params["height"])
+        block = self.core.store.load_block(height)
+        if block is None:
+            raise HTTPException(404, f"no block at height {height}")
+        return JSONResponse(block_json(block))
+
+    async def get_commit(self, request: Request) -> Response:
+        height = self._resolve_height(request.path_params["height"])
+        commit = self.core.store.load_commit(height)
+        block = self.core.store.load_block(height)
+        if commit is None or block is None:
+            raise HTTPException(404, f"no commit for height {height}")
+        validators = self.core.store.load_validators(height)
+        return JSONResponse(
+            {
+                "height": height,
+                "header": block_json(block, include_txs=False)["header"],
+                "header_encoded": block.header.encode().hex(),
+                "commit": commit_json(commit),
+                "validators_encoded": None if validators is None else validators.encode().hex(),
+            }
+        )
+
+    def _resolve_height(self, text: str) -> int:
+        if text == "latest":
+            height = self.core.height
+            if height < 1:
+                raise HTTPException(404, "no block committed yet")
+            return height
+        height = _height_param(text)
+        if height > self.core.height:
+            raise HTTPException(404, f"height {height} is above the latest {self.core.height}")
+        return height
+
+    async def get_validators(self, request: Request) -> Response:
+        text = request.query_params.get("height")
+        height = self.core.height + 1 if text is None else _height_param(text)
+        if height > self.core.height + 2:
+            raise HTTPException(404, f"validators for height {height} are not known yet")
+        vset = self.core.store.load_validators(height)
+        if vset is None:
+            raise HTTPException(404, f"no validator set for height {height}")
+        return JSONResponse(
+            {
+                "height": height,
+                "total_power": vset.total_power,
+                "hash": vset.hash.hex(),
+                "validators": [
+                    {"address": v.address.hex(), "public_key": v.public_key.hex(), "power": v.power}
+                    for v in vset
+                ],
+            }
+        )
+
+    async def net_info(self, request: Request) -> Response:
+        return JSONResponse(self.core.net_info())
+
+    async def get_tx(self, request: Request) -> Response:
+        txid = _hex_param(request.path_params["hash"], "hash", 32)
+        record = self.core.store.load_tx(txid)
+        if record is None:
+            if txid in self.core.mempool:
+                return JSONResponse({"hash": txid.hex(), "status": "pending"})
+            raise HTTPException(404, "transaction not found")
+        block = self.core.store.load_block(record.height)
+        assert block is not None, "tx index points at a missing block"
+        proof = merkle.prove(block.txs, record.index)
+        code, log_text = self.core.decode_result(record.result)
+        out = tx_json(record.tx, Transaction.decode(record.tx))
+        out.update(
+            status="committed",
+            height=record.height,
+            index=record.index,
+            result={"code": code, "log": log_text},
+            proof={
+                "index": proof.index,
+                "total": proof.total,
+                "aunts": [a.hex() for a in proof.aunts],
+                "data_hash": block.header.data_hash.hex(),
+                "block_hash": block.hash.hex(),
+            },
+        )
+        return JSONResponse(out)
+
+    async def get_account(self, request: Request) -> Response:
+        address = _hex_param(request.path_params["address"], "address", 20)
+        result = self.core.app.query("account", address)
+        if not result.ok:
+            raise HTTPException(404 if result.code == 404 else 400, result.log or "query failed")
+        return JSONResponse(self.core.render_query("account", result))
+
+    async def query(self, request: Request) -> Response:
+        path = request.query_params.get("path", "")
+        data = _hex_param(request.query_params.get("data", ""), "data")
+        if not path or len(path) > 64:
+            raise HTTPException(400, "path is required (at most 64 characters)")
+        result = self.core.app.query(path, data)
+        if not result.ok:
+            raise HTTPException(404 if result.code == 404 else 400, result.log or "query failed")
+        return JSONResponse(self.core.render_query(path, result))
+
+    # ------------------------------------------------------------ writes
+
+    async def submit_tx(self, request: Request) -> Response:
+        raw, wait = await self._read_tx_request(request)
+        try:
+            txid, check = self.core.mempool_add(raw)
+        except MempoolError as e:
+            status = (
+                503
+                if e.reason == "full"
+                else 409
+                if e.reason in ("duplicate", "committed")
+                else 400
+            )
+            return JSONResponse({"error": e.message, "reason": e.reason}, status_code=status)
+        body: dict[str, Any] = {
+            "hash": txid.hex(),
+            "check": {"code": check.code, "log": check.log},
+        }
+        if wait != "commit":
+            return JSONResponse(body, status_code=202)
+        committed = await self.core.wait_for_tx(txid, self.wait_timeout_s)
+        if committed is None:
+            body["error"] = "timed out waiting for the transaction to be committed; it is pending"
+            return JSONResponse(body, status_code=504)
+        height, index, code, log_text = committed
+        body.update(height=height, index=index, result={"code": code, "log": log_text})
+        return JSONResponse(body, status_code=200)
+
+    async def _read_tx_request(self, request: Request) -> tuple[bytes, str]:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.body_bytes_max):
+            raise HTTPException(413, f"request body over {self.body_bytes_max} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.body_bytes_max:
+                raise HTTPException(413, f"request body over {self.body_bytes_max} bytes")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        wait = request.query_params.get("wait", "check")
+        if ctype == "application/octet-stream":
+            raw = bytes(body)
+        else:
+            try:
+                obj = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise HTTPException(400, 'body must be JSON {"tx": "<hex>"}') from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("tx"), str):
+                raise HTTPException(400, 'body must be JSON {"tx": "<hex>"}')
+            if len(obj["tx"]) > HEX_TX_CHARS_MAX:
+                raise HTTPException(413, "transaction too large")
+            raw = _hex_param(obj["tx"], "tx")
+            wait = obj.get("wait", wait)
+        if wait not in ("check", "commit"):
+            raise HTTPException(400, 'wait must be "check" or "commit"')
+        try:
+            Transaction.decode(raw)
+        except DecodeError as e:
+            raise HTTPException(400, f"malformed transaction: {e}") from None
+        return raw, str(wait)
+
+    # ------------------------------------------------------------ stream
+
+    async def stream(self, ws: WebSocket) -> None:
+        """Committed blocks in order from `from_height` (default: the next one), then live."""
+        await ws.accept()
+        try:
+            from_height, senders = self._stream_params(ws)
+        except HTTPException as e:
+            await ws.close(WS_CLOSE_BAD_REQUEST, reason=str(e.detail))
+            return
+        try:
+            with self.core.hub.subscribe() as sub:
+                await self._stream_from(ws, sub, from_height, senders)
+        except TooManySubscribers:
+            await ws.close(WS_CLOSE_OVERLOADED, reason="too many stream subscribers")
+        except WebSocketDisconnect:
+            pass
+
+    def _stream_params(self, ws: WebSocket) -> tuple[int, set[bytes] | None]:
+        text = ws.query_params.get("from_height")
+        from_height = self.core.height + 1 if text is None else _height_param(text, "from_height")
+        sender_text = ws.query_params.get("sender")
+        if not sender_text:
+            return from_height, None
+        parts = sender_text.split(",")
+        if len(parts) > STREAM_SENDER_FILTERS_MAX:
+            raise HTTPException(400, f"at most {STREAM_SENDER_FILTERS_MAX} senders")
+        return from_height, {_hex_param(p, "sender", 20) for p in parts}
+
+    async def _stream_from(
+        self, ws: WebSocket, sub: Any, from_height: int, senders: set[bytes] | None
+    ) -> None:
+        next_height = from_height
+        # Replay from the store up to what is committed now; the live queue holds the rest.
+        while next_height <= self.core.height:
+            event = self.core.committed_block(next_height)
+            if event is None:
+                await ws.close(WS_CLOSE_BAD_REQUEST, reason=f"height {next_height} not stored")
+                return
+            await ws.send_text(self._render_event(event, senders))
+            next_height += 1
+        async for event in sub.receive:
+            if event.height < next_height:
+                continue  # already sent from the store
+            if event.height > next_height:  # missed while replaying: read it from the store
+                for h in range(next_height, event.height):
+                    stored = self.core.committed_block(h)
+                    assert stored is not None
+                    await ws.send_text(self._render_event(stored, senders))
+            await ws.send_text(self._render_event(event, senders))
+            next_height = event.height + 1
+        if sub.overflowed:
+            await ws.close(
+                WS_CLOSE_TOO_SLOW,
+                reason=f"client too slow; reconnect with from_height={next_height}",
+            )
+
+    def _render_event(self, event: CommittedBlock, senders: set[bytes] | None) -> str:
+        block = event.block
+        txs = []
+        for i, raw in enumerate(block.txs):
+            tx = Transaction.decode(raw)
+            if senders is not None and tx.sender_address not in senders:
+                continue
+            code, log_text = event.tx_results[i]
+            item = tx_json(raw, tx)
+            item.update(index=i, result={"code": code, "log": log_text})
+            txs.append(item)
+        body = {
+            "type": "block",
+            "height": block.height,
+            "hash": block.hash.hex(),
+            "time_ms": block.header.time_ms,
+            "tx_count": len(block.txs),
+            "header": block_json(block, include_txs=False)["header"],
+            "txs": txs,
+        }
+        return json.dumps(body)
+
+
+def tx_hash_hex(raw: bytes) -> str:
+    return tx_id(raw).hex()
