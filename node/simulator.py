@@ -145,6 +145,9 @@ class RunResult:
     steps: int
     signatures: int
     messages: int
+    evidence: int  # ReportEvidence actions by honest nodes
+    restarts: int
+    chain_digest: bytes  # SHA-256 over every honest node's committed block hashes
     nodes: tuple[NodeReport, ...]
 
     @property
@@ -260,6 +263,8 @@ class _Simulation:
         self.proposed: dict[tuple[int, int], dict[bytes, bytes]] = {}  # (h, r) -> hash -> signer
         self.violations: list[str] = []
         self.steps = 0
+        self.evidence = 0
+        self.restarts = 0
         self.signatures = 0
         self.messages = 0
         self.schedules = [ProposerSchedule.initial(self.validators)]
@@ -354,6 +359,7 @@ class _Simulation:
         elif isinstance(action, Decide):
             self._apply(node, action.block, action.commit)
         elif isinstance(action, ReportEvidence):
+            self.evidence += 1 if node.honest else 0
             if action.evidence.validator_address not in self.bad_addresses and node.honest:
                 self.violations.append(
                     f"{node.name} reported evidence against honest validator "
@@ -511,6 +517,7 @@ class _Simulation:
         if not node.crashed:
             return
         node.crashed = False
+        self.restarts += 1
         machine = self._new_machine(node)
         node.machine = machine
         due = machine.replay(decode_event(b) for b in node.wal)
@@ -547,7 +554,9 @@ class _Simulation:
             self._local(node, StartHeight(1), self.rng.randint(0, 50))
             self._push(self.rng.randint(1, GOSSIP_INTERVAL_MS), _GOSSIP, node.index, 0, None)
         deadline = self.heal_ms + LIVENESS_BOUND_MS
-        while self.queue and not (self._done() and self.now >= self.heal_ms):
+        while (
+            self.queue and not self.violations and not (self._done() and self.now >= self.heal_ms)
+        ):
             at, _, kind, index, epoch, payload = heapq.heappop(self.queue)
             if at > deadline:
                 break
@@ -571,7 +580,7 @@ class _Simulation:
     def _result(self) -> RunResult:
         liveness = None
         behind = [n for n in self.nodes if n.honest and len(n.chain) < self.heights]
-        if behind:
+        if behind and not self.violations:  # a safety violation ends the run early
             liveness = (
                 f"{', '.join(n.name for n in behind)} below height {self.heights} "
                 f"{LIVENESS_BOUND_MS} ms after the last fault healed at {self.heal_ms} ms"
@@ -603,6 +612,9 @@ class _Simulation:
             self.steps,
             self.signatures,
             self.messages,
+            self.evidence,
+            self.restarts,
+            sha256(b"".join(b.hash for n in self.nodes if n.honest for b, _ in n.chain)),
             tuple(reports),
         )
 
