@@ -73,6 +73,11 @@ class AddressMemo:
         self._memo: dict[bytes, bytes] = {}
         self.entries_max = entries_max
 
+    @property
+    def table(self) -> dict[bytes, bytes]:
+        """The memo itself, for hot loops that look up before calling `get`."""
+        return self._memo
+
     def get(self, public_key: bytes) -> bytes:
         address = self._memo.get(public_key)
         if address is None:

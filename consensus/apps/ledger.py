@@ -225,9 +225,11 @@ class Ledger:
         results: list[TxResult] = []
         append = results.append
         address_of = self._addresses.get
+        known = self._addresses.table.get
         for tx in txs:
-            sender = address_of(tx.sender)
-            amount = _transfer_amount(tx.payload)
+            sender = known(tx.sender) or address_of(tx.sender)
+            payload = tx.payload
+            amount = _transfer_amount(payload)
             if amount <= 0:  # not the fast path's shape: the general rules decide
                 result, update = self._apply(
                     tx, sender, changed, changed, validators_changed, len(updates)
@@ -245,7 +247,7 @@ class Ledger:
                 append(_FUNDS_FAIL)
                 continue
             changed[sender] = (balance - amount, nonce + 1)
-            to = tx.payload[_HEAD_END:_ADDR_END]
+            to = payload[_HEAD_END:_ADDR_END]
             to_balance, to_nonce = changed.get(to) or accounts.get(to, _NO_ACCOUNT)
             if to_balance + amount > BALANCE_MAX:
                 changed[sender] = (balance, nonce + 1)
