@@ -1,13 +1,13 @@
 """Block validation throughput against the machine's limit: libsodium verifying on all cores.
 
 Builds one block of `--txs` signed ledger transfers from `--senders` senders
-and prints, in one run: the raw ceiling (verifications per second, measured
+and prints (on stderr), in one run: the raw ceiling (verifications per second, measured
 here in tight loops with no other work, the fastest of several ways of calling
 libsodium), block validation with a cold signature cache, with a warm one
 (signatures verified at "mempool admission" first), the commit certificate of
 100 validators, and a naive baseline (one thread, no cache). Each figure is
 the best of `--repeat` runs, so other load on the machine lowers it, never
-raises it. The last line is a JSON object.
+raises it. The last line, on stdout, is a JSON object.
 
     python benchmarks/validation.py --txs 10000
 """
@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from consensus.validation import (
 )
 
 CHAIN_ID = "bench"
+log = partial(print, file=sys.stderr, flush=True)  # people read stderr; stdout is the JSON
 Item = tuple[bytes, bytes, bytes]
 
 
@@ -183,7 +185,7 @@ def main() -> None:
     args = ap.parse_args()
     cores = args.cores
 
-    print(f"building {args.txs} transfers from {args.senders} senders ...", flush=True)
+    log(f"building {args.txs} transfers from {args.senders} senders ...")
     chain = make_chain(args.txs, args.senders, args.validators)
     app, state, block, txs, commit = chain.app, chain.state, chain.block, chain.txs, chain.commit
     items: list[Item] = [(t.sender, t.sign_bytes(CHAIN_ID), t.signature) for t in txs]
@@ -228,11 +230,11 @@ def main() -> None:
         for v in verifiers.values():
             v.close()
     for name, rate in ways.items():
-        print(f"  ceiling candidate: {name:45s} {rate:10.0f} sig/s")
+        log(f"  ceiling candidate: {name:45s} {rate:10.0f} sig/s")
     ceiling = max(ways.values())
-    print(f"raw ceiling: {ceiling:.0f} sig/s ({max(ways, key=ways.__getitem__)})")
+    log(f"raw ceiling: {ceiling:.0f} sig/s ({max(ways, key=ways.__getitem__)})")
     for t in configs:
-        print(f"  cold cache, {t} pool threads + caller: {results[f'cold_threads_{t}']:10.0f} tx/s")
+        log(f"  cold cache, {t} pool threads + caller: {results[f'cold_threads_{t}']:10.0f} tx/s")
     best_threads = max(configs, key=lambda t: results[f"cold_threads_{t}"] if t else 0.0)
     cold = results[f"cold_threads_{best_threads}"]
     naive = results["cold_threads_0"]
@@ -257,11 +259,11 @@ def main() -> None:
             args.repeat,
         )
     commit_sigs = len(commit.signatures)
-    print(f"naive baseline (one thread, no cache): {naive:10.0f} tx/s")
-    print(f"block validation, cold cache ({best_threads} pool threads + caller): {cold:10.0f} tx/s")
-    print(f"decode + validate from bytes, cold cache:          {decode_cold:10.0f} tx/s")
-    print(f"block validation, warm cache:                      {warm:10.0f} tx/s")
-    print(
+    log(f"naive baseline (one thread, no cache): {naive:10.0f} tx/s")
+    log(f"block validation, cold cache ({best_threads} pool threads + caller): {cold:10.0f} tx/s")
+    log(f"decode + validate from bytes, cold cache:          {decode_cold:10.0f} tx/s")
+    log(f"block validation, warm cache:                      {warm:10.0f} tx/s")
+    log(
         f"commit certificate of {commit_sigs} validators: {commit_sec * 1e3:.2f} ms "
         f"({commit_sigs / commit_sec:.0f} sig/s)"
     )
@@ -282,7 +284,7 @@ def main() -> None:
         "warm_over_ceiling": round(warm / ceiling, 2),
         "speedup_over_naive": round(cold / naive, 2),
     }
-    print(json.dumps(report))
+    sys.stdout.write(json.dumps(report) + "\n")
 
 
 if __name__ == "__main__":
