@@ -145,6 +145,7 @@ class RunResult:
     steps: int
     signatures: int
     messages: int
+    accepted: int  # messages machines accepted (each after one signature check)
     evidence: int  # ReportEvidence actions by honest nodes
     restarts: int
     chain_digest: bytes  # SHA-256 over every honest node's committed block hashes
@@ -264,6 +265,7 @@ class _Simulation:
         self.violations: list[str] = []
         self.steps = 0
         self.evidence = 0
+        self.accepted = 0
         self.restarts = 0
         self.signatures = 0
         self.messages = 0
@@ -339,6 +341,7 @@ class _Simulation:
         if isinstance(action, Broadcast):
             message = action.message
             node.accepted.add(_signature(message))
+            self.accepted += 1
             node.pool.append(message)
             del node.pool[:-GOSSIP_POOL_MESSAGES_MAX]
             self._broadcast(node, message)
@@ -612,6 +615,7 @@ class _Simulation:
             self.steps,
             self.signatures,
             self.messages,
+            self.accepted,
             self.evidence,
             self.restarts,
             sha256(b"".join(b.hash for n in self.nodes if n.honest for b, _ in n.chain)),
