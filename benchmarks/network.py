@@ -14,7 +14,8 @@ run, one process per node (as in production).
    (`gossip(..., exclude_peer=sender)`), as the node does; the rate counts a
    message once it has reached all 4 nodes. The seen-cache dedupes copies.
 
-The last line printed is a JSON object with the figures.
+Readable lines go to stderr; the last line, on stdout, is a JSON object with
+the figures.
 """
 
 from __future__ import annotations
@@ -307,19 +308,23 @@ def main() -> None:
     raw_small_per_s = raw["mb_per_s"] * 1e6 / GOSSIP_PAYLOAD_BYTES
 
     python = sys.version.split()[0]
-    print(f"machine: {os.cpu_count()} cores, Python {python}, trio {trio.__version__}")
-    print(f"raw loopback TCP (64 KiB writes)      {raw['mb_per_s']:10.1f} MB/s")
+    err = sys.stderr
+    print(f"machine: {os.cpu_count()} cores, Python {python}, trio {trio.__version__}", file=err)
+    print(f"raw loopback TCP (64 KiB writes)      {raw['mb_per_s']:10.1f} MB/s", file=err)
     print(
         f"secured connection (64 KiB frames)    {secure['mb_per_s']:10.1f} MB/s"
         f"  {secure['messages_per_s']:10.0f} msg/s"
-        f"   ratio to raw {secure['mb_per_s'] / raw['mb_per_s']:.2f}"
+        f"   ratio to raw {secure['mb_per_s'] / raw['mb_per_s']:.2f}",
+        file=err,
     )
     print(
         f"4-node gossip (200 B, all delivered)  {gossip['mb_per_s']:10.1f} MB/s"
         f"  {gossip['messages_per_s']:10.0f} msg/s   ratio to raw 200 B rate "
-        f"{gossip['messages_per_s'] / raw_small_per_s:.4f}"
+        f"{gossip['messages_per_s'] / raw_small_per_s:.4f}",
+        file=err,
     )
     figures = {
+        "benchmark": "network",
         "raw_tcp_mb_per_s": round(raw["mb_per_s"], 1),
         "secure_mb_per_s": round(secure["mb_per_s"], 1),
         "secure_messages_per_s": round(secure["messages_per_s"]),

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 
 class Misbehaviour(enum.Enum):
-    """Why a peer is scored. The value is the score it adds."""
+    """Why a peer is scored; MISBEHAVIOUR_SCORE gives the score each adds."""
 
     MALFORMED_FRAME = "malformed_frame"
     OVERSIZED_MESSAGE = "oversized_message"

@@ -51,7 +51,7 @@ LENGTH_PREFIX_BYTES = 2
 # bigger than this is not ours.
 HANDSHAKE_MESSAGE_BYTES_MAX = 1024
 # One read from the socket; also the most a receive buffers beyond one message.
-RECEIVE_BYTES_MAX = 256 * 1024
+RECEIVE_BYTES_MAX = 512 * 1024
 
 _MAX_PLAIN = noise.PLAINTEXT_BYTES_MAX
 _TAG = noise.TAG_BYTES
@@ -208,20 +208,31 @@ class SecureConnection:
         await self.stream.send_all(wire)
 
     async def receive(self) -> bytearray:
-        while True:
-            plaintext = self._open_available()
+        if self._buffer:
+            # Bytes left over from the handshake or from the previous read.
+            plaintext = self._open_available(self._buffer)
             if plaintext is not None:
                 return plaintext
+        while True:
             data = await self.stream.receive_some(RECEIVE_BYTES_MAX)
             if not data:
                 raise ConnectionClosed("peer closed the connection")
             self.bytes_received += len(data)
-            self._buffer += data
+            if self._buffer:
+                self._buffer += data
+                plaintext = self._open_available(self._buffer)
+            else:
+                # Common case: decrypt straight from the received bytes and keep
+                # only the incomplete tail, instead of copying everything first.
+                plaintext = self._open_available(data)
+            if plaintext is not None:
+                return plaintext
 
-    def _open_available(self) -> bytearray | None:
-        buf = self._buffer
+    def _open_available(self, buf: bytes | bytearray) -> bytearray | None:
+        """Decrypt every complete message at the start of `buf`; keep the rest buffered."""
         size = len(buf)
         if size < LENGTH_PREFIX_BYTES:
+            self._keep(buf, 0)
             return None
         # First pass: how many complete messages, and their plaintext size.
         offset = 0
@@ -236,6 +247,7 @@ class SecureConnection:
             plain_bytes += length - _TAG
             offset = end
         if offset == 0:
+            self._keep(buf, 0)
             return None
         out = bytearray(plain_bytes)
         at = 0
@@ -246,8 +258,14 @@ class SecureConnection:
                 start = position + LENGTH_PREFIX_BYTES
                 at += self._receive_cipher.open_into(view[start : start + length], out, at)
                 position = start + length
-        del buf[:offset]
+        self._keep(buf, offset)
         return out
+
+    def _keep(self, buf: bytes | bytearray, consumed: int) -> None:
+        if buf is self._buffer:
+            del self._buffer[:consumed]
+        else:
+            self._buffer = bytearray(buf[consumed:]) if consumed < len(buf) else bytearray()
 
     async def aclose(self) -> None:
         await self.stream.aclose()
