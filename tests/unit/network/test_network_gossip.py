@@ -181,3 +181,20 @@ def test_peer_address_parse() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+async def test_forwarding_never_echoes_to_the_sender() -> None:
+    """A relay that forwards with exclude_peer sends nothing back to the message's origin."""
+    async with trio.open_nursery() as nursery:
+        a, b = await _full_mesh(nursery, 2)
+        received: list[Envelope] = []
+        async with trio.open_nursery() as relays:
+            relays.start_soon(_relay, b, received, 20)
+            for i in range(20):
+                assert a.gossip(CONSENSUS, b"m-%d" % i)
+        assert len(received) == 20
+        assert b.statistics().messages_sent_by_channel[CONSENSUS] == 0
+        assert a.statistics().messages_received_by_channel[CONSENSUS] == 0
+        # Gossiping again what was already forwarded is refused by the seen-cache.
+        assert b.gossip(CONSENSUS, b"m-0") is False
+        nursery.cancel_scope.cancel()
