@@ -87,4 +87,4 @@ def test_close_is_idempotent_and_stops_threads() -> None:
     v = SignatureVerifier(threads=2)
     v.close()
     v.close()
-    assert not any(t.name.startswith("sigverify-") and t.is_alive() for t in threading.enumerate())
+    assert not any(t.is_alive() for t in v._pool)

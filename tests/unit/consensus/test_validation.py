@@ -465,8 +465,9 @@ class _RemovesEveryone:
         self, header: Header, txs: Iterable[Transaction], evidence: Any
     ) -> BlockExecution:
         ex = self.inner.execute_block(header, txs, evidence)
+        header_validators = [PrivateKey(bytes([i + 1]) * 32) for i in range(4)]  # Chain's keys
         return dataclasses.replace(
-            ex, validator_updates=tuple(ValidatorUpdate(k.public_key, 0) for k in Chain().vkeys)
+            ex, validator_updates=tuple(ValidatorUpdate(v.public_key, 0) for v in header_validators)
         )
 
 
