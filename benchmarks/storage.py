@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consensus import merkle
 from consensus.crypto import PrivateKey
+from consensus.state import ChainState
 from consensus.types import (
     Block,
     Commit,
@@ -56,7 +57,7 @@ from consensus.types import (
 )
 from node import wal
 from node.signstate import SignState, SignStep
-from node.storage import ChainState, open_store
+from node.storage import open_store
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +159,17 @@ def run_blockstore(directory: Path, blocks: list[BlockWrite]) -> float:
     key = PrivateKey(b"\x01" * 32)
     valset = ValidatorSet.of([Validator(key.public_key, 1)])
     empty = merkle.root([])
-    state = ChainState("bench", 0, b"", 0, b"", empty, valset, valset)
+    state = ChainState(
+        chain_id="bench",
+        last_height=0,
+        last_block_hash=b"",
+        last_block_time_ms=0,
+        last_validators=None,
+        validators=valset,
+        next_validators=valset,
+        app_hash=b"",
+        last_results_hash=empty,
+    )
     store = open_store(directory / "store", map_bytes=64 << 30)
     store.init_genesis(state, {})
     prepared = []
@@ -172,7 +183,17 @@ def run_blockstore(directory: Path, blocks: list[BlockWrite]) -> float:
         )  # fmt: skip
         block = Block(header, txs, last_commit)
         commit = Commit(b.height, 0, block.hash, (CommitSig(0, b"\x00" * 64),))
-        state = ChainState("bench", b.height, block.hash, 0, b"", empty, valset, valset)
+        state = ChainState(
+            chain_id="bench",
+            last_height=b.height,
+            last_block_hash=block.hash,
+            last_block_time_ms=0,
+            last_validators=valset,
+            validators=valset,
+            next_validators=valset,
+            app_hash=b"",
+            last_results_hash=empty,
+        )
         prepared.append((block, block.encode(), commit, b, state))
         last_commit = commit
     start = time.perf_counter()

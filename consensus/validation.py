@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 import msgpack
@@ -29,6 +29,7 @@ from consensus.app import Application, BlockExecution, ValidatorUpdate, results_
 from consensus.codec import DecodeError, encode
 from consensus.crypto import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from consensus.sigverify import CHUNK_ITEMS, SigItem, SignatureVerifier, VerifyPass
+from consensus.state import ChainState
 from consensus.types import (
     TAG_TX,
     TX_BYTES_MAX,
@@ -36,9 +37,7 @@ from consensus.types import (
     VALIDATORS_MAX,
     Block,
     Commit,
-    ConsensusParams,
     DuplicateVoteEvidence,
-    Genesis,
     Header,
     Transaction,
     Validator,
@@ -120,44 +119,6 @@ class BlockInvalid(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class ChainState:
-    """What a node knows after committing height `last_height` (0 before the first block).
-
-    `last_validators` signed block `last_height` (None at 0), `validators`
-    sign height `last_height + 1`, `next_validators` height `last_height + 2`;
-    `app_hash` and `last_results_hash` are those after block `last_height`.
-    """
-
-    chain_id: str
-    last_height: int
-    last_block_hash: bytes
-    last_block_time_ms: int
-    last_validators: ValidatorSet | None
-    validators: ValidatorSet
-    next_validators: ValidatorSet
-    app_hash: bytes
-    last_results_hash: bytes
-    params: ConsensusParams = field(default_factory=ConsensusParams)
-
-    @classmethod
-    def from_genesis(cls, genesis: Genesis, app_hash: bytes) -> ChainState:
-        """Before height 1: the genesis set signs heights 1 and 2."""
-        vset = genesis.validator_set
-        return cls(
-            chain_id=genesis.chain_id,
-            last_height=0,
-            last_block_hash=b"",
-            last_block_time_ms=genesis.genesis_time_ms,
-            last_validators=None,
-            validators=vset,
-            next_validators=vset,
-            app_hash=app_hash,
-            last_results_hash=results_hash(()),
-            params=genesis.params,
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class ValidatedBlock:
     """A valid block with what executing it produced, ready to persist and commit."""
 
@@ -172,18 +133,12 @@ class ValidatedBlock:
 
 def next_chain_state(state: ChainState, validated: ValidatedBlock) -> ChainState:
     """The state after committing `validated` (the validators shift by one height)."""
-    header = validated.block.header
-    return ChainState(
-        chain_id=state.chain_id,
-        last_height=header.height,
-        last_block_hash=validated.block_hash,
-        last_block_time_ms=header.time_ms,
-        last_validators=state.validators,
-        validators=state.next_validators,
-        next_validators=validated.validators_after_next,
+    return state.advance(
+        block_hash=validated.block_hash,
+        block_time_ms=validated.block.header.time_ms,
         app_hash=validated.execution.app_hash,
         last_results_hash=validated.results_hash,
-        params=state.params,
+        validators_after_next=validated.validators_after_next,
     )
 
 

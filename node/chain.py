@@ -33,12 +33,16 @@ from consensus.types import (
     Commit,
     DuplicateVoteEvidence,
     Genesis,
-    Header,
     ValidatorSet,
-    data_hash,
-    evidence_hash,
 )
-from consensus.validation import BlockInvalid, ValidatedBlock, validate_block, verify_commit
+from consensus.validation import (
+    BlockInvalid,
+    Reason,
+    ValidatedBlock,
+    build_block,
+    validate_block,
+    verify_commit,
+)
 from node.events import CommittedBlock
 from node.storage import BlockStore
 
@@ -119,21 +123,14 @@ class Chain:
         s = self.state
         last_commit = None if s.last_height == 0 else self.store.load_seen_commit(s.last_height)
         assert s.last_height == 0 or last_commit is not None, "no commit stored for last block"
-        header = Header(
-            chain_id=s.chain_id,
-            height=s.height,
+        return build_block(
+            s,
+            txs,
             time_ms=max(time_ms, s.last_block_time_ms + 1),
-            last_block_hash=s.last_block_hash,
-            last_commit_hash=b"" if last_commit is None else last_commit.hash,
-            data_hash=data_hash(txs),
-            validators_hash=s.validators.hash,
-            next_validators_hash=s.next_validators.hash,
-            app_hash=s.app_hash,
-            last_results_hash=s.last_results_hash,
-            evidence_hash=evidence_hash(evidence),
             proposer_address=proposer_address,
+            last_commit=last_commit,
+            evidence=evidence,
         )
-        return Block(header, tuple(txs), last_commit, tuple(evidence))
 
     # ------------------------------------------------------------ validating
 
@@ -164,8 +161,6 @@ class Chain:
     def verify_commit(self, commit: Commit, block: Block) -> None:
         """A certificate for `block` by the validators of its height; raises BlockInvalid."""
         if commit.height != block.height or commit.block_hash != block.hash:
-            from consensus.validation import Reason
-
             raise BlockInvalid(Reason.MALFORMED, "commit", "certificate is for another block")
         verify_commit(commit, self.state.chain_id, self.state.validators, self.verifier)
 
