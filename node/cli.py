@@ -55,6 +55,10 @@ DEFAULT_HOME = Path("~/.archipelago")
 # name -> (help line, "module:function" taking argv and returning an exit code).
 # Imported only when run, so a heavy or optional module costs nothing otherwise.
 DELEGATED: dict[str, tuple[str, str]] = {
+    "localnet": (
+        "run a local network of validators with optional load and live progress",
+        "node.localnet:main",
+    ),
     "simulate": (
         "run the seeded whole-cluster consensus simulator (see `simulate --help`)",
         "node.simulator:main",
@@ -393,6 +397,12 @@ def _run_delegated(name: str, argv: list[str]) -> int:
     return entry(argv)
 
 
+def _add_client(sub: argparse._SubParsersAction[_Parser]) -> None:
+    from node.client import add_commands
+
+    add_commands(sub)
+
+
 # Registration order is the order in `archipelago --help`.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[_Parser]], None], ...] = (
     _add_init,
@@ -400,5 +410,6 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[_Parser]], None], ...] = (
     _add_start,
     _add_keys,
     _add_unsafe_reset,
+    _add_client,
     _add_version,
 )

@@ -1,0 +1,184 @@
+"""The client side of the command line: talk to a running node over its HTTP API.
+
+`tx transfer`, `status`, `block` and `doctor` are what an operator or a
+script uses against a node (`--node URL`, default the local node's API).
+Errors (node unreachable, a refused transaction, a bad flag) are one line on
+stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from consensus.apps.ledger import transfer_tx
+from node.config import load_config
+from node.keys import KeyFileError, load_key
+
+DEFAULT_NODE = "http://127.0.0.1:26657"
+REQUEST_TIMEOUT_S = 30.0
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class ClientError(Exception):
+    """The node could not be reached or refused the request; the message says which."""
+
+
+def _url(node: str, path: str) -> str:
+    base = node if "://" in node else f"http://{node}"
+    return base.rstrip("/") + path
+
+
+def request(node: str, method: str, path: str, **kwargs: Any) -> Any:
+    """One API call; returns the JSON body, raises ClientError with the node's error text."""
+    try:
+        with httpx.Client(timeout=REQUEST_TIMEOUT_S) as http:
+            r = http.request(method, _url(node, path), **kwargs)
+    except httpx.HTTPError as e:
+        raise ClientError(f"cannot reach the node at {node}: {e}") from None
+    try:
+        body = r.json()
+    except ValueError:
+        raise ClientError(f"{node} answered HTTP {r.status_code} without JSON") from None
+    if r.status_code >= 400 and not (r.status_code == 504 and "hash" in body):
+        message = body.get("error", r.reason_phrase) if isinstance(body, dict) else body
+        raise ClientError(f"the node refused: {message} (HTTP {r.status_code})")
+    return body
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def add_commands(sub: Any, add_parser_kwargs: dict[str, Any] | None = None) -> None:
+    """Register the client commands on the main parser's subcommands."""
+    tx = sub.add_parser(
+        "tx",
+        help="build, sign and submit transactions",
+        description="Build, sign and submit transactions.",
+    )
+    tx_sub = tx.add_subparsers(title="tx commands", metavar="COMMAND")
+    transfer = tx_sub.add_parser(
+        "transfer",
+        help="send a ledger transfer signed with a key file",
+        description="Sign a ledger transfer with --key and submit it to --node; waits for "
+        "the commit unless --no-wait.",
+    )
+    transfer.add_argument("--to", required=True, help="recipient address (40 hex characters)")
+    transfer.add_argument("--amount", required=True, type=int, help="amount, a positive integer")
+    transfer.add_argument("--key", required=True, type=Path, help="the sender's key file")
+    transfer.add_argument("--nonce", type=int, help="nonce (default: the account's next nonce)")
+    transfer.add_argument("--node", default=DEFAULT_NODE, help=f"node API URL ({DEFAULT_NODE})")
+    transfer.add_argument("--no-wait", action="store_true", help="return once admitted")
+    transfer.set_defaults(handler=_cmd_transfer)
+
+    status = sub.add_parser(
+        "status",
+        help="show a running node's status",
+        description="Show a running node's status (GET /status).",
+    )
+    status.add_argument("--node", default=DEFAULT_NODE, help=f"node API URL ({DEFAULT_NODE})")
+    status.set_defaults(handler=_cmd_status)
+
+    block = sub.add_parser(
+        "block",
+        help="show a committed block",
+        description="Show a committed block (GET /block/HEIGHT).",
+    )
+    block.add_argument("height", help="a height, or 'latest'")
+    block.add_argument("--node", default=DEFAULT_NODE, help=f"node API URL ({DEFAULT_NODE})")
+    block.set_defaults(handler=_cmd_block)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="explain why a node or the chain is not progressing",
+        description="Ask the node in --home (through its API) what stops it or the chain, "
+        "and what to do about each finding.",
+    )
+    doctor.add_argument("--home", type=Path, required=True, help="the node's home folder")
+    doctor.set_defaults(handler=_cmd_doctor)
+
+
+def _cmd_transfer(ns: argparse.Namespace) -> int:
+    try:
+        to = bytes.fromhex(ns.to)
+    except ValueError:
+        to = b""
+    if len(to) != 20:
+        return _fail("--to must be a 40-character hex address", EXIT_USAGE)
+    if ns.amount < 1:
+        return _fail("--amount must be a positive integer", EXIT_USAGE)
+    try:
+        key = load_key(ns.key)
+        status = request(ns.node, "GET", "/status")
+        nonce = ns.nonce
+        if nonce is None:
+            account = request(ns.node, "GET", f"/account/{key.address.hex()}")
+            nonce = account["nonce"]
+        tx = transfer_tx(key, status["chain_id"], nonce, to, ns.amount)
+        wait = "check" if ns.no_wait else "commit"
+        body = request(ns.node, "POST", f"/tx?wait={wait}", json={"tx": tx.encode().hex()})
+    except (ClientError, KeyFileError) as e:
+        return _fail(str(e), EXIT_FAILURE)
+    _print(body)
+    result = body.get("result") or body.get("check") or {}
+    return EXIT_OK if result.get("code", 0) == 0 and "error" not in body else EXIT_FAILURE
+
+
+def _cmd_status(ns: argparse.Namespace) -> int:
+    try:
+        _print(request(ns.node, "GET", "/status"))
+    except ClientError as e:
+        return _fail(str(e), EXIT_FAILURE)
+    return EXIT_OK
+
+
+def _cmd_block(ns: argparse.Namespace) -> int:
+    if ns.height != "latest" and not ns.height.isdigit():
+        return _fail("HEIGHT must be a positive integer or 'latest'", EXIT_USAGE)
+    try:
+        _print(request(ns.node, "GET", f"/block/{ns.height}"))
+    except ClientError as e:
+        return _fail(str(e), EXIT_FAILURE)
+    return EXIT_OK
+
+
+def _cmd_doctor(ns: argparse.Namespace) -> int:
+    config = load_config(ns.home / "config.toml")
+    listen = config.rpc.listen
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::", "") else listen.host
+    node = f"http://{host}:{listen.port}"
+    try:
+        status = request(node, "GET", "/status")
+    except ClientError as e:
+        print(f"The node is not answering at {node}: {e}")
+        print(
+            "  -> start it (`archipelago start --home ...` or `systemctl start archipelago`)"
+            " and read its log for the reason it stopped."
+        )
+        return EXIT_FAILURE
+    c = status.get("consensus") or {}
+    print(f"node {status['moniker']} ({status['node_id'][:12]}), chain {status['chain_id']}")
+    print(
+        f"  height {status['latest_height']}, mode {status['sync']['mode']} "
+        f"({status['sync']['reason']}), peers {status['peers']}, "
+        f"consensus round {c.get('round', '-')} step {c.get('step', '-')}"
+    )
+    findings = status.get("diagnosis", [])
+    if not findings:
+        print("No problems found: the node is connected and the chain is progressing.")
+        return EXIT_OK
+    for f in findings:
+        print(f"[{f['severity']}] {f['problem']}")
+        print(f"  -> {f['advice']}")
+    return EXIT_FAILURE if any(f["severity"] == "critical" for f in findings) else EXIT_OK
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"archipelago: error: {message}", file=sys.stderr)
+    return code
