@@ -9,7 +9,7 @@ never changes committed state, so a block that fails validation (or loses the
 round) leaves no trace.
 
 Two applications are built in (`consensus/apps/`): `ledger` and `kvstore`.
-docs/protocol-apps.md gives their payload formats and app hash byte-exactly.
+docs/PROTOCOL.md (section 11) gives their payload formats and app hash byte-exactly.
 """
 
 from __future__ import annotations

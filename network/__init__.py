@@ -14,7 +14,7 @@ The node uses only what is exported here (a test pins the list):
 
 Channels (send priority in this order): CONSENSUS, EVIDENCE, BLOCKSYNC,
 MEMPOOL; PEX is owned by the network layer. The wire protocol is in
-docs/protocol-network.md.
+docs/PROTOCOL.md (section 8).
 """
 
 from network.config import NetworkConfig, PeerAddress

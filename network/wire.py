@@ -7,7 +7,7 @@ protects memory is in one place: a frame's 4-byte length is checked against
 `frame_bytes_max` before a single byte of its body is buffered.
 
 Frame: 4-byte big-endian body length, then a msgpack body. The body is an
-array whose first element is the message kind (docs/protocol-network.md has
+array whose first element is the message kind (docs/PROTOCOL.md (section 8) has
 the byte-exact layout):
 
     [0, version, listen_port]        HELLO   first frame each side sends

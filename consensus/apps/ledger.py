@@ -4,7 +4,7 @@ It is the application the benchmarks and the CLI drive, so execution is
 written for the hot path: a transfer's canonical payload is recognised by its
 fixed byte layout (no generic decode), a sender's address is hashed once per
 block range (AddressMemo), and a block touches only an overlay of the
-accounts it changes. docs/protocol-apps.md gives the formats byte-exactly.
+accounts it changes. docs/PROTOCOL.md (section 11) gives the formats byte-exactly.
 """
 
 from __future__ import annotations
