@@ -78,6 +78,10 @@ PEER_EVENTS_MAX = 4096
 OWN_EVENTS_MAX = 1024
 # Own signed messages of the current height, re-sent to peers that stall.
 OWN_MESSAGES_MAX = 64
+# The doppelganger watch ends early when no block commits for this long: a
+# halted chain cannot show whether another instance signs, and waiting longer
+# would keep the chain halted if it needs our vote.
+DOPPELGANGER_WATCH_S_MAX = 60.0
 
 
 class ConsensusService:
@@ -107,6 +111,8 @@ class ConsensusService:
         self.own_messages: list[bytes] = []  # encoded, for re-sending to stalled peers
         self._replayed = False
         self.started_height_at_ms = now_ms()
+        self.watch_until_height = 0  # doppelganger watch: no signing before this height
+        self._watch_deadline = 0.0
 
     # ------------------------------------------------------------ inputs
 
@@ -114,6 +120,10 @@ class ConsensusService:
         """Queue a peer's message for the core; False (and dropped) when the inbox is full."""
         if self.machine is None:
             return False
+        if isinstance(event, VoteReceived) and event.vote.validator_address == (
+            self.core.validator_address
+        ):
+            self._check_doppelganger(peer_id, event.vote)
         if len(self._peer_events) >= PEER_EVENTS_MAX:
             self.dropped_events += 1
             return False
@@ -147,13 +157,71 @@ class ConsensusService:
             self._timers.clear()
             self._drain_inboxes()
 
+    # ------------------------------------------------------------ doppelganger
+
+    def _start_watch(self) -> None:
+        """At start, watch `doppelganger_heights` heights before signing (unless never signed)."""
+        heights = self.core.config.consensus.doppelganger_heights
+        sign_state = self.core.sign_state
+        if heights == 0 or sign_state is None or sign_state.last.height == 0:
+            return
+        self.watch_until_height = self.core.chain.state.height + heights
+        self._watch_deadline = trio.current_time() + DOPPELGANGER_WATCH_S_MAX
+        log.info(
+            "watching for another instance of this validator before signing",
+            heights=heights,
+            until_height=self.watch_until_height,
+        )
+
+    @property
+    def watching(self) -> bool:
+        return self.core.chain.state.height < self.watch_until_height
+
+    def _end_watch_if_due(self, machine: ConsensusMachine) -> None:
+        if not self.watch_until_height or machine.own_address is not None:
+            return
+        timed_out = trio.current_time() >= self._watch_deadline
+        if (not self.watching or timed_out) and self.core.can_sign:
+            if timed_out and self.watching:
+                log.warning(
+                    "doppelganger watch ended early: no block committed",
+                    waited_s=DOPPELGANGER_WATCH_S_MAX,
+                )
+            self.watch_until_height = 0
+            machine.own_address = self.core.validator_address  # takes effect at this height
+            log.info("doppelganger watch passed; signing", height=machine.height)
+
+    def _check_doppelganger(self, peer_id: str, vote: Vote) -> None:
+        """A vote with our key that this process did not sign and could not have signed."""
+        sign_state = self.core.sign_state
+        if sign_state is None:
+            return
+        last = sign_state.last
+        step = step_of_vote(vote.type)
+        if (vote.height, vote.round, int(step)) <= last.hrs:
+            return  # at or before our own last signature: ours from before a restart
+        self.core.sign_state = None
+        self.core.sign_state_error = (
+            f"another instance signs with this validator key (vote at height {vote.height}, "
+            f"round {vote.round} received from peer {peer_id}); stop it, then restart this node"
+        )
+        if self.machine is not None:
+            self.machine.own_address = None
+        log.critical(
+            "doppelganger detected: this node stops signing",
+            peer=peer_id,
+            height=vote.height,
+            round=vote.round,
+            type=vote.type.name,
+        )
+
     def _drain_inboxes(self) -> None:
         self._peer_events.clear()
         self._own_events.clear()
 
     def _new_machine(self) -> ConsensusMachine:
         chain = self.core.chain
-        own = self.core.validator_address if self.core.can_sign else None
+        own = self.core.validator_address if self.core.can_sign and not self.watching else None
         return ConsensusMachine(
             chain_id=chain.state.chain_id,
             height=chain.state.height,
@@ -171,6 +239,9 @@ class ConsensusService:
         actions: list[Action] = []
         if not self._replayed:
             self._replayed = True
+            self._start_watch()
+            if self.watching:
+                machine.own_address = None
             actions = self._replay(machine)
         if machine.current_step.name == "NEW_HEIGHT":
             actions += machine.step(StartHeight(machine.height))
@@ -185,6 +256,8 @@ class ConsensusService:
             actions = machine.step(event)
             await self._perform(actions)
             self._sender = ""
+            if self.watch_until_height:
+                self._end_watch_if_due(machine)
             self.core.on_consensus_progress(machine)
 
     def _replay(self, machine: ConsensusMachine) -> list[Action]:
@@ -381,6 +454,7 @@ class ConsensusService:
         self.own_messages.clear()
         self._timers = [t for t in self._timers if t[2].height > action.block.height]
         heapq.heapify(self._timers)
+        self._end_watch_if_due(machine)
         self._submit_own(HeightCommitted(action.block.height, self.core.chain.state.validators))
 
     def _evidence(self, action: ReportEvidence) -> None:
