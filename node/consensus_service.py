@@ -420,6 +420,8 @@ class ConsensusService:
                 await trio.to_thread.run_sync(chain.validate, block)
                 event = BlockValidated(block.hash, True)
             except BlockInvalid as e:
+                # Not the sender's fault: honest peers relay a validly signed
+                # proposal before validating its block (Algorithm 1 relays).
                 log.warning(
                     "invalid block proposed",
                     height=block.height,
@@ -427,8 +429,6 @@ class ConsensusService:
                     reason=str(e),
                 )
                 event = BlockValidated(block.hash, False, str(e))
-                if self._sender:
-                    self.core.net.report_misbehaviour(self._sender, PeerFault.PROTOCOL_VIOLATION)
         self.core.metrics.validation_time.observe(trio.current_time() - started)
         self._submit_own(event)
 
@@ -449,8 +449,21 @@ class ConsensusService:
     async def _decide(self, action: Decide) -> None:
         machine = self.machine
         assert machine is not None
-        await self.core.apply_block(action.block, action.commit)
-        self.core.wal.mark_height_end(action.block.height)
+        try:
+            applied = await self.core.apply_block(action.block, action.commit)
+        except BlockInvalid as e:
+            # +2/3 of the voting power committed a block this node cannot apply:
+            # its state has diverged from the chain's. Stop rather than fork.
+            log.critical(
+                "a committed block is invalid here: this node's state diverged; stopping",
+                height=action.block.height,
+                reason=str(e),
+            )
+            self.core.node.request_stop("state diverged from the chain")
+            return
+        if applied is None:
+            return  # block sync applied this height meanwhile
+        await trio.to_thread.run_sync(self.core.wal.mark_height_end, action.block.height)
         self.own_messages.clear()
         self._timers = [t for t in self._timers if t[2].height > action.block.height]
         heapq.heapify(self._timers)

@@ -219,12 +219,14 @@ class NodeCore:
 
     # ------------------------------------------------------------ applying blocks
 
-    async def apply_block(self, block: Block, commit: Commit) -> Applied:
+    async def apply_block(self, block: Block, commit: Commit) -> Applied | None:
         """Commit a decided or synced block; everything that follows a commit happens here."""
         chain = self.chain
         started = trio.current_time()
-        previous_time_ms = chain.state.last_block_time_ms
         async with chain.lock:
+            if block.height != chain.height + 1:
+                return None  # applied meanwhile (consensus and block sync race at a mode change)
+            previous_time_ms = chain.state.last_block_time_ms
             applied = await trio.to_thread.run_sync(chain.apply, block, commit)
         self.metrics.store_commit_time.observe(trio.current_time() - started)
         dropped = self.mempool.update(applied.tx_ids)
