@@ -33,6 +33,7 @@ from consensus.types import (
     Commit,
     DuplicateVoteEvidence,
     Genesis,
+    GenesisError,
     ValidatorSet,
 )
 from consensus.validation import (
@@ -85,7 +86,10 @@ class Chain:
         self.lock = trio.Lock()
         state = store.load_state()
         if state is None:
-            app = app_from_genesis(genesis)
+            try:
+                app = app_from_genesis(genesis)
+            except ValueError as e:
+                raise GenesisError(f"genesis.json: {e}") from None
             state = ChainState.from_genesis(genesis, app.app_hash)
             store.init_genesis(state, dict(app.items()))  # type: ignore[attr-defined]
         else:

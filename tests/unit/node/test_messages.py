@@ -1,0 +1,82 @@
+"""Node channel messages: every kind round-trips; hostile bytes raise only DecodeError."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consensus.codec import DecodeError, encode
+from consensus.crypto import PrivateKey
+from consensus.types import Vote, VoteType
+from node.messages import (
+    BLOCKS_PER_REQUEST_MAX,
+    Message,
+    StatusMsg,
+    SyncNoneMsg,
+    SyncRequestMsg,
+    SyncStatusMsg,
+    TxsMsg,
+    VoteMsg,
+    decode_message,
+    encode_message,
+)
+
+KEY = PrivateKey(b"\x05" * 32)
+VOTE = Vote.create(KEY, "c", VoteType.PREVOTE, 3, 0, b"\x01" * 32, 0)
+
+MESSAGES: list[Message] = [
+    VoteMsg(VOTE),
+    StatusMsg(5, 2),
+    SyncStatusMsg(1, 9),
+    SyncRequestMsg(4, BLOCKS_PER_REQUEST_MAX),
+    SyncNoneMsg(7),
+    TxsMsg((b"a", b"bc")),
+]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip(msg: Message) -> None:
+    """decode(encode(m)) == m for each message kind."""
+    assert decode_message(encode_message(msg)) == msg
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [99, 1],  # unknown tag
+        [21, 1, BLOCKS_PER_REQUEST_MAX + 1],  # asks for too many blocks
+        [20, 5, 4],  # base above height
+        [3, -1, 0],  # negative height
+        [2],  # vote without a vote
+        [],  # empty
+    ],
+)
+def test_invalid_messages_are_refused(obj: list[object]) -> None:
+    """Out-of-range or malformed fields are the typed error."""
+    with pytest.raises(DecodeError):
+        decode_message(encode(obj))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_decode_error(raw: bytes) -> None:
+    """Arbitrary payloads from a peer never raise anything but DecodeError."""
+    try:
+        decode_message(raw)
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(MESSAGES), st.data())
+def test_mutated_messages_raise_only_decode_error(msg: Message, data: st.DataObject) -> None:
+    """A valid message with one byte changed decodes to a valid message or the typed error."""
+    raw = bytearray(encode_message(msg))
+    i = data.draw(st.integers(0, len(raw) - 1))
+    raw[i] ^= data.draw(st.integers(1, 255))
+    try:
+        decoded = decode_message(bytes(raw))
+    except DecodeError:
+        return
+    assert encode_message(decoded) == bytes(raw)
