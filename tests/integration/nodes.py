@@ -1,0 +1,375 @@
+"""Real node processes on loopback for the integration tests: testnets, daemons, their API.
+
+Why a shared helper: the network, API, metrics and crash tests all need the
+same few things, done the same careful way. A testnet is made by the real
+`archipelago testnet` command; each node runs as `archipelago start` in its
+own process, its JSON log going to a file (a pipe nobody drains would
+eventually block the node); every process is SIGKILLed on the way out of
+`running(...)`, even when a test fails. Nothing here sleeps to synchronise:
+`wait_for` polls the API until a condition holds or its deadline passes, and
+then fails naming what it waited for and the last value seen.
+
+Test modules import this file with `load_helper()` below's pattern (pytest
+runs with --import-mode=importlib, so tests/ is not a package)::
+
+    spec = importlib.util.spec_from_file_location("nodes", Path(__file__).with_name("nodes.py"))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import httpx
+import trio
+
+from consensus.crypto import PrivateKey
+from node.config import Address, ConsensusConfig, Peer, load_config, save_config
+from node.keys import load_key, node_id
+
+ARCHIPELAGO = Path(sys.executable).parent / "archipelago"
+COMMAND_TIMEOUT_S = 60
+# Bounds for a 2-core machine shared with other jobs; a healthy run is far inside them.
+START_TIMEOUT_S = 30
+HTTP_TIMEOUT_S = 10.0
+POLL_INTERVAL_S = 0.1  # between polls of a condition; never used to wait for an outcome
+STOP_TIMEOUT_S = 10
+
+# Consensus timeouts that make a loopback testnet commit several blocks a second
+# while leaving a round enough time on a loaded machine (a missing proposer costs
+# timeout_propose_ms).
+FAST_CONSENSUS = ConsensusConfig(
+    timeout_propose_ms=1500,
+    timeout_propose_delta_ms=250,
+    timeout_prevote_ms=300,
+    timeout_prevote_delta_ms=200,
+    timeout_precommit_ms=300,
+    timeout_precommit_delta_ms=200,
+    timeout_commit_ms=100,
+)
+
+T = TypeVar("T")
+
+# Nodes started and not stopped by a test: one that exits on its own fails the
+# waiting test at once (with its log), instead of after the wait's deadline.
+_LIVE: set[NodeProcess] = set()
+
+
+def env() -> dict[str, str]:
+    """The environment for a node: never let it talk to the runner's service manager."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+    }
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ARCHIPELAGO), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        env=env(),
+        check=False,
+    )
+
+
+@dataclass(eq=False)
+class NodeProcess:
+    """One node's home and, while it runs, its `archipelago start` process."""
+
+    home: Path
+    process: trio.Process | None = None
+    starts: int = 0
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.home.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "config.toml"
+
+    @property
+    def rpc(self) -> str:
+        return f"http://{load_config(self.config_path).rpc.listen}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://{load_config(self.config_path).rpc.listen}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://{load_config(self.config_path).metrics.listen}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "node.log"
+
+    @property
+    def node_id(self) -> str:
+        return node_id(load_key(self.home / "node_key.json"))
+
+    @property
+    def validator_key(self) -> PrivateKey:
+        return load_key(self.home / "validator_key.json")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def start(self) -> None:
+        """Start the daemon; its log is appended to home/node.log across restarts."""
+        assert not self.running, f"{self.name} is already running"
+        self._close_log()
+        self._log = open(self.log_path, "ab")
+        self.process = await trio.lowlevel.open_process(
+            [str(ARCHIPELAGO), "start", "--home", str(self.home), "--log-format", "json"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            env=env(),
+            # Its own session: a signal meant for the test runner's process group
+            # (a terminal's Ctrl-C, a CI job's stop) does not reach the node.
+            start_new_session=True,
+        )
+        self.starts += 1
+        _LIVE.add(self)
+
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, exactly like a crash or `kill -9`."""
+        _LIVE.discard(self)
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+            with trio.CancelScope(shield=True):
+                await self.process.wait()
+        self._close_log()
+
+    async def stop(self) -> int:
+        """SIGTERM and wait for the exit code (SIGKILL after STOP_TIMEOUT_S)."""
+        assert self.process is not None
+        _LIVE.discard(self)
+        self.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            code = await self.process.wait()
+            self._close_log()
+            return code
+        await self.kill()
+        raise AssertionError(f"{self.name} did not stop within {STOP_TIMEOUT_S} s of SIGTERM")
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """Every JSON log line the node wrote so far (non-JSON lines kept as {'text': ...})."""
+        if not self.log_path.exists():
+            return []
+        out: list[dict[str, Any]] = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = {"event": "", "text": line}
+            out.append(obj if isinstance(obj, dict) else {"event": "", "text": line})
+        return out
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return f"{self.name}: no log"
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- {self.name} log tail ---\n" + "\n".join(tail)
+
+
+@dataclass
+class Testnet:
+    root: Path
+    nodes: list[NodeProcess]
+    chain_id: str
+    accounts: list[PrivateKey]
+
+    @property
+    def validators(self) -> list[NodeProcess]:
+        return [n for n in self.nodes if n.name.startswith("node")]
+
+    def diagnostics(self) -> str:
+        return "\n".join(n.log_tail() for n in self.nodes)
+
+
+def set_consensus(home: Path, consensus: ConsensusConfig) -> None:
+    path = home / "config.toml"
+    config = load_config(path)
+    save_config(path, replace(config, consensus=consensus))
+
+
+def create_testnet(
+    root: Path,
+    *,
+    validators: int,
+    base_port: int,
+    accounts: int = 4,
+    consensus: ConsensusConfig = FAST_CONSENSUS,
+) -> Testnet:
+    """`archipelago testnet` into root, then each config's [consensus] set to `consensus`."""
+    result = run_cli(
+        "testnet",
+        "--validators",
+        str(validators),
+        "--output",
+        root,
+        "--base-port",
+        str(base_port),
+        "--accounts",
+        str(accounts),
+    )
+    assert result.returncode == 0, result.stderr
+    homes = [root / f"node{i}" for i in range(validators)]
+    for home in homes:
+        set_consensus(home, consensus)
+    genesis = json.loads((homes[0] / "genesis.json").read_text())
+    keys = [load_key(root / "accounts" / f"account{k}.json") for k in range(accounts)]
+    return Testnet(root, [NodeProcess(h) for h in homes], genesis["chain_id"], keys)
+
+
+def add_full_node(net: Testnet, *, name: str, base_port: int) -> NodeProcess:
+    """A non-validator: `archipelago init`, the testnet's genesis, its validators as peers."""
+    home = net.root / name
+    result = run_cli("init", "--home", home, "--chain-id", net.chain_id, "--moniker", name)
+    assert result.returncode == 0, result.stderr
+    (home / "genesis.json").write_text((net.nodes[0].home / "genesis.json").read_text())
+    peers = []
+    for v in net.validators:
+        shown = run_cli("keys", "show", "--home", v.home, "--json")
+        assert shown.returncode == 0, shown.stderr
+        listen = load_config(v.config_path).p2p.listen
+        peers.append(Peer(json.loads(shown.stdout)["node_id"], listen))
+    config = load_config(home / "config.toml")
+    consensus = load_config(net.nodes[0].config_path).consensus
+    config = replace(
+        config,
+        p2p=replace(
+            config.p2p,
+            listen=Address("127.0.0.1", base_port),
+            persistent_peers=tuple(peers),
+        ),
+        rpc=replace(config.rpc, listen=Address("127.0.0.1", base_port + 1)),
+        metrics=replace(config.metrics, listen=Address("127.0.0.1", base_port + 2)),
+        consensus=consensus,
+    )
+    save_config(home / "config.toml", config)
+    node = NodeProcess(home)
+    net.nodes.append(node)
+    return node
+
+
+@asynccontextmanager
+async def running(net: Testnet) -> AsyncIterator[Testnet]:
+    """Start every node of `net`; SIGKILL whatever still runs on the way out.
+
+    On failure the tail of each node's log is printed (pytest shows it with
+    the failure), so a broken run says what the nodes were doing.
+    """
+    try:
+        for n in net.nodes:
+            await n.start()
+        yield net
+    except BaseException:
+        print(net.diagnostics())
+        raise
+    finally:
+        for n in net.nodes:
+            await n.kill()
+
+
+class Api:
+    """JSON over HTTP to the nodes (one pooled httpx client)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def get(self, node: NodeProcess, path: str) -> Any:
+        r = await self.client.get(node.rpc + path)
+        assert r.status_code == 200, f"GET {path} on {node.name}: {r.status_code} {r.text}"
+        return r.json()
+
+    async def try_get(self, node: NodeProcess, path: str) -> Any | None:
+        """The JSON body, or None while the node is not answering (starting or down)."""
+        try:
+            r = await self.client.get(node.rpc + path)
+        except httpx.TransportError:
+            return None
+        return r.json() if r.status_code == 200 else None
+
+    async def status(self, node: NodeProcess) -> dict[str, Any]:
+        body: dict[str, Any] = await self.get(node, "/status")
+        return body
+
+    async def height(self, node: NodeProcess) -> int:
+        status = await self.try_get(node, "/status")
+        return -1 if status is None else int(status["latest_height"])
+
+    async def submit(self, node: NodeProcess, raw: bytes, *, wait: str = "check") -> httpx.Response:
+        return await self.client.post(
+            node.rpc + "/tx", params={"wait": wait}, json={"tx": raw.hex()}
+        )
+
+    async def account(self, node: NodeProcess, address: bytes) -> tuple[int, int]:
+        body = await self.get(node, f"/account/{address.hex()}")
+        return int(body["balance"]), int(body["nonce"])
+
+    async def wait_height(
+        self, nodes: Sequence[NodeProcess], height: int, timeout_s: float
+    ) -> dict[str, int]:
+        """Wait until every node in `nodes` has committed `height`; their heights."""
+
+        async def heights() -> dict[str, int]:
+            return {n.name: await self.height(n) for n in nodes}
+
+        return await wait_for(
+            heights, lambda hs: min(hs.values()) >= height, timeout_s, f"height {height}"
+        )
+
+
+@asynccontextmanager
+async def open_api() -> AsyncIterator[Api]:
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
+        yield Api(client)
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    timeout_s: float,
+    what: str,
+) -> T:
+    """Poll `probe` until `done(value)`; fail after `timeout_s` naming `what` and the last value."""
+    last: T | None = None
+    with trio.move_on_after(timeout_s):
+        while True:
+            assert_live()
+            last = await probe()
+            if done(last):
+                return last
+            await trio.sleep(POLL_INTERVAL_S)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last seen: {last!r}")
+
+
+def assert_live() -> None:
+    """Fail if a node the tests started (and did not stop) has exited on its own."""
+    for n in list(_LIVE):
+        if n.process is not None and n.process.poll() is not None:
+            _LIVE.discard(n)
+            raise AssertionError(
+                f"{n.name} exited unexpectedly with code {n.process.returncode}\n{n.log_tail()}"
+            )
