@@ -494,6 +494,10 @@ class LoadGenerator:
             if sent is not None:
                 self.latencies.append((sent, arrived - sent))
 
+    def awaiting_commit(self) -> int:
+        """Sampled transactions admitted whose block has not arrived yet."""
+        return len(self._sent_at)
+
     def statistics(self, since: float = float("-inf")) -> LoadStatistics:
         """Counters so far; latency percentiles over samples submitted at or after `since`."""
         values = sorted(lat for sent, lat in self.latencies if sent >= since)
