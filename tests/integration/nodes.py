@@ -328,6 +328,15 @@ class Api:
         body = await self.get(node, f"/account/{address.hex()}")
         return int(body["balance"]), int(body["nonce"])
 
+    async def wait_serving(self, node: NodeProcess, timeout_s: float = START_TIMEOUT_S) -> Any:
+        """Wait until the node's API answers /status; that status."""
+        return await wait_for(
+            lambda: self.try_get(node, "/status"),
+            lambda s: s is not None,
+            timeout_s,
+            f"{node.name} to serve its API",
+        )
+
     async def wait_height(
         self, nodes: Sequence[NodeProcess], height: int, timeout_s: float
     ) -> dict[str, int]:
