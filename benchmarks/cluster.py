@@ -54,7 +54,8 @@ from node.localnet import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_RATES = (250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000)
+# 0 first: what the idle nodes cost (timers, empty blocks, status gossip).
+DEFAULT_RATES = (0, 250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 6000)
 SATURATION_GAIN_MIN = 0.05  # committed tx/s must grow this much over the best to count
 DRAIN_TIMEOUT_S = 15.0  # after a step, how long sampled transactions may take to land
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")

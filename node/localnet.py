@@ -89,6 +89,10 @@ SENT_AT_MAX = 100_000  # sampled txs awaiting their block; policy when full: for
 PACE_BURST_S = 0.05  # credit a late submitter may catch up on, so a stall is not made up at once
 FULL_BACKOFF_S = 0.05  # after "mempool full", wait this long before retrying that transaction
 ERROR_BACKOFF_S = 0.5  # after a connection error or a refused nonce
+# A refused nonce is retried as is this many times before the account's nonce is
+# read back from its node: the node can refuse a correct next nonce for a moment
+# while it applies a block (see the report on the mempool view in the README).
+NONCE_RETRIES_MAX = 5
 HTTP_HEADER_BYTES_MAX = 16 * 1024  # a response header larger than this is a broken server
 HTTP_BODY_BYTES_MAX = 1024 * 1024
 HTTP_TIMEOUT_S = 30.0
@@ -124,6 +128,9 @@ def check_ports_free(base_port: int, validators: int) -> None:
         for offset, what in ((0, "p2p"), (1, "rpc"), (2, "metrics")):
             port = base_port + PORT_STRIDE * i + offset
             with socket.socket() as s:
+                # As the node's listeners do: a port held only by connections in
+                # TIME_WAIT (a previous run's) is free to listen on.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:
@@ -383,6 +390,7 @@ class Account:
     node: int  # index of the node this account's transactions go to
     sampled: bool  # its transactions' latencies are measured
     next_nonce: int = 0  # the nonce the next transaction signed for it gets
+    refused: int = 0  # consecutive "nonce is not the sender's next" refusals
     signed: deque[bytes] = field(default_factory=deque)  # signed, not yet admitted
 
     def sign(self, chain_id: str, count: int) -> None:
@@ -455,6 +463,7 @@ class LoadGenerator:
         self.rejected: dict[str, int] = {}
         self.errors = 0
         self.last_error = ""
+        self.resyncs = 0  # accounts whose nonce was read back from the node
         self._sent_at: dict[bytes, float] = {}
         self.latencies: deque[tuple[float, float]] = deque(maxlen=LATENCY_SAMPLES_MAX)
 
@@ -552,6 +561,7 @@ class LoadGenerator:
         self.submitted += 1
         if status in (200, 202, 409):
             account.signed.popleft()
+            account.refused = 0
             self.admitted += 1
             if account.sampled:
                 self._remember(tx_id(raw), sent)
@@ -561,10 +571,15 @@ class LoadGenerator:
         if reason == "full":
             await trio.sleep(FULL_BACKOFF_S)
         elif reason == "check_failed":
-            # Our nonce and the node's disagree (e.g. a restart lost its mempool):
-            # start this account over from the node's view of it.
+            account.refused += 1
+            if account.refused < NONCE_RETRIES_MAX:
+                await trio.sleep(FULL_BACKOFF_S)
+                return
+            # Our nonce and the node's really disagree (e.g. a restart lost its
+            # mempool): start this account over from the node's view of it.
             await trio.sleep(ERROR_BACKOFF_S)
             await self._resync(conn, account)
+            account.refused = 0
 
     def _remember(self, txid: bytes, sent: float) -> None:
         if len(self._sent_at) >= SENT_AT_MAX:
@@ -574,11 +589,12 @@ class LoadGenerator:
     async def _resync(self, conn: TxConnection, account: Account) -> None:
         url = f"http://{conn.host}:{conn.port}/account/{account.key.address.hex()}"
         try:
-            async with httpx.AsyncClient(timeout=5.0) as http:
+            async with httpx.AsyncClient(timeout=5.0, verify=False) as http:
                 r = await http.get(url)
             nonce = int(r.json()["nonce"]) if r.status_code == 200 else 0
         except (httpx.HTTPError, ValueError, KeyError):
             return
+        self.resyncs += 1
         account.signed.clear()
         account.next_nonce = nonce
 
