@@ -12,15 +12,25 @@ no trio, socket or wall clock here.
 The simulator performs the machine's actions as the node does: it signs with
 real Ed25519 keys behind an in-memory sign state that refuses a conflicting
 signature, writes every input event to a per-node log (encoded, as the WAL
-is) before stepping, and rebuilds a restarted node by replaying that log. The
-"application" is a hash chain over each block's transactions, and blocks are
-checked with the real header-link checks (consensus.proposer.header_link_error,
-which verifies the previous block's commit certificate).
+is) before stepping, and rebuilds a restarted node by replaying that log.
+Blocks are the node's: each node keeps its own `ChainState` and its own
+`kvstore` application (both survive a crash, as the store does), builds with
+`consensus.validation.build_block` from real signed client transactions (a few
+simulated clients, each proposer reading their next nonce from its own
+application through its query interface) and its evidence pool, and checks
+every proposed and every decided block with the real validation core
+(`validate_block`, a deterministic `SignatureVerifier(threads=0)`, the
+virtual clock as `now_ms`, earlier validator sets from the node's history).
+Validators have seed-chosen unequal voting power, and client transactions
+["val", public_key, power] change the set (from height h + 2, as the
+application returns them) while keeping the Byzantine power below a third.
 
 After each run it checks agreement (no two honest nodes commit different
 blocks at one height), validity (each committed block was proposed, signed,
-by the proposer of its commit round and passes the block checks) and liveness
-(every honest node reaches the target height within `liveness_bound_ms` of
+by the proposer of its commit round, passes the validation core, carries a
+valid commit certificate and no evidence against an honest validator, and
+each machine's proposer rotation equals its ChainState's) and liveness
+(every honest node reaches the target height within `LIVENESS_BOUND_MS` of
 virtual time after the last fault healed). A gossip layer stands in for
 CometBFT's reactor: a node sends each message its machine accepted to every
 peer at once, and every `GOSSIP_INTERVAL_MS` sends again, to each peer, those
@@ -28,6 +38,12 @@ of its current height the peer's machine has not accepted (CometBFT learns
 that from HasVote messages; the simulator reads it from the peer directly),
 and to a peer at a lower height the decided block and commit certificate of
 that height.
+
+Besides the random faults there is one targeted scenario, "lock-attack": a
+scripted Byzantine proposer and voter plus a partition schedule under which
+an honest validator that ignored its lock would commit a block conflicting
+with one another honest validator committed (see `_LockAttack`). The real
+machine stays safe under it; a broken one is caught with its seed.
 
 Run it as `archipelago simulate ...` or `python -m node.simulator ...`.
 """
@@ -43,6 +59,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from consensus.apps.kvstore import KVStore, set_tx
+from consensus.codec import encode
 from consensus.crypto import PrivateKey, sha256
 from consensus.events import (
     Action,
@@ -68,12 +86,45 @@ from consensus.events import (
     encode_event,
 )
 from consensus.machine import ConsensusConfig, ConsensusMachine
-from consensus.proposer import BlockContext, ProposerSchedule, build_block, header_link_error
-from consensus.types import Block, Commit, Proposal, Validator, ValidatorSet, Vote
+from consensus.proposer import ProposerSchedule
+from consensus.sigverify import SignatureVerifier
+from consensus.state import ChainState
+from consensus.types import (
+    BLOCK_EVIDENCE_MAX,
+    Block,
+    Commit,
+    DuplicateVoteEvidence,
+    Genesis,
+    GenesisValidator,
+    Proposal,
+    Transaction,
+    Validator,
+    ValidatorSet,
+    Vote,
+    VoteType,
+    data_hash,
+)
+from consensus.validation import (
+    BlockInvalid,
+    ValidatedBlock,
+    build_block,
+    next_chain_state,
+    validate_block,
+)
 
-__all__ = ["BatchResult", "Faults", "NodeReport", "RunResult", "main", "run_batch", "simulate"]
+__all__ = [
+    "MODES",
+    "BatchResult",
+    "Faults",
+    "NodeReport",
+    "RunResult",
+    "main",
+    "run_batch",
+    "simulate",
+]
 
 CHAIN_ID = "archipelago-sim"
+MODES = ("equivocate", "twins", "lock-attack")
 # Fast timeouts keep virtual runs short; they still grow per round, as in production.
 SIM_CONFIG = ConsensusConfig(
     timeout_propose_ms=1000,
@@ -89,11 +140,26 @@ GOSSIP_INTERVAL_MS = 400
 # Accepted messages of the current height a node keeps for re-sending; oldest
 # dropped when full (the bound is far above what a simulated height produces).
 GOSSIP_POOL_MESSAGES_MAX = 4096
-BLOCK_TXS_MAX = 4
-TX_BYTES = 24
+BLOCK_TXS_MAX = 4  # client transactions per block (a validator change adds one)
+CLIENTS = 3  # simulated client keys signing kvstore transactions
+VALUE_BYTES = 16  # random bytes after the 8-byte nonce record in each written value
+POWER_MAX = 10  # seed-chosen voting power per validator is 1..POWER_MAX
+VALIDATOR_CHANGE_PROBABILITY = 0.2  # per built block: try one ["val", pk, power]
+# Verified evidence a node holds until a block carries it; when full, new
+# evidence is dropped (the node's EvidencePool policy; a run makes a few).
+EVIDENCE_PENDING_MAX = 64
+# Validation results a node keeps for the current height (the machine asks once
+# per block; the decision re-uses it); the oldest is evicted when full.
+VALIDATED_CACHE_BLOCKS_MAX = 16
 VALIDATION_DELAY_MS_MAX = 5
 LIVENESS_BOUND_MS = 120_000
-RESULTS_HASH = sha256(b"")
+
+# The lock-attack scenario's script, in virtual ms (see _LockAttack).
+ATTACK_PROPOSE_MS = 100
+ATTACK_NIL_PRECOMMIT_MS = 200
+ATTACK_SPLIT_MS = 600
+ATTACK_DECIDE_MS = 650
+ATTACK_HEAL_MS = 4_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +178,11 @@ class Faults:
     def none(cls) -> Faults:
         return cls(0.0, 0.0, 1, 50, 0, 0, 0)
 
+    @classmethod
+    def lock_attack(cls) -> Faults:
+        """The lock-attack scenario's network: short delays, its own partitions until the heal."""
+        return cls(0.0, 0.0, 1, 20, 0, 0, ATTACK_HEAL_MS)
+
 
 @dataclass(frozen=True, slots=True)
 class NodeReport:
@@ -119,6 +190,7 @@ class NodeReport:
     honest: bool
     crashed: bool
     committed: int
+    power: int  # in the validator set of its next height (0: not a validator)
     height: int
     round: int
     step: str
@@ -128,8 +200,9 @@ class NodeReport:
         kind = "honest" if self.honest else "byzantine"
         down = " crashed" if self.crashed else ""
         return (
-            f"{self.name}({kind}{down}): committed={self.committed} height={self.height} "
-            f"round={self.round} step={self.step} locked_round={self.locked_round}"
+            f"{self.name}({kind}{down}): committed={self.committed} power={self.power} "
+            f"height={self.height} round={self.round} step={self.step} "
+            f"locked_round={self.locked_round}"
         )
 
 
@@ -143,10 +216,15 @@ class RunResult:
     virtual_ms: int
     heal_ms: int
     steps: int
-    signatures: int
+    signatures: int  # consensus signatures made (votes and proposals)
     messages: int
     accepted: int  # messages machines accepted (each after one signature check)
     evidence: int  # ReportEvidence actions by honest nodes
+    evidence_committed: int  # evidence in decided blocks (all against Byzantine validators)
+    txs_committed: int  # client transactions in decided blocks
+    validator_changes: int  # validator updates the application returned in decided blocks
+    tx_signatures: int  # client transactions signed
+    verifications: int  # signatures the validation core checked (txs, certificates, evidence)
     restarts: int
     chain_digest: bytes  # SHA-256 over every honest node's committed block hashes
     nodes: tuple[NodeReport, ...]
@@ -184,14 +262,18 @@ class BatchResult:
     def summary(self) -> str:
         s = self.seeds
         last = s.start + (len(s) - 1) * s.step if len(s) else s.start
+        rs = self.results
         line = (
-            f"runs={len(self.results)} seeds={s.start}..{last} "
+            f"runs={len(rs)} seeds={s.start}..{last} "
             f"safety_violations={len(self.safety_failures)} "
             f"liveness_failures={len(self.liveness_failures)} "
-            f"blocks={sum(r.blocks for r in self.results)} "
-            f"virtual_s={sum(r.virtual_ms for r in self.results) / 1000:.1f}"
+            f"blocks={sum(r.blocks for r in rs)} "
+            f"txs={sum(r.txs_committed for r in rs)} "
+            f"validator_changes={sum(r.validator_changes for r in rs)} "
+            f"evidence_committed={sum(r.evidence_committed for r in rs)} "
+            f"virtual_s={sum(r.virtual_ms for r in rs) / 1000:.1f}"
         )
-        failed = [r for r in self.results if not r.ok]
+        failed = [r for r in rs if not r.ok]
         return "\n".join([line, *(r.describe() for r in failed)])
 
 
@@ -202,26 +284,64 @@ def validator_keys(count: int) -> list[PrivateKey]:
     return [PrivateKey(sha256(b"sim-validator-%d" % i)) for i in range(count)]
 
 
+def client_keys() -> list[PrivateKey]:
+    return [PrivateKey(sha256(b"sim-client-%d" % i)) for i in range(CLIENTS)]
+
+
+def _client_record(client: int) -> bytes:
+    """The kvstore key each client's writes go to: its next nonce, then random bytes."""
+    return b"client/%d" % client
+
+
 @dataclass(slots=True)
 class _Node:
+    """One simulated process. `app`, `state`, `states`, `chain` and the WAL stand for its store."""
+
     index: int
     name: str
     key: PrivateKey
     honest: bool
     equivocates: bool
+    app: KVStore
+    state: ChainState
+    verifier: SignatureVerifier
+    scripted: bool = False  # a Byzantine node driven by a scenario script, no machine
     machine: ConsensusMachine | None = None
     crashed: bool = False
     epoch: int = 0
     wal: list[bytes] = field(default_factory=list)
     sign_state: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
     chain: list[tuple[Block, Commit]] = field(default_factory=list)
-    app_hashes: list[bytes] = field(default_factory=lambda: [b""])  # after block i
+    states: list[ChainState] = field(default_factory=list)  # states[h]: after height h
+    committed_evidence: set[bytes] = field(default_factory=set)
+    # In memory only (lost on a crash):
+    evidence: dict[bytes, DuplicateVoteEvidence] = field(default_factory=dict)
+    validated: dict[bytes, ValidatedBlock | BlockInvalid] = field(default_factory=dict)
     pool: list[ProposalReceived | VoteReceived] = field(default_factory=list)
     accepted: set[bytes] = field(default_factory=set)  # signatures its machine accepted
     alternates: dict[Any, ProposalReceived | VoteReceived] = field(default_factory=dict)
 
+    def validators_at(self, height: int) -> ValidatorSet | None:
+        """The set that signed (or signs) `height`, from this node's history."""
+        if 1 <= height <= len(self.states):
+            return self.states[height - 1].validators
+        return None
 
-_INPUT, _GOSSIP, _CRASH, _RESTART, _PARTITION = range(5)
+    def add_evidence(self, evidence: DuplicateVoteEvidence) -> None:
+        key = evidence.hash
+        if key in self.evidence or key in self.committed_evidence:
+            return
+        if len(self.evidence) < EVIDENCE_PENDING_MAX:
+            self.evidence[key] = evidence
+
+    def pending_evidence(self, state: ChainState) -> list[DuplicateVoteEvidence]:
+        """What a block at `state.height` may carry: earlier heights, young enough, bounded."""
+        oldest = state.height - state.params.evidence_age_blocks_max
+        ready = [e for e in self.evidence.values() if oldest <= e.height < state.height]
+        return ready[:BLOCK_EVIDENCE_MAX]
+
+
+_INPUT, _GOSSIP, _CRASH, _RESTART, _PARTITION, _SCRIPT = range(6)
 
 
 class _Simulation:
@@ -234,27 +354,42 @@ class _Simulation:
         faults: Faults,
         byzantine_mode: str | None,
         machine_class: type[ConsensusMachine],
+        equal_power: bool,
     ) -> None:
         assert 0 <= 3 * byzantine < validators or validators == 1
         self.seed = seed
         self.rng = random.Random(seed)
         self.heights = heights
-        self.faults = faults
         self.machine_class = machine_class
         self.keys = validator_keys(validators)
-        self.validators = ValidatorSet.of(Validator(k.public_key, 1) for k in self.keys)
+        self.clients = client_keys()
         self.byzantine_mode = byzantine_mode or self.rng.choice(("equivocate", "twins"))
         if byzantine == 0:
             self.byzantine_mode = "none"
-        bad = set(self.rng.sample(range(validators), byzantine))
-        self.bad_addresses = {self.keys[i].address for i in bad}
+        attack = self.byzantine_mode == "lock-attack"
+        if attack:
+            assert validators == 4 and byzantine == 1
+            faults, equal_power = Faults.lock_attack(), True
+        self.faults = faults
+        powers = self._powers(byzantine, equal_power, attack)
+        self.genesis = Genesis(
+            chain_id=CHAIN_ID,
+            genesis_time_ms=0,
+            validators=tuple(
+                GenesisValidator(f"v{i}", k.public_key, p)
+                for i, (k, p) in enumerate(zip(self.keys, powers, strict=True))
+            ),
+            app="kvstore",
+            app_state={},
+        )
         self.nodes: list[_Node] = []
         for i, key in enumerate(self.keys):
-            equivocates = i in bad and self.byzantine_mode == "equivocate"
-            self.nodes.append(_Node(i, f"v{i}", key, i not in bad, equivocates))
+            honest = i not in self.bad
+            equivocates = not honest and self.byzantine_mode == "equivocate"
+            self._add_node(f"v{i}", key, honest, equivocates, scripted=not honest and attack)
         if self.byzantine_mode == "twins":
-            for i in sorted(bad):
-                self.nodes.append(_Node(len(self.nodes), f"v{i}-twin", self.keys[i], False, False))
+            for i in sorted(self.bad):
+                self._add_node(f"v{i}-twin", self.keys[i], False, False, scripted=False)
         self.queue: list[tuple[int, int, int, int, int, Any]] = []
         self.seq = 0
         self.now = 0
@@ -265,11 +400,53 @@ class _Simulation:
         self.violations: list[str] = []
         self.steps = 0
         self.evidence = 0
+        self.evidence_committed = 0
+        self.txs_committed = 0
+        self.validator_changes = 0
+        self.tx_signatures = 0
+        self.verifications = 0
         self.accepted = 0
         self.restarts = 0
         self.signatures = 0
         self.messages = 0
-        self.schedules = [ProposerSchedule.initial(self.validators)]
+        self.attack = _LockAttack(self) if attack else None
+
+    def _powers(self, byzantine: int, equal_power: bool, attack: bool) -> list[int]:
+        """Pick the Byzantine validators and every validator's power; Byzantine power < 1/3."""
+        n = len(self.keys)
+        if attack:
+            # The script needs the Byzantine validator to propose round 0 at height 1.
+            proposer0 = _initial_proposer(self.keys)
+            self.bad = {i for i, k in enumerate(self.keys) if k.address == proposer0}
+        else:
+            self.bad = set(self.rng.sample(range(n), byzantine))
+        self.bad_addresses = {self.keys[i].address for i in self.bad}
+        if equal_power:
+            return [1] * n
+        powers = [self.rng.randint(1, POWER_MAX) for _ in range(n)]
+        honest = [i for i in range(n) if i not in self.bad]
+        while 3 * sum(powers[i] for i in self.bad) >= sum(powers):
+            powers[self.rng.choice(honest)] += 1
+        return powers
+
+    def _add_node(
+        self, name: str, key: PrivateKey, honest: bool, equivocates: bool, *, scripted: bool
+    ) -> None:
+        app = KVStore.from_genesis(self.genesis)
+        state = ChainState.from_genesis(self.genesis, app.app_hash)
+        node = _Node(
+            len(self.nodes),
+            name,
+            key,
+            honest,
+            equivocates,
+            app,
+            state,
+            SignatureVerifier(threads=0),
+            scripted=scripted,
+        )
+        node.states.append(state)
+        self.nodes.append(node)
 
     # ------------------------------------------------------------ scheduling
 
@@ -316,22 +493,29 @@ class _Simulation:
     # ------------------------------------------------------------ the node
 
     def _new_machine(self, node: _Node) -> ConsensusMachine:
+        validators = self.genesis.validator_set
         return self.machine_class(
             chain_id=CHAIN_ID,
             height=1,
-            validators=self.validators,
-            schedule=self.schedules[0],
+            validators=validators,
+            schedule=ProposerSchedule.initial(validators),
             own_address=node.key.address,
             config=SIM_CONFIG,
         )
 
     def _input(self, node: _Node, event: Event, sender: int) -> None:
+        if node.scripted:
+            assert self.attack is not None
+            self.attack.receive(event)
+            return
         machine = node.machine
         if node.crashed or machine is None:
             return
         node.wal.append(encode_event(event))
         self.steps += 1
         self._perform(node, machine.step(event))
+        if isinstance(event, HeightCommitted):
+            self._check_schedule(node, machine)
 
     def _perform(self, node: _Node, actions: Sequence[Action]) -> None:
         for action in actions:
@@ -353,8 +537,8 @@ class _Simulation:
             event = TimeoutFired(action.height, action.round, action.step)
             self._local(node, event, action.duration_ms)
         elif isinstance(action, ValidateBlock):
-            reason = self._block_error(node, action.block)
-            verdict = BlockValidated(action.block.hash, reason is None, reason or "")
+            valid, reason = self._verdict(node, action.block)
+            verdict = BlockValidated(action.block.hash, valid, reason)
             self._local(node, verdict, self.rng.randint(1, VALIDATION_DELAY_MS_MAX))
         elif isinstance(action, BuildBlock):
             block = self._build(node, action.height)
@@ -362,6 +546,7 @@ class _Simulation:
         elif isinstance(action, Decide):
             self._apply(node, action.block, action.commit)
         elif isinstance(action, ReportEvidence):
+            node.add_evidence(action.evidence)
             self.evidence += 1 if node.honest else 0
             if action.evidence.validator_address not in self.bad_addresses and node.honest:
                 self.violations.append(
@@ -377,7 +562,8 @@ class _Simulation:
         if signed is not None and signed != a.block_hash:
             return  # the sign state refuses: the machine moves on by its timeouts
         node.sign_state[key] = a.block_hash
-        index = self.validators.index_of(node.key.address)
+        assert node.machine is not None
+        index = node.machine.validators.index_of(node.key.address)
         assert index is not None
         vote = Vote.create(node.key, CHAIN_ID, a.type, a.height, a.round, a.block_hash, index)
         self.signatures += 1
@@ -398,7 +584,8 @@ class _Simulation:
         self._note_proposal(proposal, node.key.address)
         self.signatures += 1
         if node.equivocates:
-            alt_block = self._build(node, a.height, corrupt=self.rng.random() < 0.3)
+            corrupt = self.rng.random() < 0.3
+            alt_block = self._build(node, a.height, corrupt=corrupt, txs_min=1)
             alt = Proposal.create(
                 node.key, CHAIN_ID, a.height, a.round, a.pol_round, alt_block.hash
             )
@@ -413,36 +600,125 @@ class _Simulation:
 
     # ------------------------------------------------------------ blocks and the app
 
-    def _context(self, node: _Node) -> BlockContext:
-        height = len(node.chain) + 1
-        last = node.chain[-1] if node.chain else None
-        return BlockContext(
-            chain_id=CHAIN_ID,
-            height=height,
-            last_block_hash=b"" if last is None else last[0].hash,
-            last_commit=None if last is None else last[1],
-            last_block_time_ms=0 if last is None else last[0].header.time_ms,
-            validators=self.validators,
-            next_validators=self.validators,
-            last_validators=self.validators,
-            app_hash=node.app_hashes[-1],
-            last_results_hash=RESULTS_HASH,
-        )
+    def _next_nonce(self, node: _Node, client: int) -> int:
+        """The client's next nonce in the node's committed state (its own nonce record)."""
+        result = node.app.query("key", _client_record(client))
+        return int.from_bytes(result.value[:8], "big") if result.ok else 0
 
-    def _build(self, node: _Node, height: int, corrupt: bool = False) -> Block:
-        context = self._context(node)
-        assert context.height == height
-        txs = [self.rng.randbytes(TX_BYTES) for _ in range(self.rng.randint(0, BLOCK_TXS_MAX))]
+    def _workload(self, node: _Node, txs_min: int) -> list[bytes]:
+        """Signed client transactions for the next block on `node`'s committed state.
+
+        Each client's writes go to its own record, holding its next nonce, so
+        the proposer learns the nonces from its application; a validator
+        change, when drawn, is followed by a write of the same client.
+        """
+        rng = self.rng
+        count = rng.randint(txs_min, BLOCK_TXS_MAX)
+        change = None
+        if count and rng.random() < VALIDATOR_CHANGE_PROBABILITY:
+            change = self._validator_change(node.state)
+        nonces: dict[int, int] = {}
+        txs: list[bytes] = []
+        for _ in range(count):
+            client = rng.randrange(CLIENTS)
+            key = self.clients[client]
+            nonce = nonces.get(client)
+            if nonce is None:
+                nonce = self._next_nonce(node, client)
+            if change is not None:
+                payload = encode(["val", change[0], change[1]])
+                txs.append(Transaction.create(key, CHAIN_ID, nonce, payload).encode())
+                self.tx_signatures += 1
+                nonce += 1
+                change = None
+            value = (nonce + 1).to_bytes(8, "big") + rng.randbytes(VALUE_BYTES)
+            txs.append(set_tx(key, CHAIN_ID, nonce, _client_record(client), value).encode())
+            self.tx_signatures += 1
+            nonces[client] = nonce + 1
+        return txs
+
+    def _validator_change(self, state: ChainState) -> tuple[bytes, int] | None:
+        """One seed-chosen power change for height + 2 that keeps Byzantine power below 1/3."""
+        key = self.rng.choice(self.keys)
+        power = self.rng.randint(0, POWER_MAX)
+        powers = {v.public_key: v.power for v in state.next_validators}
+        if powers.get(key.public_key, 0) == power:
+            return None
+        if power == 0:
+            del powers[key.public_key]
+        else:
+            powers[key.public_key] = power
+        bad = sum(powers.get(self.keys[i].public_key, 0) for i in self.bad)
+        if not powers or 3 * bad >= sum(powers.values()):
+            return None
+        return key.public_key, power
+
+    def _build(self, node: _Node, height: int, *, corrupt: bool = False, txs_min: int = 0) -> Block:
+        state = node.state
+        assert state.height == height, "the machine builds on the committed state"
         block = build_block(
-            context, time_ms=self.now, txs=txs, evidence=(), proposer_address=node.key.address
+            state,
+            self._workload(node, txs_min),
+            time_ms=max(self.now, state.last_block_time_ms + 1),
+            proposer_address=node.key.address,
+            last_commit=node.chain[-1][1] if node.chain else None,
+            evidence=node.pending_evidence(state),
         )
         if corrupt:
-            header = dataclasses.replace(block.header, app_hash=sha256(b"not the state"))
-            block = Block(header, block.txs, block.last_commit, block.evidence)
+            block = self._corrupt(block)
         return block
 
-    def _block_error(self, node: _Node, block: Block) -> str | None:
-        return header_link_error(block, self._context(node))
+    def _corrupt(self, block: Block) -> Block:
+        """An invalid variant: a wrong app hash, or a transaction with a broken signature."""
+        if block.txs and self.rng.random() < 0.5:
+            tx = Transaction.decode(block.txs[0])
+            signature = bytes([tx.signature[0] ^ 1]) + tx.signature[1:]
+            broken = dataclasses.replace(tx, signature=signature).encode()
+            header = dataclasses.replace(
+                block.header, data_hash=data_hash((broken, *block.txs[1:]))
+            )
+            return Block(header, (broken, *block.txs[1:]), block.last_commit, block.evidence)
+        header = dataclasses.replace(block.header, app_hash=sha256(b"not the state"))
+        return Block(header, block.txs, block.last_commit, block.evidence)
+
+    def _validate(self, node: _Node, block: Block) -> ValidatedBlock | BlockInvalid:
+        """The validation core's verdict on the next block, cached for the current height."""
+        cached = node.validated.get(block.hash)
+        if cached is not None:
+            return cached
+        state = node.state
+        proposer = block.header.proposer_address
+        # As the node: a re-proposed block keeps its builder, who must be a
+        # validator of this height; the proposal's signer is the machine's check.
+        expected = proposer if state.validators.index_of(proposer) is not None else b""
+        result: ValidatedBlock | BlockInvalid
+        try:
+            result = validate_block(
+                block,
+                state,
+                node.app,
+                node.verifier,
+                now_ms=self.now,
+                expected_proposer=expected,
+                validators_at=node.validators_at,
+            )
+        except BlockInvalid as e:
+            result = e
+        commit_sigs = 0 if block.last_commit is None else len(block.last_commit.signatures)
+        self.verifications += len(block.txs) + commit_sigs + 2 * len(block.evidence)
+        if len(node.validated) >= VALIDATED_CACHE_BLOCKS_MAX:
+            node.validated.pop(next(iter(node.validated)))
+        node.validated[block.hash] = result
+        return result
+
+    def _verdict(self, node: _Node, block: Block) -> tuple[bool, str]:
+        if block.height < node.state.height:
+            # A replayed request for a height this node has since committed.
+            return node.chain[block.height - 1][0].hash == block.hash, "already committed"
+        result = self._validate(node, block)
+        if isinstance(result, BlockInvalid):
+            return False, result.reason.value
+        return True, ""
 
     def _apply(self, node: _Node, block: Block, commit: Commit) -> None:
         height = block.height
@@ -450,37 +726,67 @@ class _Simulation:
             assert node.chain[height - 1][0].hash == block.hash  # replayed decision
         else:
             assert len(node.chain) == height - 1
+            result = self._validate(node, block)
+            if isinstance(result, BlockInvalid):
+                # The node stops rather than fork (node/consensus_service.py).
+                if node.honest:
+                    self.violations.append(
+                        f"validity: {node.name} decided an invalid block at height {height}: "
+                        f"{result}"
+                    )
+                return
             if node.honest:
-                self._check_commit(node, block, commit)
+                self._check_commit(node, block, commit, result)
+            node.app.commit(result.execution)
+            node.state = next_chain_state(node.state, result)
+            node.states.append(node.state)
             node.chain.append((block, commit))
-            node.app_hashes.append(sha256(node.app_hashes[-1] + block.header.data_hash))
-        self._local(node, HeightCommitted(height, self.validators), 1)
+            node.validated.clear()
+            for ev in block.evidence:
+                node.evidence.pop(ev.hash, None)
+                node.committed_evidence.add(ev.hash)
+        self._local(node, HeightCommitted(height, node.states[height].validators), 1)
 
-    def _schedule_at(self, height: int) -> ProposerSchedule:
-        while len(self.schedules) < height:
-            self.schedules.append(self.schedules[-1].advance(self.validators))
-        return self.schedules[height - 1]
-
-    def _check_commit(self, node: _Node, block: Block, commit: Commit) -> None:
+    def _check_commit(
+        self, node: _Node, block: Block, commit: Commit, validated: ValidatedBlock
+    ) -> None:
         height = block.height
+        state = node.state  # before this block
         first = self.decided.setdefault(height, block.hash)
         if first != block.hash:
             self.violations.append(
                 f"agreement: {node.name} committed {block.hash.hex()[:8]} at height {height}, "
                 f"another honest node committed {first.hex()[:8]}"
             )
-        proposer = self._schedule_at(height).proposer(commit.round).address
+        elif node.name == self._first_committer.setdefault(height, node.name):
+            self.evidence_committed += len(block.evidence)
+            self.txs_committed += len(block.txs)
+            self.validator_changes += len(validated.execution.validator_updates)
+        proposer = state.schedule.proposer(commit.round).address
         signer = self.proposed.get((height, commit.round), {}).get(block.hash)
         if signer != proposer:
             self.violations.append(
                 f"validity: height {height} block {block.hash.hex()[:8]} was not proposed "
                 f"by round {commit.round}'s proposer"
             )
-        reason = self._block_error(node, block)
-        if reason is not None:
-            self.violations.append(f"validity: height {height} committed invalid block: {reason}")
-        if commit.verify(CHAIN_ID, self.validators) is not None:
+        if commit.verify(CHAIN_ID, state.validators) is not None:
             self.violations.append(f"validity: height {height} commit certificate invalid")
+        for ev in block.evidence:
+            if ev.validator_address not in self.bad_addresses:
+                self.violations.append(
+                    f"validity: height {height} carries evidence against honest validator "
+                    f"{ev.validator_address.hex()[:8]}"
+                )
+
+    def _check_schedule(self, node: _Node, machine: ConsensusMachine) -> None:
+        """The machine's rotation and set must be the ChainState's (the node builds from it)."""
+        if machine.height != node.state.height:
+            return
+        if machine.schedule != node.state.schedule:
+            self.violations.append(
+                f"validity: {node.name}'s machine at height {machine.height} has another "
+                f"proposer schedule than its chain state"
+            )
 
     # ------------------------------------------------------------ faults
 
@@ -515,6 +821,8 @@ class _Simulation:
         node.epoch += 1  # timers and pending local events die with the process
         node.pool.clear()
         node.accepted.clear()
+        node.evidence.clear()
+        node.validated.clear()
 
     def _restart(self, node: _Node) -> None:
         if not node.crashed:
@@ -524,6 +832,7 @@ class _Simulation:
         machine = self._new_machine(node)
         node.machine = machine
         due = machine.replay(decode_event(b) for b in node.wal)
+        self._check_schedule(node, machine)
         self._perform(node, due)
         self._push(self.now + GOSSIP_INTERVAL_MS, _GOSSIP, node.index, node.epoch, None)
 
@@ -551,33 +860,46 @@ class _Simulation:
         return all(len(n.chain) >= self.heights for n in self.nodes if n.honest)
 
     def run(self) -> RunResult:
+        self._first_committer: dict[int, str] = {}
         self._plan_faults()
+        if self.attack is not None:
+            self.attack.plan()
         for node in self.nodes:
+            if node.scripted:
+                continue
             node.machine = self._new_machine(node)
             self._local(node, StartHeight(1), self.rng.randint(0, 50))
             self._push(self.rng.randint(1, GOSSIP_INTERVAL_MS), _GOSSIP, node.index, 0, None)
         deadline = self.heal_ms + LIVENESS_BOUND_MS
-        while (
-            self.queue and not self.violations and not (self._done() and self.now >= self.heal_ms)
-        ):
-            at, _, kind, index, epoch, payload = heapq.heappop(self.queue)
-            if at > deadline:
-                break
-            self.now = at
-            node = self.nodes[index]
-            if kind == _PARTITION:
-                self.partition = payload
-            elif kind == _CRASH:
-                self._crash(node)
-            elif kind == _RESTART:
-                self._restart(node)
-            elif epoch != -1 and epoch != node.epoch:
-                continue  # a timer or local result from before a crash
-            elif kind == _GOSSIP:
-                self._gossip(node)
-            else:
-                event, sender = payload
-                self._input(node, event, sender)
+        try:
+            while (
+                self.queue
+                and not self.violations
+                and not (self._done() and self.now >= self.heal_ms)
+            ):
+                at, _, kind, index, epoch, payload = heapq.heappop(self.queue)
+                if at > deadline:
+                    break
+                self.now = at
+                node = self.nodes[index]
+                if kind == _PARTITION:
+                    self.partition = payload
+                elif kind == _CRASH:
+                    self._crash(node)
+                elif kind == _RESTART:
+                    self._restart(node)
+                elif kind == _SCRIPT:
+                    payload()
+                elif epoch != -1 and epoch != node.epoch:
+                    continue  # a timer or local result from before a crash
+                elif kind == _GOSSIP:
+                    self._gossip(node)
+                else:
+                    event, sender = payload
+                    self._input(node, event, sender)
+        finally:
+            for node in self.nodes:
+                node.verifier.close()
         return self._result()
 
     def _result(self) -> RunResult:
@@ -591,12 +913,14 @@ class _Simulation:
         reports = []
         for n in self.nodes:
             m = n.machine
+            member = n.state.validators.index_of(n.key.address)
             reports.append(
                 NodeReport(
                     n.name,
                     n.honest,
                     n.crashed,
                     len(n.chain),
+                    0 if member is None else n.state.validators[member].power,
                     m.height if m else 0,
                     m.round if m else 0,
                     m.current_step.name if m else "-",
@@ -617,9 +941,118 @@ class _Simulation:
             self.messages,
             self.accepted,
             self.evidence,
+            self.evidence_committed,
+            self.txs_committed,
+            self.validator_changes,
+            self.tx_signatures,
+            self.verifications,
             self.restarts,
             sha256(b"".join(b.hash for n in self.nodes if n.honest for b, _ in n.chain)),
             tuple(reports),
+        )
+
+
+def _initial_proposer(keys: Sequence[PrivateKey]) -> bytes:
+    """Round 0's proposer at height 1 when every key has power 1."""
+    genesis_set = ValidatorSet.of(Validator(k.public_key, 1) for k in keys)
+    return ProposerSchedule.initial(genesis_set).proposer(0).address
+
+
+class _LockAttack:
+    """A scripted Byzantine proposer and voter, x, and partitions that put the lock to work.
+
+    Roles at height 1 (power 1 each, quorum 3 of 4): x proposes round 0, d
+    proposes round 1, b and c are the other two (in seed order).
+
+    - Until ATTACK_SPLIT_MS the honest nodes are split {b, c} | {d}; x reaches
+      everyone. At ATTACK_PROPOSE_MS x proposes block A to b and c and block
+      A2 to d, and prevotes for each its block: b and c see a polka for A,
+      lock on A and precommit it (Algorithm 1, lines 36-43); d prevotes A2 and
+      never holds A (one proposal per round), so it sets no valid value.
+    - At ATTACK_NIL_PRECOMMIT_MS x precommits nil to all: b and c hold 2f + 1
+      precommits and go to round 1 (lines 47-48, 65-67) without deciding.
+    - From ATTACK_SPLIT_MS the split is {b} | {c, d}. Gossip from c takes d out
+      of round 0, and d, round 1's proposer with no valid value, proposes a
+      new block B. At ATTACK_DECIDE_MS x sends b its precommit for A: b holds
+      x's, b's and c's precommits for A and decides A (lines 49-54).
+    - On d's proposal x prevotes and precommits B to c and d. c is locked on
+      A, so line 23 makes it prevote nil and B gets x's and d's votes only. A
+      machine that ignores its lock prevotes B; x, c and d then commit B, and
+      the checker reports two honest nodes committing different blocks.
+    - At ATTACK_HEAL_MS the network heals; x stays silent from then on, which
+      the three honest validators' 3 of 4 power tolerates.
+    """
+
+    def __init__(self, sim: _Simulation) -> None:
+        self.sim = sim
+        schedule = sim.nodes[0].state.schedule
+        by_address = {n.key.address: n for n in sim.nodes}
+        self.x = by_address[schedule.proposer(0).address]
+        self.d = by_address[schedule.proposer(1).address]
+        others = [n for n in sim.nodes if n is not self.x and n is not self.d]
+        sim.rng.shuffle(others)
+        self.b, self.c = others
+        self.block_a: Block | None = None
+        self.answered = False
+
+    def plan(self) -> None:
+        sim = self.sim
+        x, b, c, d = (n.index for n in (self.x, self.b, self.c, self.d))
+        sim._push(0, _PARTITION, 0, 0, [{x, b, c}, {x, d}])
+        sim._push(ATTACK_SPLIT_MS, _PARTITION, 0, 0, [{x, c, d}, {x, b}])
+        sim._push(ATTACK_HEAL_MS, _PARTITION, 0, 0, None)
+        sim.heal_ms = max(sim.heal_ms, ATTACK_HEAL_MS)
+        sim._push(ATTACK_PROPOSE_MS, _SCRIPT, x, 0, self._propose)
+        sim._push(ATTACK_NIL_PRECOMMIT_MS, _SCRIPT, x, 0, self._precommit_nil)
+        sim._push(ATTACK_DECIDE_MS, _SCRIPT, x, 0, self._precommit_a)
+
+    def _vote(self, vote_type: VoteType, round: int, block_hash: bytes) -> VoteReceived:
+        x = self.x
+        index = x.state.validators.index_of(x.key.address)
+        assert index is not None
+        self.sim.signatures += 1
+        return VoteReceived(Vote.create(x.key, CHAIN_ID, vote_type, 1, round, block_hash, index))
+
+    def _send(self, targets: Sequence[_Node], *messages: Event) -> None:
+        for to in targets:
+            for message in messages:
+                self.sim._send(self.x, to, message)
+
+    def _propose(self) -> None:
+        sim, x = self.sim, self.x
+        block_a = sim._build(x, 1, txs_min=1)
+        block_a2 = sim._build(x, 1, txs_min=1)
+        assert block_a.hash != block_a2.hash
+        self.block_a = block_a
+        for block, targets in ((block_a, (self.b, self.c)), (block_a2, (self.d,))):
+            proposal = Proposal.create(x.key, CHAIN_ID, 1, 0, -1, block.hash)
+            sim._note_proposal(proposal, x.key.address)
+            sim.signatures += 1
+            prevote = self._vote(VoteType.PREVOTE, 0, block.hash)
+            self._send(targets, ProposalReceived(proposal, block), prevote)
+
+    def _precommit_nil(self) -> None:
+        self._send((self.b, self.c, self.d), self._vote(VoteType.PRECOMMIT, 0, b""))
+
+    def _precommit_a(self) -> None:
+        assert self.block_a is not None
+        self._send((self.b,), self._vote(VoteType.PRECOMMIT, 0, self.block_a.hash))
+
+    def receive(self, event: Event) -> None:
+        """x's only reaction: vote for round 1's fresh proposal, to c and d."""
+        if self.answered or not isinstance(event, ProposalReceived):
+            return
+        proposal = event.proposal
+        if (proposal.height, proposal.round) != (1, 1):
+            return
+        if event.block.header.proposer_address != self.d.key.address:
+            return
+        self.answered = True
+        block_hash = proposal.block_hash
+        self._send(
+            (self.c, self.d),
+            self._vote(VoteType.PREVOTE, 1, block_hash),
+            self._vote(VoteType.PRECOMMIT, 1, block_hash),
         )
 
 
@@ -638,8 +1071,22 @@ def simulate(
     faults: Faults | None = None,
     byzantine_mode: str | None = None,
     machine_class: type[ConsensusMachine] = ConsensusMachine,
+    equal_power: bool = False,
 ) -> RunResult:
-    """One run. `byzantine_mode` is "equivocate" or "twins" (None: chosen by the seed)."""
+    """One run.
+
+    `byzantine_mode` is one of MODES (None: "equivocate" or "twins", chosen by
+    the seed); "lock-attack" needs 4 validators and 1 Byzantine and brings
+    its own faults and equal powers. `equal_power` gives every validator power
+    1 instead of seed-chosen powers. Raises ValueError for a cluster that
+    breaks n > 3f or an unknown mode.
+    """
+    if validators < 1 or not (0 <= 3 * byzantine < validators or validators == 1):
+        raise ValueError("need validators >= 1 and 3 * byzantine < validators")
+    if byzantine_mode is not None and byzantine_mode not in MODES:
+        raise ValueError(f"unknown mode {byzantine_mode!r}, expected one of {', '.join(MODES)}")
+    if byzantine_mode == "lock-attack" and (validators, byzantine) != (4, 1):
+        raise ValueError("lock-attack runs 4 validators with 1 Byzantine")
     sim = _Simulation(
         seed,
         validators,
@@ -648,6 +1095,7 @@ def simulate(
         Faults() if faults is None else faults,
         byzantine_mode,
         machine_class,
+        equal_power,
     )
     return sim.run()
 
@@ -661,6 +1109,7 @@ def run_batch(
     *,
     byzantine_mode: str | None = None,
     machine_class: type[ConsensusMachine] = ConsensusMachine,
+    equal_power: bool = False,
 ) -> BatchResult:
     """One run per seed; see BatchResult.summary() for the one-line report."""
     results = tuple(
@@ -672,6 +1121,7 @@ def run_batch(
             faults=faults,
             byzantine_mode=byzantine_mode,
             machine_class=machine_class,
+            equal_power=equal_power,
         )
         for seed in seeds
     )
@@ -689,10 +1139,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-start", type=int, default=0)
     parser.add_argument("--heights", type=int, default=5, help="target height per run")
     parser.add_argument("--no-faults", action="store_true", help="no drops, partitions, crashes")
-    parser.add_argument("--mode", choices=("equivocate", "twins"), default=None)
+    parser.add_argument("--mode", choices=MODES, default=None)
+    parser.add_argument("--equal-power", action="store_true", help="power 1 for every validator")
     args = parser.parse_args(argv)
     if args.validators < 1 or not 0 <= 3 * args.byzantine < args.validators:
         parser.error("need validators >= 1 and 3 * byzantine < validators")
+    if args.mode == "lock-attack" and (args.validators, args.byzantine) != (4, 1):
+        parser.error("--mode lock-attack needs --validators 4 --byzantine 1")
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     batch = run_batch(
         args.validators,
@@ -701,6 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
         args.heights,
         Faults.none() if args.no_faults else Faults(),
         byzantine_mode=args.mode,
+        equal_power=args.equal_power,
     )
     print(batch.summary())
     return 0 if batch.ok else 1

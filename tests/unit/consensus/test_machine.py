@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from consensus.apps.kvstore import KVStore, set_tx
 from consensus.crypto import PrivateKey, sha256
 from consensus.events import (
     Action,
@@ -18,6 +21,7 @@ from consensus.events import (
     BuildBlock,
     CommitReceived,
     Decide,
+    Event,
     HeightCommitted,
     Misbehaviour,
     ProposalReceived,
@@ -34,22 +38,40 @@ from consensus.events import (
     encode_event,
 )
 from consensus.machine import ConsensusConfig, ConsensusMachine
-from consensus.proposer import BlockContext, ProposerSchedule, build_block, header_link_error
+from consensus.proposer import ProposerSchedule
+from consensus.sigverify import SignatureVerifier
+from consensus.state import ChainState
 from consensus.types import (
     Block,
     Commit,
     CommitSig,
+    Genesis,
+    GenesisValidator,
     Proposal,
-    Validator,
-    ValidatorSet,
     Vote,
     VoteType,
+)
+from consensus.validation import (
+    BlockInvalid,
+    Reason,
+    build_block,
+    next_chain_state,
+    validate_block,
 )
 
 CHAIN = "machine-test"
 KEYS = [PrivateKey(sha256(b"machine-key-%d" % i)) for i in range(4)]
-VALIDATORS = ValidatorSet.of(Validator(k.public_key, 1) for k in KEYS)
+GENESIS = Genesis(
+    CHAIN,
+    0,
+    tuple(GenesisValidator(f"v{i}", k.public_key, 1) for i, k in enumerate(KEYS)),
+    "kvstore",
+    {},
+)
+VALIDATORS = GENESIS.validator_set
 SCHEDULE = ProposerSchedule.initial(VALIDATORS)
+# The chain before height 1 (the kvstore app's genesis hash is only a header field here).
+STATE = ChainState.from_genesis(GENESIS, KVStore.from_genesis(GENESIS).app_hash)
 KEY_OF = {k.address: k for k in KEYS}
 PREVOTE, PRECOMMIT = VoteType.PREVOTE, VoteType.PRECOMMIT
 DEFAULT_CONFIG = ConsensusConfig()
@@ -64,21 +86,14 @@ def non_proposer_key(rounds: range) -> PrivateKey:
     return next(k for k in KEYS if k.address not in proposers)
 
 
-def make_block(tag: bytes, height: int = 1) -> Block:
-    context = BlockContext(
-        chain_id=CHAIN,
-        height=height,
-        last_block_hash=b"",
-        last_commit=None,
-        last_block_time_ms=0,
-        validators=VALIDATORS,
-        next_validators=VALIDATORS,
-        last_validators=VALIDATORS,
-        app_hash=b"",
-        last_results_hash=sha256(b""),
-    )
+def make_block(tag: bytes) -> Block:
+    """A height-1 block from the validation core's builder; `tag` makes it distinct.
+
+    The machine never looks inside a block (validity is the node's verdict,
+    fed back as BlockValidated), so the tag need not be a real transaction.
+    """
     return build_block(
-        context, time_ms=1000, txs=[tag], evidence=[], proposer_address=KEYS[0].address
+        STATE, [tag], time_ms=1000, proposer_address=KEYS[0].address, last_commit=None
     )
 
 
@@ -517,7 +532,7 @@ def test_replay_rebuilds_state_and_returns_current_height_actions() -> None:
 def test_events_round_trip_through_canonical_encoding() -> None:
     """Every event kind encodes and decodes to an equal value."""
     commit = Commit(1, 0, A.hash, (CommitSig(0, b"\x01" * 64),))
-    events = [
+    events: list[Event] = [
         proposal(0, A),
         vote(KEYS[0], PRECOMMIT, 2, A.hash),
         TimeoutFired(3, 4, Step.PREVOTE),
@@ -531,42 +546,43 @@ def test_events_round_trip_through_canonical_encoding() -> None:
         assert decode_event(encode_event(e)) == e
 
 
-def test_build_block_links_to_previous_and_checks_pass() -> None:
-    """build_block's header passes header_link_error for its context; a changed field fails it."""
-    assert header_link_error(A, _context1()) is None
-    context2 = BlockContext(
-        chain_id=CHAIN,
-        height=2,
-        last_block_hash=A.hash,
-        last_commit=decided_harness(non_proposer_key(range(1)))[1].commit,
-        last_block_time_ms=A.header.time_ms,
-        validators=VALIDATORS,
-        next_validators=VALIDATORS,
-        last_validators=VALIDATORS,
-        app_hash=sha256(b"state-1"),
-        last_results_hash=sha256(b""),
-    )
-    b2 = build_block(context2, time_ms=5, txs=[b"t"], evidence=[], proposer_address=KEYS[1].address)
-    assert b2.header.time_ms == A.header.time_ms + 1
-    assert header_link_error(b2, context2) is None
-    wrong = BlockContext(**{**_fields(context2), "app_hash": sha256(b"other")})
-    assert header_link_error(b2, wrong) == "app_hash mismatch"
+def test_decided_certificate_links_the_next_block_in_the_validation_core() -> None:
+    """The machine's Decide certificate, carried by the next block, passes validate_block.
 
-
-def _context1() -> BlockContext:
-    return BlockContext(
-        chain_id=CHAIN,
-        height=1,
-        last_block_hash=b"",
-        last_commit=None,
-        last_block_time_ms=0,
-        validators=VALIDATORS,
-        next_validators=VALIDATORS,
-        last_validators=VALIDATORS,
-        app_hash=b"",
-        last_results_hash=sha256(b""),
-    )
-
-
-def _fields(c: BlockContext) -> dict[str, Any]:
-    return {name: getattr(c, name) for name in c.__slots__}  # type: ignore[attr-defined]
+    Height 1 is built and checked by the validation core with a real kvstore
+    transaction, decided by the machine, applied, and height 2 is built on the
+    resulting ChainState with the machine's Commit as last_commit: it validates,
+    the machine's next schedule equals the chain state's, and the same block
+    with a certificate cut below 2f+1 is rejected.
+    """
+    me = non_proposer_key(range(1))
+    app = KVStore.from_genesis(GENESIS)
+    tx = set_tx(PrivateKey(sha256(b"client")), CHAIN, 0, b"k", b"v").encode()
+    proposer = proposer_key(0).address
+    block1 = build_block(STATE, [tx], time_ms=1000, proposer_address=proposer, last_commit=None)
+    with SignatureVerifier(threads=0) as verifier:
+        checked = validate_block(
+            block1, STATE, app, verifier, now_ms=1000, expected_proposer=proposer
+        )
+        h = Harness(me)
+        h.start()
+        h.valid_proposal(0, block1)
+        actions = h.votes(others(me), PRECOMMIT, 0, block1.hash)
+        commit = next(a for a in actions if isinstance(a, Decide)).commit
+        app.commit(checked.execution)
+        state2 = next_chain_state(STATE, checked)
+        h.feed(HeightCommitted(1, state2.validators))
+        assert h.machine.schedule == state2.schedule
+        proposer2 = state2.schedule.proposer(0).address
+        block2 = build_block(
+            state2, [], time_ms=2000, proposer_address=proposer2, last_commit=commit
+        )
+        validated = validate_block(
+            block2, state2, app, verifier, now_ms=2000, expected_proposer=proposer2
+        )
+        assert validated.block_hash == block2.hash
+        weak = Commit(1, commit.round, commit.block_hash, commit.signatures[:2])
+        cut = build_block(state2, [], time_ms=2000, proposer_address=proposer2, last_commit=weak)
+        with pytest.raises(BlockInvalid) as info:
+            validate_block(cut, state2, app, verifier, now_ms=2000, expected_proposer=proposer2)
+        assert info.value.reason is Reason.LAST_COMMIT_NO_QUORUM
