@@ -52,8 +52,9 @@ __all__ = [
 CACHE_ENTRIES_MAX = 200_000
 
 # Signatures per queue entry: large enough that queue operations are noise
-# next to 53 us of verification each, small enough that the pass ends evenly.
-CHUNK_ITEMS = 16
+# next to 54 us of verification each, small enough that the pass ends evenly
+# (the last chunk of a pass is at most 8 * 54 us of work on one core).
+CHUNK_ITEMS = 8
 
 _ffi = cffi.FFI()
 _ffi.cdef(
@@ -93,6 +94,10 @@ class SignatureCache:
     def get(self, tx_id: bytes) -> CachedTx | None:
         return self._entries.get(tx_id)
 
+    def get_many(self, tx_ids: Iterable[bytes]) -> list[CachedTx | None]:
+        """`get` for each id, in one C-level pass (the block validation hot path)."""
+        return list(map(self._entries.get, tx_ids))
+
     def add(self, tx_id: bytes, entry: CachedTx) -> None:
         with self._lock:
             self._entries[tx_id] = entry
@@ -120,10 +125,18 @@ class SignatureCache:
 class VerifyPass:
     """One parallel verification pass, fed while it runs.
 
-    The caller `submit`s chunks, calls `help` between its own steps (it then
-    verifies a chunk itself if the pool has enough queued), and `finish`es,
-    which returns the tags of the items that failed. Always `finish`, also on
-    error paths: the pool threads wait on this pass until then.
+    The caller `submit`s items as it produces them, calls `help` between its
+    own steps, and `finish`es, which returns the tags of the items that
+    failed. Always `finish`, also on error paths: the pool threads wait on
+    this pass until then.
+
+    Why `help` paces itself: a pool thread needs the GIL for a moment between
+    two verifications, and the only time the caller lets go of the GIL is
+    inside a verification of its own. So the caller verifies one item between
+    its steps (short Python bursts, the pool never waits long), but only
+    while the queued work would outlast its remaining steps; past that point
+    the pool alone keeps the cores busy, and the caller finishes its Python
+    work instead of leaving the pool idle at the end.
     """
 
     __slots__ = (
@@ -131,6 +144,7 @@ class VerifyPass:
         "_done",
         "_done_lock",
         "_finished",
+        "_mine",
         "_queue",
         "_submitted",
         "_threads",
@@ -145,24 +159,38 @@ class VerifyPass:
         self._closed = False
         self._done_lock = threading.Lock()
         self._finished = threading.Event()
+        self._mine: list[SigItem] = []  # a chunk the caller took and verifies one by one
         self.failed: list[int] = []
         verifier._start(self)
 
     def submit(self, items: list[SigItem]) -> None:
         assert not self._closed
+        put = self._queue.put
         for start in range(0, len(items), CHUNK_ITEMS):
             self._submitted += 1
-            self._queue.put(items[start : start + CHUNK_ITEMS])
+            put(items[start : start + CHUNK_ITEMS])
 
-    def help(self) -> None:
-        """Verify one chunk here if more are queued than the pool threads can hold."""
-        if self._queue.qsize() > self._threads:
+    def help(self, steps_left: int, items_to_come: int = 0) -> None:
+        """Verify one item here if the queue (plus `items_to_come`) outlasts `steps_left`.
+
+        `steps_left` is how many more steps of its own work the caller has,
+        `items_to_come` how many more items it expects to submit.
+        """
+        mine = self._mine
+        if not mine:
+            if self._queue.qsize() * CHUNK_ITEMS + items_to_come < steps_left:
+                return
             try:
                 chunk = self._queue.get_nowait()
             except queue.Empty:
                 return
-            assert chunk is not None
-            self.run_chunk(chunk)
+            assert chunk is not None, "end markers are only queued by finish"
+            mine = self._mine = chunk[::-1]  # popped from the end, so in submission order
+        tag, pk, msg, sig = mine.pop()
+        if _verify_detached(sig, msg, len(msg), pk) != 0:
+            self.failed.append(tag)
+        if not mine:
+            self._chunk_done()
 
     def run_chunk(self, chunk: list[SigItem]) -> None:
         verify = _verify_detached
@@ -170,6 +198,9 @@ class VerifyPass:
         for tag, pk, msg, sig in chunk:
             if verify(sig, msg, len(msg), pk) != 0:
                 failed.append(tag)
+        self._chunk_done()
+
+    def _chunk_done(self) -> None:
         with self._done_lock:
             self._done += 1
             if self._closed and self._done == self._submitted:
@@ -182,6 +213,9 @@ class VerifyPass:
 
     def finish(self) -> set[int]:
         """Close, verify what is still queued here, wait for the pool; the failed tags."""
+        if self._mine:
+            mine, self._mine = self._mine[::-1], []
+            self.run_chunk(mine)
         with self._done_lock:
             self._closed = True
             if self._done == self._submitted:

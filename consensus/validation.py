@@ -18,6 +18,9 @@ block makes this raise `BlockInvalid` and nothing else.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import operator
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,7 +31,7 @@ from consensus import merkle
 from consensus.app import Application, BlockExecution, ValidatorUpdate, results_hash
 from consensus.codec import DecodeError, encode
 from consensus.crypto import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
-from consensus.sigverify import CHUNK_ITEMS, SigItem, SignatureVerifier, VerifyPass
+from consensus.sigverify import CHUNK_ITEMS, CachedTx, SigItem, SignatureVerifier, VerifyPass
 from consensus.state import ChainState
 from consensus.types import (
     TAG_TX,
@@ -420,14 +423,33 @@ def _validators_at(
 # ---------------------------------------------------------------- the parallel pass
 
 
+# Transactions per prepared chunk: as many as one verification queue entry
+# while transactions need verifying (the caller's Python bursts stay short,
+# so the pool rarely waits for the GIL); doubling up to the maximum along a
+# run of cached transactions, where per-chunk overhead is all there is.
+CHUNK_TXS_MIN = CHUNK_ITEMS
+CHUNK_TXS_MAX = 1024
+# Chunks prepared before their transactions are fed to the application, so
+# the pool has signatures queued before the caller's first step.
+CHUNKS_AHEAD = 2
+assert CHUNK_TXS_MIN & (CHUNK_TXS_MIN - 1) == 0 and CHUNK_TXS_MAX % CHUNK_TXS_MIN == 0
+
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
+_third = operator.itemgetter(2)
+
+
 class _Stream:
     """Feeds the application decoded transactions while queueing their signatures.
 
-    Per chunk of CHUNK_ITEMS transactions: hash each (its id), take it from
-    the cache or decode it, hash its Merkle leaf, queue the signatures of the
-    ones not cached, fold the chunk's Merkle subtree, and let the caller's
-    thread verify a queued chunk. A power-of-two chunk makes the subtree roots
-    exactly the nodes of the RFC 6962 tree one level up.
+    Per chunk: hash each transaction (its id), take the chunk from the cache
+    if every transaction in it was verified at admission, else decode it
+    (one canonical re-encoding for the whole chunk), queue the signatures of
+    the ones not cached, and fold the chunk's Merkle subtree. Chunks are
+    powers of two aligned on their size, so each chunk's root is a node of
+    the RFC 6962 tree; `data_root` joins them. Between the application's
+    steps the caller's thread verifies a queued signature when it should
+    (VerifyPass.help).
     """
 
     def __init__(
@@ -435,74 +457,192 @@ class _Stream:
     ) -> None:
         self.raw = block.txs
         self.chain_id = chain_id
-        self.cache_get = verifier.cache.get
+        self.get_many = verifier.cache.get_many
         self.vpass = vpass
         # Sign bytes of a canonical tx are this prefix plus the tx's encoding
         # without its array marker and signature field (see tx_sign_bytes).
         self.sign_prefix = b"\x95" + encode(TAG_TX) + encode(chain_id)
         self.ids: list[bytes] = []
         self.txs: list[Transaction] = []
-        self.subtree_roots: list[bytes] = []
+        self.peaks: list[tuple[int, bytes]] = []  # (leaves, root) of complete aligned subtrees
+        self.tail_root: bytes | None = None  # root of a last, incomplete chunk
         self.malformed: tuple[int, str] | None = None
+        self.next = 0  # first transaction not prepared yet
+        self.size = CHUNK_TXS_MIN
+        self.misses = 0  # transactions prepared that needed verifying
+
+    def data_root(self) -> bytes:
+        """The Merkle root of every transaction, from the chunks' subtree roots."""
+        assert self.next == len(self.raw) and self.malformed is None
+        peaks = self.peaks
+        if self.tail_root is None:
+            if not peaks:
+                return merkle.root_from_leaf_hashes([])
+            node = peaks[-1][1]
+            peaks = peaks[:-1]
+        else:
+            node = self.tail_root
+        for _, root in reversed(peaks):
+            node = _sha256(b"\x01" + root + node).digest()
+        return node
 
     def __iter__(self) -> Iterator[Transaction]:
-        raw = self.raw
-        cache_get = self.cache_get
+        n = len(self.raw)
+        prepare = self._prepare
+        ready: deque[tuple[list[Transaction], bool]] = deque()
+        while len(ready) < CHUNKS_AHEAD and (chunk := prepare()) is not None:
+            ready.append(chunk)
+        help_ = self.vpass.help
+        steps_left = n
+        while ready:
+            txs, cached = ready.popleft()
+            if (chunk := prepare()) is not None:
+                ready.append(chunk)
+            to_come = (n - self.next) * self.misses // max(self.next, 1)
+            if cached:
+                help_(steps_left, to_come)
+                yield from txs
+                steps_left -= len(txs)
+                continue
+            for tx in txs:
+                yield tx
+                steps_left -= 1
+                help_(steps_left, to_come)
+
+    def _prepare(self) -> tuple[list[Transaction], bool] | None:
+        """Hash, look up or decode, and queue the next chunk; None at the end or when malformed."""
+        start = self.next
+        if start >= len(self.raw) or self.malformed is not None:
+            return None
+        size = self.size
+        chunk = self.raw[start : start + size]
+        sha256 = _sha256
+        ids = [sha256(t).digest() for t in chunk]
+        hits = self.get_many(ids)
+        try:
+            chains = set(map(_first, hits))  # type: ignore[arg-type]
+        except TypeError:  # a None: not every tx is cached
+            chains = set()
+        cached = chains == {self.chain_id}
+        if cached:
+            txs: list[Transaction] = list(map(_second, hits))  # type: ignore[arg-type]
+            leaves: list[bytes] = list(map(_third, hits))  # type: ignore[arg-type]
+        else:
+            txs, leaves = self._decode(chunk, start, hits)
+        self.ids += ids
+        self.txs += txs
+        self.next = start + len(chunk)
+        if self.malformed is not None:
+            return txs, False
+        if len(chunk) == size:
+            self._push(size, _subtree_root(leaves))
+        else:
+            self.tail_root = _subtree_root(leaves)
+        following = self.next
+        self.size = (
+            min(2 * size, CHUNK_TXS_MAX, following & -following) if cached else CHUNK_TXS_MIN
+        )
+        return txs, cached
+
+    def _push(self, size: int, root: bytes) -> None:
+        peaks = self.peaks
+        while peaks and peaks[-1][0] == size:
+            _, left = peaks.pop()
+            root = _sha256(b"\x01" + left + root).digest()
+            size *= 2
+        peaks.append((size, root))
+
+    def _decode(
+        self, chunk: Sequence[bytes], start: int, hits: list[CachedTx | None]
+    ) -> tuple[list[Transaction], list[bytes]]:
+        """Decode a chunk that is not all cached and queue the signatures it needs verified."""
+        objs = _decode_chunk(chunk)
+        if objs is None:
+            return self._decode_slowly(chunk, start, hits)
         chain_id = self.chain_id
         prefix = self.sign_prefix
-        vpass = self.vpass
+        pks, _, _, sigs = zip(*objs, strict=True)
+        end = start + len(chunk)
+        if set(map(_first, filter(None, hits))) == {chain_id}:
+            # Some cached: verify only the others.
+            items: list[SigItem] = [
+                (i, pks[k], prefix + chunk[k][1:-_SIG_FIELD_BYTES], sigs[k])
+                for k, (i, hit) in enumerate(zip(range(start, end), hits, strict=True))
+                if hit is None
+            ]
+        else:
+            msgs = [prefix + t[1:-_SIG_FIELD_BYTES] for t in chunk]
+            items = list(zip(range(start, end), pks, msgs, sigs, strict=True))
+        self.misses += len(items)
+        self.vpass.submit(items)
         sha256 = _sha256
-        for start in range(0, len(raw), CHUNK_ITEMS):
-            chunk = raw[start : start + CHUNK_ITEMS]
-            ids = [sha256(t).digest() for t in chunk]
-            hits = list(map(cache_get, ids))
-            if None not in hits and all(h[0] == chain_id for h in hits):  # type: ignore[index]
-                # All admitted through the mempool: nothing to decode or verify.
-                cached = [h[1] for h in hits]  # type: ignore[index]
-                self.ids += ids
-                self.txs += cached
-                self.subtree_roots.append(_subtree_root([h[2] for h in hits]))  # type: ignore[index]
-                vpass.help()
-                yield from cached
-                continue
-            leaves: list[bytes] = []
-            decoded: list[Transaction] = []
-            items: list[SigItem] = []
-            fresh: list[bytes] = []  # decoded here: their canonical form is checked at once
-            fresh_objs: list[tuple[object, ...]] = []
-            index = start
-            for t, tx_id in zip(chunk, ids, strict=True):
-                hit = cache_get(tx_id)
-                if hit is not None and hit[0] == chain_id:
-                    decoded.append(hit[1])
-                    leaves.append(hit[2])
-                    index += 1
-                    continue
-                o = _decode_shape(t)
-                if o is None:
-                    self.malformed = (index, _decode_error(t))
-                    break
-                tx = Transaction(o[0], o[1], o[2], o[3])
-                decoded.append(tx)
-                fresh.append(t)
-                fresh_objs.append(o)
-                leaves.append(sha256(b"\x00" + t).digest())
-                items.append((index, tx.sender, prefix + t[1:-_SIG_FIELD_BYTES], tx.signature))
-                index += 1
-            if fresh and not _all_canonical(fresh_objs, fresh):
-                index = _first_non_canonical(chunk, start)
-                self.malformed = (index, "non-canonical encoding")
-                del decoded[index - start :]
-            if items:
-                vpass.submit(items)
-            self.ids += ids
-            self.txs += decoded
-            if self.malformed is not None:
-                yield from decoded
-                return
-            self.subtree_roots.append(_subtree_root(leaves))
-            vpass.help()
-            yield from decoded
+        return (
+            list(itertools.starmap(Transaction, objs)),
+            [sha256(b"\x00" + t).digest() for t in chunk],
+        )
+
+    def _decode_slowly(
+        self, chunk: Sequence[bytes], start: int, hits: list[CachedTx | None]
+    ) -> tuple[list[Transaction], list[bytes]]:
+        """One transaction at a time up to the first malformed one, which is recorded."""
+        chain_id = self.chain_id
+        prefix = self.sign_prefix
+        txs: list[Transaction] = []
+        items: list[SigItem] = []
+        for k, t in enumerate(chunk):
+            tx = _decode_tx(t)
+            if tx is None:
+                self.malformed = (start + k, _decode_error(t))
+                break
+            txs.append(tx)
+            hit = hits[k]
+            if hit is None or hit[0] != chain_id:
+                items.append((start + k, tx.sender, prefix + t[1:-_SIG_FIELD_BYTES], tx.signature))
+        assert self.malformed is not None, "a chunk that failed to decode has a malformed tx"
+        self.misses += len(items)
+        self.vpass.submit(items)
+        return txs, []
+
+
+def _decode_chunk(chunk: Sequence[bytes]) -> list[tuple[bytes, int, bytes, bytes]] | None:
+    """Each transaction's four fields if every one is a canonical transaction, else None.
+
+    One re-encoding for the chunk instead of one per transaction: each decoded
+    value's canonical form is its shortest encoding, so the concatenations can
+    only be equal if every transaction is exactly canonical. The shape checks
+    run column by column in C (set, map, min, max), not per transaction.
+    """
+    if max(map(len, chunk)) > TX_BYTES_MAX:
+        return None
+    unpackb = _unpackb
+    try:
+        objs = [unpackb(t, use_list=False) for t in chunk]
+    except Exception:  # msgpack raises many types on hostile input
+        return None
+    if set(map(type, objs)) != {tuple} or set(map(len, objs)) != {4}:
+        return None
+    pks, nonces, payloads, sigs = zip(*objs, strict=True)
+    if not (
+        set(map(type, pks)) == _BYTES
+        and set(map(len, pks)) == {PUBLIC_KEY_BYTES}
+        and set(map(type, nonces)) == _INT
+        and min(nonces) >= 0
+        and max(nonces) <= _NONCE_MAX
+        and set(map(type, payloads)) == _BYTES
+        and max(map(len, payloads)) <= TX_PAYLOAD_BYTES_MAX
+        and set(map(type, sigs)) == _BYTES
+        and set(map(len, sigs)) == {SIGNATURE_BYTES}
+    ):
+        return None
+    n = len(objs)
+    header = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    if _pack(objs) != header + b"".join(chunk):
+        return None
+    return objs
+
+
+_BYTES = {bytes}
+_INT = {int}
 
 
 def _subtree_root(level: list[bytes]) -> bytes:
@@ -516,49 +656,6 @@ def _subtree_root(level: list[bytes]) -> bytes:
         if odd is not None:
             level.append(odd)
     return level[0] if level else merkle.root_from_leaf_hashes(level)
-
-
-def _all_canonical(objs: list[tuple[object, ...]], fresh: list[bytes]) -> bool:
-    """Whether each of `fresh` is the canonical encoding of the tuple decoded from it.
-
-    One re-encoding for the chunk instead of one per transaction: each decoded
-    value's canonical form is its shortest encoding, so the concatenations can
-    only be equal if every transaction is exactly canonical.
-    """
-    n = len(objs)
-    header = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
-    return bool(_pack(objs) == header + b"".join(fresh))
-
-
-def _first_non_canonical(chunk: Sequence[bytes], start: int) -> int:
-    for i, t in enumerate(chunk, start):
-        if _decode_tx(t) is None:
-            return i
-    raise AssertionError("a non-canonical transaction was seen")
-
-
-def _decode_shape(t: bytes) -> tuple[bytes, int, bytes, bytes] | None:
-    """The four fields if `t` decodes to a transaction's shape (canonical form checked later)."""
-    if type(t) is not bytes or len(t) > TX_BYTES_MAX:
-        return None
-    try:
-        o = _unpackb(t, use_list=False)
-    except Exception:  # msgpack raises many types on hostile input
-        return None
-    if (
-        type(o) is tuple
-        and len(o) == 4
-        and type(o[0]) is bytes
-        and len(o[0]) == PUBLIC_KEY_BYTES
-        and type(o[1]) is int
-        and 0 <= o[1] <= _NONCE_MAX
-        and type(o[2]) is bytes
-        and len(o[2]) <= TX_PAYLOAD_BYTES_MAX
-        and type(o[3]) is bytes
-        and len(o[3]) == SIGNATURE_BYTES
-    ):
-        return o
-    return None
 
 
 def _decode_tx(t: bytes) -> Transaction | None:
@@ -612,7 +709,6 @@ def _run_pass(
             vpass.submit(early_items)
         stream = _Stream(block, state.chain_id, verifier, vpass)
         execution = app.execute_block(block.header, stream, block.evidence)
-        data_root = merkle.root_from_leaf_hashes(stream.subtree_roots)
     finally:
         failed = vpass.finish()
     n = len(block.txs)
@@ -633,7 +729,7 @@ def _run_pass(
         raise BlockInvalid(Reason.TX_BAD_SIGNATURE, "txs", tx_index=first_bad_sig)
     if len(stream.txs) != n or len(execution.tx_results) != n:
         raise BlockInvalid(Reason.MALFORMED, "txs", "the application did not execute every tx")
-    if data_root != block.header.data_hash:
+    if stream.next != n or stream.data_root() != block.header.data_hash:
         raise BlockInvalid(Reason.WRONG_DATA_HASH, "header.data_hash")
     ids = stream.ids
     if len(set(ids)) != n:
@@ -676,14 +772,20 @@ def _apply_updates(vset: ValidatorSet, updates: Sequence[ValidatorUpdate]) -> Va
 
 def _encoded_size(block: Block) -> int:
     """len(block.encode()) without building the encoding (the txs dominate it)."""
-    n = len(block.txs)
-    txs_bytes = 0
-    for t in block.txs:
-        if type(t) is not bytes:
-            raise BlockInvalid(Reason.MALFORMED, "txs", "not bytes")
-        size = len(t)
-        txs_bytes += size + (2 if size < 256 else 3 if size < 65536 else 5)
+    txs = block.txs
+    n = len(txs)
+    if n and set(map(type, txs)) != _BYTES:
+        raise BlockInvalid(Reason.MALFORMED, "txs", "not bytes")
+    lengths = list(map(len, txs))
+    # Each tx is a bin: 2 bytes of header below 256 bytes, 3 below 64 KiB, 5 above.
+    txs_bytes = sum(lengths) + 2 * n + sum(map(_BIN8_BYTES_MAX.__lt__, lengths))
+    if n and max(lengths) > _BIN16_BYTES_MAX:
+        txs_bytes += 2 * sum(map(_BIN16_BYTES_MAX.__lt__, lengths))
     array_header = 1 if n < 16 else 3 if n < 65536 else 5
     commit = b"\xc0" if block.last_commit is None else block.last_commit.encode()
     evidence = encode([e.to_obj() for e in block.evidence])
     return 1 + len(block.header.encode()) + array_header + txs_bytes + len(commit) + len(evidence)
+
+
+_BIN8_BYTES_MAX = 255
+_BIN16_BYTES_MAX = 65535

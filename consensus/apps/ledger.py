@@ -58,6 +58,9 @@ _TRANSFER_HEAD = b"\x93\xa8transfer\xc4\x14"
 _HEAD_END = len(_TRANSFER_HEAD)
 _ADDR_END = _HEAD_END + ADDRESS_BYTES
 _NO_ACCOUNT = (0, 0)
+# Distinct transfer amounts remembered by their encoding: 9 bytes at most
+# each, so about 5 MB with dict overhead; emptied when full.
+AMOUNT_MEMO_ENTRIES_MAX = 65_536
 
 _OK = TX_OK
 _NONCE_FAIL = TxResult(CODE_BAD_NONCE, "nonce is not the sender's next nonce")
@@ -128,6 +131,9 @@ class Ledger:
         self._height = height
         self._check: dict[bytes, tuple[int, int]] = {}  # the mempool's view, over committed
         self._addresses = AddressMemo()
+        # Encoded amount (the bytes after a transfer's address) -> amount, for
+        # canonical positive amounts only; emptied when full (a miss costs one parse).
+        self._amounts: dict[bytes, int] = {}
 
     # ------------------------------------------------------------ construction
 
@@ -226,18 +232,22 @@ class Ledger:
         append = results.append
         address_of = self._addresses.get
         known = self._addresses.table.get
+        amount_of = self._amounts.get
+        head = _TRANSFER_HEAD
         for tx in txs:
             sender = known(tx.sender) or address_of(tx.sender)
             payload = tx.payload
-            amount = _transfer_amount(payload)
-            if amount <= 0:  # not the fast path's shape: the general rules decide
-                result, update = self._apply(
-                    tx, sender, changed, changed, validators_changed, len(updates)
-                )
-                if update is not None:
-                    updates.append(update)
-                append(result)
-                continue
+            amount = amount_of(payload[_ADDR_END:]) if payload[:_HEAD_END] == head else None
+            if amount is None:
+                amount = self._amount_slowly(payload)
+                if amount <= 0:  # not the fast path's shape: the general rules decide
+                    result, update = self._apply(
+                        tx, sender, changed, changed, validators_changed, len(updates)
+                    )
+                    if update is not None:
+                        updates.append(update)
+                    append(result)
+                    continue
             balance, nonce = changed.get(sender) or accounts.get(sender, _NO_ACCOUNT)
             if tx.nonce != nonce:
                 append(_NONCE_FAIL)
@@ -268,6 +278,15 @@ class Ledger:
             base_app_hash=self._app_hash,
             app_hash=chain_app_hash(self._app_hash, writes),
         )
+
+    def _amount_slowly(self, payload: bytes) -> int:
+        """_transfer_amount, remembering a valid amount's encoding for the next transfer."""
+        amount = _transfer_amount(payload)
+        if amount > 0:
+            if len(self._amounts) >= AMOUNT_MEMO_ENTRIES_MAX:
+                self._amounts.clear()
+            self._amounts[payload[_ADDR_END:]] = amount
+        return amount
 
     def _apply(
         self,
