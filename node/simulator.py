@@ -226,6 +226,7 @@ class RunResult:
     tx_signatures: int  # client transactions signed
     verifications: int  # signatures the validation core checked (txs, certificates, evidence)
     restarts: int
+    attack_armed: bool  # lock-attack: the premise held when d proposed (see _LockAttack)
     chain_digest: bytes  # SHA-256 over every honest node's committed block hashes
     nodes: tuple[NodeReport, ...]
 
@@ -947,6 +948,7 @@ class _Simulation:
             self.tx_signatures,
             self.verifications,
             self.restarts,
+            self.attack is not None and self.attack.armed,
             sha256(b"".join(b.hash for n in self.nodes if n.honest for b, _ in n.chain)),
             tuple(reports),
         )
@@ -994,6 +996,7 @@ class _LockAttack:
         self.b, self.c = others
         self.block_a: Block | None = None
         self.answered = False
+        self.armed = False  # the premise held when x answered d's proposal
 
     def plan(self) -> None:
         sim = self.sim
@@ -1038,6 +1041,22 @@ class _LockAttack:
         assert self.block_a is not None
         self._send((self.b,), self._vote(VoteType.PRECOMMIT, 0, self.block_a.hash))
 
+    def _premise_holds(self, block_b: bytes) -> bool:
+        """b committed A, c is locked on A in round 0, and d proposed another block."""
+        a = self.block_a
+        c = self.c.machine
+        return (
+            a is not None
+            and block_b != a.hash
+            and bool(self.b.chain)
+            and self.b.chain[0][0].hash == a.hash
+            and c is not None
+            and c.height == 1
+            and c.locked_round == 0
+            and c.locked_value is not None
+            and c.locked_value.hash == a.hash
+        )
+
     def receive(self, event: Event) -> None:
         """x's only reaction: vote for round 1's fresh proposal, to c and d."""
         if self.answered or not isinstance(event, ProposalReceived):
@@ -1049,6 +1068,7 @@ class _LockAttack:
             return
         self.answered = True
         block_hash = proposal.block_hash
+        self.armed = self._premise_holds(block_hash)
         self._send(
             (self.c, self.d),
             self._vote(VoteType.PREVOTE, 1, block_hash),
