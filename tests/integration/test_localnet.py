@@ -71,7 +71,10 @@ def test_localnet_commits_transfers_and_stops_cleanly() -> None:
     committed = int(summary[1])
     # 50 tx/s for about 20 s, less what is still pending at the stop.
     assert committed >= 500, out
-    load = re.search(r"load: (\d+) submitted, (\d+) admitted, rejected none, 0 connection", out)
+    # Refusals are allowed (the load generator retries them); lost connections are not.
+    load = re.search(
+        r"load: (\d+) submitted, (\d+) admitted, rejected .*, 0 connection errors", out
+    )
     assert load is not None, out
     assert int(load[2]) >= committed
     assert re.search(r"submit-to-commit latency p50 [\d.]+ s, p99 [\d.]+ s", out), out
