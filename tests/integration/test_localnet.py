@@ -114,3 +114,43 @@ async def test_localnet_stops_on_ctrl_c() -> None:
     folder = Path(kept[1])
     assert (folder / "node0.log").read_text().count("committed block") >= 1
     shutil.rmtree(folder)
+
+
+async def test_localnet_reports_a_node_that_dies() -> None:
+    """A validator killed with SIGKILL is reported with its exit code and the tail of its
+    log; the rest still stop cleanly, the folder is kept, and the exit code is 1."""
+    process = await trio.lowlevel.open_process(
+        [str(ARCHIPELAGO), "localnet", "--validators", "4", "--base-port", str(_free_base_port())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+    )
+    assert process.stdout is not None
+    seen = b""
+    with trio.fail_after(RUN_TIMEOUT_S):
+        while b"every node is up" not in seen:
+            chunk = await process.stdout.receive_some(65536)
+            assert chunk, seen.decode()
+            seen += chunk
+        folder_match = re.search(rb"folder (\S+)", seen)
+        assert folder_match is not None
+        folder = Path(folder_match[1].decode())
+        victim = int((folder / "node2" / "data" / "LOCK").read_text())
+        os.kill(victim, signal.SIGKILL)
+        while b"exited with code" not in seen:
+            chunk = await process.stdout.receive_some(65536)
+            assert chunk, seen.decode()
+            seen += chunk
+        process.send_signal(signal.SIGINT)
+        while chunk := await process.stdout.receive_some(65536):
+            seen += chunk
+        code = await process.wait()
+    out = seen.decode()
+    assert code == 1, out
+    assert f"node2 (pid {victim}) exited with code -9; last lines of" in out
+    assert '"event": "committed block"' in out  # the tail of node2's JSON log
+    for node in ("node0", "node1", "node3"):
+        assert re.search(rf"{node}: height \d+, committed 0 txs, exit code 0", out), out
+    assert f"logs and homes in {folder}: kept" in out
+    shutil.rmtree(folder)
