@@ -74,7 +74,8 @@ async def test_a_validator_killed_repeatedly_never_double_signs_and_resumes(
     victim = net.validators[2]
     kill_points: list[int] = []
     async with nodes.running(net), nodes.open_api() as api:
-        await api.wait_serving(victim)
+        for n in net.validators:
+            await api.wait_serving(n)
         validators_body = await api.get(net.validators[0], "/validators?height=1")
         addresses = [v["address"] for v in validators_body["validators"]]
         index = addresses.index(victim.validator_key.address.hex())
