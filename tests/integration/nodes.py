@@ -9,10 +9,11 @@ eventually block the node); every process is SIGKILLed on the way out of
 `wait_for` polls the API until a condition holds or its deadline passes, and
 then fails naming what it waited for and the last value seen.
 
-Test modules import this file with `load_helper()` below's pattern (pytest
-runs with --import-mode=importlib, so tests/ is not a package)::
+Test modules load this file by path, once, under one module name (pytest runs
+with --import-mode=importlib, so tests/ is not a package); see `_load_nodes`
+in test_network_node.py::
 
-    spec = importlib.util.spec_from_file_location("nodes", Path(__file__).with_name("nodes.py"))
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
 """
 
 from __future__ import annotations

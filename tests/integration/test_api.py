@@ -284,7 +284,8 @@ async def test_stream_sender_filter_returns_only_that_senders_transactions(
     async with nodes.running(net), nodes.open_api() as api:
         node = net.nodes[0]
         start = await api.wait_height([node], 1, TIMEOUT_S)
-        mine, theirs = set(), set()
+        mine: set[str] = set()
+        theirs: set[str] = set()
         for nonce in range(3):
             for key, bucket in ((alice, mine), (bob, theirs)):
                 raw = transfer_tx(key, net.chain_id, nonce, to, 1).encode()

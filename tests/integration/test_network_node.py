@@ -166,7 +166,7 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
         modes: list[tuple[str, int]] = []
 
         async def victim_status() -> dict[str, Any] | None:
-            status = await api.try_get(victim, "/status")
+            status: dict[str, Any] | None = await api.try_get(victim, "/status")
             if status is not None:
                 mode = (status["sync"]["mode"], status["latest_height"])
                 if not modes or modes[-1][0] != mode[0]:
