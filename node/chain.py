@@ -76,6 +76,8 @@ class Applied:
     committed: CommittedBlock
     tx_ids: tuple[bytes, ...]
     block_bytes: int
+    validated: ValidatedBlock
+    state: ChainState  # after the block
 
 
 class Chain:
@@ -170,12 +172,17 @@ class Chain:
 
     # ------------------------------------------------------------ applying
 
-    def apply(self, block: Block, commit: Commit, *, now: int | None = None) -> Applied:
-        """Commit `block` (validated here if it was not yet) with its certificate."""
+    def persist(self, block: Block, commit: Commit, *, now: int | None = None) -> Applied:
+        """Validate (if not yet) and durably store `block` with its certificate.
+
+        Runs in a worker thread. The in-memory application and state move on
+        only in `finish`, on the event loop, so that nothing the loop does
+        (admitting transactions against the application's mempool view) ever
+        sees the application half-way between two heights.
+        """
         validated = self.validate(block, now=now)
-        s = self.state
         execution = validated.execution
-        new_state = s.advance(
+        new_state = self.state.advance(
             block_hash=validated.block_hash,
             block_time_ms=block.header.time_ms,
             app_hash=execution.app_hash,
@@ -187,16 +194,18 @@ class Chain:
         self.store.save_block(
             block, block_bytes, commit, results, dict(execution.writes), new_state
         )
-        self.app.commit(execution)
-        self.state = new_state
-        self._validated.clear()
-        self.verifier.cache.discard(validated.tx_ids)
         committed = CommittedBlock(
-            block,
-            commit,
-            tuple((r.code, r.log) for r in execution.tx_results),
+            block, commit, tuple((r.code, r.log) for r in execution.tx_results)
         )
-        return Applied(committed, validated.tx_ids, len(block_bytes))
+        return Applied(committed, validated.tx_ids, len(block_bytes), validated, new_state)
+
+    def finish(self, applied: Applied) -> None:
+        """Move the application and the state to the stored height (on the event loop)."""
+        assert applied.state.last_height == self.state.last_height + 1
+        self.app.commit(applied.validated.execution)
+        self.state = applied.state
+        self._validated.clear()
+        self.verifier.cache.discard(applied.tx_ids)
 
     def committed_block(self, height: int) -> CommittedBlock | None:
         block = self.store.load_block(height)

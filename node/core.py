@@ -227,9 +227,12 @@ class NodeCore:
             if block.height != chain.height + 1:
                 return None  # applied meanwhile (consensus and block sync race at a mode change)
             previous_time_ms = chain.state.last_block_time_ms
-            applied = await trio.to_thread.run_sync(chain.apply, block, commit)
+            applied = await trio.to_thread.run_sync(chain.persist, block, commit)
+            # From here to the mempool update nothing awaits: admissions never
+            # see the application between its commit and the recheck.
+            chain.finish(applied)
+            dropped = self.mempool.update(applied.tx_ids)
         self.metrics.store_commit_time.observe(trio.current_time() - started)
-        dropped = self.mempool.update(applied.tx_ids)
         self.evidence.committed(block.evidence)
         committed = applied.committed
         self.hub.publish(committed)

@@ -126,6 +126,37 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/txs": {
+            "post": {
+                "summary": "Submit many transactions in one request",
+                "description": (
+                    "Each transaction is admitted on its own; the answer lists every "
+                    "one's hash and outcome, in order. Body: JSON {\"txs\": [hex, ...]} or "
+                    "application/octet-stream holding the canonical msgpack array of "
+                    "encoded transactions. At most 10,000 per request."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"txs": {"type": "array", "items": _HEX}},
+                                "required": ["txs"],
+                            }
+                        },
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                    },
+                },
+                "responses": {
+                    "200": _ok("accepted count and a result per transaction"),
+                    "400": _ERROR,
+                    "413": _ERROR,
+                },
+            }
+        },
         "/tx/{hash}": {
             "get": {
                 "summary": "A committed transaction with its result and Merkle inclusion proof",

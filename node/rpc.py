@@ -30,7 +30,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from consensus import merkle
-from consensus.codec import DecodeError
+from consensus.codec import DecodeError, decode, expect_array
 from consensus.types import Transaction, tx_id
 from node import __version__
 from node.events import CommittedBlock, TooManySubscribers
@@ -46,6 +46,7 @@ log = get_logger(__name__)
 
 HEX_TX_CHARS_MAX = 2 * 64 * 1024  # a hex-encoded transaction; the mempool's own limit is tighter
 STREAM_SENDER_FILTERS_MAX = 16  # sender addresses one stream subscription may filter on
+TXS_PER_REQUEST_MAX = 10_000  # a batch submission; the body size limit applies too
 WS_CLOSE_TOO_SLOW = 1008
 WS_CLOSE_BAD_REQUEST = 1003
 WS_CLOSE_OVERLOADED = 1013
@@ -91,6 +92,7 @@ class RpcServer:
                 Route("/health", self.health),
                 Route("/status", self.status),
                 Route("/tx", self.submit_tx, methods=["POST"]),
+                Route("/txs", self.submit_txs, methods=["POST"]),
                 Route("/tx/{hash}", self.get_tx),
                 Route("/block/{height}", self.get_block),
                 Route("/commit/{height}", self.get_commit),
@@ -273,7 +275,53 @@ class RpcServer:
         body.update(height=height, index=index, result={"code": code, "log": log_text})
         return JSONResponse(body, status_code=200)
 
-    async def _read_tx_request(self, request: Request) -> tuple[bytes, str]:
+    async def submit_txs(self, request: Request) -> Response:
+        """Admit many transactions in one request (one HTTP round trip for a batch).
+
+        Body: JSON {"txs": ["<hex>", ...]} or, as application/octet-stream,
+        the canonical msgpack array of encoded transactions. Each is admitted
+        on its own; the answer lists every one's hash and outcome in order.
+        """
+        body = await self._read_body(request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        raws: list[bytes]
+        if ctype == "application/octet-stream":
+            try:
+                items = decode(bytes(body), bytes_max=self.body_bytes_max)
+                raws = list(expect_array(items, "txs", TXS_PER_REQUEST_MAX))
+                if not all(type(r) is bytes for r in raws):
+                    raise DecodeError("txs: expected an array of byte strings")
+            except DecodeError as e:
+                raise HTTPException(
+                    400, f"body must be a msgpack array of transactions: {e}"
+                ) from None
+        else:
+            try:
+                obj = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise HTTPException(400, 'body must be JSON {"txs": ["<hex>", ...]}') from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("txs"), list):
+                raise HTTPException(400, 'body must be JSON {"txs": ["<hex>", ...]}')
+            if len(obj["txs"]) > TXS_PER_REQUEST_MAX:
+                raise HTTPException(413, f"at most {TXS_PER_REQUEST_MAX} transactions")
+            raws = []
+            for item in obj["txs"]:
+                if not isinstance(item, str):
+                    raise HTTPException(400, "each transaction must be a hex string")
+                raws.append(_hex_param(item, "tx"))
+        results: list[dict[str, Any]] = []
+        accepted = 0
+        for raw in raws:
+            try:
+                txid, check = self.core.mempool_add(raw)
+            except MempoolError as e:
+                results.append({"hash": tx_id(raw).hex(), "error": e.message, "reason": e.reason})
+                continue
+            accepted += 1
+            results.append({"hash": txid.hex(), "code": check.code})
+        return JSONResponse({"accepted": accepted, "results": results})
+
+    async def _read_body(self, request: Request) -> bytearray:
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.body_bytes_max):
             raise HTTPException(413, f"request body over {self.body_bytes_max} bytes")
@@ -282,6 +330,10 @@ class RpcServer:
             body += chunk
             if len(body) > self.body_bytes_max:
                 raise HTTPException(413, f"request body over {self.body_bytes_max} bytes")
+        return body
+
+    async def _read_tx_request(self, request: Request) -> tuple[bytes, str]:
+        body = await self._read_body(request)
         ctype = request.headers.get("content-type", "").split(";")[0].strip()
         wait = request.query_params.get("wait", "check")
         if ctype == "application/octet-stream":
