@@ -397,6 +397,7 @@ class _Simulation:
         self.partition: list[set[int]] | None = None
         self.heal_ms = 0
         self.decided: dict[int, bytes] = {}
+        self._first_committer: dict[int, str] = {}  # height -> the honest node counted for it
         self.proposed: dict[tuple[int, int], dict[bytes, bytes]] = {}  # (h, r) -> hash -> signer
         self.violations: list[str] = []
         self.steps = 0
@@ -542,8 +543,11 @@ class _Simulation:
             verdict = BlockValidated(action.block.hash, valid, reason)
             self._local(node, verdict, self.rng.randint(1, VALIDATION_DELAY_MS_MAX))
         elif isinstance(action, BuildBlock):
-            block = self._build(node, action.height)
-            self._local(node, BlockBuilt(action.height, action.round, block), 1)
+            if action.height == node.state.height:
+                block = self._build(node, action.height)
+                self._local(node, BlockBuilt(action.height, action.round, block), 1)
+            # Else a replayed request of a height committed before a crash: the
+            # machine has decided it and would ignore any block built now.
         elif isinstance(action, Decide):
             self._apply(node, action.block, action.commit)
         elif isinstance(action, ReportEvidence):
@@ -861,7 +865,6 @@ class _Simulation:
         return all(len(n.chain) >= self.heights for n in self.nodes if n.honest)
 
     def run(self) -> RunResult:
-        self._first_committer: dict[int, str] = {}
         self._plan_faults()
         if self.attack is not None:
             self.attack.plan()
