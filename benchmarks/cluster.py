@@ -40,6 +40,7 @@ import trio
 
 from node.home import DEFAULT_TESTNET_CHAIN_ID
 from node.localnet import (
+    WORKERS_PER_NODE,
     LoadGenerator,
     Localnet,
     NodeProcess,
@@ -306,7 +307,7 @@ def main() -> int:
     parser.add_argument("--step-s", type=float, default=15.0, help="measured seconds per step")
     parser.add_argument("--warmup-s", type=float, default=4.0, help="seconds before measuring")
     parser.add_argument("--accounts", type=int, default=1024)
-    parser.add_argument("--workers-per-node", type=int, default=32)
+    parser.add_argument("--workers-per-node", type=int, default=WORKERS_PER_NODE)
     parser.add_argument("--timeout-commit-ms", type=int, default=None, help="default: the node's")
     parser.add_argument("--mempool-txs-max", type=int, default=None, help="default: the node's")
     parser.add_argument("--base-port", type=int, default=28800)

@@ -52,6 +52,7 @@ import trio
 import trio_websocket
 
 from consensus.apps.ledger import transfer_tx
+from consensus.codec import encode
 from consensus.crypto import PrivateKey
 from consensus.types import tx_id
 from node.config import load_config, save_config
@@ -82,7 +83,9 @@ RATE_WINDOW_S = 10.0  # committed tx/s is averaged over the blocks that arrived 
 BLOCK_HISTORY_MAX = 1_000  # blocks remembered per node for the rate window; oldest dropped
 LOG_TAIL_LINES = 20
 
-WORKERS_PER_NODE = 16  # concurrent submitters per node, each with its own connection
+WORKERS_PER_NODE = 4  # concurrent submitters per node, each with its own connection
+BATCH_TXS_MAX = 500  # transactions per POST /txs
+BATCH_INTERVAL_S = 0.02  # a submitter gathers send slots this long into one request
 SAMPLE_ACCOUNTS_PER_NODE = 16  # the stream's sender filter allows at most 16
 LATENCY_SAMPLES_MAX = 200_000  # kept for percentiles; policy when full: drop the oldest
 SENT_AT_MAX = 100_000  # sampled txs awaiting their block; policy when full: forget the oldest
@@ -309,15 +312,15 @@ class SubmitError(Exception):
 
 
 class TxConnection:
-    """One kept-alive HTTP/1.1 connection that POSTs raw transactions to /tx, one at a time."""
+    """One kept-alive HTTP/1.1 connection that POSTs transactions to /tx or batches to /txs."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, path: str = "/tx") -> None:
         self.host = host
         self.port = port
         self._stream: trio.SocketStream | None = None
         self._buffer = bytearray()
         self._head = (
-            f"POST /tx HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
             "Content-Type: application/octet-stream\r\nContent-Length: "
         ).encode()
 
@@ -526,60 +529,87 @@ class LoadGenerator:
             for node, accounts in self.workers:
                 nursery.start_soon(self._worker, node, accounts)
 
-    async def _pace(self) -> None:
-        while self._rate_tps <= 0:
-            await self._rate_changed.wait()
-        now = trio.current_time()
-        slot = max(self._next_slot, now - PACE_BURST_S)
-        self._next_slot = slot + 1.0 / self._rate_tps
-        if slot > now:
-            await trio.sleep_until(slot)
+    async def _pace(self, slots_max: int) -> int:
+        """Wait for the next send slot; returns how many slots are due now (at most slots_max)."""
+        while True:
+            while self._rate_tps <= 0:
+                await self._rate_changed.wait()
+            now = trio.current_time()
+            slot = max(self._next_slot, now - PACE_BURST_S)
+            if slot > now:
+                await trio.sleep_until(slot)
+                continue  # the rate may have changed while we slept
+            due = min(slots_max, 1 + int((now - slot) * self._rate_tps))
+            self._next_slot = slot + due / self._rate_tps
+            return due
 
     async def _worker(self, node: int, accounts: list[Account]) -> None:
         host, port = self.nodes[node]
-        conn = TxConnection(host, port)
+        conn = TxConnection(host, port, "/txs")
         try:
             turn = 0
             while True:
-                account = accounts[turn % len(accounts)]
-                turn += 1
-                await self._pace()
-                await self._submit_one(conn, account)
+                await trio.sleep(BATCH_INTERVAL_S)  # let slots accumulate into one request
+                due = await self._pace(BATCH_TXS_MAX)
+                batch: list[Account] = []
+                for _ in range(due):
+                    batch.append(accounts[turn % len(accounts)])
+                    turn += 1
+                await self._submit_batch(conn, batch)
         finally:
             await conn.aclose()
 
-    async def _submit_one(self, conn: TxConnection, account: Account) -> None:
-        raw = account.peek(self.chain_id)
+    async def _submit_batch(self, conn: TxConnection, batch: list[Account]) -> None:
+        """One POST /txs; each account's transactions go in nonce order."""
+        taken: dict[int, int] = {}  # id(account) -> how many of its signed txs are in the batch
+        raws: list[bytes] = []
+        for account in batch:
+            k = taken.get(id(account), 0)
+            while len(account.signed) <= k:
+                account.sign(self.chain_id, 1)
+            raws.append(account.signed[k])
+            taken[id(account)] = k + 1
         sent = trio.current_time()
         try:
-            status, body = await conn.submit(raw)
+            status, body = await conn.submit(encode(raws))
         except SubmitError as e:
             self.errors += 1
             self.last_error = str(e)
             await trio.sleep(ERROR_BACKOFF_S)
             return
-        self.submitted += 1
-        if status in (200, 202, 409):
-            account.signed.popleft()
-            account.refused = 0
-            self.admitted += 1
-            if account.sampled:
-                self._remember(tx_id(raw), sent)
-            return
-        reason = _reason(body, status)
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        if reason == "full":
-            await trio.sleep(FULL_BACKOFF_S)
-        elif reason == "check_failed":
-            account.refused += 1
-            if account.refused < NONCE_RETRIES_MAX:
-                await trio.sleep(FULL_BACKOFF_S)
-                return
-            # Our nonce and the node's really disagree (e.g. a restart lost its
-            # mempool): start this account over from the node's view of it.
+        self.submitted += len(raws)
+        try:
+            results = json.loads(body)["results"] if status == 200 else None
+        except (ValueError, KeyError, TypeError):
+            results = None
+        if not isinstance(results, list) or len(results) != len(raws):
+            self.errors += 1
+            self.last_error = f"POST /txs answered HTTP {status}"
             await trio.sleep(ERROR_BACKOFF_S)
-            await self._resync(conn, account)
-            account.refused = 0
+            return
+        refused: set[int] = set()
+        for account, raw, result in zip(batch, raws, results, strict=True):
+            if id(account) in refused:
+                continue  # a later nonce after a refused one is refused too
+            reason = result.get("reason")
+            if reason is None or reason == "duplicate":
+                account.signed.popleft()
+                account.refused = 0
+                self.admitted += 1
+                if account.sampled:
+                    self._remember(tx_id(raw), sent)
+                continue
+            refused.add(id(account))
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            if reason == "check_failed":
+                account.refused += 1
+                if account.refused >= NONCE_RETRIES_MAX:
+                    # Our nonce and the node's really disagree (e.g. a restart lost
+                    # its mempool): start this account over from the node's view.
+                    await self._resync(conn, account)
+                    account.refused = 0
+        if refused:
+            await trio.sleep(FULL_BACKOFF_S)
 
     def _remember(self, txid: bytes, sent: float) -> None:
         if len(self._sent_at) >= SENT_AT_MAX:
@@ -597,14 +627,6 @@ class LoadGenerator:
         self.resyncs += 1
         account.signed.clear()
         account.next_nonce = nonce
-
-
-def _reason(body: bytes, status: int) -> str:
-    try:
-        obj = json.loads(body)
-        return str(obj.get("reason") or f"http_{status}")
-    except (ValueError, AttributeError):
-        return f"http_{status}"
 
 
 # ---------------------------------------------------------------------- watching the nodes
