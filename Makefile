@@ -24,9 +24,16 @@ test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-bench: $(STAMP)
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/validation.py --txs 10000
 	$(BIN)/python benchmarks/network.py
+	$(BIN)/python benchmarks/storage.py
+	$(BIN)/python benchmarks/simulator.py
+	$(BIN)/python benchmarks/cluster.py
 
 sim: $(STAMP)
 	$(BIN)/archipelago simulate --validators 4 --byzantine 1 --seeds 500
