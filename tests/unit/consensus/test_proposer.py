@@ -66,3 +66,11 @@ def test_priorities_stay_bounded() -> None:
     for _ in range(500):
         schedule = schedule.advance(vs)
     assert max(schedule.priorities) - min(schedule.priorities) <= 2 * vs.total_power
+
+
+def test_module_exports_only_the_schedule() -> None:
+    """Blocks are built and checked by the validation core only; proposer.py is the rotation."""
+    import consensus.proposer as proposer
+
+    assert proposer.__all__ == ["ProposerSchedule"]
+    assert not hasattr(proposer, "build_block")
