@@ -185,6 +185,7 @@ def main() -> None:
     args = ap.parse_args()
     cores = args.cores
 
+    load_before = os.getloadavg()[0]
     log(f"building {args.txs} transfers from {args.senders} senders ...")
     chain = make_chain(args.txs, args.senders, args.validators)
     app, state, block, txs, commit = chain.app, chain.state, chain.block, chain.txs, chain.commit
@@ -283,6 +284,9 @@ def main() -> None:
         "cold_ratio": round(cold / ceiling, 3),
         "warm_over_ceiling": round(warm / ceiling, 2),
         "speedup_over_naive": round(cold / naive, 2),
+        # Other jobs on the machine lower every figure; the 1-minute load average says how busy.
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
     }
     sys.stdout.write(json.dumps(report) + "\n")
 

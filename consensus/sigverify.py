@@ -192,6 +192,10 @@ class VerifyPass:
         if not mine:
             self._chunk_done()
 
+    def help_now(self) -> None:
+        """Verify one item here if any is queued: the caller is about to hold the GIL a while."""
+        self.help(0)
+
     def run_chunk(self, chunk: list[SigItem]) -> None:
         verify = _verify_detached
         failed = self.failed

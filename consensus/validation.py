@@ -18,7 +18,6 @@ block makes this raise `BlockInvalid` and nothing else.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import operator
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -427,11 +426,16 @@ def _validators_at(
 # while transactions need verifying (the caller's Python bursts stay short,
 # so the pool rarely waits for the GIL); doubling up to the maximum along a
 # run of cached transactions, where per-chunk overhead is all there is.
-CHUNK_TXS_MIN = CHUNK_ITEMS
+CHUNK_TXS_MIN = 2 * CHUNK_ITEMS
 CHUNK_TXS_MAX = 1024
 # Chunks prepared before their transactions are fed to the application, so
 # the pool has signatures queued before the caller's first step.
 CHUNKS_AHEAD = 2
+# The caller's work after the last transaction (the application's end of
+# block, the Merkle and results roots, the duplicate check), in transaction
+# steps: about one step per this many transactions. The pacing leaves the
+# pool that much verification to overlap it with.
+TAIL_STEPS_PER_TX = 16
 assert CHUNK_TXS_MIN & (CHUNK_TXS_MIN - 1) == 0 and CHUNK_TXS_MAX % CHUNK_TXS_MIN == 0
 
 _first = operator.itemgetter(0)
@@ -462,6 +466,7 @@ class _Stream:
         # Sign bytes of a canonical tx are this prefix plus the tx's encoding
         # without its array marker and signature field (see tx_sign_bytes).
         self.sign_prefix = b"\x95" + encode(TAG_TX) + encode(chain_id)
+        self.chain_ids = {chain_id}
         self.ids: list[bytes] = []
         self.txs: list[Transaction] = []
         self.peaks: list[tuple[int, bytes]] = []  # (leaves, root) of complete aligned subtrees
@@ -493,7 +498,7 @@ class _Stream:
         while len(ready) < CHUNKS_AHEAD and (chunk := prepare()) is not None:
             ready.append(chunk)
         help_ = self.vpass.help
-        steps_left = n
+        steps_left = n + n // TAIL_STEPS_PER_TX
         while ready:
             txs, cached = ready.popleft()
             if (chunk := prepare()) is not None:
@@ -519,21 +524,21 @@ class _Stream:
         sha256 = _sha256
         ids = [sha256(t).digest() for t in chunk]
         hits = self.get_many(ids)
-        try:
-            chains = set(map(_first, hits))  # type: ignore[arg-type]
-        except TypeError:  # a None: not every tx is cached
-            chains = set()
-        cached = chains == {self.chain_id}
+        cached = None not in hits and set(map(_first, hits)) == self.chain_ids  # type: ignore[arg-type]
+        help_now = self.vpass.help_now
         if cached:
             txs: list[Transaction] = list(map(_second, hits))  # type: ignore[arg-type]
             leaves: list[bytes] = list(map(_third, hits))  # type: ignore[arg-type]
         else:
+            help_now()  # a chunk to decode is a long stretch of Python: let the pool in
             txs, leaves = self._decode(chunk, start, hits)
         self.ids += ids
         self.txs += txs
         self.next = start + len(chunk)
         if self.malformed is not None:
             return txs, False
+        if not cached:
+            help_now()
         if len(chunk) == size:
             self._push(size, _subtree_root(leaves))
         else:
@@ -556,30 +561,28 @@ class _Stream:
         self, chunk: Sequence[bytes], start: int, hits: list[CachedTx | None]
     ) -> tuple[list[Transaction], list[bytes]]:
         """Decode a chunk that is not all cached and queue the signatures it needs verified."""
-        objs = _decode_chunk(chunk)
-        if objs is None:
+        columns = _decode_chunk(chunk)
+        if columns is None:
             return self._decode_slowly(chunk, start, hits)
-        chain_id = self.chain_id
+        objs, pks, sigs = columns
         prefix = self.sign_prefix
-        pks, _, _, sigs = zip(*objs, strict=True)
-        end = start + len(chunk)
-        if set(map(_first, filter(None, hits))) == {chain_id}:
-            # Some cached: verify only the others.
-            items: list[SigItem] = [
-                (i, pks[k], prefix + chunk[k][1:-_SIG_FIELD_BYTES], sigs[k])
-                for k, (i, hit) in enumerate(zip(range(start, end), hits, strict=True))
-                if hit is None
-            ]
-        else:
-            msgs = [prefix + t[1:-_SIG_FIELD_BYTES] for t in chunk]
-            items = list(zip(range(start, end), pks, msgs, sigs, strict=True))
-        self.misses += len(items)
-        self.vpass.submit(items)
-        sha256 = _sha256
-        return (
-            list(itertools.starmap(Transaction, objs)),
-            [sha256(b"\x00" + t).digest() for t in chunk],
+        msgs = [prefix + t[1:-_SIG_FIELD_BYTES] for t in chunk]
+        items: list[SigItem] = list(
+            zip(range(start, start + len(chunk)), pks, msgs, sigs, strict=True)
         )
+        if hits.count(None) != len(hits):  # some cached: verify only the others
+            chain_id = self.chain_id
+            items = [
+                it for it, hit in zip(items, hits, strict=True) if hit is None or hit[0] != chain_id
+            ]
+        self.misses += len(items)
+        vpass = self.vpass
+        vpass.submit(items)
+        vpass.help_now()
+        txs = _transactions(objs)
+        vpass.help_now()
+        sha256 = _sha256
+        return txs, [sha256(b"\x00" + t).digest() for t in chunk]
 
     def _decode_slowly(
         self, chunk: Sequence[bytes], start: int, hits: list[CachedTx | None]
@@ -604,8 +607,33 @@ class _Stream:
         return txs, []
 
 
-def _decode_chunk(chunk: Sequence[bytes]) -> list[tuple[bytes, int, bytes, bytes]] | None:
-    """Each transaction's four fields if every one is a canonical transaction, else None.
+_TxFields = tuple[bytes, int, bytes, bytes]
+# Transaction's slot setters: what its frozen dataclass __init__ calls through
+# object.__setattr__, without the call per field (0.26 us a tx instead of 0.44).
+_new = object.__new__
+_set_sender, _set_nonce, _set_payload, _set_signature = (
+    Transaction.__dict__[name].__set__ for name in ("sender", "nonce", "payload", "signature")
+)
+
+
+def _transactions(objs: list[_TxFields]) -> list[Transaction]:
+    """Transaction(*o) for each o, already checked by _decode_chunk."""
+    out: list[Transaction] = []
+    append = out.append
+    for sender, nonce, payload, signature in objs:
+        tx = _new(Transaction)
+        _set_sender(tx, sender)
+        _set_nonce(tx, nonce)
+        _set_payload(tx, payload)
+        _set_signature(tx, signature)
+        append(tx)
+    return out
+
+
+def _decode_chunk(
+    chunk: Sequence[bytes],
+) -> tuple[list[_TxFields], tuple[bytes, ...], tuple[bytes, ...]] | None:
+    """(fields, senders, signatures) if every transaction is canonical, else None.
 
     One re-encoding for the chunk instead of one per transaction: each decoded
     value's canonical form is its shortest encoding, so the concatenations can
@@ -617,30 +645,30 @@ def _decode_chunk(chunk: Sequence[bytes]) -> list[tuple[bytes, int, bytes, bytes
     unpackb = _unpackb
     try:
         objs = [unpackb(t, use_list=False) for t in chunk]
-    except Exception:  # msgpack raises many types on hostile input
+        pks, nonces, payloads, sigs = zip(*objs, strict=True)
+    except Exception:  # msgpack raises many types on hostile input; zip on a wrong shape
         return None
-    if set(map(type, objs)) != {tuple} or set(map(len, objs)) != {4}:
-        return None
-    pks, nonces, payloads, sigs = zip(*objs, strict=True)
     if not (
-        set(map(type, pks)) == _BYTES
-        and set(map(len, pks)) == {PUBLIC_KEY_BYTES}
-        and set(map(type, nonces)) == _INT
-        and min(nonces) >= 0
-        and max(nonces) <= _NONCE_MAX
-        and set(map(type, payloads)) == _BYTES
+        set(map(type, objs)) == _TUPLE
+        and set(map(type, pks + payloads + sigs)) == _BYTES
+        and set(map(len, pks)) == _PUBLIC_KEY_LENGTH
+        and set(map(len, sigs)) == _SIGNATURE_LENGTH
         and max(map(len, payloads)) <= TX_PAYLOAD_BYTES_MAX
-        and set(map(type, sigs)) == _BYTES
-        and set(map(len, sigs)) == {SIGNATURE_BYTES}
+        and set(map(type, nonces)) == _INT
+        and 0 <= min(nonces)
+        and max(nonces) <= _NONCE_MAX
     ):
         return None
     n = len(objs)
     header = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
     if _pack(objs) != header + b"".join(chunk):
         return None
-    return objs
+    return objs, pks, sigs
 
 
+_TUPLE = {tuple}
+_PUBLIC_KEY_LENGTH = {PUBLIC_KEY_BYTES}
+_SIGNATURE_LENGTH = {SIGNATURE_BYTES}
 _BYTES = {bytes}
 _INT = {int}
 
@@ -704,14 +732,21 @@ def _run_pass(
     early_items: list[SigItem],
 ) -> ValidatedBlock:
     vpass = verifier.open_pass()
+    n = len(block.txs)
     try:
         if early_items:
             vpass.submit(early_items)
         stream = _Stream(block, state.chain_id, verifier, vpass)
         execution = app.execute_block(block.header, stream, block.evidence)
+        # What does not depend on the signatures is computed while the pool still
+        # verifies (the stream's pacing leaves it that much work); checked below.
+        complete = stream.next == n and stream.malformed is None and len(stream.txs) == n
+        data_root = stream.data_root() if complete else b""
+        unique = complete and len(set(stream.ids)) == n
+        executed = len(execution.tx_results) == n
+        results = results_hash(execution.tx_results) if executed else b""
     finally:
         failed = vpass.finish()
-    n = len(block.txs)
     if failed:
         commit_failed = [t for t in failed if _EVIDENCE_TAG_BASE < t < 0]
         if commit_failed:
@@ -727,12 +762,12 @@ def _run_pass(
         raise BlockInvalid(Reason.TX_MALFORMED, "txs", why, tx_index=index)
     if first_bad_sig < n:
         raise BlockInvalid(Reason.TX_BAD_SIGNATURE, "txs", tx_index=first_bad_sig)
-    if len(stream.txs) != n or len(execution.tx_results) != n:
+    if not complete or not executed:
         raise BlockInvalid(Reason.MALFORMED, "txs", "the application did not execute every tx")
-    if stream.next != n or stream.data_root() != block.header.data_hash:
+    if data_root != block.header.data_hash:
         raise BlockInvalid(Reason.WRONG_DATA_HASH, "header.data_hash")
     ids = stream.ids
-    if len(set(ids)) != n:
+    if not unique:
         raise BlockInvalid(Reason.TX_DUPLICATE, "txs", tx_index=_first_duplicate(ids))
     after_next = _apply_updates(state.next_validators, execution.validator_updates)
     return ValidatedBlock(
@@ -741,7 +776,7 @@ def _run_pass(
         txs=tuple(stream.txs),
         tx_ids=tuple(ids),
         execution=execution,
-        results_hash=results_hash(execution.tx_results),
+        results_hash=results,
         validators_after_next=after_next,
     )
 

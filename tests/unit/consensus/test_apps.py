@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from consensus.app import app_from_genesis, chain_app_hash, genesis_app_hash
+from consensus import merkle
+from consensus.app import (
+    TX_OK,
+    TxResult,
+    app_from_genesis,
+    chain_app_hash,
+    genesis_app_hash,
+    results_hash,
+)
 from consensus.apps import (
     CODE_BAD_NONCE,
     CODE_BAD_PAYLOAD,
@@ -207,3 +215,40 @@ def test_app_hash_is_deterministic_and_chained() -> None:
     other = _ledger()
     e1 = other.execute_block(_header(1), [transfer_tx(ALICE, CHAIN, 0, BOB.address, 2)], ())
     assert e1.app_hash != chain_app_hash(genesis_app_hash(CHAIN, "ledger"), ())
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 8, 9, 100, 1_025])
+@pytest.mark.parametrize("failures", ["none", "few", "every_other", "distinct"])
+def test_results_hash_is_the_merkle_root_of_the_results(n: int, failures: str) -> None:
+    """The run-length results hash equals merkle.root over every result's encoding."""
+    bad_nonce = TxResult(CODE_BAD_NONCE, "nonce")
+
+    def pick(i: int) -> TxResult:
+        if failures == "few":
+            return bad_nonce if i in (0, 5, n - 1) else TX_OK
+        if failures == "every_other":
+            return bad_nonce if i % 2 else TX_OK
+        if failures == "distinct":
+            return TxResult(CODE_BAD_PAYLOAD, data=i.to_bytes(4, "big"))
+        return TX_OK
+
+    results = [pick(i) for i in range(n)]
+    expected = merkle.root([encode(r.to_obj()) for r in results])
+    assert results_hash(results) == expected
+
+
+def test_remembered_amount_needs_the_transfer_head() -> None:
+    """A payload ending like a remembered transfer amount but not a transfer is not one."""
+    app = Ledger.from_genesis(_genesis("ledger", {"accounts": {ALICE.address.hex(): 10**6}}))
+    good = transfer_tx(ALICE, CHAIN, 0, BOB.address, 300)
+    tail = good.payload[-3:]  # 0xcd 0x01 0x2c, remembered after the first transfer
+    impostor = b"\x93\xa8transfeR\xc4\x14" + BOB.address + tail
+    longer = good.payload + b"\x00"
+    txs = [
+        good,
+        Transaction.create(ALICE, CHAIN, 1, impostor),
+        Transaction.create(ALICE, CHAIN, 2, longer),
+        transfer_tx(ALICE, CHAIN, 3, BOB.address, 300),
+    ]
+    codes = [r.code for r in app.execute_block(_header(1), txs, ()).tx_results]
+    assert codes == [0, CODE_BAD_PAYLOAD, CODE_BAD_PAYLOAD, 0]

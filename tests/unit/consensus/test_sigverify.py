@@ -88,3 +88,35 @@ def test_close_is_idempotent_and_stops_threads() -> None:
     v.close()
     v.close()
     assert not any(t.is_alive() for t in v._pool)
+
+
+def test_help_paces_the_caller_and_finish_verifies_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """help() verifies here only while the queue outlasts the caller's steps; none is lost."""
+    from consensus import sigverify
+
+    calls: list[bytes] = []
+    real = sigverify._verify_detached
+
+    def counting(sig: bytes, msg: bytes, n: int, pk: bytes) -> int:
+        calls.append(sig)
+        return int(real(sig, msg, n, pk))
+
+    monkeypatch.setattr(sigverify, "_verify_detached", counting)
+    items = _items(24)
+    bad = {5, 17}
+    for i in bad:
+        pk, msg, sig = items[i]
+        items[i] = (pk, msg + b"?", sig)
+    with SignatureVerifier(threads=0) as v:
+        vpass = v.open_pass()
+        vpass.submit([(i, pk, msg, sig) for i, (pk, msg, sig) in enumerate(items)])
+        vpass.help(steps_left=100)  # 24 queued < 100 steps left: the pool's share
+        assert calls == []
+        vpass.help(steps_left=10)  # the queue outlasts the caller: it verifies one
+        assert len(calls) == 1
+        vpass.help_now()
+        assert len(calls) == 2
+        assert vpass.finish() == bad
+    assert sorted(calls) == sorted(sig for _, _, sig in items)

@@ -632,3 +632,58 @@ def test_random_block_objects_raise_only_block_invalid(
     b = chain.with_header(b, last_commit_hash=commit.hash)
     with pytest.raises(BlockInvalid):
         chain.validate(b)
+
+
+# ---------------------------------------------------------------- chunks and the Merkle root
+
+
+def _cache_pattern(name: str, n: int) -> list[bool]:
+    return {
+        "none": [False] * n,
+        "all": [True] * n,
+        "first_half": [i < n // 2 for i in range(n)],
+        "alternate": [i % 2 == 0 for i in range(n)],
+        "all_but_last": [i < n - 1 for i in range(n)],
+    }[name]
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 33, 100])
+@pytest.mark.parametrize("pattern", ["none", "all", "first_half", "alternate", "all_but_last"])
+def test_data_root_and_ids_for_every_size_and_cache_pattern(
+    chain: Chain, n: int, pattern: str
+) -> None:
+    """Whatever mix of cached and fresh txs, the chunked pass finds the block valid, in order."""
+    txs = [chain.tx(i % 8, to=(i + 1) % 8) for i in range(n)]
+    for tx, cached in zip(txs, _cache_pattern(pattern, n), strict=True):
+        if cached:
+            assert chain.verifier.verify_tx(tx.hash, tx, CHAIN)
+    vb = chain.validate(chain.block([t.encode() for t in txs]))
+    assert vb.txs == tuple(txs)
+    assert vb.tx_ids == tuple(t.hash for t in txs)
+    assert all(r.ok for r in vb.execution.tx_results)
+
+
+def test_cached_runs_grow_chunks_and_keep_the_root(chain: Chain) -> None:
+    """A long cached run after a few fresh txs (chunks growing to 1024) gives the same root."""
+    n = 1_100
+    txs = [chain.tx(i % 8, amount=1, to=(i + 3) % 8) for i in range(n)]
+    for tx in txs[3:]:
+        assert chain.verifier.verify_tx(tx.hash, tx, CHAIN)
+    encoded = [t.encode() for t in txs]
+    vb = chain.validate(chain.block(encoded))
+    assert vb.block.header.data_hash == data_hash(encoded)
+    assert len(vb.execution.tx_results) == n
+    wrong = chain.block(encoded, data_hash=data_hash(encoded[:-1]))
+    reject(chain, wrong, Reason.WRONG_DATA_HASH)
+
+
+def test_bad_signature_in_a_mixed_chunk_is_named(chain: Chain) -> None:
+    """A forged tx between cached ones in one chunk is verified and named by index."""
+    txs = [chain.tx(i % 8) for i in range(20)]
+    for tx in txs:
+        assert chain.verifier.verify_tx(tx.hash, tx, CHAIN)
+    forged = dataclasses.replace(txs[9], signature=bytes(64))
+    encoded = [t.encode() for t in txs]
+    encoded[9] = forged.encode()
+    err = reject(chain, chain.block(encoded), Reason.TX_BAD_SIGNATURE)
+    assert err.tx_index == 9
