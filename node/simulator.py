@@ -799,7 +799,7 @@ class _Simulation:
         f = self.faults
         if f.window_ms <= 0:
             return
-        for _ in range(f.partitions):
+        for _ in range(f.partitions if len(self.nodes) > 1 else 0):
             start = self.rng.randint(0, f.window_ms // 2)
             end = min(f.window_ms, start + self.rng.randint(1_000, 5_000))
             members = list(range(len(self.nodes)))

@@ -151,6 +151,13 @@ def test_lock_attack_is_deterministic() -> None:
     )
 
 
+def test_single_validator_under_default_faults() -> None:
+    """One validator, no Byzantine: a partition has nobody to split; crashes and replays still."""
+    result = simulate(0, validators=1, byzantine=0, heights=3, faults=Faults(window_ms=2_000))
+    assert result.ok, result.describe()
+    assert result.byzantine_mode == "none" and result.blocks >= 3
+
+
 def test_bad_arguments_raise() -> None:
     """Clusters breaking n > 3f, unknown modes and a lock-attack on another size are refused."""
     for kwargs in (
