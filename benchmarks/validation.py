@@ -29,6 +29,7 @@ from typing import Any
 
 import nacl.bindings
 
+from consensus import sigverify
 from consensus.apps.ledger import Ledger, transfer_tx
 from consensus.crypto import PrivateKey
 from consensus.sigverify import SignatureVerifier, _verify_detached
@@ -52,6 +53,20 @@ from consensus.validation import (
 CHAIN_ID = "bench"
 log = partial(print, file=sys.stderr, flush=True)  # people read stderr; stdout is the JSON
 Item = tuple[bytes, bytes, bytes]
+
+
+def best_cpu_seconds(fn: Callable[[], object], repeat: int) -> float:
+    """The least CPU time of this thread over `repeat` runs (others' load barely moves it)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - t0)
+    return best
+
+
+def _no_verify(sig: bytes, msg: bytes, n: int, pk: bytes) -> int:
+    return 0
 
 
 def best_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -259,6 +274,36 @@ def main() -> None:
             partial(verify_commit, commit, CHAIN_ID, last_validators, v),
             args.repeat,
         )
+    # Where the time goes, in one thread's CPU time: verification alone, the
+    # validation with verification stubbed out (its Python), and the whole
+    # validation on one thread. With perfect use of every core the cold ratio
+    # could be at most n * verify / single_thread.
+    message = precommit_sign_bytes(CHAIN_ID, commit.height, commit.round, commit.block_hash)
+    commit_items = [
+        (last_validators[s.validator_index].public_key, message, s.signature)
+        for s in commit.signatures
+    ]
+    all_items = items + commit_items
+    verify_us = best_cpu_seconds(lambda: _loop_detached(all_items), 2) / len(all_items) * 1e6
+    with SignatureVerifier(threads=0) as v0:
+        single_us = best_cpu_seconds(partial(validate, v0), args.repeat) / n * 1e6
+        real_verify = sigverify._verify_detached
+        setattr(sigverify, "_verify_detached", _no_verify)  # noqa: B010 (a Final, for this measure)
+        try:
+            python_us = best_cpu_seconds(partial(validate, v0), args.repeat) / n * 1e6
+        finally:
+            setattr(sigverify, "_verify_detached", real_verify)  # noqa: B010
+    sigs_per_tx = len(all_items) / n
+    interleave_us = single_us - python_us - sigs_per_tx * verify_us
+    cpu_bound = verify_us / single_us
+    log("where one thread's CPU goes, per tx (cold, thread CPU time):")
+    log(f"  signature verification: {sigs_per_tx:.2f} x {verify_us:.2f} us (tight loop)")
+    log(
+        f"  Python (hashes, decoding, Merkle, ledger, results; no verification): {python_us:.2f} us"
+    )
+    log(f"  switching between Python and libsodium (caches): {interleave_us:.2f} us")
+    log(f"  whole validation, one thread: {single_us:.2f} us -> cold_ratio at most {cpu_bound:.3f}")
+
     commit_sigs = len(commit.signatures)
     log(f"naive baseline (one thread, no cache): {naive:10.0f} tx/s")
     log(f"block validation, cold cache ({best_threads} pool threads + caller): {cold:10.0f} tx/s")
@@ -285,6 +330,11 @@ def main() -> None:
         "warm_over_ceiling": round(warm / ceiling, 2),
         "speedup_over_naive": round(cold / naive, 2),
         # Other jobs on the machine lower every figure; the 1-minute load average says how busy.
+        "verify_us": round(verify_us, 2),
+        "python_us_per_tx": round(python_us, 2),
+        "interleave_us_per_tx": round(interleave_us, 2),
+        "single_thread_us_per_tx": round(single_us, 2),
+        "cold_ratio_cpu_bound": round(cpu_bound, 3),
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
     }

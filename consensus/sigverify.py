@@ -56,6 +56,11 @@ CACHE_ENTRIES_MAX = 200_000
 # (the last chunk of a pass is at most 8 * 54 us of work on one core).
 CHUNK_ITEMS = 8
 
+# Signatures the caller verifies per help() call: two halve its switches between
+# Python and C (each switch costs cache misses on both sides, about 3 us a tx
+# in all, measured) while its Python bursts stay one step long.
+HELP_ITEMS = 2
+
 _ffi = cffi.FFI()
 _ffi.cdef(
     "int crypto_sign_verify_detached(const unsigned char *sig, const unsigned char *m,"
@@ -186,9 +191,11 @@ class VerifyPass:
                 return
             assert chunk is not None, "end markers are only queued by finish"
             mine = self._mine = chunk[::-1]  # popped from the end, so in submission order
-        tag, pk, msg, sig = mine.pop()
-        if _verify_detached(sig, msg, len(msg), pk) != 0:
-            self.failed.append(tag)
+        verify = _verify_detached
+        for _ in range(min(HELP_ITEMS, len(mine))):
+            tag, pk, msg, sig = mine.pop()
+            if verify(sig, msg, len(msg), pk) != 0:
+                self.failed.append(tag)
         if not mine:
             self._chunk_done()
 
