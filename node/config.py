@@ -379,7 +379,7 @@ class MempoolConfig:
     doc: ClassVar[str] = "Pending transactions. When full, new transactions are rejected."
 
     txs_max: int = field(
-        default=5000,
+        default=20_000,
         metadata=_meta(_integer(1, 10_000_000), "Transactions held at most; more are rejected."),
     )
     bytes_max: int = field(
@@ -403,7 +403,7 @@ class MempoolConfig:
         ),
     )
     broadcast_batch_txs_max: int = field(
-        default=100,
+        default=1000,
         metadata=_meta(
             _integer(1, 100_000), "Transactions sent to a peer in one gossip message at most."
         ),

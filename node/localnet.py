@@ -83,9 +83,9 @@ RATE_WINDOW_S = 10.0  # committed tx/s is averaged over the blocks that arrived 
 BLOCK_HISTORY_MAX = 1_000  # blocks remembered per node for the rate window; oldest dropped
 LOG_TAIL_LINES = 20
 
-WORKERS_PER_NODE = 4  # concurrent submitters per node, each with its own connection
+WORKERS_PER_NODE = 2  # concurrent submitters per node, each with its own connection
 BATCH_TXS_MAX = 500  # transactions per POST /txs
-BATCH_INTERVAL_S = 0.02  # a submitter gathers send slots this long into one request
+BATCH_INTERVAL_S = 0.05  # a submitter gathers send slots this long into one request
 SAMPLE_ACCOUNTS_PER_NODE = 16  # the stream's sender filter allows at most 16
 LATENCY_SAMPLES_MAX = 200_000  # kept for percentiles; policy when full: drop the oldest
 SENT_AT_MAX = 100_000  # sampled txs awaiting their block; policy when full: forget the oldest
