@@ -37,7 +37,8 @@ peer at once, and every `GOSSIP_INTERVAL_MS` sends again, to each peer, those
 of its current height the peer's machine has not accepted (CometBFT learns
 that from HasVote messages; the simulator reads it from the peer directly),
 and to a peer at a lower height the decided block and commit certificate of
-that height.
+that height. Evidence a machine reports goes into its node's pool and to every
+peer once, which verifies it before pooling it, as the node's evidence channel.
 
 Besides the random faults there is one targeted scenario, "lock-attack": a
 scripted Byzantine proposer and voter plus a partition schedule under which
@@ -79,6 +80,7 @@ from consensus.events import (
     SignProposal,
     SignVote,
     StartHeight,
+    Step,
     TimeoutFired,
     ValidateBlock,
     VoteReceived,
@@ -328,12 +330,15 @@ class _Node:
             return self.states[height - 1].validators
         return None
 
-    def add_evidence(self, evidence: DuplicateVoteEvidence) -> None:
+    def add_evidence(self, evidence: DuplicateVoteEvidence) -> bool:
+        """Pool verified evidence; False if known, committed, or the pool is full (dropped)."""
         key = evidence.hash
         if key in self.evidence or key in self.committed_evidence:
-            return
-        if len(self.evidence) < EVIDENCE_PENDING_MAX:
-            self.evidence[key] = evidence
+            return False
+        if len(self.evidence) >= EVIDENCE_PENDING_MAX:
+            return False
+        self.evidence[key] = evidence
+        return True
 
     def pending_evidence(self, state: ChainState) -> list[DuplicateVoteEvidence]:
         """What a block at `state.height` may carry: earlier heights, young enough, bounded."""
@@ -342,7 +347,7 @@ class _Node:
         return ready[:BLOCK_EVIDENCE_MAX]
 
 
-_INPUT, _GOSSIP, _CRASH, _RESTART, _PARTITION, _SCRIPT = range(6)
+_INPUT, _GOSSIP, _CRASH, _RESTART, _PARTITION, _SCRIPT, _EVIDENCE = range(7)
 
 
 class _Simulation:
@@ -462,7 +467,9 @@ class _Simulation:
     def _in_fault_window(self) -> bool:
         return self.now < self.faults.window_ms
 
-    def _send(self, sender: _Node, to: _Node, message: Event) -> None:
+    def _send(
+        self, sender: _Node, to: _Node, message: Event | DuplicateVoteEvidence, kind: int = _INPUT
+    ) -> None:
         f = self.faults
         faulty = self._in_fault_window()
         if faulty and self.partition is not None:
@@ -474,7 +481,7 @@ class _Simulation:
         for _ in range(copies):
             delay = self.rng.randint(f.delay_ms_min, max(f.delay_ms_min, f.delay_ms_max))
             self.messages += 1
-            self._push(self.now + delay, _INPUT, to.index, -1, (message, sender.index))
+            self._push(self.now + delay, kind, to.index, -1, (message, sender.index))
 
     def _send_message(
         self, sender: _Node, to: _Node, message: ProposalReceived | VoteReceived
@@ -551,7 +558,10 @@ class _Simulation:
         elif isinstance(action, Decide):
             self._apply(node, action.block, action.commit)
         elif isinstance(action, ReportEvidence):
-            node.add_evidence(action.evidence)
+            if node.add_evidence(action.evidence):
+                for to in self.nodes:
+                    if to is not node:
+                        self._send(node, to, action.evidence, _EVIDENCE)
             self.evidence += 1 if node.honest else 0
             if action.evidence.validator_address not in self.bad_addresses and node.honest:
                 self.violations.append(
@@ -839,7 +849,22 @@ class _Simulation:
         due = machine.replay(decode_event(b) for b in node.wal)
         self._check_schedule(node, machine)
         self._perform(node, due)
+        if machine.current_step == Step.NEW_HEIGHT:
+            # As the node after its replay: a height not started yet (the crash
+            # came before StartHeight was logged) is started now.
+            self._local(node, StartHeight(machine.height))
         self._push(self.now + GOSSIP_INTERVAL_MS, _GOSSIP, node.index, node.epoch, None)
+
+    def _receive_evidence(self, node: _Node, evidence: DuplicateVoteEvidence) -> None:
+        """A peer's evidence joins the pool once verified against the set of its height."""
+        if node.crashed or node.scripted:
+            return
+        validators = node.validators_at(evidence.height)
+        if validators is None:
+            return  # a height this node has not reached: the reporter will propose it
+        self.verifications += 2
+        if evidence.verify(CHAIN_ID, validators) is None:
+            node.add_evidence(evidence)
 
     def _gossip(self, node: _Node) -> None:
         """Re-send what each peer lacks: its height's decision if behind, else missing messages."""
@@ -898,6 +923,8 @@ class _Simulation:
                     continue  # a timer or local result from before a crash
                 elif kind == _GOSSIP:
                     self._gossip(node)
+                elif kind == _EVIDENCE:
+                    self._receive_evidence(node, payload[0])
                 else:
                     event, sender = payload
                     self._input(node, event, sender)

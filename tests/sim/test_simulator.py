@@ -16,11 +16,19 @@ import pytest
 from consensus.machine import ConsensusMachine
 from node.simulator import Faults, main, run_batch, simulate
 
-# Seeds that once failed. Keep them. 1-3 (liveness: an equivocator's polka seen
-# by one honest validator only, before votes were relayed and counted per
-# block); 203 (a crash between applying a block and logging HeightCommitted:
-# the replayed BuildBlock of the committed height reached the block builder).
-REGRESSION_SEEDS = (1, 2, 3, 203)
+# Seeds that once failed (liveness: an equivocator's polka seen by one honest
+# validator only, before votes were relayed and counted per block). Keep them.
+REGRESSION_SEEDS = (1, 2, 3)
+# Crash seeds that once failed, with their faults (4 heights each):
+# 62: a node crashed before logging StartHeight(1) and, restarted, never began
+#     the height (false liveness failure; the node starts it after replay).
+# 117, 121: a crash between applying a block and logging HeightCommitted; the
+#     replayed BuildBlock of the committed height reached the block builder.
+CRASH_REGRESSIONS = (
+    (62, Faults(crashes=4, partitions=0)),
+    (117, Faults(crashes=12, partitions=0)),
+    (121, Faults(crashes=12, partitions=0)),
+)
 
 
 def test_regression_seeds_hold() -> None:
@@ -32,6 +40,14 @@ def test_regression_seeds_hold() -> None:
                     seed, heights=5, faults=faults, equal_power=equal_power, byzantine_mode=None
                 )
                 assert result.ok, result.describe()
+
+
+def test_crash_regression_seeds_hold() -> None:
+    """The crash regressions: a restart before the first height began; a crash mid-commit."""
+    for seed, faults in CRASH_REGRESSIONS:
+        result = simulate(seed, heights=4, faults=faults)
+        assert result.ok, result.describe()
+        assert result.restarts >= 3
 
 
 def test_batch_with_faults_and_one_byzantine_of_four() -> None:
