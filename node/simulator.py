@@ -351,6 +351,13 @@ _INPUT, _GOSSIP, _CRASH, _RESTART, _PARTITION, _SCRIPT, _EVIDENCE = range(7)
 
 
 class _Simulation:
+    """One seeded run: the nodes, the event queue ordered by virtual time, and the checker.
+
+    Queue entries are (at_ms, seq, kind, node, epoch, payload); `seq` breaks
+    ties in push order, so the run depends on nothing but the seed. A local
+    entry carries the node's epoch and dies if the node crashed since.
+    """
+
     def __init__(
         self,
         seed: int,
@@ -377,7 +384,9 @@ class _Simulation:
             assert validators == 4 and byzantine == 1
             faults, equal_power = Faults.lock_attack(), True
         self.faults = faults
-        powers = self._powers(byzantine, equal_power, attack)
+        self.bad = self._pick_byzantine(byzantine, attack)
+        self.bad_addresses = {self.keys[i].address for i in self.bad}
+        powers = self._powers(equal_power)
         self.genesis = Genesis(
             chain_id=CHAIN_ID,
             genesis_time_ms=0,
@@ -418,16 +427,17 @@ class _Simulation:
         self.messages = 0
         self.attack = _LockAttack(self) if attack else None
 
-    def _powers(self, byzantine: int, equal_power: bool, attack: bool) -> list[int]:
-        """Pick the Byzantine validators and every validator's power; Byzantine power < 1/3."""
-        n = len(self.keys)
+    def _pick_byzantine(self, byzantine: int, attack: bool) -> set[int]:
+        """Indexes of the Byzantine validators: by seed, or the one the lock-attack script needs."""
         if attack:
             # The script needs the Byzantine validator to propose round 0 at height 1.
             proposer0 = _initial_proposer(self.keys)
-            self.bad = {i for i, k in enumerate(self.keys) if k.address == proposer0}
-        else:
-            self.bad = set(self.rng.sample(range(n), byzantine))
-        self.bad_addresses = {self.keys[i].address for i in self.bad}
+            return {i for i, k in enumerate(self.keys) if k.address == proposer0}
+        return set(self.rng.sample(range(len(self.keys)), byzantine))
+
+    def _powers(self, equal_power: bool) -> list[int]:
+        """Every validator's power: 1, or seed-chosen with the Byzantine power below a third."""
+        n = len(self.keys)
         if equal_power:
             return [1] * n
         powers = [self.rng.randint(1, POWER_MAX) for _ in range(n)]
