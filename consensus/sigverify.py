@@ -308,6 +308,36 @@ class SignatureVerifier:
         self.cache.add(tx_id, (chain_id, tx, merkle.leaf_hash(encoded)))
         return True
 
+    def verify_txs(
+        self, items: Sequence[tuple[bytes, Transaction, bytes]], chain_id: str
+    ) -> list[bool]:
+        """`verify_tx` for many (tx id, tx, encoded tx) at once, on all threads.
+
+        For a batch of gossiped or submitted transactions: one parallel pass
+        instead of one call each, so the caller (a worker thread of the
+        node) waits for the pool rather than verifying alone.
+        """
+        ok = [False] * len(items)
+        todo: list[int] = []
+        for i, (txid, _tx, _raw) in enumerate(items):
+            entry = self.cache.get(txid)
+            if entry is not None and entry[0] == chain_id:
+                ok[i] = True
+            else:
+                todo.append(i)
+        results = self.verify_many(
+            [
+                (items[i][1].sender, items[i][1].sign_bytes(chain_id), items[i][1].signature)
+                for i in todo
+            ]
+        )
+        for i, good in zip(todo, results, strict=True):
+            if good:
+                txid, tx, raw = items[i]
+                self.cache.add(txid, (chain_id, tx, merkle.leaf_hash(raw)))
+                ok[i] = True
+        return ok
+
     def close(self) -> None:
         """Stop the pool threads (idempotent). Passes already started still finish."""
         if self._closed:

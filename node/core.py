@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from node import __version__
 from node.chain import Applied, Chain, decode_result, now_ms, worker_threads
 from node.events import CommittedBlock, EventHub
 from node.logging import get_logger
-from node.mempool import Mempool, MempoolLimits
+from node.mempool import Candidate, Mempool, MempoolError, MempoolLimits
 from node.metrics import Metrics, PulledSample
 from node.signstate import SignState, SignStateError
 from node.storage import BlockStore, open_store
@@ -54,6 +55,7 @@ TX_WAITERS_MAX = 10_000  # clients waiting for a commit; policy when full: answe
 EVIDENCE_PENDING_MAX = 1_000  # verified, not yet committed; policy when full: drop new
 EVIDENCE_COMMITTED_MAX = 10_000  # hashes remembered so committed evidence is not re-proposed
 PEER_STATUS_STALE_S = 30.0
+_PENDING = MempoolError("pending", "not yet admitted")  # placeholder while signatures verify
 
 
 @dataclass(slots=True)
@@ -294,11 +296,48 @@ class NodeCore:
     # ------------------------------------------------------------ transactions
 
     def mempool_add(self, raw: bytes) -> tuple[bytes, TxResult]:
+        """Admit one client transaction (verified on this thread); gossiped in the next batch."""
         txid, result = self.mempool.add(raw)
         self.queue_gossip([raw], origin=None)
+        self._mempool_metrics()
+        return txid, result
+
+    async def mempool_add_batch(
+        self, raws: Sequence[bytes], *, origin: str | None
+    ) -> list[tuple[bytes, TxResult] | MempoolError]:
+        """Admit many transactions: cheap checks here, signatures on the verifier's threads.
+
+        Returns, in order, each one's (id, result) or the refusal. Admitted
+        ones are queued for gossip to every peer but `origin`.
+        """
+        out: list[tuple[bytes, TxResult] | MempoolError] = []
+        screened: list[tuple[int, Candidate]] = []
+        for raw in raws:
+            try:
+                screened.append((len(out), self.mempool.screen(raw)))
+                out.append(_PENDING)
+            except MempoolError as e:
+                out.append(e)
+        if screened:
+            items = [(c.txid, c.tx, c.raw) for _, c in screened]
+            oks = await trio.to_thread.run_sync(
+                self.verifier.verify_txs, items, self.genesis.chain_id
+            )
+            admitted: list[bytes] = []
+            for (i, c), ok in zip(screened, oks, strict=True):
+                try:
+                    out[i] = (c.txid, self.mempool.admit(c, ok))
+                    admitted.append(c.raw)
+                except MempoolError as e:
+                    out[i] = e
+            if admitted:
+                self.queue_gossip(admitted, origin=origin)
+        self._mempool_metrics()
+        return out
+
+    def _mempool_metrics(self) -> None:
         self.metrics.mempool_txs.set(len(self.mempool))
         self.metrics.mempool_bytes.set(self.mempool.bytes)
-        return txid, result
 
     def queue_gossip(self, txs: list[bytes], *, origin: str | None) -> None:
         self._gossip.setdefault(origin, []).extend(txs)

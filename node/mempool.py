@@ -49,6 +49,15 @@ class MempoolLimits:
     recheck: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A transaction that passed `screen`, waiting for its signature check and `admit`."""
+
+    raw: bytes
+    txid: bytes
+    tx: Transaction
+
+
 @dataclass(slots=True)
 class _Entry:
     raw: bytes
@@ -89,32 +98,47 @@ class Mempool:
 
         Raises MempoolError for every refusal; nothing changes then.
         """
+        c = self.screen(raw)
+        return c.txid, self.admit(c, self.verifier.verify_tx(c.txid, c.tx, self.chain_id))
+
+    def screen(self, raw: bytes) -> Candidate:
+        """The cheap checks, before the signature: size, duplicate, replay, capacity, decoding."""
         if len(raw) > self.limits.tx_bytes_max:
             raise self._reject(
                 "too_large", f"transaction is {len(raw)} bytes, limit {self.limits.tx_bytes_max}"
             )
         txid = tx_id(raw)
-        if txid in self._entries:
-            raise self._reject("duplicate", "transaction already in the mempool")
-        if txid in self._committed:
-            raise self._reject("committed", "transaction already committed")
-        if (
-            len(self._entries) >= self.limits.txs_max
-            or self.bytes + len(raw) > self.limits.bytes_max
-        ):
-            raise self._reject("full", "mempool is full, retry later")
+        self._check_room(txid, len(raw))
         try:
             tx = Transaction.decode(raw)
         except DecodeError as e:
             raise self._reject("malformed", f"malformed transaction: {e}") from None
-        if not self.verifier.verify_tx(txid, tx, self.chain_id):
+        return Candidate(raw, txid, tx)
+
+    def _check_room(self, txid: bytes, size: int) -> None:
+        if txid in self._entries:
+            raise self._reject("duplicate", "transaction already in the mempool")
+        if txid in self._committed:
+            raise self._reject("committed", "transaction already committed")
+        limits = self.limits
+        if len(self._entries) >= limits.txs_max or self.bytes + size > limits.bytes_max:
+            raise self._reject("full", "mempool is full, retry later")
+
+    def admit(self, c: Candidate, signature_ok: bool) -> TxResult:
+        """Admit a screened transaction whose signature was checked (verifier, maybe in a thread).
+
+        The room is checked again: other transactions may have come in while
+        the signature was being verified.
+        """
+        if not signature_ok:
             raise self._reject("bad_signature", "invalid transaction signature")
-        result = self.app.check_tx(tx)
+        self._check_room(c.txid, len(c.raw))
+        result = self.app.check_tx(c.tx)
         if not result.ok:
             raise self._reject("check_failed", result.log or f"check_tx code {result.code}")
-        self._entries[txid] = _Entry(raw, tx)
-        self.bytes += len(raw)
-        return txid, result
+        self._entries[c.txid] = _Entry(c.raw, c.tx)
+        self.bytes += len(c.raw)
+        return result
 
     def reap(self, *, bytes_max: int, txs_max: int) -> list[bytes]:
         """Encoded transactions for a block, in admission order, within both limits."""

@@ -311,14 +311,16 @@ class RpcServer:
                 raws.append(_hex_param(item, "tx"))
         results: list[dict[str, Any]] = []
         accepted = 0
-        for raw in raws:
-            try:
-                txid, check = self.core.mempool_add(raw)
-            except MempoolError as e:
-                results.append({"hash": tx_id(raw).hex(), "error": e.message, "reason": e.reason})
+        for raw, outcome in zip(
+            raws, await self.core.mempool_add_batch(raws, origin=None), strict=True
+        ):
+            if isinstance(outcome, MempoolError):
+                results.append(
+                    {"hash": tx_id(raw).hex(), "error": outcome.message, "reason": outcome.reason}
+                )
                 continue
             accepted += 1
-            results.append({"hash": txid.hex(), "code": check.code})
+            results.append({"hash": outcome[0].hex(), "code": outcome[1].code})
         return JSONResponse({"accepted": accepted, "results": results})
 
     async def _read_body(self, request: Request) -> bytearray:

@@ -60,6 +60,9 @@ ANNOUNCE_INTERVAL_S = 1.0
 RESEND_AFTER_S = 3.0
 # Decided blocks sent to one peer per announce interval (a peer a height behind).
 DECIDED_SENDS_PER_PEER_MAX = 2
+# Peers' transaction batches waiting for admission (up to 1,000 txs each, so
+# at most 64,000 transactions' bytes). Policy when full: drop the batch.
+TX_BATCHES_QUEUED_MAX = 64
 
 
 class Reactor:
@@ -68,20 +71,26 @@ class Reactor:
     def __init__(self, core: NodeCore) -> None:
         self.core = core
         self.decided_sent: dict[str, int] = {}  # peer -> height we last sent it
+        self._txs_send, self._txs_recv = trio.open_memory_channel[tuple[str, tuple[bytes, ...]]](
+            TX_BATCHES_QUEUED_MAX
+        )
+        self.dropped_tx_batches = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for envelope in self.core.net.inbox:
-            try:
-                await self._handle(envelope)
-            except DecodeError as e:
-                log.warning(
-                    "malformed message from peer",
-                    peer=envelope.peer_id,
-                    channel=envelope.channel,
-                    error=str(e),
-                )
-                self.core.net.report_misbehaviour(envelope.peer_id, PeerFault.INVALID_MESSAGE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ingest_txs)
+            task_status.started()
+            async for envelope in self.core.net.inbox:
+                try:
+                    await self._handle(envelope)
+                except DecodeError as e:
+                    log.warning(
+                        "malformed message from peer",
+                        peer=envelope.peer_id,
+                        channel=envelope.channel,
+                        error=str(e),
+                    )
+                    self.core.net.report_misbehaviour(envelope.peer_id, PeerFault.INVALID_MESSAGE)
 
     async def _handle(self, env: Envelope) -> None:
         msg = decode_message(env.payload)
@@ -184,19 +193,21 @@ class Reactor:
             core.net.send(peer, BLOCKSYNC, encode_message(SyncBlockMsg(block, commit)))
 
     def _on_txs(self, peer: str, txs: tuple[bytes, ...]) -> None:
+        """Hand a peer's transactions to the mempool task, so votes never wait behind them."""
+        try:
+            self._txs_send.send_nowait((peer, txs))
+        except trio.WouldBlock:
+            self.dropped_tx_batches += 1  # the sender will not resend; clients may retry
+
+    async def _ingest_txs(self) -> None:
         core = self.core
-        admitted: list[bytes] = []
-        for raw in txs:
-            try:
-                core.mempool.add(raw)
-            except MempoolError as e:
-                if e.reason in ("bad_signature", "malformed"):
+        async for peer, txs in self._txs_recv:
+            results = await core.mempool_add_batch(txs, origin=peer)
+            for r in results:
+                if isinstance(r, MempoolError) and r.reason in ("bad_signature", "malformed"):
+                    # A peer relays only what it admitted: this one is faulty.
                     core.net.report_misbehaviour(peer, PeerFault.INVALID_SIGNATURE)
-                    return
-                continue
-            admitted.append(raw)
-        if admitted:
-            core.queue_gossip(admitted, origin=peer)
+                    break
 
 
 @dataclass(slots=True)
