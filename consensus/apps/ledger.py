@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Self
 
+import msgpack
+
 from consensus.app import (
     TX_OK,
     BlockExecution,
@@ -58,6 +60,10 @@ _TRANSFER_HEAD = b"\x93\xa8transfer\xc4\x14"
 _HEAD_END = len(_TRANSFER_HEAD)
 _ADDR_END = _HEAD_END + ADDRESS_BYTES
 _NO_ACCOUNT = (0, 0)
+# codec.encode of [balance, nonce] (two ints: the same canonical bytes) without
+# building a Packer per account; a block writes one record per account it touches.
+# Shared safely: pack() runs in C without releasing the GIL.
+_pack_account = msgpack.Packer(use_bin_type=True).pack
 # Distinct transfer amounts remembered by their encoding: 9 bytes at most
 # each, so about 5 MB with dict overhead; emptied when full.
 AMOUNT_MEMO_ENTRIES_MAX = 65_536
@@ -266,7 +272,7 @@ class Ledger:
             changed[to] = (to_balance + amount, to_nonce)
             append(_OK)
         writes: list[tuple[bytes, bytes | None]] = [
-            (KEY_ACCOUNT + a, encode([b, n])) for a, (b, n) in changed.items()
+            (KEY_ACCOUNT + a, _pack_account([b, n])) for a, (b, n) in changed.items()
         ]
         writes += validator_writes(validators_changed)
         writes.sort()
