@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import trio
 
+from node.config import ConsensusConfig, MempoolConfig
 from node.home import DEFAULT_TESTNET_CHAIN_ID
 from node.localnet import (
     WORKERS_PER_NODE,
@@ -320,8 +321,9 @@ def main() -> int:
         "loadavg_start": round(os.getloadavg()[0], 2),
         "validators": ns.validators,
         "accounts": ns.accounts,
-        "timeout_commit_ms": ns.timeout_commit_ms or "default (1000)",
-        "mempool_txs_max": ns.mempool_txs_max or "default (5000)",
+        "timeout_commit_ms": ns.timeout_commit_ms
+        or f"default ({ConsensusConfig().timeout_commit_ms})",
+        "mempool_txs_max": ns.mempool_txs_max or f"default ({MempoolConfig().txs_max})",
         "step_s": ns.step_s,
         "warmup_s": ns.warmup_s,
         "date": time.strftime("%Y-%m-%d %H:%M"),
