@@ -293,7 +293,7 @@ def main() -> None:
         for s in commit.signatures
     ]
     all_items = items + commit_items
-    verify_us = best_cpu_seconds(lambda: _loop_detached(all_items), 2) / len(all_items) * 1e6
+    verify_us = best_cpu_seconds(lambda: _loop_detached(all_items), 3) / len(all_items) * 1e6
     with SignatureVerifier(threads=0) as v0:
         single_us = best_cpu_seconds(partial(validate, v0), args.repeat) / n * 1e6
         real_verify = sigverify._verify_detached
