@@ -199,6 +199,20 @@ class VerifyPass:
         if not mine:
             self._chunk_done()
 
+    def help_until_empty(self) -> None:
+        """Verify queued items here, beside the pool, until none is left queued.
+
+        For work submitted before a stretch of Python: done on every core now,
+        it does not leave the pool waiting for the GIL during that stretch.
+        """
+        while True:
+            try:
+                chunk = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            assert chunk is not None, "end markers are only queued by finish"
+            self.run_chunk(chunk)
+
     def help_now(self) -> None:
         """Verify one item here if any is queued: the caller is about to hold the GIL a while."""
         self.help(0)

@@ -737,7 +737,11 @@ def _run_pass(
     n = len(block.txs)
     try:
         if early_items:
+            # The commit certificate and evidence first, on every core: in a
+            # block of cached txs the pool would otherwise wait for the GIL
+            # through all of the caller's Python.
             vpass.submit(early_items)
+            vpass.help_until_empty()
         stream = _Stream(block, state.chain_id, verifier, vpass)
         execution = app.execute_block(block.header, stream, block.evidence)
         # What does not depend on the signatures is computed while the pool still
