@@ -120,3 +120,16 @@ def test_help_paces_the_caller_and_finish_verifies_the_rest(
         assert len(calls) == 2 * sigverify.HELP_ITEMS
         assert vpass.finish() == bad
     assert sorted(calls) == sorted(sig for _, _, sig in items)
+
+
+def test_help_until_empty_verifies_everything_queued() -> None:
+    """help_until_empty leaves nothing queued; finish then reports exactly the bad items."""
+    items = _items(20)
+    pk, msg, sig = items[7]
+    items[7] = (pk, msg + b"!", sig)
+    with SignatureVerifier(threads=1) as v:
+        vpass = v.open_pass()
+        vpass.submit([(i, pk, msg, sig) for i, (pk, msg, sig) in enumerate(items)])
+        vpass.help_until_empty()
+        assert vpass._queue.qsize() == 0
+        assert vpass.finish() == {7}
