@@ -120,10 +120,12 @@ class ConsensusService:
         """Queue a peer's message for the core; False (and dropped) when the inbox is full."""
         if self.machine is None:
             return False
-        if isinstance(event, VoteReceived) and event.vote.validator_address == (
-            self.core.validator_address
-        ):
-            self._check_doppelganger(peer_id, event.vote)
+        if isinstance(event, VoteReceived):
+            address = event.vote.validator_address
+            if address == self.core.validator_address:
+                self._check_doppelganger(peer_id, event.vote)
+            elif self.machine.validators.index_of(address) is not None:
+                self.core.validator_last_seen[address] = trio.current_time()
         if len(self._peer_events) >= PEER_EVENTS_MAX:
             self.dropped_events += 1
             return False

@@ -138,6 +138,9 @@ class NodeCore:
         self.mode_reason = "starting: asking peers for their heights"
         self._mode_changed = trio.Event()
         self.peer_status: dict[str, PeerStatus] = {}
+        # When each validator's last vote arrived (trio time); only addresses of the
+        # current set are recorded, so it holds at most VALIDATORS_MAX entries.
+        self.validator_last_seen: dict[bytes, float] = {}
         self._tx_waiters: dict[bytes, tuple[trio.Event, list[tuple[int, int, int, str]]]] = {}
         # Admitted transactions not yet gossiped, by origin peer (None: a client).
         # Bounded by the mempool itself: each entry is also a mempool entry.

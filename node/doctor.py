@@ -8,8 +8,11 @@ checks what it can from the home folder alone.
 
 from __future__ import annotations
 
+import math
 import shutil
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from node.chain import now_ms
 
@@ -19,7 +22,8 @@ if TYPE_CHECKING:
 DISK_FREE_WARN_BYTES = 1024 * 1024 * 1024
 MEMPOOL_PRESSURE_RATIO = 0.8
 CLOCK_SKEW_WARN_MS = 2_000
-STALL_FACTOR = 10  # no block for this many commit timeouts (plus the round's timeouts) is a stall
+SILENT_AFTER_S_MIN = 10.0  # a validator with no vote for this long (or 3 rounds) is silent
+STALL_FACTOR = 5  # no block for this many (commit timeout + one round) is a stall
 
 
 def _finding(severity: str, what: str, advice: str) -> dict[str, str]:
@@ -90,6 +94,7 @@ def _consensus(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
     stalled_ms = now_ms() - core.last_progress_ms
     if c["round"] > 0 or stalled_ms > STALL_FACTOR * (cfg.timeout_commit_ms + round_ms):
         silent = _silent_validators(core)
+        halted = False
         why = (
             f"height {c['height']} is in round {c['round']} (step {c['step']}); "
             f"no block for {stalled_ms // 1000} s"
@@ -99,10 +104,11 @@ def _consensus(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
             total = core.chain.state.validators.total_power
             why += f"; silent validators: {', '.join(a[:12] for a, _ in silent)} "
             why += f"({power} of {total} voting power)"
+            halted = 3 * power >= total
             advice = (
-                "more than a third of the voting power is silent: the chain cannot commit "
+                "at least a third of the voting power is silent: the chain cannot commit "
                 "until enough of those validators are back online"
-                if 3 * power >= total
+                if halted
                 else "rounds fail while some validators are silent; bring them back"
             )
         else:
@@ -110,7 +116,8 @@ def _consensus(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
                 "all validators vote but rounds fail: look for 'invalid block proposed' and "
                 "clock skew in the logs, or raise the [consensus] timeouts on a slow network"
             )
-        out.append(_finding("warning" if c["round"] < 3 else "critical", why, advice))
+        critical = halted or c["round"] >= 3
+        out.append(_finding("critical" if critical else "warning", why, advice))
     skew = _clock_skew_ms(core)
     if skew is not None and abs(skew) > CLOCK_SKEW_WARN_MS:
         out.append(
@@ -124,17 +131,18 @@ def _consensus(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _silent_validators(core: NodeCore) -> list[tuple[str, int]]:
-    """Validators without a vote in the current height's rounds so far."""
-    machine = core.consensus.machine if core.consensus is not None else None
-    if machine is None:
-        return []
-    heard: set[int] = set()
-    for rv in machine.votes.rounds.values():
-        heard.update(rv.senders)
+    """Validators of the current set from which no vote arrived recently."""
+    cfg = core.config.consensus
+    window_s = max(
+        SILENT_AFTER_S_MIN,
+        3 * (cfg.timeout_propose_ms + cfg.timeout_prevote_ms + cfg.timeout_precommit_ms) / 1000,
+    )
+    now = trio.current_time()
     return [
         (v.address.hex(), v.power)
-        for i, v in enumerate(machine.validators)
-        if i not in heard and v.address != core.validator_address
+        for v in core.chain.state.validators
+        if v.address != core.validator_address
+        and now - core.validator_last_seen.get(v.address, -math.inf) > window_s
     ]
 
 

@@ -131,7 +131,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Submit many transactions in one request",
                 "description": (
                     "Each transaction is admitted on its own; the answer lists every "
-                    "one's hash and outcome, in order. Body: JSON {\"txs\": [hex, ...]} or "
+                    'one\'s hash and outcome, in order. Body: JSON {"txs": [hex, ...]} or '
                     "application/octet-stream holding the canonical msgpack array of "
                     "encoded transactions. At most 10,000 per request."
                 ),
