@@ -55,7 +55,7 @@ from consensus.events import (
     encode_event,
 )
 from consensus.machine import ConsensusConfig, ConsensusMachine
-from consensus.types import Proposal, Vote, VoteType, proposal_sign_bytes, vote_sign_bytes
+from consensus.types import Proposal, Vote, proposal_sign_bytes, vote_sign_bytes
 from consensus.validation import BlockInvalid
 from network import CONSENSUS, EVIDENCE
 from network import Misbehaviour as PeerFault
@@ -110,7 +110,6 @@ class ConsensusService:
         self._sender = ""  # peer whose message is being stepped ("" for our own inputs)
         self.own_messages: list[bytes] = []  # encoded, for re-sending to stalled peers
         self._replayed = False
-        self.started_height_at_ms = now_ms()
         self.watch_until_height = 0  # doppelganger watch: no signing before this height
         self._watch_deadline = 0.0
 
@@ -141,9 +140,6 @@ class ConsensusService:
     def wake(self) -> None:
         """Make the loop look at the node's mode again (block sync wants the chain)."""
         self._wakeup.set()
-
-    def submit_decided(self, peer_id: str, event: Event) -> bool:
-        return self.submit_from_peer(peer_id, event)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -393,8 +389,6 @@ class ConsensusService:
             index,
             signature,
         )
-        if action.type == VoteType.PRECOMMIT and action.block_hash:
-            self.core.metrics_precommitted()
         self._submit_own(VoteReceived(vote))
 
     async def _sign_proposal(self, action: SignProposal) -> None:

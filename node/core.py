@@ -293,9 +293,6 @@ class NodeCore:
             self._last_round = machine.round
         self.metrics.round.set(machine.round)
 
-    def metrics_precommitted(self) -> None:
-        """Hook for a validator's own precommit for a block (kept for metrics symmetry)."""
-
     # ------------------------------------------------------------ transactions
 
     def mempool_add(self, raw: bytes) -> tuple[bytes, TxResult]:

@@ -437,7 +437,3 @@ class RpcServer:
             "txs": txs,
         }
         return json.dumps(body)
-
-
-def tx_hash_hex(raw: bytes) -> str:
-    return tx_id(raw).hex()
