@@ -9,10 +9,13 @@ against 0.45 us through ctypes and a concatenation plus an allocation through
 pynacl's `crypto_sign_open`. The symbol comes from pynacl's own bundled
 libsodium, so no system library is needed.
 
-What holds the GIL is the Python between calls, so a pass is shaped to keep
-that short: the caller submits chunks of work as it produces them and verifies
-chunks itself between its own steps, while the pool threads drain the same
-queue. Nothing here reads a clock or the OS: the caller gives the thread count.
+What holds the GIL is the Python between calls: a pool thread must take the
+GIL back after every verification, and while the caller runs Python it
+waits (libsodium has no batch call that would verify a chunk with the GIL
+released). So the caller submits chunks as it produces them and, between its
+own short steps, verifies a couple of signatures itself, paced so that the
+pool still has work when the caller's Python is done (VerifyPass.help).
+Nothing here reads a clock or the OS: the caller gives the thread count.
 
 The cache remembers transactions whose signature was verified at mempool
 admission, keyed by transaction id (SHA-256 of the encoded transaction), with
