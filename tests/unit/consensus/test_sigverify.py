@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from consensus import crypto, merkle
+from consensus import crypto, merkle, sigverify
 from consensus.apps.ledger import transfer_tx
 from consensus.crypto import PrivateKey
 from consensus.sigverify import SignatureCache, SignatureVerifier, verify_detached
@@ -104,6 +104,7 @@ def test_help_paces_the_caller_and_finish_verifies_the_rest(
         return int(real(sig, msg, n, pk))
 
     monkeypatch.setattr(sigverify, "_verify_detached", counting)
+    monkeypatch.setattr(sigverify, "_verify_chunk", None)  # count every call, in Python
     items = _items(24)
     bad = {5, 17}
     for i in bad:
@@ -133,3 +134,22 @@ def test_help_until_empty_verifies_everything_queued() -> None:
         vpass.help_until_empty()
         assert vpass._queue.qsize() == 0
         assert vpass.finish() == {7}
+
+
+def test_compiled_chunk_loop_agrees_with_libsodium() -> None:
+    """The compiled loop returns 1 exactly for the items libsodium accepts, 0 for wrong sizes."""
+    if sigverify._verify_chunk is None:
+        pytest.skip("built without a C compiler: the cffi path is used instead")
+    key = PrivateKey(b"\x09" * 32)
+    good = key.sign(b"m")
+    items = [
+        (0, key.public_key, b"m", good),
+        (1, key.public_key, b"other", good),  # wrong message
+        (2, key.public_key, b"m", good[:-1] + bytes([good[-1] ^ 1])),  # flipped bit
+        (3, key.public_key[:31], b"m", good),  # short key
+        (4, key.public_key, b"m", good[:63]),  # short signature
+    ]
+    assert sigverify._verify_chunk(sigverify.VERIFY_ADDRESS, items) == bytes([1, 0, 0, 0, 0])
+    assert sigverify._verify_chunk(sigverify.VERIFY_ADDRESS, []) == b""
+    with pytest.raises(TypeError):
+        sigverify._verify_chunk(sigverify.VERIFY_ADDRESS, [(0, "pk", b"m", good)])

@@ -1,0 +1,3 @@
+from collections.abc import Sequence
+
+def verify_chunk(address: int, items: Sequence[tuple[int, bytes, bytes, bytes]], /) -> bytes: ...
