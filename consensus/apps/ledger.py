@@ -40,7 +40,7 @@ from consensus.apps import (
     validator_writes,
 )
 from consensus.codec import decode, encode
-from consensus.crypto import ADDRESS_BYTES, PrivateKey
+from consensus.crypto import ADDRESS_BYTES, PrivateKey, address_of
 from consensus.types import (
     DuplicateVoteEvidence,
     Genesis,
@@ -229,11 +229,20 @@ class Ledger:
         txs: Iterable[Transaction],
         evidence: Sequence[DuplicateVoteEvidence],
     ) -> BlockExecution:
-        """Apply each transaction in order to an overlay; evidence carries no penalty here."""
+        """Apply each transaction in order to an overlay.
+
+        Evidence of equivocation removes the offending validator from the set
+        (power 0, effective at height + 2, like any validator update) unless
+        it is the last one; the admin may add it back with `set_validator`.
+        """
         accounts = self._accounts
         changed: dict[bytes, tuple[int, int]] = {}
         validators_changed: dict[bytes, int] = {}
         updates: list[ValidatorUpdate] = []
+        for ev in evidence:
+            removal = self._remove_equivocator(ev, validators_changed, len(updates))
+            if removal is not None:
+                updates.append(removal)
         results: list[TxResult] = []
         append = results.append
         address_of = self._addresses.get
@@ -284,6 +293,17 @@ class Ledger:
             base_app_hash=self._app_hash,
             app_hash=chain_app_hash(self._app_hash, writes),
         )
+
+    def _remove_equivocator(
+        self, evidence: DuplicateVoteEvidence, changed: dict[bytes, int], update_count: int
+    ) -> ValidatorUpdate | None:
+        for public_key in self._validators:
+            if address_of(public_key) == evidence.validator_address:
+                outcome = apply_validator_update(
+                    self._validators, changed, update_count, public_key, 0
+                )
+                return outcome if isinstance(outcome, ValidatorUpdate) else None
+        return None
 
     def _amount_slowly(self, payload: bytes) -> int:
         """_transfer_amount, remembering a valid amount's encoding for the next transfer."""

@@ -252,3 +252,23 @@ def test_remembered_amount_needs_the_transfer_head() -> None:
     ]
     codes = [r.code for r in app.execute_block(_header(1), txs, ()).tx_results]
     assert codes == [0, CODE_BAD_PAYLOAD, CODE_BAD_PAYLOAD, 0]
+
+
+def test_ledger_removes_an_equivocating_validator() -> None:
+    """Committed evidence against a validator yields its removal (power 0) as an update."""
+    from consensus.types import DuplicateVoteEvidence, Vote, VoteType
+
+    app = _ledger()
+    offender = VALS[1]
+    a = Vote.create(offender, CHAIN, VoteType.PREVOTE, 1, 0, b"\x01" * 32, 1)
+    b = Vote.create(offender, CHAIN, VoteType.PREVOTE, 1, 0, b"\x02" * 32, 1)
+    execution = app.execute_block(_header(1), [], [DuplicateVoteEvidence(a, b)])
+    assert [(u.public_key, u.power) for u in execution.validator_updates] == [
+        (offender.public_key, 0)
+    ]
+    app.commit(execution)
+    # The last remaining validator is never removed, even with evidence against it.
+    a2 = Vote.create(VALS[0], CHAIN, VoteType.PREVOTE, 3, 0, b"\x01" * 32, 0)
+    b2 = Vote.create(VALS[0], CHAIN, VoteType.PREVOTE, 3, 0, b"\x02" * 32, 0)
+    last = app.execute_block(_header(2), [], [DuplicateVoteEvidence(a2, b2)])
+    assert last.validator_updates == ()
