@@ -70,7 +70,6 @@ from consensus.types import (
     CommitSig,
     Validator,
     ValidatorSet,
-    Vote,
     VoteType,
 )
 from consensus.votes import HeightVotes
@@ -548,19 +547,3 @@ class ConsensusMachine:
                 actions.append(ScheduleTimeout(self.height, self.round, Step.PRECOMMIT, duration))
                 continue
             return
-
-
-def votes_for_commit(commit: Commit, validators: ValidatorSet) -> list[Vote]:
-    """The precommits a commit certificate holds, as votes (for gossip or evidence checks)."""
-    return [
-        Vote(
-            VoteType.PRECOMMIT,
-            commit.height,
-            commit.round,
-            commit.block_hash,
-            validators[s.validator_index].address,
-            s.validator_index,
-            s.signature,
-        )
-        for s in commit.signatures
-    ]

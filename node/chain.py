@@ -29,18 +29,19 @@ from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
 from consensus.types import (
+    TIME_MS_MAX,
     Block,
     Commit,
     DuplicateVoteEvidence,
     Genesis,
     GenesisError,
-    ValidatorSet,
 )
 from consensus.validation import (
     BlockInvalid,
     Reason,
     ValidatedBlock,
     build_block,
+    next_chain_state,
     validate_block,
     verify_commit,
 )
@@ -180,15 +181,11 @@ class Chain:
         (admitting transactions against the application's mempool view) ever
         sees the application half-way between two heights.
         """
-        validated = self.validate(block, now=now)
+        # A block with a +2/3 certificate is decided: judge its time by the chain's
+        # rules (after the previous block), never by how far our clock lags.
+        validated = self.validate(block, now=TIME_MS_MAX if now is None else now)
         execution = validated.execution
-        new_state = self.state.advance(
-            block_hash=validated.block_hash,
-            block_time_ms=block.header.time_ms,
-            app_hash=execution.app_hash,
-            last_results_hash=validated.results_hash,
-            validators_after_next=validated.validators_after_next,
-        )
+        new_state = next_chain_state(self.state, validated)
         results = [encode_result(r) for r in execution.tx_results]
         block_bytes = block.encode()
         self.store.save_block(
@@ -214,9 +211,6 @@ class Chain:
             return None
         results = tuple(decode_result(r) for r in self.store.iter_block_results(height))
         return CommittedBlock(block, commit, results)
-
-    def validators_at(self, height: int) -> ValidatorSet | None:
-        return self.store.load_validators(height)
 
 
 def worker_threads() -> int:

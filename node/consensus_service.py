@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from consensus.codec import DecodeError
+from consensus.crypto import verify
 from consensus.events import (
     Action,
     BlockBuilt,
@@ -63,6 +64,8 @@ from node.chain import now_ms
 from node.logging import get_logger
 from node.messages import EvidenceMsg, ProposalMsg, VoteMsg, encode_message
 from node.signstate import DoubleSignRefused, SignStateError, SignStep, step_of_vote
+from node.storage import StorageError
+from node.wal import WALError
 
 if TYPE_CHECKING:
     from node.core import NodeCore
@@ -76,6 +79,9 @@ PEER_EVENTS_MAX = 4096
 # per step are outstanding at once, so this bound is never reached in practice;
 # if it were, the put would wait (it is never dropped).
 OWN_EVENTS_MAX = 1024
+# Distinct proposals logged to the WAL, remembered to log each once (cleared
+# when full: at worst a proposal is logged twice).
+LOGGED_PROPOSALS_MAX = 1024
 # Own signed messages of the current height, re-sent to peers that stall.
 OWN_MESSAGES_MAX = 64
 # The doppelganger watch ends early when no block commits for this long: a
@@ -110,6 +116,7 @@ class ConsensusService:
         self._sender = ""  # peer whose message is being stepped ("" for our own inputs)
         self.own_messages: list[bytes] = []  # encoded, for re-sending to stalled peers
         self._replayed = False
+        self._logged_proposals: set[tuple[int, int, bytes]] = set()
         self.watch_until_height = 0  # doppelganger watch: no signing before this height
         self._watch_deadline = 0.0
 
@@ -123,8 +130,6 @@ class ConsensusService:
             address = event.vote.validator_address
             if address == self.core.validator_address:
                 self._check_doppelganger(peer_id, event.vote)
-            elif self.machine.validators.index_of(address) is not None:
-                self.core.validator_last_seen[address] = trio.current_time()
         if len(self._peer_events) >= PEER_EVENTS_MAX:
             self.dropped_events += 1
             return False
@@ -198,6 +203,11 @@ class ConsensusService:
         step = step_of_vote(vote.type)
         if (vote.height, vote.round, int(step)) <= last.hrs:
             return  # at or before our own last signature: ours from before a restart
+        chain_id = self.core.chain.state.chain_id
+        if not verify(
+            self.core.validator_key.public_key, vote.sign_bytes(chain_id), vote.signature
+        ):
+            return  # a forgery, not another instance: the machine scores its sender
         self.core.sign_state = None
         self.core.sign_state_error = (
             f"another instance signs with this validator key (vote at height {vote.height}, "
@@ -242,21 +252,51 @@ class ConsensusService:
                 machine.own_address = None
             actions = self._replay(machine)
         if machine.current_step.name == "NEW_HEIGHT":
+            self._log(StartHeight(machine.height))
             actions += machine.step(StartHeight(machine.height))
-            self.core.wal.append(encode_event(StartHeight(machine.height)))
         await self._perform(actions)
         while self.core.mode == "consensus":
             event, sender = await self._next_event()
             if event is None:
                 continue
             self._sender = sender
-            self.core.wal.append(encode_event(event))
+            if self._worth_logging(machine, event, sender):
+                self._log(event)
             actions = machine.step(event)
             await self._perform(actions)
             self._sender = ""
             if self.watch_until_height:
                 self._end_watch_if_due(machine)
             self.core.on_consensus_progress(machine)
+
+    def _worth_logging(self, machine: ConsensusMachine, event: Event, sender: str) -> bool:
+        """Whether a peer's message can change this height's state, so replay needs it.
+
+        Messages for other heights are never replayed into this height's
+        machine (next-height ones are re-gossiped after a restart), and a
+        proposal already logged this height is not logged twice: so a peer
+        cannot fill the WAL with copies of blocks.
+        """
+        if not sender or not isinstance(event, ProposalReceived | VoteReceived):
+            return True
+        if event.height != machine.height:
+            return False
+        if isinstance(event, ProposalReceived):
+            key = (machine.height, event.proposal.round, event.proposal.signature)
+            if key in self._logged_proposals:
+                return False
+            if len(self._logged_proposals) >= LOGGED_PROPOSALS_MAX:
+                self._logged_proposals.clear()
+            self._logged_proposals.add(key)
+        return True
+
+    def _log(self, event: Event) -> None:
+        try:
+            self.core.wal.append(encode_event(event))
+        except WALError as e:
+            log.critical("cannot write the consensus WAL; stopping", error=str(e))
+            self.core.node.request_stop("consensus WAL unwritable")
+            raise
 
     def _replay(self, machine: ConsensusMachine) -> list[Action]:
         """Feed the WAL's records of the current height back into a fresh machine."""
@@ -324,6 +364,8 @@ class ConsensusService:
 
     def _broadcast(self, action: Broadcast) -> None:
         msg = action.message
+        if isinstance(msg, VoteReceived):  # the machine verified and counted it
+            self.core.validator_last_seen[msg.vote.validator_address] = trio.current_time()
         payload = encode_message(
             ProposalMsg(msg.proposal, msg.block)
             if isinstance(msg, ProposalReceived)
@@ -337,12 +379,15 @@ class ConsensusService:
         self, step: SignStep, height: int, round: int, sign_bytes: bytes
     ) -> bytes | None:
         core = self.core
-        if core.sign_state is None:
+        sign_state = core.sign_state
+        if sign_state is None:
             return None
         await trio.to_thread.run_sync(core.wal.sync)
+        if core.sign_state is not sign_state:
+            return None  # signing was stopped meanwhile (a doppelganger was seen)
         try:
             return await trio.to_thread.run_sync(
-                core.sign_state.check_and_sign,
+                sign_state.check_and_sign,
                 height,
                 round,
                 step,
@@ -457,6 +502,13 @@ class ConsensusService:
             )
             self.core.node.request_stop("state diverged from the chain")
             return
+        except StorageError as e:
+            # The block is decided: a node that cannot store it cannot go on.
+            log.critical(
+                "cannot store a committed block; stopping", height=action.block.height, error=str(e)
+            )
+            self.core.node.request_stop("cannot store a committed block")
+            return
         if applied is None:
             return  # block sync applied this height meanwhile
         await trio.to_thread.run_sync(self.core.wal.mark_height_end, action.block.height)
@@ -484,7 +536,10 @@ class ConsensusService:
             round=action.round,
             reason=action.reason,
         )
-        if self._sender:
+        # Only what the sender could have checked before relaying is its fault:
+        # a second proposal in a round is the proposer's, and honest peers relay
+        # whichever one they saw first.
+        if self._sender and "two proposals" not in action.reason:
             fault = (
                 PeerFault.INVALID_SIGNATURE
                 if "signature" in action.reason

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from consensus.app import TxResult
     from node.consensus_service import ConsensusService
     from node.daemon import Node
-    from node.services import BlockSync
+    from node.services import BlockSync, Reactor
 
 log = get_logger(__name__)
 
@@ -67,6 +67,10 @@ class PeerStatus:
     updated_at: float = 0.0
 
 
+class TooManyWaiters(Exception):
+    """TX_WAITERS_MAX clients already wait for a commit: answered with 503."""
+
+
 class EvidencePool:
     """Verified equivocation evidence waiting for a block, bounded and deduplicated."""
 
@@ -84,9 +88,14 @@ class EvidencePool:
         return True
 
     def pending(self, state: ChainState) -> list[DuplicateVoteEvidence]:
-        """Evidence a block at `state.height` may include (young enough, at most the limit)."""
+        """Evidence a block at `state.height` may include: from earlier heights, young enough.
+
+        Expired items are dropped here, so stale evidence never fills the pool.
+        """
         oldest = state.height - state.params.evidence_age_blocks_max
-        out = [e for e in self._pending.values() if e.height >= oldest]
+        for key in [k for k, e in self._pending.items() if e.height < oldest]:
+            del self._pending[key]
+        out = [e for e in self._pending.values() if e.height < state.height]
         return out[:BLOCK_EVIDENCE_MAX]
 
     def committed(self, evidence: tuple[DuplicateVoteEvidence, ...]) -> None:
@@ -147,6 +156,7 @@ class NodeCore:
         self._gossip: dict[str | None, list[bytes]] = {}
         self.gossip_ready = trio.Event()
         self.blocksync: BlockSync | None = None
+        self.reactor: Reactor | None = None
         self.started_at_ms = now_ms()
         self.last_progress_ms = now_ms()
         self._last_round = 0
@@ -358,7 +368,7 @@ class NodeCore:
         entry = self._tx_waiters.get(txid)
         if entry is None:
             if len(self._tx_waiters) >= TX_WAITERS_MAX:
-                return None
+                raise TooManyWaiters(f"{TX_WAITERS_MAX} clients are waiting for commits already")
             entry = (trio.Event(), [])
             self._tx_waiters[txid] = entry
         event, result = entry
@@ -377,9 +387,6 @@ class NodeCore:
                 code, text = committed.tx_results[index]
                 entry[1].append((committed.height, index, code, text))
                 entry[0].set()
-
-    def decode_result(self, data: bytes) -> tuple[int, str]:
-        return decode_result(data)
 
     def committed_block(self, height: int) -> CommittedBlock | None:
         return self.chain.committed_block(height)

@@ -233,9 +233,10 @@ def build_services(node: Node) -> list[Service]:
     node.core = core
     core.consensus = ConsensusService(core)
     core.blocksync = BlockSync(core)
+    core.reactor = Reactor(core)
     services: list[Service] = [
         _NetworkService(core),
-        Reactor(core),
+        core.reactor,
         core.consensus,
         core.blocksync,
         Announcer(core),

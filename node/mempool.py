@@ -19,7 +19,7 @@ ids (`COMMITTED_IDS_MAX`) so a replayed transaction is refused cheaply.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from consensus.app import Application, TxResult
@@ -174,11 +174,3 @@ class Mempool:
                 self.bytes -= len(entry.raw)
                 dropped += 1
         return dropped
-
-    def pending(self) -> Iterable[bytes]:
-        """Ids in admission order (for gossip to a newly connected peer, status pages)."""
-        return self._entries.keys()
-
-    def raw(self, txid: bytes) -> bytes | None:
-        entry = self._entries.get(txid)
-        return None if entry is None else entry.raw

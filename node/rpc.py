@@ -33,6 +33,8 @@ from consensus import merkle
 from consensus.codec import DecodeError, decode, expect_array
 from consensus.types import Transaction, tx_id
 from node import __version__
+from node.chain import decode_result
+from node.core import TooManyWaiters
 from node.events import CommittedBlock, TooManySubscribers
 from node.jsonview import block_json, commit_json, tx_json
 from node.logging import get_logger
@@ -212,7 +214,7 @@ class RpcServer:
         block = self.core.store.load_block(record.height)
         assert block is not None, "tx index points at a missing block"
         proof = merkle.prove(block.txs, record.index)
-        code, log_text = self.core.decode_result(record.result)
+        code, log_text = decode_result(record.result)
         out = tx_json(record.tx, Transaction.decode(record.tx))
         out.update(
             status="committed",
@@ -267,7 +269,11 @@ class RpcServer:
         }
         if wait != "commit":
             return JSONResponse(body, status_code=202)
-        committed = await self.core.wait_for_tx(txid, self.wait_timeout_s)
+        try:
+            committed = await self.core.wait_for_tx(txid, self.wait_timeout_s)
+        except TooManyWaiters as e:
+            body["error"] = f"{e}; the transaction is admitted, poll GET /tx/{{hash}}"
+            return JSONResponse(body, status_code=503)
         if committed is None:
             body["error"] = "timed out waiting for the transaction to be committed; it is pending"
             return JSONResponse(body, status_code=504)
@@ -353,10 +359,6 @@ class RpcServer:
             wait = obj.get("wait", wait)
         if wait not in ("check", "commit"):
             raise HTTPException(400, 'wait must be "check" or "commit"')
-        try:
-            Transaction.decode(raw)
-        except DecodeError as e:
-            raise HTTPException(400, f"malformed transaction: {e}") from None
         return raw, str(wait)
 
     # ------------------------------------------------------------ stream

@@ -58,8 +58,9 @@ log = get_logger(__name__)
 ANNOUNCE_INTERVAL_S = 1.0
 # A height without progress for this long makes us re-send our own messages.
 RESEND_AFTER_S = 3.0
-# Decided blocks sent to one peer per announce interval (a peer a height behind).
-DECIDED_SENDS_PER_PEER_MAX = 2
+# A peer at most this many heights behind is sent decided blocks; further behind,
+# it catches up by block sync.
+DECIDED_HEIGHTS_BEHIND_MAX = 2
 # Peers' transaction batches waiting for admission (up to 1,000 txs each, so
 # at most 64,000 transactions' bytes). Policy when full: drop the batch.
 TX_BATCHES_QUEUED_MAX = 64
@@ -151,7 +152,7 @@ class Reactor:
         core = self.core
         if not 1 <= height <= core.height or self.decided_sent.get(peer) == height:
             return
-        if core.height - height > DECIDED_SENDS_PER_PEER_MAX:
+        if core.height - height > DECIDED_HEIGHTS_BEHIND_MAX:
             return  # far behind: block sync's job
         block = core.store.load_block(height)
         commit = core.store.load_seen_commit(height)
@@ -303,7 +304,8 @@ class BlockSync:
         while (item := self.received.pop(core.height + 1, None)) is not None:
             block, commit, peer = item
             try:
-                core.chain.verify_commit(commit, block)
+                async with core.chain.lock:  # up to 1,000 signatures: not on the event loop
+                    await trio.to_thread.run_sync(core.chain.verify_commit, commit, block)
                 await core.apply_block(block, commit)
             except BlockInvalid as e:
                 log.warning(
@@ -327,6 +329,10 @@ class BlockSync:
         for h, p in list(self.pending.items()):
             if now - p.asked_at > self.REQUEST_TIMEOUT_S or p.peer not in core.peer_status:
                 del self.pending[h]
+                status = core.peer_status.get(p.peer)
+                if status is not None:
+                    # It claimed this height and did not serve it: believe it no further.
+                    status.synced = min(status.synced, h - 1)
         connected = {p.node_id for p in core.net.peers()}
         candidates = [
             (peer, s) for peer, s in core.peer_status.items() if peer in connected and s.synced > 0
@@ -381,6 +387,12 @@ class Announcer:
     def _announce(self) -> None:
         core = self.core
         now = trio.current_time()
+        connected = {p.node_id for p in core.net.peers()}
+        for gone in [p for p in core.peer_status if p not in connected]:
+            del core.peer_status[gone]  # bounded by the connection limits, not by history
+        if core.reactor is not None:
+            for gone in [p for p in core.reactor.decided_sent if p not in connected]:
+                del core.reactor.decided_sent[gone]
         if core.height != self._last_height:
             self._last_height, self._height_since = core.height, now
         machine = core.consensus.machine if core.consensus is not None else None

@@ -90,7 +90,9 @@ __all__ = [
 # (config) for a longer chain; shrinking below the data size is refused by LMDB.
 MAP_BYTES_DEFAULT = 64 * 1024**3
 # LMDB's own key limit is 511 bytes; app keys are paths, not payloads.
-APP_KEY_BYTES_MAX = 256
+# Above every built-in app's longest key (a one-byte prefix + kvstore's 256-byte
+# key), so a key an app accepted in validation can always be stored.
+APP_KEY_BYTES_MAX = 512
 APP_VALUE_BYTES_MAX = 1024 * 1024
 # Two writes per transaction (sender and receiver) at the protocol's largest block,
 # plus the app's own bookkeeping: bounds what one commit holds in memory.
