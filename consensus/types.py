@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from consensus import merkle
 from consensus.codec import (
@@ -121,16 +121,52 @@ def proposal_sign_bytes(
     return encode([TAG_PROPOSAL, chain_id, height, round, pol_round, block_hash])
 
 
+# ---------------------------------------------------------------- the common part
+
+
+class Canonical:
+    """Encoding, strict decoding and hashing shared by the types below.
+
+    A subclass provides `to_obj`/`from_obj` (its fields as a msgpack array)
+    and `BYTES_MAX`, the largest encoding `decode` will even parse.
+    """
+
+    __slots__ = ()
+    BYTES_MAX: ClassVar[int]
+
+    def to_obj(self) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Self:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        return encode(self.to_obj())
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        """The value whose canonical encoding is `data`; DecodeError for anything else."""
+        return cls.from_obj(decode(data, bytes_max=cls.BYTES_MAX))
+
+    @property
+    def hash(self) -> bytes:
+        """SHA-256 of the canonical encoding."""
+        return sha256(self.encode())
+
+
 # ---------------------------------------------------------------- transaction
 
 
 @dataclass(frozen=True, slots=True)
-class Transaction:
+class Transaction(Canonical):
     """A client's signed request; the application gives `payload` its meaning.
 
     `sender` is the signer's Ed25519 public key, `nonce` orders one sender's
     transactions. The transaction's id is SHA-256 of its encoding.
     """
+
+    BYTES_MAX: ClassVar[int] = TX_BYTES_MAX
 
     sender: bytes
     nonce: int
@@ -162,17 +198,6 @@ class Transaction:
             expect_bytes(f[3], "tx.signature", length=SIGNATURE_BYTES),
         )
 
-    def encode(self) -> bytes:
-        return encode(self.to_obj())
-
-    @classmethod
-    def decode(cls, data: bytes) -> Transaction:
-        return cls.from_obj(decode(data, bytes_max=TX_BYTES_MAX))
-
-    @property
-    def hash(self) -> bytes:
-        return sha256(self.encode())
-
 
 # ---------------------------------------------------------------- validators
 
@@ -199,8 +224,10 @@ class Validator:
 
 
 @dataclass(frozen=True, slots=True)
-class ValidatorSet:
+class ValidatorSet(Canonical):
     """Validators sorted by address (ascending, unique); index = position in that order."""
+
+    BYTES_MAX: ClassVar[int] = VALIDATORS_MAX * 64 + 16
 
     validators: tuple[Validator, ...]
     _index: dict[bytes, int] = field(init=False, repr=False, compare=False, hash=False)
@@ -248,24 +275,15 @@ class ValidatorSet:
         items = expect_array(obj, "validator set", VALIDATORS_MAX)
         return cls(tuple(Validator.from_obj(v) for v in items))
 
-    def encode(self) -> bytes:
-        return encode(self.to_obj())
-
-    @classmethod
-    def decode(cls, data: bytes) -> ValidatorSet:
-        return cls.from_obj(decode(data, bytes_max=VALIDATORS_MAX * 64 + 16))
-
-    @property
-    def hash(self) -> bytes:
-        return sha256(self.encode())
-
 
 # ---------------------------------------------------------------- votes and proposals
 
 
 @dataclass(frozen=True, slots=True)
-class Vote:
+class Vote(Canonical):
     """A prevote or precommit; `block_hash` b"" is a vote for nil."""
+
+    BYTES_MAX: ClassVar[int] = 256
 
     type: VoteType
     height: int
@@ -320,21 +338,16 @@ class Vote:
             expect_bytes(f[6], "vote.signature", length=SIGNATURE_BYTES),
         )
 
-    def encode(self) -> bytes:
-        return encode(self.to_obj())
-
-    @classmethod
-    def decode(cls, data: bytes) -> Vote:
-        return cls.from_obj(decode(data, bytes_max=256))
-
 
 @dataclass(frozen=True, slots=True)
-class Proposal:
+class Proposal(Canonical):
     """A proposer's signed claim that `block_hash` is its value for (height, round).
 
     `pol_round` is Algorithm 1's validRound: -1, or the round of a polka for
     this block that the proposer saw (lines 16 and 28).
     """
+
+    BYTES_MAX: ClassVar[int] = 256
 
     height: int
     round: int
@@ -379,13 +392,6 @@ class Proposal:
             expect_bytes(f[4], "proposal.signature", length=SIGNATURE_BYTES),
         )
 
-    def encode(self) -> bytes:
-        return encode(self.to_obj())
-
-    @classmethod
-    def decode(cls, data: bytes) -> Proposal:
-        return cls.from_obj(decode(data, bytes_max=256))
-
 
 # ---------------------------------------------------------------- commit certificate
 
@@ -397,13 +403,15 @@ class CommitSig:
 
 
 @dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(Canonical):
     """The commit certificate of block `height`: precommits for `block_hash` in `round`.
 
     Signatures are sorted by validator index, at most one per validator; each
     is over `precommit_sign_bytes(chain_id, height, round, block_hash)` by the
     validator at that index of the set that was active at `height`.
     """
+
+    BYTES_MAX: ClassVar[int] = VALIDATORS_MAX * 80 + 128
 
     height: int
     round: int
@@ -437,17 +445,6 @@ class Commit:
             expect_bytes(f[2], "commit.block_hash", length=HASH_BYTES),
             tuple(sigs),
         )
-
-    def encode(self) -> bytes:
-        return encode(self.to_obj())
-
-    @classmethod
-    def decode(cls, data: bytes) -> Commit:
-        return cls.from_obj(decode(data, bytes_max=VALIDATORS_MAX * 80 + 128))
-
-    @property
-    def hash(self) -> bytes:
-        return sha256(self.encode())
 
     def sign_items(
         self, chain_id: str, validators: ValidatorSet
@@ -485,11 +482,13 @@ class Commit:
 
 
 @dataclass(frozen=True, slots=True)
-class DuplicateVoteEvidence:
+class DuplicateVoteEvidence(Canonical):
     """Two votes by one validator for different blocks at one (height, round, type).
 
     Canonical order: vote_a.block_hash < vote_b.block_hash (nil, b"", sorts first).
     """
+
+    BYTES_MAX: ClassVar[int] = 512
 
     vote_a: Vote
     vote_b: Vote
@@ -543,29 +542,20 @@ class DuplicateVoteEvidence:
     def validator_address(self) -> bytes:
         return self.vote_a.validator_address
 
-    def encode(self) -> bytes:
-        return encode(self.to_obj())
-
-    @classmethod
-    def decode(cls, data: bytes) -> DuplicateVoteEvidence:
-        return cls.from_obj(decode(data, bytes_max=512))
-
-    @property
-    def hash(self) -> bytes:
-        return sha256(self.encode())
-
 
 # ---------------------------------------------------------------- header and block
 
 
 @dataclass(frozen=True, slots=True)
-class Header:
+class Header(Canonical):
     """Block header; the block hash is SHA-256 of the header's encoding.
 
     `app_hash` and `last_results_hash` describe the state after executing the
     previous block (execution lags one block, as in Tendermint), so a client
     holding header h+1 and the commit for it can check a query against state h.
     """
+
+    BYTES_MAX: ClassVar[int] = 1024
 
     chain_id: str
     height: int
@@ -613,17 +603,6 @@ class Header:
             expect_bytes(f[10], "header.evidence_hash", length=HASH_BYTES),
             expect_bytes(f[11], "header.proposer_address", length=ADDRESS_BYTES),
         )
-
-    def encode(self) -> bytes:
-        return encode(self.to_obj())
-
-    @classmethod
-    def decode(cls, data: bytes) -> Header:
-        return cls.from_obj(decode(data, bytes_max=1024))
-
-    @property
-    def hash(self) -> bytes:
-        return sha256(self.encode())
 
 
 @dataclass(frozen=True, slots=True)
