@@ -54,6 +54,7 @@ __all__ = ["BALANCE_MAX", "Ledger", "transfer_payload", "transfer_tx", "validato
 BALANCE_MAX = 2**63 - 1  # every balance and amount fits a msgpack int64
 KEY_ACCOUNT = b"a"  # + 20-byte address -> canonical [balance, nonce]
 KEY_ADMIN = b"m/admin"  # -> 20-byte address of the genesis admin
+KEY_CONVICTED = b"e"  # + evidence hash -> b"": evidence already acted on, never twice
 
 # Canonical ["transfer", <20-byte address>, amount]: fixarray(3), fixstr(8), bin8(20).
 _TRANSFER_HEAD = b"\x93\xa8transfer\xc4\x14"
@@ -132,6 +133,9 @@ class Ledger:
     ) -> None:
         self._accounts = accounts  # committed: address -> (balance, nonce)
         self._validators = validators  # committed: public key -> power
+        # Hashes of evidence already acted on: one entry per conviction, which the
+        # validators' own misbehaviour bounds (each conviction removes one).
+        self._convicted: set[bytes] = set()
         self._admin = admin
         self._app_hash = app_hash
         self._height = height
@@ -175,6 +179,7 @@ class Ledger:
         """The state from the key/value pairs that `items()` and commits wrote."""
         accounts: dict[bytes, tuple[int, int]] = {}
         validators: dict[bytes, int] = {}
+        convicted: set[bytes] = set()
         admin = None
         for key, value in items:
             if key[:1] == KEY_ACCOUNT:
@@ -184,7 +189,11 @@ class Ledger:
                 load_validator(key, value, validators)
             elif key == KEY_ADMIN:
                 admin = value
-        return cls(accounts, validators, admin, app_hash, height)
+            elif key[:1] == KEY_CONVICTED:
+                convicted.add(key[1:])
+        app = cls(accounts, validators, admin, app_hash, height)
+        app._convicted = convicted
+        return app
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """The whole state as key/value pairs (what the node stores at genesis)."""
@@ -194,6 +203,8 @@ class Ledger:
             yield KEY_VALIDATOR + pk, encode(power)
         if self._admin is not None:
             yield KEY_ADMIN, self._admin
+        for evidence_hash in self._convicted:
+            yield KEY_CONVICTED + evidence_hash, b""
 
     @property
     def app_hash(self) -> bytes:
@@ -239,7 +250,12 @@ class Ledger:
         changed: dict[bytes, tuple[int, int]] = {}
         validators_changed: dict[bytes, int] = {}
         updates: list[ValidatorUpdate] = []
+        convicted: list[bytes] = []
         for ev in evidence:
+            key = ev.hash
+            if key in self._convicted or key in convicted:
+                continue  # acted on already: the same evidence never removes twice
+            convicted.append(key)
             removal = self._remove_equivocator(ev, validators_changed, len(updates))
             if removal is not None:
                 updates.append(removal)
@@ -284,6 +300,7 @@ class Ledger:
             (KEY_ACCOUNT + a, _pack_account([b, n])) for a, (b, n) in changed.items()
         ]
         writes += validator_writes(validators_changed)
+        writes += [(KEY_CONVICTED + key, b"") for key in convicted]
         writes.sort()
         return BlockExecution(
             height=header.height,
@@ -388,6 +405,8 @@ class Ledger:
                     del self._validators[key[1:]]
                 else:
                     load_validator(key, value, self._validators)
+            elif key[:1] == KEY_CONVICTED:
+                self._convicted.add(key[1:])
         self._app_hash = execution.app_hash
         self._height = execution.height
         self._check.clear()

@@ -267,6 +267,10 @@ def test_ledger_removes_an_equivocating_validator() -> None:
         (offender.public_key, 0)
     ]
     app.commit(execution)
+    # The same evidence again (a later block, or after a restart) acts no more.
+    restored = Ledger.load(app.items(), app.app_hash, app.height)
+    again = restored.execute_block(_header(2), [], [DuplicateVoteEvidence(a, b)])
+    assert again.validator_updates == () and again.writes == ()
     # The last remaining validator is never removed, even with evidence against it.
     a2 = Vote.create(VALS[0], CHAIN, VoteType.PREVOTE, 3, 0, b"\x01" * 32, 0)
     b2 = Vote.create(VALS[0], CHAIN, VoteType.PREVOTE, 3, 0, b"\x02" * 32, 0)
