@@ -76,6 +76,7 @@ from consensus.votes import HeightVotes
 
 __all__ = [
     "NEXT_HEIGHT_MESSAGES_MAX",
+    "NEXT_HEIGHT_PROPOSALS_MAX",
     "ROUNDS_AHEAD_MAX",
     "VOTE_HASHES_PER_VALIDATOR_MAX",
     "ConsensusConfig",
@@ -93,6 +94,9 @@ VOTE_HASHES_PER_VALIDATOR_MAX = 3
 # Messages for height + 1 that arrive before we decide; when full, new ones are
 # dropped (gossip re-sends them). 1024 covers two rounds of 250 validators.
 NEXT_HEIGHT_MESSAGES_MAX = 1024
+# Of those, proposals (each carries a block, not yet verified): a few rounds'
+# worth, so early blocks cannot make us hold more than a few blocks' bytes.
+NEXT_HEIGHT_PROPOSALS_MAX = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +260,10 @@ class ConsensusMachine:
     # ------------------------------------------------------------ edge checks
 
     def _buffer_next_height(self, message: ProposalReceived | VoteReceived) -> None:
+        if isinstance(message, ProposalReceived):
+            proposals = sum(isinstance(m, ProposalReceived) for m in self._next_height)
+            if proposals >= NEXT_HEIGHT_PROPOSALS_MAX:
+                return
         if len(self._next_height) < NEXT_HEIGHT_MESSAGES_MAX:
             self._next_height.append(message)
 

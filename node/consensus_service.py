@@ -75,6 +75,9 @@ log = get_logger(__name__)
 # Peers' proposals and votes waiting for the core. Policy when full: drop the
 # message (counted); peers re-send what we lack when our status shows us stuck.
 PEER_EVENTS_MAX = 4096
+# ... and their bytes: a few blocks of the largest size (the genesis block limit
+# is at most 16 MiB); same policy when full.
+PEER_EVENTS_BYTES_MAX = 64 * 1024 * 1024
 # Our own inputs: at most a few timers, one validation and one signed message
 # per step are outstanding at once, so this bound is never reached in practice;
 # if it were, the put would wait (it is never dropped).
@@ -105,7 +108,8 @@ class ConsensusService:
             timeout_precommit_delta_ms=cfg.timeout_precommit_delta_ms,
             timeout_commit_ms=cfg.timeout_commit_ms,
         )
-        self._peer_events: deque[tuple[str, Event]] = deque()
+        self._peer_events: deque[tuple[str, Event, int]] = deque()
+        self._peer_bytes = 0
         self._own_events: deque[Event] = deque()
         self._wakeup = trio.Event()
         self.machine: ConsensusMachine | None = None
@@ -122,18 +126,28 @@ class ConsensusService:
 
     # ------------------------------------------------------------ inputs
 
-    def submit_from_peer(self, peer_id: str, event: ProposalReceived | VoteReceived) -> bool:
-        """Queue a peer's message for the core; False (and dropped) when the inbox is full."""
+    def submit_from_peer(
+        self, peer_id: str, event: ProposalReceived | VoteReceived, size_bytes: int = 0
+    ) -> bool:
+        """Queue a peer's message for the core; False (and dropped) when the inbox is full.
+
+        `size_bytes` is the message's size on the wire: the inbox is bounded
+        in bytes too, since a proposal carries a whole block.
+        """
         if self.machine is None:
             return False
         if isinstance(event, VoteReceived):
             address = event.vote.validator_address
             if address == self.core.validator_address:
                 self._check_doppelganger(peer_id, event.vote)
-        if len(self._peer_events) >= PEER_EVENTS_MAX:
+        if (
+            len(self._peer_events) >= PEER_EVENTS_MAX
+            or self._peer_bytes + size_bytes > PEER_EVENTS_BYTES_MAX
+        ):
             self.dropped_events += 1
             return False
-        self._peer_events.append((peer_id, event))
+        self._peer_events.append((peer_id, event, size_bytes))
+        self._peer_bytes += size_bytes
         self._wakeup.set()
         return True
 
@@ -225,6 +239,7 @@ class ConsensusService:
 
     def _drain_inboxes(self) -> None:
         self._peer_events.clear()
+        self._peer_bytes = 0
         self._own_events.clear()
 
     def _new_machine(self) -> ConsensusMachine:
@@ -332,7 +347,8 @@ class ConsensusService:
             if self._own_events:
                 return self._own_events.popleft(), ""
             if self._peer_events:
-                sender, event = self._peer_events.popleft()
+                sender, event, size = self._peer_events.popleft()
+                self._peer_bytes -= size
                 return event, sender
             if self.core.mode != "consensus":
                 return None, ""

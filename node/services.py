@@ -115,7 +115,9 @@ class Reactor:
         match msg:
             case ProposalMsg(proposal, block):
                 if consensus is not None:
-                    consensus.submit_from_peer(peer, ProposalReceived(proposal, block))
+                    consensus.submit_from_peer(
+                        peer, ProposalReceived(proposal, block), len(env.payload)
+                    )
             case VoteMsg(vote):
                 if consensus is not None:
                     consensus.submit_from_peer(peer, VoteReceived(vote))
@@ -127,7 +129,11 @@ class Reactor:
             case DecidedMsg(block, commit):
                 machine = consensus.machine if consensus is not None else None
                 if consensus is not None and machine is not None and block.height == machine.height:
-                    consensus.submit_from_peer(peer, CommitReceived(block, commit))  # type: ignore[arg-type]
+                    consensus.submit_from_peer(
+                        peer,
+                        CommitReceived(block, commit),  # type: ignore[arg-type]
+                        len(env.payload),
+                    )
             case EvidenceMsg(evidence):
                 self._on_evidence(peer, env.payload, evidence)
             case SyncStatusMsg(base, height):
