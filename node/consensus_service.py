@@ -78,6 +78,9 @@ PEER_EVENTS_MAX = 4096
 # ... and their bytes: a few blocks of the largest size (the genesis block limit
 # is at most 16 MiB); same policy when full.
 PEER_EVENTS_BYTES_MAX = 64 * 1024 * 1024
+# Received proposals' payloads kept for relaying them unchanged; they are a
+# subset of the inbox's bytes until relayed or dropped (cleared when full).
+PROPOSAL_PAYLOADS_MAX = 16
 # Our own inputs: at most a few timers, one validation and one signed message
 # per step are outstanding at once, so this bound is never reached in practice;
 # if it were, the put would wait (it is never dropped).
@@ -110,6 +113,7 @@ class ConsensusService:
         )
         self._peer_events: deque[tuple[str, Event, int]] = deque()
         self._peer_bytes = 0
+        self._proposal_payloads: dict[bytes, bytes] = {}  # signature -> payload as received
         self._own_events: deque[Event] = deque()
         self._wakeup = trio.Event()
         self.machine: ConsensusMachine | None = None
@@ -127,13 +131,15 @@ class ConsensusService:
     # ------------------------------------------------------------ inputs
 
     def submit_from_peer(
-        self, peer_id: str, event: ProposalReceived | VoteReceived, size_bytes: int = 0
+        self, peer_id: str, event: ProposalReceived | VoteReceived, payload: bytes = b""
     ) -> bool:
         """Queue a peer's message for the core; False (and dropped) when the inbox is full.
 
-        `size_bytes` is the message's size on the wire: the inbox is bounded
-        in bytes too, since a proposal carries a whole block.
+        `payload` is the message as it arrived: the inbox is bounded in bytes
+        too (a proposal carries a whole block), and a proposal is relayed as
+        those bytes rather than encoded again.
         """
+        size_bytes = len(payload)
         if self.machine is None:
             return False
         if isinstance(event, VoteReceived):
@@ -147,6 +153,10 @@ class ConsensusService:
             self.dropped_events += 1
             return False
         self._peer_events.append((peer_id, event, size_bytes))
+        if payload and isinstance(event, ProposalReceived):
+            if len(self._proposal_payloads) >= PROPOSAL_PAYLOADS_MAX:
+                self._proposal_payloads.clear()
+            self._proposal_payloads[event.proposal.signature] = payload
         self._peer_bytes += size_bytes
         self._wakeup.set()
         return True
@@ -240,6 +250,7 @@ class ConsensusService:
     def _drain_inboxes(self) -> None:
         self._peer_events.clear()
         self._peer_bytes = 0
+        self._proposal_payloads.clear()
         self._own_events.clear()
 
     def _new_machine(self) -> ConsensusMachine:
@@ -382,11 +393,11 @@ class ConsensusService:
         msg = action.message
         if isinstance(msg, VoteReceived):  # the machine verified and counted it
             self.core.validator_last_seen[msg.vote.validator_address] = trio.current_time()
-        payload = encode_message(
-            ProposalMsg(msg.proposal, msg.block)
-            if isinstance(msg, ProposalReceived)
-            else VoteMsg(msg.vote)
-        )
+        if isinstance(msg, VoteReceived):
+            payload = encode_message(VoteMsg(msg.vote))
+        else:
+            received = self._proposal_payloads.pop(msg.proposal.signature, None)
+            payload = received or encode_message(ProposalMsg(msg.proposal, msg.block))
         self.core.net.gossip(CONSENSUS, payload, exclude_peer=self._sender or None)
         if not self._sender and len(self.own_messages) < OWN_MESSAGES_MAX:
             self.own_messages.append(payload)

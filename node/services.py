@@ -115,12 +115,10 @@ class Reactor:
         match msg:
             case ProposalMsg(proposal, block):
                 if consensus is not None:
-                    consensus.submit_from_peer(
-                        peer, ProposalReceived(proposal, block), len(env.payload)
-                    )
+                    consensus.submit_from_peer(peer, ProposalReceived(proposal, block), env.payload)
             case VoteMsg(vote):
                 if consensus is not None:
-                    consensus.submit_from_peer(peer, VoteReceived(vote))
+                    consensus.submit_from_peer(peer, VoteReceived(vote), env.payload)
             case StatusMsg(height, round_):
                 status = core.peer_status.setdefault(peer, PeerStatus())
                 status.height, status.round = height, round_
@@ -132,7 +130,7 @@ class Reactor:
                     consensus.submit_from_peer(
                         peer,
                         CommitReceived(block, commit),  # type: ignore[arg-type]
-                        len(env.payload),
+                        env.payload,
                     )
             case EvidenceMsg(evidence):
                 self._on_evidence(peer, env.payload, evidence)
