@@ -35,6 +35,7 @@ from consensus.types import (
     DuplicateVoteEvidence,
     Genesis,
     GenesisError,
+    Transaction,
 )
 from consensus.validation import (
     BlockInvalid,
@@ -192,7 +193,7 @@ class Chain:
             block, block_bytes, commit, results, dict(execution.writes), new_state
         )
         committed = CommittedBlock(
-            block, commit, tuple((r.code, r.log) for r in execution.tx_results)
+            block, commit, tuple((r.code, r.log) for r in execution.tx_results), validated.txs
         )
         return Applied(committed, validated.tx_ids, len(block_bytes), validated, new_state)
 
@@ -210,7 +211,8 @@ class Chain:
         if block is None or commit is None:
             return None
         results = tuple(decode_result(r) for r in self.store.iter_block_results(height))
-        return CommittedBlock(block, commit, results)
+        txs = tuple(Transaction.decode(raw) for raw in block.txs)
+        return CommittedBlock(block, commit, results, txs)
 
 
 def worker_threads() -> int:

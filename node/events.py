@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import trio
 
-from consensus.types import Block, Commit
+from consensus.types import Block, Commit, Transaction
 
 SUBSCRIBERS_MAX = 256  # websocket clients plus internal waiters; policy when full: refuse
 SUBSCRIPTION_EVENTS_MAX = 512  # blocks a subscriber may lag; policy when full: disconnect it
@@ -34,6 +34,7 @@ class CommittedBlock:
     block: Block
     commit: Commit
     tx_results: tuple[tuple[int, str], ...]  # (code, log) per transaction; code 0 is success
+    txs: tuple[Transaction, ...]  # the block's transactions, decoded once for every reader
 
     @property
     def height(self) -> int:

@@ -17,6 +17,7 @@ naming the height to resume from, instead of holding the node's memory.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -48,6 +49,7 @@ log = get_logger(__name__)
 
 HEX_TX_CHARS_MAX = 2 * 64 * 1024  # a hex-encoded transaction; the mempool's own limit is tighter
 STREAM_SENDER_FILTERS_MAX = 16  # sender addresses one stream subscription may filter on
+RENDERED_BLOCKS_MAX = 4  # stream renderings kept (the live block and a few behind)
 TXS_PER_REQUEST_MAX = 10_000  # a batch submission; the body size limit applies too
 WS_CLOSE_TOO_SLOW = 1008
 WS_CLOSE_BAD_REQUEST = 1003
@@ -108,6 +110,8 @@ class RpcServer:
             exception_handlers={HTTPException: self._http_error, Exception: self._internal_error},
         )
         self.bound_port: int | None = None
+        # Unfiltered renderings of the latest blocks, shared by every subscriber.
+        self._rendered: OrderedDict[bytes, str] = OrderedDict()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = HypercornConfig()
@@ -419,10 +423,15 @@ class RpcServer:
             )
 
     def _render_event(self, event: CommittedBlock, senders: set[bytes] | None) -> str:
+        """The JSON of one block event; the unfiltered one is rendered once for all clients."""
+        if senders is None:
+            cached = self._rendered.get(event.block.hash)
+            if cached is not None:
+                return cached
         block = event.block
         txs = []
         for i, raw in enumerate(block.txs):
-            tx = Transaction.decode(raw)
+            tx = event.txs[i]
             if senders is not None and tx.sender_address not in senders:
                 continue
             code, log_text = event.tx_results[i]
@@ -438,4 +447,9 @@ class RpcServer:
             "header": block_json(block, include_txs=False)["header"],
             "txs": txs,
         }
-        return json.dumps(body)
+        text = json.dumps(body)
+        if senders is None:
+            self._rendered[block.hash] = text
+            while len(self._rendered) > RENDERED_BLOCKS_MAX:
+                self._rendered.popitem(last=False)
+        return text
