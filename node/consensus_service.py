@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -85,6 +86,8 @@ PROPOSAL_PAYLOADS_MAX = 16
 # per step are outstanding at once, so this bound is never reached in practice;
 # if it were, the put would wait (it is never dropped).
 OWN_EVENTS_MAX = 1024
+# A validator's vote proves it alive; checked at most this often per validator.
+ALIVE_CHECK_INTERVAL_S = 1.0
 # Distinct proposals logged to the WAL, remembered to log each once (cleared
 # when full: at worst a proposal is logged twice).
 LOGGED_PROPOSALS_MAX = 1024
@@ -146,6 +149,8 @@ class ConsensusService:
             address = event.vote.validator_address
             if address == self.core.validator_address:
                 self._check_doppelganger(peer_id, event.vote)
+            else:
+                self._note_alive(event.vote)
         if (
             len(self._peer_events) >= PEER_EVENTS_MAX
             or self._peer_bytes + size_bytes > PEER_EVENTS_BYTES_MAX
@@ -160,6 +165,25 @@ class ConsensusService:
         self._peer_bytes += size_bytes
         self._wakeup.set()
         return True
+
+    def _note_alive(self, vote: Vote) -> None:
+        """Record that a validator signed something recently (for the doctor's silent list).
+
+        Duplicates count too (a stalled validator re-sends its votes), so the
+        signature is checked here, at most once per validator per interval.
+        """
+        machine = self.machine
+        assert machine is not None
+        now = trio.current_time()
+        last = self.core.validator_last_seen.get(vote.validator_address, -math.inf)
+        if now - last < ALIVE_CHECK_INTERVAL_S:
+            return
+        index = machine.validators.index_of(vote.validator_address)
+        if index is None:
+            return
+        public_key = machine.validators[index].public_key
+        if verify(public_key, vote.sign_bytes(machine.chain_id), vote.signature):
+            self.core.validator_last_seen[vote.validator_address] = now
 
     def _submit_own(self, event: Event) -> None:
         assert len(self._own_events) < OWN_EVENTS_MAX, "own inputs are bounded by construction"
@@ -391,8 +415,6 @@ class ConsensusService:
 
     def _broadcast(self, action: Broadcast) -> None:
         msg = action.message
-        if isinstance(msg, VoteReceived):  # the machine verified and counted it
-            self.core.validator_last_seen[msg.vote.validator_address] = trio.current_time()
         if isinstance(msg, VoteReceived):
             payload = encode_message(VoteMsg(msg.vote))
         else:

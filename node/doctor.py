@@ -131,16 +131,23 @@ def _consensus(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _silent_validators(core: NodeCore) -> list[tuple[str, int]]:
-    """Validators of the current set from which no vote arrived recently."""
+    """Validators of the current set from which no validly signed vote arrived recently.
+
+    A live validator in a stalled height re-sends its votes every few seconds
+    (the announcer), so "recently" means alive even when no round advances.
+    """
+    machine = core.consensus.machine if core.consensus is not None else None
     cfg = core.config.consensus
     window_s = max(
         SILENT_AFTER_S_MIN,
         3 * (cfg.timeout_propose_ms + cfg.timeout_prevote_ms + cfg.timeout_precommit_ms) / 1000,
     )
     now = trio.current_time()
+    if machine is None:
+        return []
     return [
         (v.address.hex(), v.power)
-        for v in core.chain.state.validators
+        for v in machine.validators
         if v.address != core.validator_address
         and now - core.validator_last_seen.get(v.address, -math.inf) > window_s
     ]
