@@ -17,7 +17,6 @@ so an operator can see why a node is not voting.
 from __future__ import annotations
 
 import shutil
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,12 +28,12 @@ from consensus.codec import DecodeError, decode
 from consensus.crypto import PrivateKey
 from consensus.machine import ConsensusMachine
 from consensus.sigverify import SignatureVerifier
-from consensus.state import ChainState
-from consensus.types import BLOCK_EVIDENCE_MAX, Block, Commit, DuplicateVoteEvidence
+from consensus.types import Block, Commit
 from network import Network, NetworkConfig, PeerAddress
 from node import __version__
 from node.chain import Applied, Chain, decode_result, now_ms, worker_threads
 from node.events import CommittedBlock, EventHub
+from node.evidence import EvidencePool
 from node.logging import get_logger
 from node.mempool import Candidate, Mempool, MempoolError, MempoolLimits
 from node.metrics import Metrics, PulledSample
@@ -52,8 +51,6 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 TX_WAITERS_MAX = 10_000  # clients waiting for a commit; policy when full: answer 503
-EVIDENCE_PENDING_MAX = 1_000  # verified, not yet committed; policy when full: drop new
-EVIDENCE_COMMITTED_MAX = 10_000  # hashes remembered so committed evidence is not re-proposed
 PEER_STATUS_STALE_S = 30.0
 _PENDING = MempoolError("pending", "not yet admitted")  # placeholder while signatures verify
 
@@ -69,45 +66,6 @@ class PeerStatus:
 
 class TooManyWaiters(Exception):
     """TX_WAITERS_MAX clients already wait for a commit: answered with 503."""
-
-
-class EvidencePool:
-    """Verified equivocation evidence waiting for a block, bounded and deduplicated."""
-
-    def __init__(self) -> None:
-        self._pending: OrderedDict[bytes, DuplicateVoteEvidence] = OrderedDict()
-        self._committed: OrderedDict[bytes, None] = OrderedDict()
-
-    def add(self, evidence: DuplicateVoteEvidence) -> bool:
-        key = evidence.hash
-        if key in self._pending or key in self._committed:
-            return False
-        if len(self._pending) >= EVIDENCE_PENDING_MAX:
-            return False
-        self._pending[key] = evidence
-        return True
-
-    def pending(self, state: ChainState) -> list[DuplicateVoteEvidence]:
-        """Evidence a block at `state.height` may include: from earlier heights, young enough.
-
-        Expired items are dropped here, so stale evidence never fills the pool.
-        """
-        oldest = state.height - state.params.evidence_age_blocks_max
-        for key in [k for k, e in self._pending.items() if e.height < oldest]:
-            del self._pending[key]
-        out = [e for e in self._pending.values() if e.height < state.height]
-        return out[:BLOCK_EVIDENCE_MAX]
-
-    def committed(self, evidence: tuple[DuplicateVoteEvidence, ...]) -> None:
-        for e in evidence:
-            key = e.hash
-            self._pending.pop(key, None)
-            self._committed[key] = None
-        while len(self._committed) > EVIDENCE_COMMITTED_MAX:
-            self._committed.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._pending)
 
 
 class NodeCore:

@@ -92,7 +92,6 @@ from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
 from consensus.types import (
-    BLOCK_EVIDENCE_MAX,
     Block,
     Commit,
     DuplicateVoteEvidence,
@@ -113,6 +112,7 @@ from consensus.validation import (
     next_chain_state,
     validate_block,
 )
+from node.evidence import EvidencePool
 
 __all__ = [
     "MODES",
@@ -316,9 +316,11 @@ class _Node:
     sign_state: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
     chain: list[tuple[Block, Commit]] = field(default_factory=list)
     states: list[ChainState] = field(default_factory=list)  # states[h]: after height h
-    committed_evidence: set[bytes] = field(default_factory=set)
+    # Committed hashes survive a crash (they stand for the store); pending ones do not.
+    evidence: EvidencePool = field(
+        default_factory=lambda: EvidencePool(pending_max=EVIDENCE_PENDING_MAX)
+    )
     # In memory only (lost on a crash):
-    evidence: dict[bytes, DuplicateVoteEvidence] = field(default_factory=dict)
     validated: dict[bytes, ValidatedBlock | BlockInvalid] = field(default_factory=dict)
     pool: list[ProposalReceived | VoteReceived] = field(default_factory=list)
     accepted: set[bytes] = field(default_factory=set)  # signatures its machine accepted
@@ -329,22 +331,6 @@ class _Node:
         if 1 <= height <= len(self.states):
             return self.states[height - 1].validators
         return None
-
-    def add_evidence(self, evidence: DuplicateVoteEvidence) -> bool:
-        """Pool verified evidence; False if known, committed, or the pool is full (dropped)."""
-        key = evidence.hash
-        if key in self.evidence or key in self.committed_evidence:
-            return False
-        if len(self.evidence) >= EVIDENCE_PENDING_MAX:
-            return False
-        self.evidence[key] = evidence
-        return True
-
-    def pending_evidence(self, state: ChainState) -> list[DuplicateVoteEvidence]:
-        """What a block at `state.height` may carry: earlier heights, young enough, bounded."""
-        oldest = state.height - state.params.evidence_age_blocks_max
-        ready = [e for e in self.evidence.values() if oldest <= e.height < state.height]
-        return ready[:BLOCK_EVIDENCE_MAX]
 
 
 _INPUT, _GOSSIP, _CRASH, _RESTART, _PARTITION, _SCRIPT, _EVIDENCE = range(7)
@@ -568,7 +554,7 @@ class _Simulation:
         elif isinstance(action, Decide):
             self._apply(node, action.block, action.commit)
         elif isinstance(action, ReportEvidence):
-            if node.add_evidence(action.evidence):
+            if node.evidence.add(action.evidence):
                 for to in self.nodes:
                     if to is not node:
                         self._send(node, to, action.evidence, _EVIDENCE)
@@ -687,7 +673,7 @@ class _Simulation:
             time_ms=max(self.now, state.last_block_time_ms + 1),
             proposer_address=node.key.address,
             last_commit=node.chain[-1][1] if node.chain else None,
-            evidence=node.pending_evidence(state),
+            evidence=node.evidence.pending(state),
         )
         if corrupt:
             block = self._corrupt(block)
@@ -767,9 +753,7 @@ class _Simulation:
             node.states.append(node.state)
             node.chain.append((block, commit))
             node.validated.clear()
-            for ev in block.evidence:
-                node.evidence.pop(ev.hash, None)
-                node.committed_evidence.add(ev.hash)
+            node.evidence.committed(block.evidence)
         self._local(node, HeightCommitted(height, node.states[height].validators), 1)
 
     def _check_commit(
@@ -846,7 +830,7 @@ class _Simulation:
         node.epoch += 1  # timers and pending local events die with the process
         node.pool.clear()
         node.accepted.clear()
-        node.evidence.clear()
+        node.evidence.forget_pending()
         node.validated.clear()
 
     def _restart(self, node: _Node) -> None:
@@ -874,7 +858,7 @@ class _Simulation:
             return  # a height this node has not reached: the reporter will propose it
         self.verifications += 2
         if evidence.verify(CHAIN_ID, validators) is None:
-            node.add_evidence(evidence)
+            node.evidence.add(evidence)
 
     def _gossip(self, node: _Node) -> None:
         """Re-send what each peer lacks: its height's decision if behind, else missing messages."""
