@@ -49,7 +49,7 @@ from node.driver import (
     VerifySynced,
 )
 from node.logging import get_logger
-from node.messages import TAG_DECIDED, TAG_SYNC_BLOCK, Message
+from node.messages import TAG_DECIDED, TAG_SYNC_BLOCK, Message, stored_block_message
 from node.signstate import DoubleSignRefused, SignStateError
 from node.storage import StorageError
 from node.wal import WALError
@@ -67,9 +67,6 @@ PEER_EVENTS_MAX = 1024
 PEER_EVENTS_BYTES_MAX = 16 * 1024 * 1024
 INBOX_EVENTS_MAX = 8192
 INBOX_BYTES_MAX = 64 * 1024 * 1024
-# A message's bytes in front of a stored block and commit: a msgpack array of
-# three (0x93) and the one-byte tag, so served blocks are never re-encoded.
-_FIXARRAY_3 = b"\x93"
 
 
 class ConsensusService:
@@ -338,7 +335,7 @@ class ConsensusService:
             commit_bytes = store.load_seen_commit_bytes(h)
             if block_bytes is None or commit_bytes is None:
                 return
-            if not net.send(peer, channel, _FIXARRAY_3 + bytes([tag]) + block_bytes + commit_bytes):
+            if not net.send(peer, channel, stored_block_message(tag, block_bytes, commit_bytes)):
                 return  # its queue is full: the rest would be dropped too
 
     def _stop(self, reason: str, error: Exception) -> None:

@@ -139,10 +139,6 @@ __all__ = [
 ANNOUNCE_INTERVAL_S = 1.0
 # A height without progress for this long makes us re-send our own messages.
 RESEND_AFTER_S = 3.0
-# A peer at most this many heights behind gets the decided block and its
-# certificate (at the serving rate); further behind, it catches up by block
-# sync. The default `fallback_lag_heights` is 10 too, so no lag is left unhelped.
-DECIDED_HEIGHTS_BEHIND_MAX = 10
 # Own signed messages of the current height kept for re-sending (a height has
 # a proposal and two votes per round; beyond this the oldest are not re-sent).
 OWN_MESSAGES_MAX = 64
@@ -174,6 +170,10 @@ class DriverConfig:
     watch_halt_s: float = 20.0
     blocksync: bool = True
     fallback_lag_heights: int = 10
+    # A peer at most this many heights behind gets the decided block and its
+    # certificate (at the serving rate); further behind, it catches up by block
+    # sync. As large as `fallback_lag_heights`, so no lag is left unhelped.
+    decided_heights_behind_max: int = 10
 
 
 # ---------------------------------------------------------------- effects
@@ -321,6 +321,8 @@ def _fault_of(fault: Fault) -> PeerFault:
 class Driver:
     """One node's consensus, block sync and evidence logic. See the module docstring."""
 
+    machine_class: type[ConsensusMachine] = ConsensusMachine  # the simulator plants others
+
     def __init__(
         self,
         *,
@@ -435,7 +437,7 @@ class Driver:
             machine = checker  # it verified the kept messages; it has stepped nothing
             machine.own_address = own
         else:
-            machine = ConsensusMachine(
+            machine = self.machine_class(
                 chain_id=self.chain_id,
                 height=height,
                 validators=s.validators,
@@ -449,14 +451,7 @@ class Driver:
         self._height_since = self._now
         self._timers = [t for t in self._timers if t[2] != _TIMEOUT and t[2] != _START]
         heapq.heapify(self._timers)
-        events: list[Event] = []
-        for record in self._wal.replay_from_last_height():
-            try:
-                event = decode_event(record)
-            except DecodeError:
-                continue  # a record of a retired kind, or another height's
-            if getattr(event, "height", height) == height:
-                events.append(event)
+        events = self._replay_records(height)
         self._perform(machine.replay(events), out)
         if events:
             out.append(
@@ -486,10 +481,22 @@ class Driver:
             if h == height and self.mode == "consensus":
                 self._on_peer_consensus(peer, event, payload, out)
 
+    def _replay_records(self, height: int) -> list[Event]:
+        """The WAL's records of `height` (written after the last completed height)."""
+        events: list[Event] = []
+        for record in self._wal.replay_from_last_height():
+            try:
+                event = decode_event(record)
+            except DecodeError:
+                continue  # a record of a retired kind
+            if getattr(event, "height", height) == height:
+                events.append(event)
+        return events
+
     def _checker_for_next(self) -> ConsensusMachine:
         """A machine of height + 1, used only to verify next-height messages before keeping them."""
         s = self.state
-        return ConsensusMachine(
+        return self.machine_class(
             chain_id=self.chain_id,
             height=s.last_height + 2,
             validators=s.next_validators,
@@ -527,12 +534,13 @@ class Driver:
     # ------------------------------------------------------------ peers
 
     def on_peers(self, peers: Iterable[str], now: float) -> None:
-        """The connected peers changed: forget what concerned the ones that left."""
+        """The connected peers now: forget whatever concerned any other."""
         self._now = now
         current = set(peers)
-        for gone in self._peers - current:
+        for gone in (set(self.sync.claims) | set(self.sync.pending_peers())) - current:
             self.sync.forget(gone)
-            self._decided_sent.pop(gone, None)
+        for gone in set(self._decided_sent) - current:
+            del self._decided_sent[gone]
         self._peers = current
 
     def on_message(self, peer: str, msg: Message, payload: bytes, now: float) -> list[Effect]:
@@ -1030,7 +1038,7 @@ class Driver:
     def _help_behind(self, peer: str, height: int, out: list[Effect]) -> None:
         """A peer working on a height we committed gets that block and its certificate."""
         last = self.state.last_height
-        if not 1 <= height <= last or last - height > DECIDED_HEIGHTS_BEHIND_MAX:
+        if not 1 <= height <= last or last - height > self.config.decided_heights_behind_max:
             return
         if self._decided_sent.get(peer) == height or not self.sync.may_serve(peer, self._now):
             return

@@ -161,6 +161,17 @@ def encode_message(msg: Message) -> bytes:
     return encode(to_obj(msg))
 
 
+def stored_block_message(tag: int, block_bytes: bytes, commit_bytes: bytes) -> bytes:
+    """A decided or sync_block message from a stored block and certificate, as stored.
+
+    The message is the array [tag, block, commit]; the canonical encodings of
+    the two are their stored bytes, so they are copied, never decoded and
+    encoded again (a test pins this against `encode_message`).
+    """
+    assert tag in (TAG_DECIDED, TAG_SYNC_BLOCK)
+    return b"\x93" + bytes([tag]) + block_bytes + commit_bytes
+
+
 def decode_message(data: bytes) -> Message:
     """Parse one node message; raises DecodeError for anything malformed."""
     obj = decode(data, bytes_max=MESSAGE_BYTES_MAX)

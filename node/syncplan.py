@@ -102,6 +102,9 @@ class SyncPlanner:
         for h in [h for h, (p, _) in self.pending.items() if p == peer]:
             del self.pending[h]
 
+    def pending_peers(self) -> set[str]:
+        return {peer for peer, _ in self.pending.values()}
+
     def peer_max(self, now: float) -> int:
         """The highest height a peer claims now (0 if none): a claim, not a fact."""
         cutoff = now - CLAIM_STALE_S
