@@ -69,6 +69,74 @@ INBOX_EVENTS_MAX = 8192
 INBOX_BYTES_MAX = 64 * 1024 * 1024
 
 
+class FairInbox:
+    """Peers' messages for the driver: a share per peer, taken round-robin.
+
+    `put` refuses (returns False) when the peer's share or the total is full,
+    by count or by bytes; the caller counts the drop. No peer can take more
+    than its share, so one flooding peer delays only its own messages.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_peer_max: int = PEER_EVENTS_MAX,
+        per_peer_bytes_max: int = PEER_EVENTS_BYTES_MAX,
+        total_max: int = INBOX_EVENTS_MAX,
+        total_bytes_max: int = INBOX_BYTES_MAX,
+    ) -> None:
+        self.per_peer_max = per_peer_max
+        self.per_peer_bytes_max = per_peer_bytes_max
+        self.total_max = total_max
+        self.total_bytes_max = total_bytes_max
+        self._queues: dict[str, collections.deque[tuple[Message, bytes]]] = {}
+        self._bytes_by_peer: dict[str, int] = {}
+        self._order: collections.deque[str] = collections.deque()  # peers with messages
+        self.count = 0
+        self.bytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._order)
+
+    def put(self, peer: str, msg: Message, payload: bytes) -> bool:
+        size = len(payload)
+        queue = self._queues.get(peer)
+        if (
+            self.count >= self.total_max
+            or self.bytes + size > self.total_bytes_max
+            or (queue is not None and len(queue) >= self.per_peer_max)
+            or self._bytes_by_peer.get(peer, 0) + size > self.per_peer_bytes_max
+        ):
+            return False
+        if queue is None:
+            queue = self._queues[peer] = collections.deque()
+        if not queue:
+            self._order.append(peer)
+        queue.append((msg, payload))
+        self._bytes_by_peer[peer] = self._bytes_by_peer.get(peer, 0) + size
+        self.count += 1
+        self.bytes += size
+        return True
+
+    def take(self) -> tuple[str, Message, bytes] | None:
+        """The next message, round-robin over the peers that have one."""
+        if not self._order:
+            return None
+        peer = self._order.popleft()
+        queue = self._queues[peer]
+        msg, payload = queue.popleft()
+        size = len(payload)
+        self.count -= 1
+        self.bytes -= size
+        if queue:
+            self._order.append(peer)
+            self._bytes_by_peer[peer] -= size
+        else:
+            del self._queues[peer]
+            del self._bytes_by_peer[peer]
+        return peer, msg, payload
+
+
 class ConsensusService:
     name = "consensus"
 
@@ -85,11 +153,7 @@ class ConsensusService:
             validators_at=core.store.load_validators,
             now=trio.current_time(),
         )
-        self._queues: dict[str, collections.deque[tuple[Message, bytes, bytes]]] = {}
-        self._bytes_by_peer: dict[str, int] = {}
-        self._order: collections.deque[str] = collections.deque()  # peers with queued messages
-        self._count = 0
-        self._bytes = 0
+        self.inbox = FairInbox()
         self._wakeup = trio.Event()
         self._mode = self.driver.mode
         self.dropped_events = 0
@@ -98,47 +162,13 @@ class ConsensusService:
 
     def submit_from_peer(self, peer: str, msg: Message, payload: bytes, digest: bytes) -> bool:
         """Queue one decoded peer message; False (dropped, counted) when its share is full."""
-        size = len(payload)
-        queue = self._queues.get(peer)
-        if (
-            self._count >= INBOX_EVENTS_MAX
-            or self._bytes + size > INBOX_BYTES_MAX
-            or (queue is not None and len(queue) >= PEER_EVENTS_MAX)
-            or self._bytes_by_peer.get(peer, 0) + size > PEER_EVENTS_BYTES_MAX
-        ):
+        if not self.inbox.put(peer, msg, payload):
             self.dropped_events += 1
             if digest:
-                self.core.net.forget(digest)
+                self.core.net.forget(digest)  # another copy may be delivered, and taken
             return False
-        if queue is None:
-            queue = self._queues[peer] = collections.deque()
-        if not queue:
-            self._order.append(peer)
-        queue.append((msg, payload, digest))
-        self._bytes_by_peer[peer] = self._bytes_by_peer.get(peer, 0) + size
-        self._count += 1
-        self._bytes += size
         self._wakeup.set()
         return True
-
-    def _take(self) -> tuple[str, Message, bytes] | None:
-        """The next message, round-robin over the peers that have one."""
-        if not self._order:
-            return None
-        peer = self._order.popleft()
-        queue = self._queues[peer]
-        msg, payload, _ = queue.popleft()
-        size = len(payload)
-        self._count -= 1
-        self._bytes -= size
-        left = self._bytes_by_peer[peer] - size
-        if queue:
-            self._order.append(peer)
-            self._bytes_by_peer[peer] = left
-        else:
-            del self._queues[peer]
-            del self._bytes_by_peer[peer]
-        return peer, msg, payload
 
     # ------------------------------------------------------------ the task
 
@@ -148,7 +178,7 @@ class ConsensusService:
         task_status.started()
         while True:
             deadline = driver.next_deadline()
-            if not self._order:
+            if not self.inbox:
                 self._wakeup = trio.Event()
                 with trio.move_on_at(deadline):
                     await self._wakeup.wait()
@@ -156,7 +186,7 @@ class ConsensusService:
             if driver.next_deadline() <= now:
                 driver.on_peers([p.node_id for p in self.core.net.peers()], now)
                 await self._perform(driver.on_time(now))
-            item = self._take()
+            item = self.inbox.take()
             if item is not None:
                 peer, msg, payload = item
                 await self._perform(driver.on_message(peer, msg, payload, trio.current_time()))

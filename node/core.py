@@ -25,6 +25,7 @@ from consensus.app import QueryResult
 from consensus.codec import DecodeError, decode
 from consensus.crypto import PrivateKey
 from consensus.sigverify import SignatureVerifier
+from consensus.state import ChainState
 from consensus.types import Block, Commit
 from network import Network, NetworkConfig, PeerAddress
 from node import __version__
@@ -162,7 +163,7 @@ class NodeCore:
         async with chain.lock:
             if block.height != chain.height + 1:
                 return None  # applied meanwhile (consensus and block sync race at a mode change)
-            previous_time_ms = chain.state.last_block_time_ms
+            previous = chain.state
             applied = await trio.to_thread.run_sync(chain.persist, block, commit)
             # From here to the mempool update nothing awaits: admissions never
             # see the application between its commit and the recheck.
@@ -172,7 +173,7 @@ class NodeCore:
         committed = applied.committed
         self.hub.publish(committed)
         self._resolve_waiters(committed, applied.tx_ids)
-        self._update_chain_metrics(applied, previous_time_ms)
+        self._update_chain_metrics(applied, previous)
         self.last_progress_ms = now_ms()
         log.info(
             "committed block",
@@ -185,7 +186,9 @@ class NodeCore:
         )
         return applied
 
-    def _update_chain_metrics(self, applied: Applied | None, previous_time_ms: int = 0) -> None:
+    def _update_chain_metrics(
+        self, applied: Applied | None, previous: ChainState | None = None
+    ) -> None:
         m = self.metrics
         state = self.chain.state
         m.height.set(state.last_height)
@@ -204,12 +207,16 @@ class NodeCore:
         m.block_size_bytes.set(applied.block_bytes)
         m.committed_txs.inc(len(block.txs))
         m.failed_txs.inc(sum(1 for code, _ in applied.committed.tx_results if code != 0))
-        if previous_time_ms and block.height > 1:
-            m.block_interval.observe(max(0, block.header.time_ms - previous_time_ms) / 1000)
-        signed = {s.validator_index for s in applied.committed.commit.signatures}
-        last_validators = state.last_validators
-        if last_validators is not None:
-            missing = [v for i, v in enumerate(last_validators) if i not in signed]
+        if previous is not None and block.height > 1:
+            interval_ms = block.header.time_ms - previous.last_block_time_ms
+            m.block_interval.observe(max(0, interval_ms) / 1000)
+        # The certificate of the previous block as this block carries it (the one every
+        # node stores), against the set that signed that block.
+        last_commit = block.last_commit
+        signers = None if previous is None else previous.last_validators
+        if last_commit is not None and signers is not None:
+            signed = {s.validator_index for s in last_commit.signatures}
+            missing = [v for i, v in enumerate(signers) if i not in signed]
             m.missing_validators.set(len(missing))
             m.missing_validators_power.set(sum(v.power for v in missing))
         m.validator_power.clear()
