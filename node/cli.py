@@ -167,7 +167,9 @@ def _add_init(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--app", choices=APPS, default="ledger", help="application (default: %(default)s)"
     )
     p.add_argument(
-        "--force", action="store_true", help="overwrite existing keys, genesis and config"
+        "--force",
+        action="store_true",
+        help="overwrite existing keys, genesis and config, and delete the old chain's data",
     )
     p.set_defaults(handler=_cmd_init)
 
@@ -220,7 +222,11 @@ def _add_testnet(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--app", choices=APPS, default="ledger", help="application (default: %(default)s)"
     )
-    p.add_argument("--force", action="store_true", help="overwrite existing homes and accounts")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing homes and accounts, and delete the old chains' data",
+    )
     p.set_defaults(handler=_cmd_testnet)
 
 

@@ -156,6 +156,7 @@ class Node:
         """
         self._lock.acquire()
         deadline: threading.Timer | None = None
+        started = False
         try:
             self.services = [*build_services(self), *self.services]
             with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -167,6 +168,7 @@ class Node:
                         log.debug("service started", service=service.name)
                     await nursery.start(self.notifier.run_watchdog)
                     self._log_started()
+                    started = True
                     self.notifier.ready(status=f"serving chain {self.chain_id}")
                     task_status.started()
                     await self._stop.wait()
@@ -181,7 +183,8 @@ class Node:
             self.notifier.close()
             if deadline is not None:
                 deadline.cancel()
-            log.info("node stopped", node_id=self.identity.node_id)
+            if started:  # one that never started says why in one line, nothing more
+                log.info("node stopped", node_id=self.identity.node_id)
 
     async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:

@@ -333,8 +333,11 @@ def _write_home(
     save_config(paths.config, config)
     if force:
         # A new validator key starts with nothing signed; the old record
-        # belongs to the key just replaced.
+        # belongs to the key just replaced. The old chain's blocks and WAL
+        # belong to the genesis just replaced: a node must not start on them.
         paths.sign_state.unlink(missing_ok=True)
+        for old in ("store", "wal"):
+            shutil.rmtree(paths.data / old, ignore_errors=True)
     if not paths.sign_state.exists():
         SignState.create(paths.sign_state)
     return NodeHome(

@@ -539,3 +539,42 @@ async def test_a_service_that_ignores_cancellation_is_forced_out_after_the_grace
             process.kill()
             await process.wait()
         await process.stderr.aclose()
+
+
+async def test_a_store_from_another_genesis_is_refused_and_testnet_force_starts_afresh(
+    tmp_path: Path,
+) -> None:
+    """Issue 10, bug 7. A single-validator chain commits a few blocks; its data folder is then
+    put into the home of another chain: `start` refuses it with one line naming the store,
+    instead of stalling at the old height. `testnet --force` over existing homes writes the new
+    chain and deletes the old one's store and WAL, so the node starts from its new genesis."""
+    out = tmp_path / "a"
+    result = run_cli("testnet", "--validators", "1", "--output", out)
+    assert result.returncode == 0, result.stderr
+    home = out / "node0"
+    async with daemon(home) as (process, lines):
+        with trio.fail_after(START_TIMEOUT_S):
+            while (await lines.until_event("committed block"))["height"] < 2:
+                pass
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(SHUTDOWN_TIMEOUT_S):
+            assert await process.wait() == 0
+    other = tmp_path / "b"
+    result = run_cli("testnet", "--validators", "1", "--output", other)
+    assert result.returncode == 0, result.stderr
+    foreign = other / "node0"
+    (foreign / "data").mkdir(exist_ok=True)
+    subprocess.run(["cp", "-a", str(home / "data" / "store"), str(foreign / "data")], check=True)
+    refused = await trio.to_thread.run_sync(run_cli, "start", "--home", str(foreign))
+    assert_one_line_error(refused, str(foreign / "data" / "store"), "another chain")
+
+    result = run_cli("testnet", "--validators", "1", "--output", out, "--force")
+    assert result.returncode == 0, result.stderr
+    assert not (home / "data" / "store").exists() and not (home / "data" / "wal").exists()
+    async with daemon(home) as (process, lines):
+        with trio.fail_after(START_TIMEOUT_S):
+            first = await lines.until_event("committed block")
+        assert first["height"] == 1
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(SHUTDOWN_TIMEOUT_S):
+            assert await process.wait() == 0

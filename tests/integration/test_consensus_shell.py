@@ -1,0 +1,129 @@
+"""The consensus driver in real processes: restarts of a third or more of the power, and a
+peer that claims to be far ahead (issue 10, bugs 1-3, at the process level).
+
+At b186c6b, restarting 2 of 4 validators with SIGTERM halted the chain for good (the
+restarted ones ended their doppelganger watch without performing the round's steps they
+had passed), and a keyless peer re-sending `sync_status` with a height a million ahead
+pulled its targets out of consensus and, sent to two of them, halted the chain beyond the
+attack. Each test asserts outcomes on the live network: heights advance on every node,
+identical block hashes, /status truthful.
+
+Ports: 28600..28799.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import trio
+
+from consensus.crypto import PrivateKey, sha256
+from network import BLOCKSYNC, Network, NetworkConfig, PeerAddress
+from node.config import load_config
+from node.messages import SyncStatusMsg, encode_message
+
+
+def _load_nodes() -> ModuleType:
+    name = "archipelago_itest_nodes"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+nodes = _load_nodes()
+
+TIMEOUT_S = 120  # generous for a loaded 2-core machine; healthy runs take seconds
+HALT_MS = 4_000  # [consensus] doppelganger_halt_ms: a halted chain ends the watch after this
+CLAIM_S = 15.0  # how long the liar keeps claiming
+CLAIM_INTERVAL_S = 0.5
+
+
+def _p2p_port(node: Any) -> int:
+    port: int = load_config(node.config_path).p2p.listen.port
+    return port
+
+
+async def _hashes(api: Any, node: Any, top: int) -> list[str]:
+    return [(await api.get(node, f"/block/{h}"))["hash"] for h in range(1, top + 1)]
+
+
+async def _same_chain(api: Any, net: Any) -> None:
+    top = min([await api.height(n) for n in net.validators])
+    reference = await _hashes(api, net.validators[0], top)
+    for n in net.validators[1:]:
+        assert await _hashes(api, n, top) == reference, n.name
+
+
+async def test_restarting_half_then_all_of_the_validators_resumes_commits(tmp_path: Path) -> None:
+    """Two of four validators stopped with SIGTERM and started again together: they watch for
+    a double of their key, which halts the chain (half the power does not sign), the watch
+    ends after doppelganger_halt_ms without a commit, they cast the votes their round is
+    waiting for, and blocks commit again. Then all four at once: the same."""
+    consensus = replace(nodes.FAST_CONSENSUS, doppelganger_halt_ms=HALT_MS)
+    net = nodes.create_testnet(
+        tmp_path / "net", validators=4, base_port=28600, accounts=1, consensus=consensus
+    )
+    async with nodes.running(net), nodes.open_api() as api:
+        await api.wait_height(net.validators, 4, TIMEOUT_S)
+        for group in (net.validators[2:], net.validators):
+            for v in group:
+                assert await v.stop() == 0
+            for v in group:
+                await v.start()
+            for v in group:
+                status = await api.wait_serving(v)
+                assert status["validator"]["signing"] is False, status["validator"]
+                assert status["validator"]["doppelganger_watch"] is not None
+            heights = await api.wait_height(net.validators, 1, TIMEOUT_S)
+            await api.wait_height(net.validators, max(heights.values()) + 3, TIMEOUT_S)
+            for v in group:
+                status = await api.status(v)
+                assert status["validator"]["signing"] is True, (v.name, status["validator"])
+        await _same_chain(api, net)
+
+
+async def test_a_peer_claiming_a_height_far_ahead_changes_nothing(tmp_path: Path) -> None:
+    """A peer without a validator key connects to two validators and tells them, twice a
+    second for 15 s, that it holds a million more blocks (and never serves one). Neither
+    leaves consensus, every node keeps committing during and after, and the chain is one."""
+    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28700, accounts=1)
+    victims = net.validators[:2]
+    async with nodes.running(net), nodes.open_api() as api:
+        await api.wait_height(net.validators, 3, TIMEOUT_S)
+        liar = Network(
+            identity=PrivateKey(sha256(b"liar")),
+            chain_id=net.chain_id,
+            listen=("127.0.0.1", 0),
+            persistent_peers=[PeerAddress(v.node_id, "127.0.0.1", _p2p_port(v)) for v in victims],
+            config=NetworkConfig(),
+        )
+        modes: set[str] = set()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(liar.run)
+            with trio.fail_after(TIMEOUT_S):
+                await liar.wait_peers(len(victims))
+            before = await api.wait_height(net.validators, 1, TIMEOUT_S)
+            deadline = trio.current_time() + CLAIM_S
+            while trio.current_time() < deadline:
+                claim = encode_message(SyncStatusMsg(1, max(before.values()) + 10**6))
+                for v in victims:
+                    liar.send(v.node_id, BLOCKSYNC, claim)
+                for v in victims:
+                    status = await api.status(v)
+                    modes.add(status["sync"]["mode"])
+                await trio.sleep(CLAIM_INTERVAL_S)  # the attack's own pace, not a wait
+            during = await api.wait_height(net.validators, 1, TIMEOUT_S)
+            nursery.cancel_scope.cancel()
+        assert modes == {"consensus"}, modes
+        assert min(during.values()) > max(before.values()), (before, during)
+        await api.wait_height(net.validators, max(during.values()) + 3, TIMEOUT_S)
+        await _same_chain(api, net)
