@@ -57,7 +57,6 @@ __all__ = [
     "TimeoutFired",
     "ValidateBlock",
     "VoteReceived",
-    "action_height",
     "decode_event",
     "encode_event",
 ]
@@ -267,17 +266,6 @@ Action = (
     | Decide
     | ReportEvidence
 )
-
-
-def action_height(action: Action) -> int:
-    """The height an action belongs to (used to keep only the current height's on replay)."""
-    if isinstance(action, Broadcast):
-        return action.message.height
-    if isinstance(action, (ValidateBlock, Decide)):
-        return action.block.height
-    if isinstance(action, ReportEvidence):
-        return action.evidence.height
-    return action.height
 
 
 # ---------------------------------------------------------------- encoding

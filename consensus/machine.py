@@ -7,9 +7,8 @@ daemon and the seeded simulator run the same code, and so that a node can
 rebuild its state after a crash by replaying the events its write-ahead log
 recorded (`replay`).
 
-Each `step` first checks the message at the edge (known validator, proposer
-of that round, signature, height and round within bounds), stores it, then
-re-evaluates the "upon" rules until none applies. Rules that the paper marks
+Each `step` checks a message as `screen` does, stores it, then re-evaluates
+the "upon" rules until none applies. Rules that the paper marks
 "for the first time" keep a per-round flag. Where the paper runs an action
 inline the machine asks the node instead (sign, build, validate, schedule),
 and the node feeds the results back as events; two deliberate deviations
@@ -25,15 +24,14 @@ votes, which may otherwise reach only some of us. Votes are counted per block
 as the paper counts them (consensus/votes.py), so a polka that needed an
 equivocator's vote is visible to everyone it is gossiped to.
 
-The node screens every peer message with `screen` before it logs it to the
-write-ahead log and steps: only a message that would change this height's
-state is logged, and a message no correct node would have relayed comes back
-as a `Fault` against its sender. Signatures checked by `screen` are
-remembered for the height, so `step` does not verify them again.
-
-Each height runs on its own machine: the node builds one from the chain
-state after each committed block (and restores it from the log after a
-restart), so messages for other heights are not this machine's business.
+The node screens every peer message with `screen` (known validator, the
+round's proposer, signature, the block's body against its header, height
+and round within bounds) before it logs it to the write-ahead log and
+steps: only a message that would change this height's state is logged, and
+one no correct node would have relayed is a `Fault` of its sender. Verified
+signatures are remembered for the height, so `step` does not check them
+again. Each height runs on its own machine, built by the node from the chain
+state after the previous block.
 
 A validator may run the machine without signing (`own_address` None: a
 restarted validator watching for another instance of its key). The machine
@@ -75,7 +73,6 @@ from consensus.events import (
     TimeoutFired,
     ValidateBlock,
     VoteReceived,
-    action_height,
 )
 from consensus.proposer import ProposerSchedule
 from consensus.types import (
@@ -104,6 +101,7 @@ ROUNDS_AHEAD_MAX = 32
 # counted for: an honest validator needs one; an equivocator gets nil and two
 # held blocks, enough for every polka a correct process could have seen.
 VOTE_HASHES_PER_VALIDATOR_MAX = 3
+_NOT_VOTING = (Step.NEW_HEIGHT, Step.COMMIT)  # steps with no vote to cast
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,19 +252,14 @@ class ConsensusMachine:
         return actions
 
     def replay(self, events: Iterable[Event]) -> list[Action]:
-        """Re-run logged events after a restart; returns the actions still due.
+        """Re-run this height's logged events after a restart; returns the actions, all due.
 
         Replay is deterministic, so the state afterwards is the state before
-        the crash. Of the actions replay produced, those of this height are
-        returned for the node to perform again: timers and validations that
-        were lost with the process, and signing requests, which the node's
-        sign state answers with the message it already signed (fed back as a
-        duplicate, ignored here) or refuses if they conflict.
+        the crash; the node performs the actions again: timers and validations
+        lost with the process, and signing requests, which its sign state
+        answers with what it signed before or refuses if they conflict.
         """
-        produced: list[Action] = []
-        for event in events:
-            produced.extend(self.step(event))
-        return [a for a in produced if action_height(a) >= self.height]
+        return [action for event in events for action in self.step(event)]
 
     def start_signing(self, address: bytes) -> list[Action]:
         """Sign from now on, and do what this round still needs from us.
@@ -280,10 +273,7 @@ class ConsensusMachine:
         """
         self.own_address = address
         actions: list[Action] = []
-        if self.validators.index_of(address) is None or self.current_step in (
-            Step.NEW_HEIGHT,
-            Step.COMMIT,
-        ):
+        if self.validators.index_of(address) is None or self.current_step in _NOT_VOTING:
             return actions
         r = self.round
         if (
@@ -575,7 +565,7 @@ class ConsensusMachine:
 
     def _apply_rules(self, actions: list[Action]) -> None:
         """Evaluate the upon rules until none fires; each firing changes state or a flag."""
-        while self.current_step not in (Step.NEW_HEIGHT, Step.COMMIT):
+        while self.current_step not in _NOT_VOTING:
             if self._try_decide(actions) or self._try_skip_round(actions):
                 continue
             if self._try_prevote(actions) or self._try_polka(actions):
