@@ -167,7 +167,7 @@ async def attack_bomb(target: Target) -> dict[str, Any]:
         "case": "decode_bomb",
         "frame_bytes": FRAME_BYTES,
         "send_s": round(sent_s, 3),
-        "closed_after_send_s": None if closed_after_send_s is None else round(closed_after_send_s, 3),
+        "closed_after_send_s": closed_after_send_s and round(closed_after_send_s, 3),
         "rss_growth_mib": round((report["hwm_kib"] - baseline["rss_kib"]) / 1024, 1),
         "stall_ms_max": report["stall_ms_max"],
         "disconnects": report["disconnects"],
