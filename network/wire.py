@@ -2,9 +2,8 @@
 
 Why here and sans-I/O: this is the edge where bytes from a peer become
 values. Everything in it is pure so that the decoder can be fuzzed (the
-hypothesis tests feed it arbitrary bytes) and so that the one rule that
-protects memory is in one place: a frame's 4-byte length is checked against
-`frame_bytes_max` before a single byte of its body is buffered.
+hypothesis tests feed it arbitrary bytes) and so that the rules that protect
+memory and CPU are in one place.
 
 Frame: 4-byte big-endian body length, then a msgpack body. The body is an
 array whose first element is the message kind (docs/PROTOCOL.md (section 8) has
@@ -16,19 +15,44 @@ the byte-exact layout):
     [3, nonce]                       PING
     [4, nonce]                       PONG
 
-Payloads are opaque bytes, except on the PEX channel whose payloads this
-module also defines (`encode_pex_request`, `encode_pex_addresses`,
+Payloads are opaque non-empty bytes, except on the PEX channel whose payloads
+this module also defines (`encode_pex_request`, `encode_pex_addresses`,
 `decode_pex`).
 
-`FrameDecoder.feed` raises only `FrameError` (or its subclass
-`FrameTooLarge`); any other exception from it is a bug.
+What a frame can cost. A generic msgpack decode builds the whole object
+graph before any type check, so 16 MiB of nested empty arrays would become
+16 million Python lists (about 1 GiB) before being refused. Nothing here
+does that. Bodies are read with msgpack's streaming `Unpacker` whose limits
+forbid every container (`max_array_len=0`, `max_map_len=0`, `max_ext_len=0`)
+and every string (except PEX's), so a scalar read of anything nested raises;
+the few array headers the protocol has are read with `read_array_header()`,
+which builds nothing, and checked against the message's own bound before
+anything behind them is read:
+
+* the 4-byte length is checked against `frame_bytes_max` before a byte of
+  the body is buffered (`FrameTooLarge`);
+* the envelope (array header, kind, channel, payload count: at most
+  `ENVELOPE_BYTES_MAX` bytes) is checked as soon as it has arrived, while the
+  rest of a large frame is still on its way, so a frame that cannot be legal
+  is refused before it is buffered;
+* HELLO, PING and PONG bodies are at most `CONTROL_BODY_BYTES_MAX` bytes;
+* a batch holds 1 to `BATCH_PAYLOADS_MAX` payloads, each a non-empty bin.
+
+So decoding a frame builds at most `BATCH_PAYLOADS_MAX` small objects plus
+copies of its payload bytes, and costs time linear in its length. While a
+frame is decoded the `Unpacker` holds one more copy of its body; frames are
+decoded one at a time on the event loop, so that copy is at most
+`frame_bytes_max` for the whole process.
+
+`FrameDecoder` raises only `FrameError` (or its subclass `FrameTooLarge`);
+any other exception from it is a bug.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass
-from typing import Any
 
 import msgpack
 
@@ -56,25 +80,49 @@ KIND_DIRECT = 1
 KIND_GOSSIP = 2
 KIND_PING = 3
 KIND_PONG = 4
+_CONTROL_KINDS = (KIND_HELLO, KIND_PING, KIND_PONG)
 
 FRAME_HEADER_BYTES = 4
 # msgpack overhead of one bin item (bin32 header) and of a batch's envelope
 # ([kind, channel, array32 header]); used to keep batches under their limit.
 PAYLOAD_OVERHEAD_BYTES = 5
 BATCH_OVERHEAD_BYTES = 16
-# Bounds of a PEX addresses message, so that decoding one is cheap.
+# Payloads in one batch frame. The sender (network.peer) never puts more in
+# one frame: a write carries at most `write_bytes_max` (256 KiB) of frames, so
+# this allows payloads down to 64 bytes at full batches (votes and
+# transactions are larger); a receiver refuses more. It bounds the objects a
+# batch builds: 4096 x ~40 B of headers besides the payload bytes themselves.
+BATCH_PAYLOADS_MAX = 4096
+# Largest HELLO / PING / PONG body in any valid msgpack form: an array32
+# header (5 bytes) and three uint64 (9 bytes each) is 32; the smallest forms
+# are 3 to 11 bytes.
+CONTROL_BODY_BYTES_MAX = 32
+# Largest envelope [array header, kind, channel, array header of the
+# payloads] in any valid form: 5 + 9 + 9 + 5.
+ENVELOPE_BYTES_MAX = 28
+# Bounds of a PEX message, so that decoding one is cheap. The largest legal
+# addresses message is 256 entries of (40 + 253 + port + headers) ~ 77 KB.
 PEX_ADDRESSES_MAX = 256
+PEX_PAYLOAD_BYTES_MAX = 96 * 1024
 HOST_CHARS_MAX = 253
 NODE_ID_CHARS = 40
+# A decoded frame at least this long is dropped from the decoder's buffer at
+# once (copying the few bytes behind it) instead of when the next read comes.
+_RELEASE_FRAME_BYTES_MIN = 64 * 1024
 UINT64_MAX = 2**64 - 1
 
 _header = struct.Struct(">I")
 _pack_header = _header.pack
 _unpack_header_from = _header.unpack_from
+# What msgpack raises on bad or truncated input (FormatError, StackError,
+# limit overruns and invalid UTF-8 are ValueErrors; OutOfData is an
+# UnpackException; an unhashable map key is a TypeError).
+_DECODE_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+
+
 def _packb(value: object) -> bytes:
     packed: bytes = msgpack.packb(value)
     return packed
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +173,7 @@ def encode_hello(listen_port: int) -> bytes:
 
 
 def encode_batch(gossip: bool, channel: int, payloads: list[bytes]) -> bytes:
+    assert 0 < len(payloads) <= BATCH_PAYLOADS_MAX
     kind = KIND_GOSSIP if gossip else KIND_DIRECT
     return _frame(_packb([kind, channel, payloads]))
 
@@ -146,11 +195,20 @@ def encode_pex_addresses(addresses: list[tuple[str, str, int]]) -> bytes:
     return _packb([1, [list(a) for a in addresses]])
 
 
-def _unpack(body: bytes | memoryview) -> Any:
-    try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-    except Exception as exc:  # msgpack raises many types (ValueError, TypeError, ...)
-        raise FrameError(f"invalid msgpack: {type(exc).__name__}") from exc
+def _unpacker(body: bytes | memoryview, *, str_chars_max: int = 0) -> msgpack.Unpacker:
+    """A streaming reader of `body` that refuses every container and long string."""
+    size = len(body)
+    unpacker = msgpack.Unpacker(
+        max_buffer_size=size,
+        max_bin_len=size,
+        max_str_len=str_chars_max,
+        max_array_len=0,
+        max_map_len=0,
+        max_ext_len=0,
+        raw=False,
+    )
+    unpacker.feed(body)
+    return unpacker
 
 
 def _uint(value: object, what: str, limit: int = UINT64_MAX) -> int:
@@ -159,109 +217,214 @@ def _uint(value: object, what: str, limit: int = UINT64_MAX) -> int:
     return value
 
 
-def decode_body(body: bytes | memoryview) -> Message:
-    """One frame body to a message. Raises FrameError on anything unexpected."""
-    value = _unpack(body)
-    if type(value) is not list or not value:
+def _read_envelope(unpacker: msgpack.Unpacker, body_bytes: int) -> tuple[int, int, int, int]:
+    """(fields, kind, channel, payload count) of a body of `body_bytes` bytes.
+
+    Reads at most ENVELOPE_BYTES_MAX bytes and builds no container; channel and
+    count are 0 for control messages.
+    """
+    fields = unpacker.read_array_header()
+    if fields == 0:
         raise FrameError("frame body must be a non-empty array")
-    kind = value[0]
+    kind = unpacker.unpack()
     if type(kind) is not int:
         raise FrameError("message kind must be an integer")
-    if kind == KIND_DIRECT or kind == KIND_GOSSIP:
-        if len(value) != 3:
-            raise FrameError("batch must have 3 fields")
-        channel = value[1]
-        if type(channel) is not int or channel not in CHANNEL_NAMES:
-            raise FrameError("unknown channel")
-        payloads = value[2]
-        if type(payloads) is not list or not payloads:
-            raise FrameError("batch payloads must be a non-empty array")
+    if kind in _CONTROL_KINDS:
+        if body_bytes > CONTROL_BODY_BYTES_MAX:
+            raise FrameError(f"control message of {body_bytes} bytes")
+        return fields, kind, 0, 0
+    if kind != KIND_DIRECT and kind != KIND_GOSSIP:
+        raise FrameError(f"unknown message kind {kind}")
+    if fields != 3:
+        raise FrameError("batch must have 3 fields")
+    channel = unpacker.unpack()
+    if type(channel) is not int or channel not in CHANNEL_NAMES:
+        raise FrameError("unknown channel")
+    count = unpacker.read_array_header()
+    if not 0 < count <= BATCH_PAYLOADS_MAX:
+        raise FrameError(f"batch of {count} payloads (1 to {BATCH_PAYLOADS_MAX} allowed)")
+    return fields, kind, channel, count
+
+
+def check_envelope(prefix: bytes | memoryview, body_bytes: int) -> None:
+    """Refuse a frame from its first bytes: `prefix` holds at least ENVELOPE_BYTES_MAX of them."""
+    try:
+        _read_envelope(_unpacker(prefix), body_bytes)
+    except _DECODE_ERRORS as exc:
+        raise FrameError(f"invalid envelope: {type(exc).__name__}") from exc
+
+
+def decode_body(body: bytes | memoryview) -> Message:
+    """One frame body to a message. Raises FrameError on anything unexpected."""
+    size = len(body)
+    if size == 0:
+        raise FrameError("empty frame body")
+    try:
+        unpacker = _unpacker(body)
+        fields, kind, channel, count = _read_envelope(unpacker, size)
+        message = _read_rest(unpacker, fields, kind, channel, count)
+        if unpacker.tell() != size:
+            raise FrameError("trailing bytes after the message")
+    except _DECODE_ERRORS as exc:
+        raise FrameError(f"invalid msgpack: {type(exc).__name__}") from exc
+    return message
+
+
+def _read_rest(
+    unpacker: msgpack.Unpacker, fields: int, kind: int, channel: int, count: int
+) -> Message:
+    if count:
+        # Each item is a scalar (containers and strings raise) or an empty
+        # array/map: at most `count` small objects, then checked in one pass.
+        payloads = list(itertools.islice(unpacker, count))
+        if len(payloads) != count:
+            raise FrameError("batch shorter than its payload count")
         for payload in payloads:
-            if type(payload) is not bytes:
-                raise FrameError("payload must be bytes")
+            if type(payload) is not bytes or not payload:
+                raise FrameError("payload must be non-empty bytes")
         return Batch(kind == KIND_GOSSIP, channel, payloads)
     if kind == KIND_HELLO:
-        if len(value) != 3:
+        if fields != 3:
             raise FrameError("hello must have 3 fields")
-        return Hello(_uint(value[1], "version"), _uint(value[2], "listen_port", 65535))
-    if kind == KIND_PING or kind == KIND_PONG:
-        if len(value) != 2:
-            raise FrameError("ping/pong must have 2 fields")
-        nonce = _uint(value[1], "nonce")
-        return Ping(nonce) if kind == KIND_PING else Pong(nonce)
-    raise FrameError(f"unknown message kind {kind}")
+        version = _uint(unpacker.unpack(), "version")
+        return Hello(version, _uint(unpacker.unpack(), "listen_port", 65535))
+    if fields != 2:
+        raise FrameError("ping/pong must have 2 fields")
+    nonce = _uint(unpacker.unpack(), "nonce")
+    return Ping(nonce) if kind == KIND_PING else Pong(nonce)
 
 
 class FrameDecoder:
-    """Splits the decrypted byte stream into frames and decodes each one.
+    """Splits the decrypted byte stream into frames and decodes them one at a time.
 
-    Memory bound: the buffer holds at most one partial frame of at most
-    `frame_bytes_max` bytes plus the bytes of one `feed` call; a header that
-    claims more than `frame_bytes_max` raises `FrameTooLarge` before its body
-    is buffered.
+    `receive_data(data)` appends bytes; `next_message()` returns the next
+    complete message or None. Decoding lazily lets the caller apply its rate
+    limits per message and stop at the first one over its limit, instead of
+    decoding everything one read brought (a read of 512 KiB of 7-byte PINGs
+    is 75,000 frames).
+
+    Memory bound: the buffer holds the bytes of one `receive_data` call plus at
+    most one partial frame of at most `frame_bytes_max` bytes; a header that
+    claims more raises `FrameTooLarge` before its body is buffered, and a
+    partial frame's envelope is checked as soon as it has arrived.
+    `partial_frame_bytes` tells the caller how long the incomplete frame will
+    be, so it can reserve that memory before reading on.
     """
 
-    __slots__ = ("_buffer", "frame_bytes_max")
+    __slots__ = ("_buffer", "_checked", "_offset", "frame_bytes_max", "frames_decoded")
 
     def __init__(self, frame_bytes_max: int) -> None:
         assert FRAME_HEADER_BYTES < frame_bytes_max < 2**32
         self.frame_bytes_max = frame_bytes_max
         self._buffer = bytearray()
+        self._offset = 0
+        # Whether the envelope of the partial frame at the head was checked.
+        self._checked = False
+        self.frames_decoded = 0
 
     @property
     def buffered_bytes(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) - self._offset
+
+    @property
+    def partial_frame_bytes(self) -> int:
+        """Header plus body length of the incomplete frame at the head; 0 if none is known."""
+        available = len(self._buffer) - self._offset
+        if available < FRAME_HEADER_BYTES:
+            return 0
+        (length,) = _unpack_header_from(self._buffer, self._offset)
+        total: int = FRAME_HEADER_BYTES + length
+        return total if total > available else 0
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        if self._offset == len(self._buffer):
+            # Nothing pending: adopt a fresh bytearray from the transport as is.
+            self._buffer = data if type(data) is bytearray else bytearray(data)
+        else:
+            if self._offset:
+                del self._buffer[: self._offset]
+            self._buffer += data
+        self._offset = 0
+
+    def next_message(self) -> Message | None:
+        buffer = self._buffer
+        offset = self._offset
+        available = len(buffer) - offset
+        if available < FRAME_HEADER_BYTES:
+            return None
+        (length,) = _unpack_header_from(buffer, offset)
+        if length > self.frame_bytes_max:
+            raise FrameTooLarge(length, self.frame_bytes_max)
+        start = offset + FRAME_HEADER_BYTES
+        end = start + length
+        with memoryview(buffer) as view:
+            if end > len(buffer):
+                if not self._checked and len(buffer) - start >= ENVELOPE_BYTES_MAX:
+                    check_envelope(view[start : start + ENVELOPE_BYTES_MAX], length)
+                    self._checked = True
+                return None
+            message = decode_body(view[start:end])
+            rest = bytearray(view[end:]) if length >= _RELEASE_FRAME_BYTES_MIN else None
+        self._checked = False
+        self.frames_decoded += 1
+        if rest is None:
+            self._offset = end
+        else:
+            # A large frame is released as soon as it is decoded: its payloads
+            # are copies, and keeping the raw bytes would double what it holds.
+            self._buffer = rest
+            self._offset = 0
+        return message
 
     def feed(self, data: bytes | bytearray) -> list[Message]:
-        if self._buffer:
-            self._buffer += data
-            work: bytes | bytearray = self._buffer
-        else:
-            work = data
+        """`receive_data` then every complete message (for tests and simple callers)."""
+        self.receive_data(data)
         messages: list[Message] = []
-        limit = self.frame_bytes_max
-        size = len(work)
-        offset = 0
-        with memoryview(work) as view:
-            while size - offset >= FRAME_HEADER_BYTES:
-                (length,) = _unpack_header_from(view, offset)
-                if length > limit:
-                    raise FrameTooLarge(length, limit)
-                end = offset + FRAME_HEADER_BYTES + length
-                if end > size:
-                    break
-                messages.append(decode_body(view[offset + FRAME_HEADER_BYTES : end]))
-                offset = end
-            rest = bytearray(view[offset:]) if offset < size else bytearray()
-        self._buffer = rest
+        while (message := self.next_message()) is not None:
+            messages.append(message)
         return messages
 
 
 def decode_pex(payload: bytes) -> PexMessage:
     """A PEX channel payload to a message. Raises FrameError on anything unexpected."""
-    value = _unpack(payload)
-    if type(value) is not list or not value:
-        raise FrameError("pex message must be a non-empty array")
-    kind = value[0]
-    if kind == 0 and type(kind) is int and len(value) == 1:
-        return PexRequest()
-    if kind == 1 and type(kind) is int and len(value) == 2:
-        entries = value[1]
-        if type(entries) is not list or len(entries) > PEX_ADDRESSES_MAX:
-            raise FrameError("pex addresses must be an array of bounded length")
-        out: list[tuple[str, str, int]] = []
-        for entry in entries:
-            if type(entry) is not list or len(entry) != 3:
-                raise FrameError("pex address must be [node_id, host, port]")
-            node_id, host, port = entry
-            if (
-                type(node_id) is not str
-                or len(node_id) != NODE_ID_CHARS
-                or any(c not in "0123456789abcdef" for c in node_id)
-            ):
-                raise FrameError("pex node id must be 40 lowercase hex characters")
-            if type(host) is not str or not 0 < len(host) <= HOST_CHARS_MAX:
-                raise FrameError("pex host must be a non-empty string")
-            out.append((node_id, host, _uint(port, "port", 65535)))
-        return PexAddresses(tuple(out))
-    raise FrameError("unknown pex message")
+    size = len(payload)
+    if not 0 < size <= PEX_PAYLOAD_BYTES_MAX:
+        raise FrameError(f"pex payload of {size} bytes")
+    try:
+        unpacker = _unpacker(payload, str_chars_max=HOST_CHARS_MAX)
+        fields = unpacker.read_array_header()
+        kind = unpacker.unpack() if fields else None
+        if kind == 0 and type(kind) is int and fields == 1:
+            message: PexMessage = PexRequest()
+        elif kind == 1 and type(kind) is int and fields == 2:
+            message = PexAddresses(_read_addresses(unpacker))
+        else:
+            raise FrameError("unknown pex message")
+        if unpacker.tell() != size:
+            raise FrameError("trailing bytes after the pex message")
+    except _DECODE_ERRORS as exc:
+        raise FrameError(f"invalid pex msgpack: {type(exc).__name__}") from exc
+    return message
+
+
+def _read_addresses(unpacker: msgpack.Unpacker) -> tuple[tuple[str, str, int], ...]:
+    count = unpacker.read_array_header()
+    if count > PEX_ADDRESSES_MAX:
+        raise FrameError("pex addresses must be an array of bounded length")
+    out: list[tuple[str, str, int]] = []
+    for _ in range(count):
+        if unpacker.read_array_header() != 3:
+            raise FrameError("pex address must be [node_id, host, port]")
+        node_id = unpacker.unpack()
+        host = unpacker.unpack()
+        port = unpacker.unpack()
+        if (
+            type(node_id) is not str
+            or len(node_id) != NODE_ID_CHARS
+            or any(c not in "0123456789abcdef" for c in node_id)
+        ):
+            raise FrameError("pex node id must be 40 lowercase hex characters")
+        if type(host) is not str or not 0 < len(host) <= HOST_CHARS_MAX:
+            raise FrameError("pex host must be a non-empty string")
+        out.append((node_id, host, _uint(port, "port", 65535)))
+    return tuple(out)
