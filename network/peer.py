@@ -69,7 +69,6 @@ from network.wire import (
     BATCH_OVERHEAD_BYTES,
     BATCH_PAYLOADS_MAX,
     CHANNELS,
-    FRAME_HEADER_BYTES,
     PAYLOAD_OVERHEAD_BYTES,
     Batch,
     Hello,
@@ -595,7 +594,7 @@ class Peer:
         message_bucket = TokenBucket(config.rate_messages_per_s_max, now)
         idle_s = config.idle_timeout_s
         frame_s = config.frame_timeout_s
-        small_frame_bytes = FRAME_HEADER_BYTES + config.write_bytes_max + BATCH_OVERHEAD_BYTES
+        small_frame_bytes = config.write_bytes_max + BATCH_OVERHEAD_BYTES
         # The frame at the head of the decoder's buffer, by index, and the time
         # it may still spend waiting for the peer's bytes.
         frame_index = -1

@@ -195,10 +195,9 @@ def encode_pex_addresses(addresses: list[tuple[str, str, int]]) -> bytes:
     return _packb([1, [list(a) for a in addresses]])
 
 
-def _unpacker(body: bytes | memoryview, *, str_chars_max: int = 0) -> msgpack.Unpacker:
-    """A streaming reader of `body` that refuses every container and long string."""
-    size = len(body)
-    unpacker = msgpack.Unpacker(
+def _unpacker(size: int, *, str_chars_max: int = 0) -> msgpack.Unpacker:
+    """A streaming reader of `size` bytes that refuses every container and long string."""
+    return msgpack.Unpacker(
         max_buffer_size=size,
         max_bin_len=size,
         max_str_len=str_chars_max,
@@ -207,8 +206,6 @@ def _unpacker(body: bytes | memoryview, *, str_chars_max: int = 0) -> msgpack.Un
         max_ext_len=0,
         raw=False,
     )
-    unpacker.feed(body)
-    return unpacker
 
 
 def _uint(value: object, what: str, limit: int = UINT64_MAX) -> int:
@@ -249,7 +246,9 @@ def _read_envelope(unpacker: msgpack.Unpacker, body_bytes: int) -> tuple[int, in
 def check_envelope(prefix: bytes | memoryview, body_bytes: int) -> None:
     """Refuse a frame from its first bytes: `prefix` holds at least ENVELOPE_BYTES_MAX of them."""
     try:
-        _read_envelope(_unpacker(prefix), body_bytes)
+        unpacker = _unpacker(len(prefix))
+        unpacker.feed(prefix)
+        _read_envelope(unpacker, body_bytes)
     except _DECODE_ERRORS as exc:
         raise FrameError(f"invalid envelope: {type(exc).__name__}") from exc
 
@@ -260,8 +259,15 @@ def decode_body(body: bytes | memoryview) -> Message:
     if size == 0:
         raise FrameError("empty frame body")
     try:
-        unpacker = _unpacker(body)
-        fields, kind, channel, count = _read_envelope(unpacker, size)
+        unpacker = _unpacker(size)
+        # The envelope first, from its own few bytes: a frame it refuses is
+        # never copied into the unpacker.
+        head = min(size, ENVELOPE_BYTES_MAX)
+        with memoryview(body) as view:
+            unpacker.feed(view[:head])
+            fields, kind, channel, count = _read_envelope(unpacker, size)
+            if head < size:
+                unpacker.feed(view[head:])
         message = _read_rest(unpacker, fields, kind, channel, count)
         if unpacker.tell() != size:
             raise FrameError("trailing bytes after the message")
@@ -328,13 +334,12 @@ class FrameDecoder:
 
     @property
     def partial_frame_bytes(self) -> int:
-        """Header plus body length of the incomplete frame at the head; 0 if none is known."""
+        """Body length of the incomplete frame at the head; 0 if none is known."""
         available = len(self._buffer) - self._offset
         if available < FRAME_HEADER_BYTES:
             return 0
         (length,) = _unpack_header_from(self._buffer, self._offset)
-        total: int = FRAME_HEADER_BYTES + length
-        return total if total > available else 0
+        return int(length) if FRAME_HEADER_BYTES + length > available else 0
 
     def receive_data(self, data: bytes | bytearray) -> None:
         if self._offset == len(self._buffer):
@@ -391,7 +396,8 @@ def decode_pex(payload: bytes) -> PexMessage:
     if not 0 < size <= PEX_PAYLOAD_BYTES_MAX:
         raise FrameError(f"pex payload of {size} bytes")
     try:
-        unpacker = _unpacker(payload, str_chars_max=HOST_CHARS_MAX)
+        unpacker = _unpacker(size, str_chars_max=HOST_CHARS_MAX)
+        unpacker.feed(payload)
         fields = unpacker.read_array_header()
         kind = unpacker.unpack() if fields else None
         if kind == 0 and type(kind) is int and fields == 1:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import tracemalloc
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -156,3 +159,79 @@ def test_batches_round_trip(gossip: bool, channel: int, payloads: list[bytes]) -
     """Any batch of payloads encodes and decodes to itself."""
     (message,) = wire.FrameDecoder(LIMIT).feed(wire.encode_batch(gossip, channel, payloads))
     assert message == wire.Batch(gossip, channel, payloads)
+
+
+def _bomb(count: int) -> bytes:
+    """[3, [[], [], ...]]: a PING whose nonce is `count` empty arrays."""
+    return b"\x92\x03\xdd" + count.to_bytes(4, "big") + b"\x90" * count
+
+
+def test_nested_array_bomb_is_refused_without_building_it() -> None:
+    """16 MiB of nested empty arrays decode to a FrameError in milliseconds, building nothing.
+
+    msgpack.unpackb would build 16.7 million lists (~1 GiB) before any check.
+    As a PING the envelope refuses it (a PING body is at most 32 bytes) and
+    nothing is allocated; as the payload of a batch the decoder holds one copy
+    of the body (the Unpacker's buffer) and refuses the first nested array.
+    """
+    size = 16 * 1024 * 1024
+    body = _bomb(size - 7)
+    for frame, allowed_bytes in ((body, 0), (b"\x93\x01\x01\x91" + body, size)):
+        tracemalloc.start()
+        try:
+            start = time.perf_counter()
+            with pytest.raises(FrameError):
+                wire.decode_body(frame)
+            elapsed_s = time.perf_counter() - start
+            _, peak_bytes = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak_bytes < allowed_bytes + 2 * 1024 * 1024
+        assert elapsed_s < 0.1
+
+
+def test_envelope_is_checked_before_the_frame_is_complete() -> None:
+    """A partial frame whose first 28 body bytes cannot be legal raises at once."""
+    length = 16 * 1024 * 1024
+    cases = [
+        _bomb(length - 7)[:64],  # PING longer than 32 bytes
+        b"\x93\x01\x01\xdd" + (wire.BATCH_PAYLOADS_MAX + 1).to_bytes(4, "big") + bytes(60),
+        b"\x93\x01\x63\x91" + bytes(60),  # unknown channel 99
+        b"\x93\x09\x01\x91" + bytes(60),  # unknown kind
+        bytes(64),  # not an array
+    ]
+    for prefix in cases:
+        decoder = wire.FrameDecoder(length)
+        with pytest.raises(FrameError):
+            decoder.feed(length.to_bytes(4, "big") + prefix)
+    legal = b"\x93\x01\x01\x91\xc6" + (length - 9).to_bytes(4, "big") + bytes(60)
+    decoder = wire.FrameDecoder(length)
+    assert decoder.feed(length.to_bytes(4, "big") + legal) == []
+    assert decoder.partial_frame_bytes == length
+
+
+def test_batch_payload_count_is_bounded() -> None:
+    """BATCH_PAYLOADS_MAX payloads decode; one more is a malformed frame."""
+    payloads = [b"x"] * wire.BATCH_PAYLOADS_MAX
+    (message,) = wire.FrameDecoder(LIMIT).feed(wire.encode_batch(True, wire.MEMPOOL, payloads))
+    assert message == wire.Batch(True, wire.MEMPOOL, payloads)
+    with pytest.raises(FrameError):
+        wire.FrameDecoder(LIMIT).feed(_frame([2, wire.MEMPOOL, [*payloads, b"x"]]))
+
+
+def test_control_messages_in_their_largest_form_decode() -> None:
+    """HELLO with an array32 header and uint64 fields (32 bytes) is legal; 33 bytes is not."""
+    body = b"\xdd\x00\x00\x00\x03" + b"\xcf" + bytes(8) + b"\xcf" + (1).to_bytes(8, "big")
+    body += b"\xcf" + (26656).to_bytes(8, "big")
+    assert len(body) == wire.CONTROL_BODY_BYTES_MAX
+    assert wire.decode_body(body) == wire.Hello(1, 26656)
+    with pytest.raises(FrameError):
+        wire.decode_body(body + b"\xc0")
+
+
+def test_pex_payload_size_is_bounded_before_decoding() -> None:
+    """A PEX payload over PEX_PAYLOAD_BYTES_MAX is refused from its length alone."""
+    with pytest.raises(FrameError):
+        wire.decode_pex(b"\x92\x01" + _bomb(wire.PEX_PAYLOAD_BYTES_MAX))
+    with pytest.raises(FrameError):
+        wire.decode_pex(b"\x92\x01" + _bomb(1000))  # nested arrays inside the bound
