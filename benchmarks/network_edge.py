@@ -9,13 +9,16 @@ a probe that ticks every 10 ms, how long the attackers stayed connected, and
 the target's own counters. Run it on two commits to compare.
 
     .venv/bin/python benchmarks/network_edge.py bomb
-    .venv/bin/python benchmarks/network_edge.py slow [--peers 30]
+    .venv/bin/python benchmarks/network_edge.py slow [--peers 30] [--window-s 70]
+    .venv/bin/python benchmarks/network_edge.py big [--frames 8]
 
 1. bomb: one authenticated peer sends HELLO, then one 16 MiB frame
    `[3, [[], [], ...]]` (a PING whose nonce is 16.7 million empty arrays).
 2. slow: `--peers` authenticated peers each send a 16 MiB frame that is legal
    to the byte (one DIRECT batch, one payload) except that its last byte
    never comes; measured for `--window-s` seconds.
+3. big: not an attack, the reference: one peer sends `--frames` legal 16 MiB
+   frames (one mempool payload each) back to back.
 
 Readable lines go to stderr; the last line, on stdout, is a JSON object.
 """
@@ -240,9 +243,34 @@ async def attack_slow(target: Target, peers: int, window_s: float) -> dict[str, 
     }
 
 
+async def attack_big(target: Target, frames: int) -> dict[str, Any]:
+    """Not an attack: the largest legal frames, back to back, as a reference for the stall."""
+    payload_bytes = FRAME_BYTES - 9
+    body_head = b"\x93\x01\x04\x91\xc6" + payload_bytes.to_bytes(4, "big")
+    conn = await _connect(target)
+    baseline = await target.ask("reset")
+    start = time.perf_counter()
+    for index in range(frames):
+        payload = bytes([index % 256]) * payload_bytes
+        await conn.send(FRAME_BYTES.to_bytes(4, "big") + body_head + payload)
+    sent_s = time.perf_counter() - start
+    await trio.sleep(1.0)  # the last frame is decoded and delivered
+    report = await target.ask()
+    return {
+        "case": "big_frames",
+        "frames": frames,
+        "frame_bytes": FRAME_BYTES,
+        "send_s": round(sent_s, 2),
+        "rss_growth_mib": round((report["hwm_kib"] - baseline["rss_kib"]) / 1024, 1),
+        "stall_ms_max": report["stall_ms_max"],
+        "disconnects": report["disconnects"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("attack", choices=["bomb", "slow"])
+    parser.add_argument("attack", choices=["bomb", "slow", "big"])
+    parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--peers", type=int, default=30)
     parser.add_argument("--window-s", type=float, default=70.0)
     args = parser.parse_args()
@@ -255,6 +283,8 @@ def main() -> None:
     try:
         if args.attack == "bomb":
             result = trio.run(attack_bomb, target)
+        elif args.attack == "big":
+            result = trio.run(attack_big, target, args.frames)
         else:
             result = trio.run(attack_slow, target, args.peers, args.window_s)
     finally:

@@ -23,9 +23,10 @@ within `send_timeout_s`, or the peer is dropped as stalled.
 Receiving: the reader decodes one message at a time and charges it to token
 buckets: bytes (`rate_bytes_per_s_max`) and messages of every kind
 (`rate_messages_per_s_max`); over either rate the reader pauses, which TCP
-turns into backpressure on the sender, and nothing is dropped. PINGs have no
-legitimate burst: beyond `rate_pings_per_s_max` (burst `PING_BURST`) the
-connection is closed as a protocol violation; a second HELLO is one too.
+turns into backpressure on the sender, and nothing is dropped. Control
+messages have no legitimate burst: PINGs beyond `rate_pings_per_s_max`
+(burst `PING_BURST`), a PONG that answers none of our PINGs and a second
+HELLO close the connection as a protocol violation.
 
 Memory held for what a peer sends: at most one read plus one partial frame.
 A frame longer than `write_bytes_max` first reserves its whole length from a
@@ -186,7 +187,8 @@ class ByteBudget:
     def release(self, amount: int) -> None:
         self.bytes_used -= amount
         assert self.bytes_used >= 0
-        self._grant()
+        if self._waiters:
+            self._grant()
 
     def _grant(self) -> None:
         waiters = self._waiters
@@ -194,14 +196,6 @@ class ByteBudget:
             waiter = waiters.popleft()
             self.bytes_used += waiter.amount
             waiter.event.set()
-
-
-class _Held:
-    __slots__ = ("payload", "refs")
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.refs = 1
 
 
 class SendBudget:
@@ -217,27 +211,32 @@ class SendBudget:
     def __init__(self, bytes_max: int) -> None:
         self.bytes_max = bytes_max
         self.bytes_used = 0
-        # The entry keeps the payload alive, so its id stays unique while held.
-        self._held: dict[int, _Held] = {}
+        # id -> (payload, queues holding it). The entry keeps the payload
+        # alive, so its id stays unique while held. Tuples, not objects: this
+        # runs twice per payload per peer.
+        self._held: dict[int, tuple[bytes, int]] = {}
 
     def hold(self, payload: bytes) -> bool:
-        entry = self._held.get(id(payload))
+        key = id(payload)
+        entry = self._held.get(key)
         if entry is not None:
-            entry.refs += 1
+            self._held[key] = (payload, entry[1] + 1)
             return True
-        if self.bytes_used + len(payload) > self.bytes_max:
+        size = len(payload)
+        if self.bytes_used + size > self.bytes_max:
             return False
-        self._held[id(payload)] = _Held(payload)
-        self.bytes_used += len(payload)
+        self._held[key] = (payload, 1)
+        self.bytes_used += size
         return True
 
     def release(self, payload: bytes) -> None:
         key = id(payload)
-        entry = self._held[key]
-        entry.refs -= 1
-        if not entry.refs:
+        refs = self._held[key][1]
+        if refs == 1:
             del self._held[key]
             self.bytes_used -= len(payload)
+        else:
+            self._held[key] = (payload, refs - 1)
 
 
 class PeerHost(Protocol):
@@ -297,6 +296,7 @@ class Peer:
         "_limits",
         "_ping_bucket",
         "_ping_nonce",
+        "_pings_unanswered",
         "_progress",
         "_queued",
         "_reserved",
@@ -361,6 +361,7 @@ class Peer:
         self._progress = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._ping_nonce = 0
+        self._pings_unanswered = 0
         now = trio.current_time()
         self._ping_bucket = TokenBucket(config.rate_pings_per_s_max, now, PING_BURST)
         # Bytes reserved from frames_budget, and for which frame (its index in
@@ -575,7 +576,9 @@ class Peer:
         while True:
             await trio.sleep(self.config.ping_interval_s)
             self._ping_nonce += 1
-            if not self.enqueue_control(wire.encode_ping(self._ping_nonce)):
+            if self.enqueue_control(wire.encode_ping(self._ping_nonce)):
+                self._pings_unanswered += 1
+            else:
                 self._counters.dropped["control_queue_full"] += 1
 
     async def _receive_loop(self) -> None:
@@ -689,4 +692,8 @@ class Peer:
             self._host.on_hello(self, message)
         else:
             assert type(message) is Pong
+            # A PONG answers one of our PINGs; any other is a flood.
+            if not self._pings_unanswered:
+                raise RateExceeded("PONG without a PING")
+            self._pings_unanswered -= 1
         return 1

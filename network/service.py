@@ -81,7 +81,8 @@ book and is never advertised in PEX answers; `enforce_admission()` closes
 connected peers after the membership changed. `on_refused(node_id, reason)`
 is called for refusals at most once per node id per `REFUSAL_REPORT_INTERVAL_S`
 and `REFUSAL_REPORTS_PER_S_MAX` per second overall, so the caller can log each
-one without a log flood from fresh keys.
+one without a log flood from fresh keys. Both run inside the network's
+tasks: they must return quickly and not raise.
 
 PEX. Right after connecting, and then every `pex_interval_s` with one random
 peer, a node asks for addresses; a peer answers at most once per half
@@ -504,9 +505,13 @@ class Network:
         gossip = batch.gossip
         seen = self._seen
         entries_max = self.config.seen_cache_entries_max
+        take = self._inbox_bytes.try_take
+        send_nowait = self._inbox_send.send_nowait
         duplicates = 0
-        for index, payload in enumerate(batch.payloads, 1):
-            if len(payload) < HASH_IN_THREAD_BYTES_MIN:
+        delivered = 0
+        for payload in batch.payloads:
+            size = len(payload)
+            if size < HASH_IN_THREAD_BYTES_MIN:
                 digest = _sha256(payload).digest()
             else:
                 digest = await trio.to_thread.run_sync(_digest, payload)
@@ -517,8 +522,18 @@ class Network:
                 if len(seen) >= entries_max:
                     seen.popitem(last=False)
                 seen[digest] = False
-            await self._put(Envelope(peer_id, channel, payload, digest))
-            if index % CHECKPOINT_PAYLOADS == 0:
+            envelope = Envelope(peer_id, channel, payload, digest)
+            # Inline fast path: room in bytes and in envelopes, no await.
+            if take(size):
+                try:
+                    send_nowait(envelope)
+                except trio.WouldBlock:
+                    self._inbox_bytes.release(size)
+                    await self._put(envelope)
+            else:
+                await self._put(envelope)
+            delivered += 1
+            if delivered % CHECKPOINT_PAYLOADS == 0:
                 await trio.lowlevel.checkpoint()
         if duplicates:
             self._counters.dropped["duplicate"] += duplicates

@@ -582,3 +582,14 @@ def test_send_budget_counts_a_shared_payload_once() -> None:
         budget.release(shared)
     assert budget.bytes_used == 0
     assert budget.hold(bytes(50))
+
+
+async def test_unsolicited_pongs_close_the_connection() -> None:
+    """A PONG that answers none of the node's PINGs is a flood: the connection is closed."""
+    async with trio.open_nursery() as nursery:
+        node, _ = await _pair(nursery)
+        conn = await connect_raw(node)
+        await conn.send(wire.encode_pong(1))
+        await _closed_by_node(conn)
+        assert node.statistics().disconnects["rate_exceeded"] == 1
+        nursery.cancel_scope.cancel()
