@@ -43,21 +43,58 @@ class PeerAddress:
 
 @dataclass(frozen=True, slots=True)
 class NetworkConfig:
+    """Every limit of the network layer; docs/PROTOCOL.md section 8.9 lists them with defaults.
+
+    Memory the network can hold for peers with these defaults, whatever the
+    peers send (P = inbound_peers_max + outbound_peers_max + persistent peers,
+    50 + persistent by default):
+
+        send queues, all peers         send_queues_bytes_max           256 MiB
+        large incomplete frames        large_frames_bytes_max           64 MiB
+        inbox (payload bytes)          inbox_bytes_max                  64 MiB
+        per peer, small frames         ~0.9 MiB x P                    ~45 MiB
+        one frame being decoded        frame_bytes_max                  16 MiB
+        seen-cache                     seen_cache_entries_max          ~30 MiB
+        handshakes                     handshakes_pending_max x 2 KiB  128 KiB
+
+    about 475 MiB plus Python's per-object overhead (inbox envelopes ~2 MiB).
+    The per-peer figure is one read (RECEIVE_BYTES_MAX, 512 KiB) plus one
+    small partial frame (write_bytes_max, 256 KiB) plus a Noise message tail.
+    """
+
     # A frame larger than this is a protocol violation; checked on the 4-byte
     # header before the body is buffered. Must hold the largest block part.
     frame_bytes_max: int = 16 * MIB
     # One write of the send loop gathers frames up to this many plaintext
     # bytes: big enough to amortise encryption and syscalls over hundreds of
     # small messages, small enough that a vote waits at most one such write.
+    # Frames up to this size are also "small" on receipt (see large_frames_bytes_max).
     write_bytes_max: int = 256 * 1024
     # XX is three messages; a peer that cannot finish in this time is gone.
     handshake_timeout_s: float = 10.0
     # Concurrent handshakes in progress (each costs 3 X25519 + 1 Ed25519 verify).
     handshakes_pending_max: int = 64
+    # Concurrent handshakes from one source IP, so that one address cannot
+    # take every handshake slot with half-open connections.
+    handshakes_pending_per_ip_max: int = 8
+    # New inbound connections per second from one source IP (burst of the
+    # same count); more are closed before any byte is read. An honest node
+    # connects a few times a minute; this caps what one address can make the
+    # node spend on handshakes (~0.3 ms of CPU each) at ~3 ms per second.
+    # Hosts of persistent peers are exempt.
+    handshakes_per_ip_per_s_max: float = 10.0
     dial_timeout_s: float = 10.0
     # A PING goes out this often; a peer silent for idle_timeout_s is dropped.
     ping_interval_s: float = 10.0
     idle_timeout_s: float = 30.0
+    # Time a frame may spend waiting for the peer's bytes once its first byte
+    # arrived (time the node itself pauses the reader does not count): 16 MiB
+    # at 1 MiB/s with room to spare. A stalled frame closes the connection.
+    frame_timeout_s: float = 20.0
+    # The peer must accept each 256 KiB of our writes within this time; a peer
+    # that stops reading is dropped (its send queue freed) instead of pinning
+    # queued messages forever.
+    send_timeout_s: float = 20.0
     inbound_peers_max: int = 40
     # PEX-discovered dials stop at this many outbound peers; persistent peers
     # are always dialled and do not count against it.
@@ -72,29 +109,55 @@ class NetworkConfig:
         (MEMPOOL, 10_000),
         (5, 100),
     )
+    # Per peer, payload bytes queued: two of the largest blocks.
     send_queue_bytes_max: int = 32 * MIB
-    # The node's inbox; when full, peer readers wait (backpressure reaches the
-    # senders through TCP) rather than drop consensus messages.
+    # All peers together, payload bytes queued, each payload counted once
+    # however many peers it is queued for (gossip shares one bytes object).
+    # When full, the message is dropped for that peer ("send_budget_full").
+    send_queues_bytes_max: int = 256 * MIB
+    # HELLO, PING and PONG frames waiting to be written to one peer. Our side
+    # queues one PING per ping_interval_s and one PONG per PING received; when
+    # full, a PONG (or our PING) is not queued: the peer is not reading, and
+    # send_timeout_s will drop it.
+    control_queue_frames_max: int = 16
+    # The node's inbox, in envelopes and in payload bytes; when either is
+    # full, peer readers wait (backpressure reaches the senders through TCP)
+    # rather than drop consensus messages. Must hold the largest frame.
     inbox_messages_max: int = 10_000
+    inbox_bytes_max: int = 64 * MIB
+    # Frames longer than write_bytes_max (only single large payloads: blocks)
+    # reserve their whole length from this budget, shared by all peers, when
+    # their header arrives, before more of them is read. When it is full the
+    # reader stops reading that peer (TCP backpressure) until a reservation
+    # is released, in arrival order. A reservation that never completes ends
+    # at frame_timeout_s. Must hold the largest frame.
+    large_frames_bytes_max: int = 64 * MIB
     # Gossip dedupe: 32-byte hashes, ~150 B each with the dict entry, so the
     # default bounds the cache at ~30 MiB.
     seen_cache_entries_max: int = 200_000
     ban_duration_s: float = 3600.0
     misbehaviour_score_ban: int = 100
-    # Pre-handshake garbage from one IP: this many failures within
-    # ban_duration_s bans the IP (0 disables IP bans). See network.service.
+    # Blamed handshake failures (network.service, "Handshake failures") from
+    # one IP within ban_duration_s that ban the IP (0 disables IP bans).
     handshake_failures_ip_ban: int = 20
+    # A banned IP is not refused outright: it may still start this many
+    # handshakes per second, so honest nodes behind the same address (NAT, a
+    # shared host) still get in while the garbage it sends costs ~nothing.
+    banned_ip_handshakes_per_s_max: float = 1.0
     # Per-peer receive throttles: beyond these rates the peer's reader pauses
     # (TCP backpressure), nothing is dropped.
     rate_bytes_per_s_max: int = 64 * MIB
     rate_messages_per_s_max: int = 100_000
+    # PINGs have no legitimate burst (one per ping_interval_s): more than this
+    # rate (burst of 5) is a protocol violation and closes the connection.
+    rate_pings_per_s_max: float = 1.0
     dial_backoff_base_s: float = 0.5
     dial_backoff_max_s: float = 60.0
     pex_interval_s: float = 30.0
     # Bound of the address book learnt through PEX, and of one PEX answer.
     address_book_entries_max: int = 1_000
     pex_addresses_max: int = 64
-    # Bound of the ban and score tables (oldest evicted first).
+    # Bound of the ban, score and per-IP tables (oldest evicted first).
     bans_entries_max: int = 10_000
 
     def __post_init__(self) -> None:
@@ -107,6 +170,24 @@ class NetworkConfig:
             raise ValueError("write_bytes_max must not exceed frame_bytes_max")
         if self.idle_timeout_s <= self.ping_interval_s:
             raise ValueError("idle_timeout_s must exceed ping_interval_s")
+        if self.ping_interval_s * self.rate_pings_per_s_max < 1:
+            raise ValueError("ping_interval_s must respect rate_pings_per_s_max")
+        if min(self.inbox_bytes_max, self.large_frames_bytes_max) < self.frame_bytes_max:
+            raise ValueError("inbox_bytes_max and large_frames_bytes_max must hold one frame")
+        if self.send_queues_bytes_max < self.send_queue_bytes_max:
+            raise ValueError("send_queues_bytes_max must be at least send_queue_bytes_max")
+        if self.control_queue_frames_max < 2:
+            raise ValueError("control_queue_frames_max must hold a HELLO and a PING")
+        positive = (
+            self.handshakes_per_ip_per_s_max,
+            self.banned_ip_handshakes_per_s_max,
+            self.rate_pings_per_s_max,
+            self.frame_timeout_s,
+            self.send_timeout_s,
+            self.handshakes_pending_per_ip_max,
+        )
+        if min(positive) <= 0:
+            raise ValueError("rates, timeouts and per-IP limits must be positive")
 
     def queue_messages_max(self, channel: int) -> int:
         return dict(self.send_queue_messages_max)[channel]

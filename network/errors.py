@@ -22,7 +22,15 @@ class HandshakeError(NetworkError):
     """The connection handshake failed (Noise, identity binding, expected id, chain id)."""
 
 
-class HandshakeTimeout(HandshakeError):
+class HandshakeAbandoned(HandshakeError):
+    """The connection ended before any check refused the peer's bytes (EOF, reset, timeout).
+
+    Not blamed on the source address: a crashed or unreachable honest node
+    looks exactly like this (see network.service, "Handshake failures").
+    """
+
+
+class HandshakeTimeout(HandshakeAbandoned):
     """The peer did not finish the handshake within `handshake_timeout_s`."""
 
 
@@ -45,6 +53,18 @@ class ProtocolViolation(NetworkError):
 
 class PeerIdleTimeout(NetworkError):
     """Nothing arrived from the peer within `idle_timeout_s`."""
+
+
+class FrameTimeout(NetworkError):
+    """A frame whose first bytes arrived was not complete within `frame_timeout_s`."""
+
+
+class SendTimeout(NetworkError):
+    """The peer did not take our bytes within `send_timeout_s`: it stopped reading."""
+
+
+class RateExceeded(ProtocolViolation):
+    """The peer sent a kind of message that has no legitimate burst faster than allowed."""
 
 
 class ConnectionClosed(NetworkError):

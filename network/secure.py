@@ -39,10 +39,12 @@ from consensus.crypto import (
 from network import noise
 from network.errors import (
     ConnectionClosed,
+    HandshakeAbandoned,
     HandshakeError,
     HandshakeTimeout,
     NetworkError,
     NoiseError,
+    SendTimeout,
 )
 
 IDENTITY_DOMAIN = b"archipelago-noise-static:"
@@ -52,6 +54,12 @@ LENGTH_PREFIX_BYTES = 2
 HANDSHAKE_MESSAGE_BYTES_MAX = 1024
 # One read from the socket; also the most a receive buffers beyond one message.
 RECEIVE_BYTES_MAX = 512 * 1024
+# One read during the handshake: a connection that has not authenticated makes
+# the node hold at most one handshake message and this much beyond it.
+HANDSHAKE_READ_BYTES = HANDSHAKE_MESSAGE_BYTES_MAX + LENGTH_PREFIX_BYTES
+# A send is written in pieces of this size, each within the send timeout, so
+# the timeout measures a stalled reader and not the length of a large write.
+SEND_CHUNK_BYTES = 256 * 1024
 
 _MAX_PLAIN = noise.PLAINTEXT_BYTES_MAX
 _TAG = noise.TAG_BYTES
@@ -73,7 +81,11 @@ def encode_identity_payload(identity: PrivateKey, static_public: bytes) -> bytes
 def verify_identity_payload(payload: bytes, remote_static: bytes) -> bytes:
     """The peer's identity public key, if its payload signs its Noise static key."""
     try:
-        value = msgpack.unpackb(payload, raw=False)
+        # At most 1024 bytes (HANDSHAKE_MESSAGE_BYTES_MAX), and no container
+        # larger than the two fields: a few objects at most.
+        value = msgpack.unpackb(
+            payload, raw=False, max_array_len=2, max_map_len=0, max_str_len=0, max_ext_len=0
+        )
     except Exception as exc:
         raise HandshakeError("identity payload is not msgpack") from exc
     if type(value) is not list or len(value) != 2:
@@ -202,10 +214,20 @@ class SecureConnection:
         self.bytes_sent = 0
         self.bytes_received = 0
 
-    async def send(self, plaintext: bytes | bytearray) -> None:
+    async def send(self, plaintext: bytes | bytearray, *, timeout_s: float = math.inf) -> None:
+        """Encrypt and write; raises SendTimeout if the peer takes no SEND_CHUNK_BYTES in timeout_s.
+
+        After a SendTimeout the stream is in an unknown state: close it.
+        """
         wire = self._send_cipher.seal(plaintext)
         self.bytes_sent += len(wire)
-        await self.stream.send_all(wire)
+        size = len(wire)
+        with memoryview(wire) as view:
+            for start in range(0, size, SEND_CHUNK_BYTES):
+                with trio.move_on_after(timeout_s) as scope:
+                    await self.stream.send_all(view[start : start + SEND_CHUNK_BYTES])
+                if scope.cancelled_caught:
+                    raise SendTimeout(f"peer took no {SEND_CHUNK_BYTES} bytes in {timeout_s} s")
 
     async def receive(self) -> bytearray:
         if self._buffer:
@@ -282,9 +304,9 @@ async def _receive_handshake_message(stream: trio.abc.Stream, buffer: bytearray)
                 message = bytes(buffer[LENGTH_PREFIX_BYTES:end])
                 del buffer[:end]
                 return message
-        data = await stream.receive_some(RECEIVE_BYTES_MAX)
+        data = await stream.receive_some(HANDSHAKE_READ_BYTES)
         if not data:
-            raise HandshakeError("peer closed the connection during the handshake")
+            raise HandshakeAbandoned("peer closed the connection during the handshake")
         buffer += data
 
 
@@ -309,7 +331,9 @@ async def handshake(
     revealed before the responder has proved its own), checks the responder's
     identity and, when given, that it is `expected_node_id`, then sends its own
     identity in message 3. A node refuses a connection to itself. Raises
-    `HandshakeError` (`HandshakeTimeout` after `timeout_s`).
+    `HandshakeError` when a check refuses the peer's bytes, and its subclass
+    `HandshakeAbandoned` when the connection ends first: EOF, reset, or
+    `HandshakeTimeout` after `timeout_s`.
     """
     state = noise.HandshakeState(
         initiator=initiator,
@@ -343,6 +367,8 @@ async def handshake(
             raise HandshakeError(f"noise: {exc}") from exc
         except HandshakeError:
             raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise HandshakeAbandoned(f"connection lost: {type(exc).__name__}") from exc
         except NetworkError as exc:  # pragma: no cover - all wire errors are typed above
             raise HandshakeError(str(exc)) from exc
     if scope.cancelled_caught:

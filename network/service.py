@@ -20,10 +20,17 @@ the payload and bounded by `seen_cache_entries_max`, oldest evicted). A
 gossiped payload that arrives from a peer is delivered to the inbox only the
 first time; forwarding is the node's decision (it forwards what it has
 validated, so an invalid message stops at the first honest node and only its
-origin is scored), made by calling `gossip(..., exclude_peer=sender)`, which
-returns False if this node already gossiped that payload. So each node sends
-each payload to each peer at most once, and never back to the peer it came
-from.
+origin is scored), made by calling `gossip(..., exclude_peer=sender,
+digest=envelope.digest)`, which returns False if this node already gossiped
+that payload. So each node sends each payload to each peer at most once, and
+never back to the peer it came from. Every envelope carries the SHA-256 of
+its payload, computed once on arrival (in a worker thread from 1 MiB up, so
+a large payload does not stall the event loop). A node that had to drop a
+delivered payload (its own queue was full) calls `forget(digest)`, so that a
+later copy from another peer is delivered again.
+
+The inbox is bounded in envelopes (`inbox_messages_max`) and in payload
+bytes (`inbox_bytes_max`); when either is full, peer readers wait.
 
 Duplicate connections. When two connections to one node id exist (both
 sides dialled at once) the one dialled by the node with the smaller node id
@@ -37,14 +44,45 @@ add a score to the peer's node id; each closes the connection, and reaching
 after the handshake and never dialled. A transport message that fails
 authentication closes the connection without a score, because anyone on the
 path can corrupt a ciphertext and would otherwise get honest peers banned.
+Timeouts (idle, stalled frame, stalled reader) close without a score: a slow
+honest link causes them too.
 
-Pre-handshake garbage has no node id to blame. Each handshake failure is
-counted against the source IP, and only `handshake_failures_ip_ban` failures
-within `ban_duration_s` ban the IP. A single bad connection never bans its
-IP: many honest nodes can share one address (NAT, one host running several
-nodes, every loopback test), and a one-strike IP ban would let one broken
-client lock them all out. The cost an attacker can impose before reaching the
-threshold is bounded by `handshakes_pending_max` and `handshake_timeout_s`.
+Handshake failures. Before the handshake there is no node id to blame, only
+the source IP, which many honest nodes may share (NAT, one host running
+several nodes, every loopback test). So an inbound handshake ends as one of:
+
+* failed (blamed on the source IP, counted in `handshake_failures`): the
+  peer sent bytes that a check refused: a handshake message over 1024 bytes,
+  a Noise message that does not authenticate or has a bad length, a
+  non-empty first payload, an identity payload that is malformed or does not
+  sign the Noise static key;
+* abandoned (never blamed, counted in `handshakes_abandoned`): the
+  connection closed, was reset or reached `handshake_timeout_s` before any
+  check refused anything, whatever it had sent by then. A dialler of another
+  chain ends here: it finds the mismatch at message 2 and hangs up.
+
+`handshake_failures_ip_ban` failed handshakes from one IP within
+`ban_duration_s` ban the IP for `ban_duration_s`. A ban is a rate, not a
+wall: a banned IP may still start `banned_ip_handshakes_per_s_max`
+handshakes per second (others are closed before a byte is read), so honest
+nodes behind it still get in, while its garbage costs the node almost
+nothing. Every IP is also limited to `handshakes_per_ip_per_s_max` new
+connections per second and `handshakes_pending_per_ip_max` handshakes at
+once. The hosts of persistent peers (their literal IPs, what their names
+resolve to at start, and the address each was reached at) are never banned
+or limited per IP. A failed outbound handshake (wrong node id at the
+address, another chain) is counted but blames nobody: the node dialled.
+Established connections are never affected by an IP ban.
+
+Membership. With `admit` given, a node id for which `admit(node_id)` is
+False is refused right after the handshake, in both directions (counted in
+`connections_rejected["not_member"]`), is never dialled from the address
+book and is never advertised in PEX answers; `enforce_admission()` closes
+connected peers after the membership changed. `on_refused(node_id, reason)`
+is called for refusals at most once per node id per `REFUSAL_REPORT_INTERVAL_S`
+and `REFUSAL_REPORTS_PER_S_MAX` per second overall, so the caller can log each
+one without a log flood from fresh keys. Both run inside the network's
+tasks: they must return quickly and not raise.
 
 PEX. Right after connecting, and then every `pex_interval_s` with one random
 peer, a node asks for addresses; a peer answers at most once per half
@@ -59,10 +97,11 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import ipaddress
 import math
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -71,22 +110,96 @@ import trio
 from consensus.crypto import PrivateKey
 from network import noise, wire
 from network.config import NetworkConfig, PeerAddress
-from network.errors import FrameError, HandshakeError, ProtocolViolation
-from network.peer import MISBEHAVIOUR_SCORE, Counters, Misbehaviour, Peer
+from network.errors import FrameError, HandshakeAbandoned, HandshakeError, ProtocolViolation
+from network.peer import (
+    MISBEHAVIOUR_SCORE,
+    ByteBudget,
+    Counters,
+    Misbehaviour,
+    Peer,
+    SendBudget,
+    TokenBucket,
+)
 from network.secure import SecureConnection, encode_identity_payload, handshake, node_id_of
 from network.wire import BATCH_OVERHEAD_BYTES, CHANNEL_NAMES, PAYLOAD_OVERHEAD_BYTES, PEX
 
 _sha256 = hashlib.sha256
+DIGEST_BYTES = 32
+# Payloads from this size are hashed in a worker thread (hashlib releases the
+# GIL): SHA-256 runs at ~1.3 GB/s here, so 1 MiB would hold the loop ~0.8 ms
+# and a 16 MiB block ~13 ms; the thread round trip costs ~0.1 ms.
+HASH_IN_THREAD_BYTES_MIN = 1024 * 1024
+# deliver() yields to other tasks after this many payloads that did not wait.
+CHECKPOINT_PAYLOADS = 256
+# on_refused is called at most once per node id per interval, and at most
+# this often overall (burst of REFUSAL_REPORTS_BURST): fresh keys are free.
+REFUSAL_REPORT_INTERVAL_S = 60.0
+REFUSAL_REPORTS_PER_S_MAX = 1.0
+REFUSAL_REPORTS_BURST = 10
+
+
+def _digest(payload: bytes) -> bytes:
+    return _sha256(payload).digest()
+
+
+def _normal_ip(ip: str) -> str:
+    """One spelling per address: IPv4-mapped IPv6 (dual-stack listeners) as IPv4."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One payload received from a peer on a channel."""
+    """One payload received from a peer on a channel, with its SHA-256 computed once."""
 
     peer_id: str
     channel: int
     payload: bytes
-    digest: bytes = b""  # SHA-256 of the payload, computed once on arrival (gossip only)
+    digest: bytes
+
+
+class Inbox(trio.abc.ReceiveChannel[Envelope]):
+    """The node's end of the inbox: a memory channel whose payload bytes are also bounded.
+
+    Receiving returns an envelope's bytes to the budget that peer readers wait on.
+    """
+
+    def __init__(self, channel: trio.MemoryReceiveChannel[Envelope], budget: ByteBudget) -> None:
+        self._channel = channel
+        self._budget = budget
+
+    async def receive(self) -> Envelope:
+        envelope = await self._channel.receive()
+        self._budget.release(len(envelope.payload))
+        return envelope
+
+    def receive_nowait(self) -> Envelope:
+        envelope = self._channel.receive_nowait()
+        self._budget.release(len(envelope.payload))
+        return envelope
+
+    def statistics(self) -> trio.MemoryChannelStatistics:
+        return self._channel.statistics()
+
+    @property
+    def bytes_used(self) -> int:
+        return self._budget.bytes_used
+
+    async def aclose(self) -> None:
+        await self._channel.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,18 +228,30 @@ class NetworkStatistics:
     messages_sent_by_channel: Mapping[int, int]
     messages_received_by_channel: Mapping[int, int]
     # Messages not sent or not delivered, by reason: send_queue_full,
-    # payload_too_large, no_such_peer, duplicate (gossip already seen).
+    # send_budget_full, peer_closing, payload_too_large, no_such_peer,
+    # duplicate (gossip already seen), control_queue_full (a PING or PONG not
+    # queued), pex_request_too_soon.
     messages_dropped: Mapping[str, int]
-    # Connections refused, by reason: ip_banned, banned, inbound_full,
-    # handshakes_busy, duplicate.
+    # Connections refused, by reason: ip_banned, ip_rate, ip_handshakes_busy,
+    # inbound_full, handshakes_busy (before the handshake); banned,
+    # not_member, duplicate (after it).
     connections_rejected: Mapping[str, int]
+    # Closed connections by reason: disconnected, idle_timeout, frame_timeout,
+    # send_timeout, rate_exceeded, authentication_failed, banned, duplicate,
+    # not_member, and the Misbehaviour values.
     disconnects: Mapping[str, int]
-    handshake_failures: int
+    handshake_failures: int  # blamed: a check refused the peer's bytes
+    handshakes_abandoned: int  # closed or timed out first: nobody blamed
     peers_banned: int  # bans issued since start (node ids and IPs)
     bans_active: int
-    reads_throttled: int
+    reads_throttled: int  # reader pauses for rate_bytes/messages_per_s_max
+    reads_paused_for_memory: int  # waits for large_frames_bytes_max or the inbox
     seen_cache_entries: int
     address_book_entries: int
+    # Memory held now, against its limit in NetworkConfig.
+    send_queues_bytes: int  # send_queues_bytes_max
+    large_frames_bytes: int  # large_frames_bytes_max (reserved)
+    inbox_bytes: int  # inbox_bytes_max
 
 
 @dataclass(slots=True)
@@ -149,6 +274,8 @@ class Network:
         config: NetworkConfig | None = None,
         rng: random.Random | None = None,
         advertise_port: int | None = None,
+        admit: Callable[[str], bool] | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         self.config = config or NetworkConfig()
         self.identity = identity
@@ -158,6 +285,8 @@ class Network:
         self._listen_port = listen[1]
         self._advertise_port = advertise_port
         self._persistent = [p for p in persistent_peers if p.node_id != self.node_id]
+        self._admit = admit
+        self._on_refused = on_refused
         self._rng = rng or random.Random(os.urandom(16))
         # The Noise static key lives as long as the process; it is bound to the
         # identity by the signature in the handshake payload.
@@ -169,9 +298,13 @@ class Network:
             - BATCH_OVERHEAD_BYTES
             - PAYLOAD_OVERHEAD_BYTES
         )
-        self._inbox_send, self.inbox = trio.open_memory_channel[Envelope](
+        self._inbox_send, inbox_receive = trio.open_memory_channel[Envelope](
             self.config.inbox_messages_max
         )
+        self._inbox_bytes = ByteBudget(self.config.inbox_bytes_max)
+        self.inbox = Inbox(inbox_receive, self._inbox_bytes)
+        self._frames_budget = ByteBudget(self.config.large_frames_bytes_max)
+        self._send_budget = SendBudget(self.config.send_queues_bytes_max)
         self._peers: dict[str, Peer] = {}
         self._peers_changed = trio.Event()
         self._seen: collections.OrderedDict[bytes, bool] = collections.OrderedDict()
@@ -179,9 +312,16 @@ class Network:
         self._bans: dict[str, float] = {}
         self._ip_bans: dict[str, float] = {}
         self._ip_failures: dict[str, tuple[int, float]] = {}
+        self._ip_buckets: dict[str, TokenBucket] = {}
+        self._ip_pending: collections.Counter[str] = collections.Counter()
+        # Hosts of persistent peers: never banned or limited per IP.
+        self._protected_ips = {_normal_ip(p.host) for p in self._persistent if _is_ip(p.host)}
         self._scores: dict[str, int] = {}
+        self._refusals_reported: dict[str, float] = {}
+        self._refusal_bucket = TokenBucket(REFUSAL_REPORTS_PER_S_MAX, 0.0, REFUSAL_REPORTS_BURST)
         self._bans_issued = 0
         self._handshake_failures = 0
+        self._handshakes_abandoned = 0
         self._handshakes_pending = 0
         self._inbound_pending = 0
         self._book: dict[str, _BookEntry] = {}
@@ -203,31 +343,53 @@ class Network:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._serve, listeners)
+            nursery.start_soon(self._protect_persistent_hosts)
             for address in self._persistent:
                 nursery.start_soon(self._persistent_loop, address)
             nursery.start_soon(self._pex_loop)
             task_status.started()
 
-    def gossip(self, channel: int, payload: bytes, exclude_peer: str | None = None) -> bool:
-        """Queue `payload` for every peer but `exclude_peer`; False if already gossiped."""
+    def gossip(
+        self,
+        channel: int,
+        payload: bytes,
+        exclude_peer: str | None = None,
+        digest: bytes | None = None,
+    ) -> bool:
+        """Queue `payload` for every peer but `exclude_peer`; False if already gossiped.
+
+        `digest` is SHA-256 of `payload` when the caller has it (an Envelope's),
+        so that it is not computed again.
+        """
         self._check_channel(channel)
         if len(payload) > self._payload_bytes_max:
             self._counters.dropped["payload_too_large"] += 1
             return False
-        digest = _sha256(payload).digest()
+        if digest is None:
+            digest = _sha256(payload).digest()
+        assert len(digest) == DIGEST_BYTES
         seen = self._seen
         if seen.get(digest) is True:
             return False
         if digest not in seen and len(seen) >= self.config.seen_cache_entries_max:
             seen.popitem(last=False)
         seen[digest] = True
-        dropped = 0
         for peer in self._peers.values():
-            if peer.node_id != exclude_peer and not peer.enqueue(channel, True, payload):
-                dropped += 1
-        if dropped:
-            self._counters.dropped["send_queue_full"] += dropped
+            if peer.node_id != exclude_peer:
+                peer.enqueue(channel, True, payload)
         return True
+
+    def forget(self, digest: bytes) -> bool:
+        """Let a delivered payload be delivered again; True if it was in the seen-cache.
+
+        For a payload the node received but had to drop (its own queue was
+        full): a later copy from another peer then reaches the inbox again. A
+        payload this node gossiped stays remembered, so it is not sent twice.
+        """
+        if self._seen.get(digest) is False:
+            del self._seen[digest]
+            return True
+        return False
 
     def send(self, peer_id: str, channel: int, payload: bytes) -> bool:
         """Queue `payload` for one peer; False (and counted) if not connected or queue full."""
@@ -239,10 +401,7 @@ class Network:
         if peer is None:
             self._counters.dropped["no_such_peer"] += 1
             return False
-        if not peer.enqueue(channel, False, payload):
-            self._counters.dropped["send_queue_full"] += 1
-            return False
-        return True
+        return peer.enqueue(channel, False, payload)
 
     async def wait_send_capacity(self, channel: int) -> None:
         """Return once no connected peer's queue for `channel` is more than half full."""
@@ -286,10 +445,16 @@ class Network:
             self._close_peer(peer, reason.value)
         self._score(peer_id, reason)
 
-    def forget(self, digest: bytes) -> None:
-        """Un-see a delivered payload the node had to drop, so another copy is delivered."""
-        if self._seen.get(digest) is False:
-            del self._seen[digest]
+    def enforce_admission(self) -> int:
+        """Close every connected peer that `admit` now refuses; how many were closed."""
+        admit = self._admit
+        if admit is None:
+            return 0
+        refused = [p for p in self._peers.values() if not admit(p.node_id)]
+        for peer in refused:
+            self._close_peer(peer, "not_member")
+            self._report_refusal(peer.node_id, "not_member")
+        return len(refused)
 
     def is_banned(self, node_id: str) -> bool:
         expiry = self._bans.get(node_id)
@@ -319,12 +484,17 @@ class Network:
             connections_rejected=MappingProxyType(dict(c.rejected)),
             disconnects=MappingProxyType(dict(c.disconnects)),
             handshake_failures=self._handshake_failures,
+            handshakes_abandoned=self._handshakes_abandoned,
             peers_banned=self._bans_issued,
             bans_active=sum(1 for t in self._bans.values() if t > now)
             + sum(1 for t in self._ip_bans.values() if t > now),
             reads_throttled=c.throttled,
+            reads_paused_for_memory=c.memory_waits,
             seen_cache_entries=len(self._seen),
             address_book_entries=len(self._book),
+            send_queues_bytes=self._send_budget.bytes_used,
+            large_frames_bytes=self._frames_budget.bytes_used,
+            inbox_bytes=self._inbox_bytes.bytes_used,
         )
 
     # -- peer host callbacks ---------------------------------------------------
@@ -332,33 +502,57 @@ class Network:
     async def deliver(self, peer: Peer, batch: wire.Batch) -> None:
         channel = batch.channel
         peer_id = peer.node_id
+        gossip = batch.gossip
+        seen = self._seen
+        entries_max = self.config.seen_cache_entries_max
+        take = self._inbox_bytes.try_take
         send_nowait = self._inbox_send.send_nowait
-        if batch.gossip:
-            seen = self._seen
-            entries_max = self.config.seen_cache_entries_max
-            duplicates = 0
-            for payload in batch.payloads:
+        duplicates = 0
+        delivered = 0
+        for payload in batch.payloads:
+            size = len(payload)
+            if size < HASH_IN_THREAD_BYTES_MIN:
                 digest = _sha256(payload).digest()
+            else:
+                digest = await trio.to_thread.run_sync(_digest, payload)
+            if gossip:
                 if digest in seen:
                     duplicates += 1
                     continue
                 if len(seen) >= entries_max:
                     seen.popitem(last=False)
                 seen[digest] = False
-                envelope = Envelope(peer_id, channel, payload, digest)
+            envelope = Envelope(peer_id, channel, payload, digest)
+            # Inline fast path: room in bytes and in envelopes, no await.
+            if take(size):
                 try:
                     send_nowait(envelope)
                 except trio.WouldBlock:
-                    await self._inbox_send.send(envelope)
-            if duplicates:
-                self._counters.dropped["duplicate"] += duplicates
-        else:
-            for payload in batch.payloads:
-                envelope = Envelope(peer_id, channel, payload)
-                try:
-                    send_nowait(envelope)
-                except trio.WouldBlock:
-                    await self._inbox_send.send(envelope)
+                    self._inbox_bytes.release(size)
+                    await self._put(envelope)
+            else:
+                await self._put(envelope)
+            delivered += 1
+            if delivered % CHECKPOINT_PAYLOADS == 0:
+                await trio.lowlevel.checkpoint()
+        if duplicates:
+            self._counters.dropped["duplicate"] += duplicates
+
+    async def _put(self, envelope: Envelope) -> None:
+        """Into the inbox, waiting while it is full in envelopes or in bytes."""
+        size = len(envelope.payload)
+        budget = self._inbox_bytes
+        if not budget.try_take(size):
+            self._counters.memory_waits += 1
+            await budget.take(size)
+        try:
+            self._inbox_send.send_nowait(envelope)
+        except trio.WouldBlock:
+            try:
+                await self._inbox_send.send(envelope)
+            except BaseException:
+                budget.release(size)
+                raise
 
     def on_hello(self, peer: Peer, hello: wire.Hello) -> None:
         pass
@@ -406,6 +600,26 @@ class Network:
             del self._peers[peer.node_id]
             self._changed()
 
+    def _admitted(self, node_id: str) -> bool:
+        return self._admit is None or self._admit(node_id)
+
+    def _report_refusal(self, node_id: str, reason: str) -> None:
+        """Tell `on_refused`, at most once per node id per interval and at a bounded rate."""
+        if self._on_refused is None:
+            return
+        now = trio.current_time()
+        reported = self._refusals_reported
+        last = reported.get(node_id)
+        if last is not None and now - last < REFUSAL_REPORT_INTERVAL_S:
+            return
+        if not self._refusal_bucket.try_take(now):
+            return
+        reported.pop(node_id, None)
+        reported[node_id] = now
+        if len(reported) > self.config.bans_entries_max:
+            del reported[next(iter(reported))]
+        self._on_refused(node_id, reason)
+
     def _ip_banned(self, ip: str) -> bool:
         expiry = self._ip_bans.get(ip)
         if expiry is None:
@@ -415,10 +629,33 @@ class Network:
             return False
         return True
 
-    def _handshake_failed(self, ip: str) -> None:
-        self._handshake_failures += 1
+    def _admit_ip(self, ip: str) -> str:
+        """"" if a new inbound connection from `ip` may start a handshake, else why not."""
+        if ip in self._protected_ips:
+            return ""
+        config = self.config
+        banned = self._ip_banned(ip)
+        rate = (
+            config.banned_ip_handshakes_per_s_max if banned else config.handshakes_per_ip_per_s_max
+        )
+        now = trio.current_time()
+        bucket = self._ip_buckets.pop(ip, None)
+        if bucket is None or bucket.rate != rate:
+            bucket = TokenBucket(rate, now, max(1.0, rate))
+        # Re-inserted last: the table is evicted oldest first at its bound.
+        self._ip_buckets[ip] = bucket
+        if len(self._ip_buckets) > config.bans_entries_max:
+            del self._ip_buckets[next(iter(self._ip_buckets))]
+        if not bucket.try_take(now):
+            return "ip_banned" if banned else "ip_rate"
+        if self._ip_pending[ip] >= config.handshakes_pending_per_ip_max:
+            return "ip_handshakes_busy"
+        return ""
+
+    def _blame_ip(self, ip: str) -> None:
+        """A failed inbound handshake from `ip`: count it, and ban the IP at the threshold."""
         threshold = self.config.handshake_failures_ip_ban
-        if threshold <= 0:
+        if threshold <= 0 or ip in self._protected_ips:
             return
         now = trio.current_time()
         count, since = self._ip_failures.pop(ip, (0, now))
@@ -426,6 +663,7 @@ class Network:
             count, since = 0, now
         count += 1
         if count >= threshold:
+            self._ip_bans.pop(ip, None)
             self._ip_bans[ip] = now + self.config.ban_duration_s
             self._bans_issued += 1
             if len(self._ip_bans) > self.config.bans_entries_max:
@@ -434,6 +672,21 @@ class Network:
         self._ip_failures[ip] = (count, since)
         if len(self._ip_failures) > self.config.bans_entries_max:
             del self._ip_failures[next(iter(self._ip_failures))]
+
+    async def _protect_persistent_hosts(self) -> None:
+        """Add what the persistent peers' host names resolve to (best effort, once)."""
+        for address in self._persistent:
+            if _is_ip(address.host):
+                continue
+            with trio.move_on_after(self.config.dial_timeout_s):
+                try:
+                    infos = await trio.socket.getaddrinfo(
+                        address.host, address.port, type=trio.socket.SOCK_STREAM
+                    )
+                except OSError:
+                    continue
+                for info in infos:
+                    self._protected_ips.add(_normal_ip(str(info[4][0])))
 
     # -- connections ---------------------------------------------------------
 
@@ -449,15 +702,17 @@ class Network:
         except OSError:
             await trio.aclose_forcefully(stream)
             return
+        ip = _normal_ip(ip)
         try:
-            if self._ip_banned(ip):
-                self._counters.rejected["ip_banned"] += 1
-                return
-            if self._inbound_count() + self._inbound_pending >= self.config.inbound_peers_max:
-                self._counters.rejected["inbound_full"] += 1
-                return
-            if self._handshakes_pending >= self.config.handshakes_pending_max:
-                self._counters.rejected["handshakes_busy"] += 1
+            reason = self._admit_ip(ip)
+            if reason:
+                pass
+            elif self._inbound_count() + self._inbound_pending >= self.config.inbound_peers_max:
+                reason = "inbound_full"
+            elif self._handshakes_pending >= self.config.handshakes_pending_max:
+                reason = "handshakes_busy"
+            if reason:
+                self._counters.rejected[reason] += 1
                 return
             conn = await self._handshake(stream, ip, initiator=False)
             if conn is not None:
@@ -476,6 +731,7 @@ class Network:
         self._handshakes_pending += 1
         if not initiator:
             self._inbound_pending += 1
+            self._ip_pending[ip] += 1
         try:
             return await handshake(
                 stream,
@@ -487,19 +743,24 @@ class Network:
                 timeout_s=self.config.handshake_timeout_s,
                 expected_node_id=expected_node_id,
             )
+        except HandshakeAbandoned:
+            self._handshakes_abandoned += 1
+            return None
         except HandshakeError:
-            if initiator:
-                self._handshake_failures += 1
-            else:
-                self._handshake_failed(ip)
+            self._handshake_failures += 1
+            if not initiator:
+                self._blame_ip(ip)
             return None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self._handshake_failures += 1
+            self._handshakes_abandoned += 1
             return None
         finally:
             self._handshakes_pending -= 1
             if not initiator:
                 self._inbound_pending -= 1
+                self._ip_pending[ip] -= 1
+                if not self._ip_pending[ip]:
+                    del self._ip_pending[ip]
 
     def _preferred(self, new: Peer, old: Peer) -> Peer:
         if new.direction == old.direction:
@@ -520,6 +781,10 @@ class Network:
         if self.is_banned(node_id):
             self._counters.rejected["banned"] += 1
             return False
+        if not self._admitted(node_id):
+            self._counters.rejected["not_member"] += 1
+            self._report_refusal(node_id, "not_member")
+            return False
         if direction == "inbound" and self._inbound_count() >= self.config.inbound_peers_max:
             self._counters.rejected["inbound_full"] += 1
             return False
@@ -531,6 +796,8 @@ class Network:
             config=self.config,
             counters=self._counters,
             service=self,
+            frames_budget=self._frames_budget,
+            send_budget=self._send_budget,
             dial_address=dial_address,
         )
         existing = self._peers.get(node_id)
@@ -556,7 +823,7 @@ class Network:
         event, self._peers_changed = self._peers_changed, trio.Event()
         event.set()
 
-    async def _dial(self, address: PeerAddress) -> bool:
+    async def _dial(self, address: PeerAddress, *, persistent: bool = False) -> bool:
         """Dial, handshake and serve until the connection ends; True if it was established."""
         self._dialling.add(address.node_id)
         try:
@@ -569,6 +836,13 @@ class Network:
             if stream is None:
                 return False
             try:
+                if persistent:
+                    # Where this persistent peer really is: its inbound
+                    # connections come from there and must never be banned.
+                    try:
+                        self._protected_ips.add(_normal_ip(stream.socket.getpeername()[0]))
+                    except OSError:
+                        return False
                 conn = await self._handshake(
                     stream, address.host, initiator=True, expected_node_id=address.node_id
                 )
@@ -594,8 +868,12 @@ class Network:
             elif self.is_banned(address.node_id):
                 await trio.sleep_until(self._bans[address.node_id])
                 continue
+            elif not self._admitted(address.node_id):
+                # Not a member (yet): dialling it would only be refused.
+                await trio.sleep(self.config.dial_backoff_max_s)
+                continue
             elif address.node_id not in self._dialling:
-                connected = await self._dial(address)
+                connected = await self._dial(address, persistent=True)
                 failures = 0 if connected else failures + 1
             await trio.sleep(self._backoff_s(failures))
 
@@ -613,7 +891,7 @@ class Network:
         peer.last_pex_answer_time = now
         addresses: list[tuple[str, str, int]] = []
         for other in self._peers.values():
-            if other is peer:
+            if other is peer or not self._admitted(other.node_id):
                 continue
             if other.direction == "outbound":
                 addresses.append((other.node_id, other.host, other.port))
@@ -626,7 +904,12 @@ class Network:
     def _learn(self, addresses: tuple[tuple[str, str, int], ...]) -> None:
         learnt = False
         for node_id, host, port in addresses:
-            if node_id == self.node_id or node_id in self._book or port == 0:
+            if (
+                node_id == self.node_id
+                or node_id in self._book
+                or port == 0
+                or not self._admitted(node_id)
+            ):
                 continue
             if len(self._book) >= self.config.address_book_entries_max:
                 break
@@ -662,6 +945,7 @@ class Network:
                 or node_id in self._dialling
                 or entry.next_dial_time > now
                 or self.is_banned(node_id)
+                or not self._admitted(node_id)
             ):
                 continue
             self._dialling.add(node_id)

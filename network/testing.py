@@ -14,8 +14,8 @@ import trio
 import trio.testing
 
 from consensus.crypto import PrivateKey
-from network import Network, NetworkConfig, PeerAddress
-from network.secure import node_id_of
+from network import Network, NetworkConfig, PeerAddress, noise, wire
+from network.secure import SecureConnection, encode_identity_payload, handshake, node_id_of
 
 TEST_CHAIN_ID = "archipelago-test"
 
@@ -67,3 +67,33 @@ async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> 
     with trio.fail_after(timeout_s):
         while not predicate():
             await trio.testing.wait_all_tasks_blocked(cushion=0.005)
+
+
+async def connect_raw(
+    net: Network,
+    *,
+    key: PrivateKey | None = None,
+    chain_id: str = TEST_CHAIN_ID,
+    hello: bool = True,
+) -> SecureConnection:
+    """A hand-driven peer of `net`: handshake done (and HELLO sent), nothing else.
+
+    For tests that play a hostile or broken peer on the real wire protocol.
+    """
+    key = key or PrivateKey.generate()
+    static_private, static_public = noise.generate_keypair()
+    host, port = net.listen_address
+    stream = await trio.open_tcp_stream(host, port)
+    conn = await handshake(
+        stream,
+        initiator=True,
+        identity=key,
+        static_private=static_private,
+        identity_payload=encode_identity_payload(key, static_public),
+        chain_id=chain_id,
+        timeout_s=TEST_CONFIG.handshake_timeout_s,
+        expected_node_id=net.node_id,
+    )
+    if hello:
+        await conn.send(wire.encode_hello(0))
+    return conn

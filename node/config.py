@@ -284,6 +284,101 @@ class P2PConfig:
     pex: bool = field(
         default=True, metadata=_meta(_boolean(), "Exchange peer addresses with peers.")
     )
+    # Limits against hostile peers (network.NetworkConfig has the reasons for
+    # each default; docs/PROTOCOL.md section 8.9 lists all of them).
+    handshake_timeout_s: int = field(
+        default=10,
+        metadata=_meta(
+            _integer(1, 600),
+            "A connection that has not finished the Noise handshake in this time is closed.",
+        ),
+    )
+    handshakes_pending_max: int = field(
+        default=64,
+        metadata=_meta(
+            _integer(1, 10_000),
+            "Handshakes in progress at once; further connections are closed unread.",
+        ),
+    )
+    handshakes_per_ip_per_s_max: int = field(
+        default=10,
+        metadata=_meta(
+            _integer(1, 100_000),
+            "New inbound connections per second from one IP (burst of as many); more are "
+            "closed unread. Hosts of persistent peers are exempt.",
+        ),
+    )
+    handshake_failures_ip_ban: int = field(
+        default=20,
+        metadata=_meta(
+            _integer(0, 1_000_000),
+            "Failed handshakes from one IP within ban_duration_s that ban the IP (its bytes "
+            "failed the Noise or identity checks; closes and timeouts do not count). A banned "
+            "IP may still start one handshake per second; persistent peers' hosts are never "
+            "banned; 0 disables.",
+        ),
+    )
+    idle_timeout_s: int = field(
+        default=30,
+        metadata=_meta(
+            _integer(11, 3600),
+            "A peer from which nothing arrived for this long is closed (peers PING every 10 s).",
+        ),
+    )
+    frame_timeout_s: int = field(
+        default=20,
+        metadata=_meta(
+            _integer(1, 3600),
+            "Once a frame's first bytes arrived, the time its sender has to deliver the rest; "
+            "a stalled frame closes the connection.",
+        ),
+    )
+    send_timeout_s: int = field(
+        default=20,
+        metadata=_meta(
+            _integer(1, 3600),
+            "A peer must take each 256 KiB we write within this time, or it is closed as "
+            "stalled and its send queue freed.",
+        ),
+    )
+    rate_bytes_per_s_max: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_meta(
+            _integer(64 * 1024, 1 << 40),
+            "Bytes per second read from one peer; a faster sender is paused (TCP backpressure).",
+        ),
+    )
+    rate_messages_per_s_max: int = field(
+        default=100_000,
+        metadata=_meta(
+            _integer(1, 1_000_000_000),
+            "Messages per second read from one peer; a faster sender is paused.",
+        ),
+    )
+    large_frames_bytes_max: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_meta(
+            _integer(64 * 1024 * 1024, 16 * 1024 * 1024 * 1024),
+            "Memory reserved, across all peers, for frames over 256 KiB (blocks) while they "
+            "arrive; when it is full, readers wait (TCP backpressure).",
+        ),
+    )
+    inbox_bytes_max: int = field(
+        default=64 * 1024 * 1024,
+        metadata=_meta(
+            _integer(64 * 1024 * 1024, 16 * 1024 * 1024 * 1024),
+            "Payload bytes received from peers and not yet taken by the node; when full, "
+            "readers wait.",
+        ),
+    )
+    send_queues_bytes_max: int = field(
+        default=256 * 1024 * 1024,
+        metadata=_meta(
+            _integer(64 * 1024 * 1024, 16 * 1024 * 1024 * 1024),
+            "Payload bytes queued for all peers together (a gossiped payload counts once); "
+            "beyond it a message is dropped for that peer.",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,6 +121,18 @@ class NodeCore:
             outbound_peers_max=p2p.outbound_peers_max,
             ban_duration_s=float(p2p.ban_duration_s),
             pex_interval_s=30.0 if p2p.pex else 10**9,
+            handshake_timeout_s=float(p2p.handshake_timeout_s),
+            handshakes_pending_max=p2p.handshakes_pending_max,
+            handshakes_per_ip_per_s_max=float(p2p.handshakes_per_ip_per_s_max),
+            handshake_failures_ip_ban=p2p.handshake_failures_ip_ban,
+            idle_timeout_s=float(p2p.idle_timeout_s),
+            frame_timeout_s=float(p2p.frame_timeout_s),
+            send_timeout_s=float(p2p.send_timeout_s),
+            rate_bytes_per_s_max=p2p.rate_bytes_per_s_max,
+            rate_messages_per_s_max=p2p.rate_messages_per_s_max,
+            large_frames_bytes_max=p2p.large_frames_bytes_max,
+            inbox_bytes_max=p2p.inbox_bytes_max,
+            send_queues_bytes_max=p2p.send_queues_bytes_max,
         )
         return Network(
             identity=self.node.node_key,

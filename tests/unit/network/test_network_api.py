@@ -24,9 +24,12 @@ def test_exports_are_pinned() -> None:
             "ConnectionClosed",
             "Envelope",
             "FrameError",
+            "FrameTimeout",
             "FrameTooLarge",
+            "HandshakeAbandoned",
             "HandshakeError",
             "HandshakeTimeout",
+            "Inbox",
             "Misbehaviour",
             "Network",
             "NetworkConfig",
@@ -37,6 +40,8 @@ def test_exports_are_pinned() -> None:
             "PeerIdleTimeout",
             "PeerInfo",
             "ProtocolViolation",
+            "RateExceeded",
+            "SendTimeout",
             "node_id_of",
         ]
     )
