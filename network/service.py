@@ -418,6 +418,15 @@ class Network:
         while len(self._peers) < count:
             await self._peers_changed.wait()
 
+    def has_room(self, peer_id: str, channel: int) -> bool:
+        """Whether `peer_id` is connected and its queue for `channel` is at most half full.
+
+        For producers that would load or build something costly for one peer
+        (a node serving stored blocks) and should not when it would be dropped.
+        """
+        peer = self._peers.get(peer_id)
+        return peer is not None and not peer.queue_over_half(channel)
+
     def peers(self) -> list[PeerInfo]:
         return [
             PeerInfo(

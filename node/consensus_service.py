@@ -361,6 +361,8 @@ class ConsensusService:
         net = self.core.net
         channel = BLOCKSYNC if tag == TAG_SYNC_BLOCK else CONSENSUS
         for h in range(height, height + count):
+            if not net.has_room(peer, channel):
+                return  # it would be dropped: do not load it
             block_bytes = store.load_block_bytes(h)
             commit_bytes = store.load_seen_commit_bytes(h)
             if block_bytes is None or commit_bytes is None:

@@ -27,7 +27,7 @@ from consensus.crypto import PrivateKey
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
 from consensus.types import Block, Commit
-from network import Network, NetworkConfig, PeerAddress
+from network import Network, NetworkConfig, NetworkStatistics, PeerAddress
 from node import __version__
 from node.chain import Applied, Chain, decode_result, now_ms, worker_threads
 from node.driver import Driver
@@ -469,6 +469,81 @@ class NodeCore:
             },
         }
 
+    @staticmethod
+    def _p2p_edge_samples(stats: NetworkStatistics) -> list[PulledSample]:
+        """What the network refused, closed and holds: the edge an operator watches."""
+        out = [
+            PulledSample(
+                "archipelago_p2p_rejected_connections",
+                "Connections refused, by reason (before or after the handshake).",
+                "counter",
+                (("reason", reason),),
+                v,
+            )
+            for reason, v in stats.connections_rejected.items()
+        ]
+        out += [
+            PulledSample(
+                "archipelago_p2p_disconnects",
+                "Connections closed, by reason.",
+                "counter",
+                (("reason", reason),),
+                v,
+            )
+            for reason, v in stats.disconnects.items()
+        ]
+        for outcome, v in (
+            ("failed", stats.handshake_failures),
+            ("abandoned", stats.handshakes_abandoned),
+        ):
+            out.append(
+                PulledSample(
+                    "archipelago_p2p_handshakes_unfinished",
+                    "Handshakes that did not finish: failed (a check refused the peer's bytes) "
+                    "or abandoned (closed or timed out first).",
+                    "counter",
+                    (("outcome", outcome),),
+                    v,
+                )
+            )
+        for reason, v in (
+            ("rate", stats.reads_throttled),
+            ("memory", stats.reads_paused_for_memory),
+        ):
+            out.append(
+                PulledSample(
+                    "archipelago_p2p_read_pauses",
+                    "Times a peer's reader paused: over its rate, or waiting for memory.",
+                    "counter",
+                    (("reason", reason),),
+                    v,
+                )
+            )
+        for kind, v in (
+            ("send_queues", stats.send_queues_bytes),
+            ("large_frames", stats.large_frames_bytes),
+            ("inbox", stats.inbox_bytes),
+        ):
+            out.append(
+                PulledSample(
+                    "archipelago_p2p_held_bytes",
+                    "Bytes the network holds for peers now, by kind (each bounded in [p2p]).",
+                    "gauge",
+                    (("kind", kind),),
+                    v,
+                )
+            )
+        out.append(
+            PulledSample(
+                "archipelago_p2p_bans_active",
+                "Bans in force (node ids and IPs).",
+                "gauge",
+                (),
+                stats.bans_active,
+            )
+        )
+        return out
+
     def _pulled_samples(self) -> list[PulledSample]:
         from network import CHANNEL_NAMES
 
@@ -522,6 +597,7 @@ class NodeCore:
                 "archipelago_p2p_banned_peers", "Peers banned.", "counter", (), stats.peers_banned
             )
         )
+        out += self._p2p_edge_samples(stats)
         if self.consensus is not None:
             out.append(
                 PulledSample(
