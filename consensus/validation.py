@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import islice
 
 import msgpack
 
@@ -66,7 +67,7 @@ __all__ = [
 _NONCE_MAX = 2**64 - 1
 _SIG_FIELD_BYTES = 2 + SIGNATURE_BYTES  # bin8 marker and length, then the signature
 _sha256 = hashlib.sha256
-_unpackb = msgpack.unpackb
+_Unpacker = msgpack.Unpacker
 # One packer for the canonical re-encoding check; it never releases the GIL mid-call.
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -597,9 +598,10 @@ class _Stream:
         txs: list[Transaction] = []
         items: list[SigItem] = []
         for k, t in enumerate(chunk):
-            tx = _decode_tx(t)
-            if tx is None:
-                self.malformed = (start + k, _decode_error(t))
+            try:
+                tx = Transaction.decode(t)
+            except DecodeError as e:
+                self.malformed = (start + k, str(e))
                 break
             txs.append(tx)
             hit = hits[k]
@@ -639,38 +641,59 @@ def _decode_chunk(
 ) -> tuple[list[_TxFields], tuple[bytes, ...], tuple[bytes, ...]] | None:
     """(fields, senders, signatures) if every transaction is canonical, else None.
 
-    One re-encoding for the chunk instead of one per transaction: each decoded
-    value's canonical form is its shortest encoding, so the concatenations can
-    only be equal if every transaction is exactly canonical. The shape checks
-    run column by column in C (set, map, min, max), not per transaction.
+    Accepts exactly what Transaction.decode accepts, bounded and in bulk: each
+    transaction is a fixarray of 4 scalars, so after checking the array
+    markers, the fields of the whole chunk are read as one stream of 4n
+    scalars (msgpack iterating in C, containers refused by their header): a
+    hostile chunk costs at most 4n objects plus one copy of its bytes, whatever
+    shape it claims. The shape checks run column by column in C (set, map,
+    min, max), not per transaction; re-encoding each transaction and comparing
+    it with its bytes makes every one exactly canonical (comparing the
+    concatenation would not: fields could straddle two transactions).
     """
-    if max(map(len, chunk)) > TX_BYTES_MAX:
+    if max(map(len, chunk)) > TX_BYTES_MAX or min(map(len, chunk)) == 0:
         return None
-    unpackb = _unpackb
+    if set(map(_first_byte, chunk)) != _TX_ARRAY_MARKER:
+        return None
+    data = b"".join(map(_after_first_byte, chunk))
+    n = 4 * len(chunk)
+    unpacker = _Unpacker(
+        None,
+        max_buffer_size=max(len(data), 1),
+        use_list=False,
+        raw=False,
+        max_str_len=0,
+        max_bin_len=TX_PAYLOAD_BYTES_MAX,  # the payload limit, checked by the bin's header
+        max_array_len=0,
+        max_map_len=0,
+        max_ext_len=0,
+    )
+    unpacker.feed(data)
     try:
-        objs = [unpackb(t, use_list=False) for t in chunk]
-        pks, nonces, payloads, sigs = zip(*objs, strict=True)
-    except Exception:  # msgpack raises many types on hostile input; zip on a wrong shape
+        fields = tuple(islice(unpacker, n))
+    except Exception:  # msgpack raises many types on hostile input
         return None
+    if len(fields) != n or unpacker.tell() != len(data):
+        return None
+    pks, nonces, payloads, sigs = fields[0::4], fields[1::4], fields[2::4], fields[3::4]
     if not (
-        set(map(type, objs)) == _TUPLE
-        and set(map(type, pks + payloads + sigs)) == _BYTES
+        set(map(type, pks + payloads + sigs)) == _BYTES
         and set(map(len, pks)) == _PUBLIC_KEY_LENGTH
         and set(map(len, sigs)) == _SIGNATURE_LENGTH
-        and max(map(len, payloads)) <= TX_PAYLOAD_BYTES_MAX
         and set(map(type, nonces)) == _INT
         and 0 <= min(nonces)
         and max(nonces) <= _NONCE_MAX
     ):
         return None
-    n = len(objs)
-    header = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
-    if _pack(objs) != header + b"".join(chunk):
+    objs = list(zip(pks, nonces, payloads, sigs, strict=True))
+    if tuple(map(_pack, objs)) != tuple(chunk):
         return None
     return objs, pks, sigs
 
 
-_TUPLE = {tuple}
+_first_byte = operator.itemgetter(0)
+_after_first_byte = operator.itemgetter(slice(1, None))
+_TX_ARRAY_MARKER = {0x94}  # fixarray of 4
 _PUBLIC_KEY_LENGTH = {PUBLIC_KEY_BYTES}
 _SIGNATURE_LENGTH = {SIGNATURE_BYTES}
 _BYTES = {bytes}
@@ -688,44 +711,6 @@ def _subtree_root(level: list[bytes]) -> bytes:
         if odd is not None:
             level.append(odd)
     return level[0] if level else merkle.root_from_leaf_hashes(level)
-
-
-def _decode_tx(t: bytes) -> Transaction | None:
-    """Transaction.decode's acceptance, without its generic overhead; None if rejected."""
-    if type(t) is not bytes or len(t) > TX_BYTES_MAX:
-        return None
-    try:
-        o = _unpackb(t, use_list=False)
-    except Exception:  # msgpack raises many types on hostile input
-        return None
-    if (
-        type(o) is tuple
-        and len(o) == 4
-        and type(o[0]) is bytes
-        and len(o[0]) == PUBLIC_KEY_BYTES
-        and type(o[1]) is int
-        and 0 <= o[1] <= _NONCE_MAX
-        and type(o[2]) is bytes
-        and len(o[2]) <= TX_PAYLOAD_BYTES_MAX
-        and type(o[3]) is bytes
-        and len(o[3]) == SIGNATURE_BYTES
-        and _pack(o) == t
-    ):
-        return Transaction(o[0], o[1], o[2], o[3])
-    return None
-
-
-def _decode_error(t: object) -> str:
-    """Why a transaction was rejected, in the strict decoder's words (failure path only)."""
-    if type(t) is not bytes:
-        return "not bytes"
-    try:
-        Transaction.decode(t)
-    except DecodeError as e:
-        return str(e)
-    except RecursionError:
-        return "nested too deeply"
-    return "rejected"
 
 
 def _run_pass(
