@@ -31,6 +31,11 @@ import msgpack
 # negative fixint becomes a 28-byte int), so this bounds one call to about
 # 2.6 MiB. Anything larger is decoded with a Reader.
 DECODE_BYTES_MAX = 64 * 1024
+# The longest array `decode` accepts. msgpack allocates an array's slots from
+# its header before reading its items, at up to 1,024 levels of nesting, so
+# this bounds those slots to 8 bytes x 16 x 1,024 = 128 KiB whatever the
+# input. The values decoded this way (stored records, sign bytes) are short.
+DECODE_ARRAY_LEN_MAX = 16
 
 _T = TypeVar("_T")
 
@@ -59,7 +64,7 @@ def decode(data: bytes, *, bytes_max: int = DECODE_BYTES_MAX) -> Any:
             strict_map_key=True,
             max_str_len=bytes_max,
             max_bin_len=bytes_max,
-            max_array_len=bytes_max,
+            max_array_len=DECODE_ARRAY_LEN_MAX,
             max_map_len=0,
             max_ext_len=0,
         )
@@ -90,6 +95,7 @@ def decode_with(
     r = Reader(data, field_bytes_max=field_bytes_max)
     value = read(r)
     r.end()
+    del r  # its buffer, a copy of the input, is no longer needed
     if encode_value(value) != data:
         raise DecodeError("non-canonical encoding")
     return value
@@ -159,6 +165,10 @@ class Reader:
         elif n > count_max:
             raise DecodeError(f"{what}: expected an array of at most {count_max} items")
         return n
+
+    def scalar(self, what: str) -> Any:
+        """Any one value that is not a non-empty array or map, unchecked."""
+        return self._next(what)
 
     def integer(self, what: str, lo: int, hi: int) -> int:
         obj = self._next(what)
