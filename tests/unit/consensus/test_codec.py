@@ -183,7 +183,7 @@ def chunk_decode(chunk: tuple[bytes, ...]) -> list[Transaction] | None:
     columns = _decode_chunk(chunk)
     if columns is None:
         return None
-    return [Transaction(*fields) for fields in columns[0]]
+    return [Transaction(*fields) for fields in zip(*columns, strict=True)]
 
 
 def single_decode(t: bytes) -> Transaction | None:
