@@ -20,6 +20,7 @@ inputs only (stored values, an application's payload), whose size bounds it.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from itertools import islice
 from typing import Any, TypeVar
@@ -36,6 +37,10 @@ DECODE_BYTES_MAX = 64 * 1024
 # this bounds those slots to 8 bytes x 16 x 1,024 = 128 KiB whatever the
 # input. The values decoded this way (stored records, sign bytes) are short.
 DECODE_ARRAY_LEN_MAX = 16
+
+# A Reader's msgpack reads its input this much at a time, so its buffer holds
+# at most this plus one field, not a copy of a 16 MiB frame.
+READ_BYTES = 64 * 1024
 
 _T = TypeVar("_T")
 
@@ -95,7 +100,6 @@ def decode_with(
     r = Reader(data, field_bytes_max=field_bytes_max)
     value = read(r)
     r.end()
-    del r  # its buffer, a copy of the input, is no longer needed
     if encode_value(value) != data:
         raise DecodeError("non-canonical encoding")
     return value
@@ -118,8 +122,8 @@ class Reader:
     Each read raises DecodeError naming the field (`what`). Scalars are read
     with msgpack's container limits at zero, so only the headers the schema
     asks for are ever read as arrays; every count is checked against the
-    schema's limit before any element is read. The reader holds one copy of
-    the input (msgpack's buffer).
+    schema's limit before any element is read. msgpack's buffer holds at most
+    READ_BYTES plus one field of the input.
     """
 
     __slots__ = ("_header", "_size", "_unpack", "_unpacker")
@@ -127,8 +131,9 @@ class Reader:
     def __init__(self, data: bytes, *, field_bytes_max: int) -> None:
         self._size = len(data)
         unpacker = msgpack.Unpacker(
-            None,
-            max_buffer_size=max(len(data), 1),
+            io.BytesIO(data),  # shares a bytes object's buffer: no copy
+            read_size=max(min(len(data), READ_BYTES), 1),
+            max_buffer_size=READ_BYTES + field_bytes_max + _FIELD_HEADER_BYTES_MAX,
             use_list=False,
             raw=False,
             strict_map_key=True,
@@ -138,7 +143,6 @@ class Reader:
             max_map_len=0,
             max_ext_len=0,
         )
-        unpacker.feed(data)
         self._unpacker = unpacker
         self._unpack = unpacker.unpack
         self._header = unpacker.read_array_header
@@ -229,6 +233,7 @@ class Reader:
 
 
 _BYTES = {bytes}
+_FIELD_HEADER_BYTES_MAX = 5  # bin32 or str32: marker and a 4-byte length
 
 
 def _why(e: Exception) -> str:
