@@ -87,7 +87,9 @@ def test_pex_messages_round_trip_and_validate() -> None:
     """PEX request and addresses round-trip; bad node ids and ports are refused."""
     assert wire.decode_pex(wire.encode_pex_request()) == wire.PexRequest()
     entries = [("ab" * 20, "10.0.0.1", 26656)]
-    assert wire.decode_pex(wire.encode_pex_addresses(entries)) == wire.PexAddresses(tuple(entries))
+    assert wire.decode_pex(wire.encode_pex_addresses(entries)) == wire.PexAddresses(
+        tuple(entries)
+    )
     for bad in (
         [1, [["AB" * 20, "h", 1]]],
         [1, [["ab" * 20, "", 1]]],
@@ -121,9 +123,8 @@ _msgpack_values = st.recursive(
     | st.floats()
     | st.binary(max_size=20)
     | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=3)
-    ),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=12,
 )
 
