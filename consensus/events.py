@@ -12,7 +12,7 @@ persisted; a replay re-derives them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import Any
 
 from consensus.codec import DecodeError, Reader, decode_with, encode
@@ -26,7 +26,6 @@ from consensus.types import (
     Commit,
     DuplicateVoteEvidence,
     Proposal,
-    ValidatorSet,
     Vote,
     VoteType,
 )
@@ -40,8 +39,7 @@ __all__ = [
     "CommitReceived",
     "Decide",
     "Event",
-    "HeightCommitted",
-    "Misbehaviour",
+    "Fault",
     "ProposalReceived",
     "ReportEvidence",
     "ScheduleTimeout",
@@ -139,17 +137,6 @@ class CommitReceived:
 
 
 @dataclass(frozen=True, slots=True)
-class HeightCommitted:
-    """The node executed and persisted the decided block of `height`.
-
-    `next_validators` is the set that runs height + 1.
-    """
-
-    height: int
-    next_validators: ValidatorSet
-
-
-@dataclass(frozen=True, slots=True)
 class StartHeight:
     """Begin round 0 of `height` now (the node's start, e.g. at genesis time)."""
 
@@ -163,7 +150,6 @@ Event = (
     | BlockValidated
     | BlockBuilt
     | CommitReceived
-    | HeightCommitted
     | StartHeight
 )
 
@@ -232,7 +218,11 @@ class BuildBlock:
 
 @dataclass(frozen=True, slots=True)
 class Decide:
-    """`block` is decided with certificate `commit`: apply and persist it, then HeightCommitted."""
+    """`block` is decided with certificate `commit`: apply and persist it.
+
+    The node then runs the next height on a new machine built from the state
+    after the block.
+    """
 
     block: Block
     commit: Commit
@@ -245,14 +235,19 @@ class ReportEvidence:
     evidence: DuplicateVoteEvidence
 
 
-@dataclass(frozen=True, slots=True)
-class Misbehaviour:
-    """A message was rejected for a reason that implicates its signer or sender."""
+class Fault(Enum):
+    """Why a message was refused in a way that proves its sender faulty.
 
-    validator_address: bytes  # b"" when the signer is unknown
-    height: int
-    round: int
-    reason: str
+    A correct node checks exactly what the machine checks before it relays a
+    message, so a message failing these checks at the receiver's height is the
+    fault of whoever sent it (the signer's key alone does not say who that is).
+    """
+
+    BAD_SIGNATURE = "bad_signature"  # not signed by the validator it names
+    NOT_A_VALIDATOR = "not_a_validator"  # names no validator of that height
+    BLOCK_MISMATCH = "block_mismatch"  # block not the one named, or its body not its header's
+    INVALID_COMMIT = "invalid_commit"  # a certificate that does not verify
+    OVERSIZED_BLOCK = "oversized_block"  # over the chain's block_bytes_max
 
 
 Action = (
@@ -264,7 +259,6 @@ Action = (
     | BuildBlock
     | Decide
     | ReportEvidence
-    | Misbehaviour
 )
 
 
@@ -287,7 +281,7 @@ _TAG_TIMEOUT = 3
 _TAG_VALIDATED = 4
 _TAG_BUILT = 5
 _TAG_COMMIT = 6
-_TAG_COMMITTED = 7
+# Tag 7 was HeightCommitted, retired: each height now runs on a new machine.
 _TAG_START = 8
 
 
@@ -306,8 +300,6 @@ def event_to_obj(event: Event) -> list[Any]:
             return [_TAG_BUILT, height, round, block.to_obj()]
         case CommitReceived(block, commit):
             return [_TAG_COMMIT, block.to_obj(), commit.to_obj()]
-        case HeightCommitted(height, next_validators):
-            return [_TAG_COMMITTED, height, next_validators.to_obj()]
         case StartHeight(height):
             return [_TAG_START, height]
     raise AssertionError(f"not an event: {event!r}")
@@ -319,8 +311,11 @@ def read_event(r: Reader) -> Event:
     if n < 2:
         raise DecodeError("event: expected a tag and fields")
     tag = r.integer("event.tag", 1, _TAG_START)
-    if n != _EVENT_FIELDS[tag]:
-        raise DecodeError(f"event {tag}: expected an array of {_EVENT_FIELDS[tag]} fields")
+    fields = _EVENT_FIELDS.get(tag)
+    if fields is None:
+        raise DecodeError(f"event: retired or unknown tag {tag}")
+    if n != fields:
+        raise DecodeError(f"event {tag}: expected an array of {fields} fields")
     if tag == _TAG_PROPOSAL:
         return ProposalReceived(Proposal.read(r), Block.read(r))
     if tag == _TAG_VOTE:
@@ -345,8 +340,6 @@ def read_event(r: Reader) -> Event:
         )
     if tag == _TAG_COMMIT:
         return CommitReceived(Block.read(r), Commit.read(r))
-    if tag == _TAG_COMMITTED:
-        return HeightCommitted(r.integer("committed.height", 1, HEIGHT_MAX), ValidatorSet.read(r))
     return StartHeight(r.integer("start.height", 1, HEIGHT_MAX))
 
 
@@ -358,7 +351,6 @@ _EVENT_FIELDS = {
     _TAG_VALIDATED: 4,
     _TAG_BUILT: 4,
     _TAG_COMMIT: 3,
-    _TAG_COMMITTED: 3,
     _TAG_START: 2,
 }
 # `reason` is cut to REASON_BYTES_MAX characters, each up to 4 UTF-8 bytes.

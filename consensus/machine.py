@@ -25,13 +25,28 @@ votes, which may otherwise reach only some of us. Votes are counted per block
 as the paper counts them (consensus/votes.py), so a polka that needed an
 equivocator's vote is visible to everyone it is gossiped to.
 
+The node screens every peer message with `screen` before it logs it to the
+write-ahead log and steps: only a message that would change this height's
+state is logged, and a message no correct node would have relayed comes back
+as a `Fault` against its sender. Signatures checked by `screen` are
+remembered for the height, so `step` does not verify them again.
+
+Each height runs on its own machine: the node builds one from the chain
+state after each committed block (and restores it from the log after a
+restart), so messages for other heights are not this machine's business.
+
+A validator may run the machine without signing (`own_address` None: a
+restarted validator watching for another instance of its key). The machine
+still follows every rule and remembers the votes it would have cast in the
+current round; `start_signing` then casts them and does the proposer's part
+if the round is still at its propose step, so that turning signing on never
+skips a step the round needs.
+
 Limits: messages for rounds more than `ROUNDS_AHEAD_MAX` above ours are
-dropped (peers re-gossip them); a validator's votes in one (round, type) are
+ignored (peers re-send them); a validator's votes in one (round, type) are
 counted for at most `VOTE_HASHES_PER_VALIDATOR_MAX` blocks, and a conflicting
-one only if it is nil or for a block we hold (else dropped until gossip brings
-it again); one proposal per round, from that round's proposer; messages for
-the next height are kept up to `NEXT_HEIGHT_MESSAGES_MAX`, newer ones dropped
-when full.
+one only if it is nil or for a block we hold; one proposal per round, from
+that round's proposer.
 """
 
 from __future__ import annotations
@@ -49,8 +64,7 @@ from consensus.events import (
     CommitReceived,
     Decide,
     Event,
-    HeightCommitted,
-    Misbehaviour,
+    Fault,
     ProposalReceived,
     ReportEvidence,
     ScheduleTimeout,
@@ -70,13 +84,12 @@ from consensus.types import (
     CommitSig,
     Validator,
     ValidatorSet,
+    Vote,
     VoteType,
 )
 from consensus.votes import HeightVotes
 
 __all__ = [
-    "NEXT_HEIGHT_MESSAGES_MAX",
-    "NEXT_HEIGHT_PROPOSALS_MAX",
     "ROUNDS_AHEAD_MAX",
     "VOTE_HASHES_PER_VALIDATOR_MAX",
     "ConsensusConfig",
@@ -91,12 +104,6 @@ ROUNDS_AHEAD_MAX = 32
 # counted for: an honest validator needs one; an equivocator gets nil and two
 # held blocks, enough for every polka a correct process could have seen.
 VOTE_HASHES_PER_VALIDATOR_MAX = 3
-# Messages for height + 1 that arrive before we decide; when full, new ones are
-# dropped (gossip re-sends them). 1024 covers two rounds of 250 validators.
-NEXT_HEIGHT_MESSAGES_MAX = 1024
-# Of those, proposals (each carries a block, not yet verified): a few rounds'
-# worth, so early blocks cannot make us hold more than a few blocks' bytes.
-NEXT_HEIGHT_PROPOSALS_MAX = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +144,11 @@ class MachineState:
 
 
 class ConsensusMachine:
-    """One validator's (or full node's) Tendermint state for the current height.
+    """One validator's (or full node's) Tendermint state for one height.
 
     Construct it at the height the node is about to run, with that height's
     validator set and proposer schedule; feed `StartHeight(height)` to begin.
-    `own_address` is None on a node that does not validate.
+    `own_address` is None on a node that does not (yet) sign.
     """
 
     def __init__(
@@ -161,10 +168,6 @@ class ConsensusMachine:
         self.height = height
         self.validators = validators
         self.schedule = schedule
-        self._next_height: list[ProposalReceived | VoteReceived] = []
-        self._reset_height()
-
-    def _reset_height(self) -> None:
         self.round = 0
         self.current_step = Step.NEW_HEIGHT
         self.locked_value: Block | None = None
@@ -172,7 +175,7 @@ class ConsensusMachine:
         self.valid_value: Block | None = None
         self.valid_round = -1
         self.decision: Block | None = None
-        self.votes = HeightVotes(self.validators, VOTE_HASHES_PER_VALIDATOR_MAX)
+        self.votes = HeightVotes(validators, VOTE_HASHES_PER_VALIDATOR_MAX)
         self.proposals: dict[int, ProposalReceived] = {}
         self.blocks: dict[bytes, Block] = {}
         self.validity: dict[bytes, bool] = {}
@@ -184,6 +187,11 @@ class ConsensusMachine:
         self._precommit_timeout_rounds: set[int] = set()  # line 47
         self._polka_rounds: set[int] = set()  # line 36
         self._evidence_reported: set[tuple[bytes, int, VoteType]] = set()
+        # (public key, signed bytes, signature) verified at this height: each
+        # message's signature is checked once, and only for exactly what it signs.
+        self._verified: set[tuple[bytes, bytes, bytes]] = set()
+        # Votes of the current round decided while not signing: (round, type) -> hash.
+        self._unsigned: dict[tuple[int, VoteType], bytes] = {}
 
     # ------------------------------------------------------------ queries
 
@@ -203,6 +211,11 @@ class ConsensusMachine:
         if round >= len(self._proposers):
             self._proposers = self.schedule.proposers(max(round + 1, 2 * len(self._proposers)))
         return self._proposers[round]
+
+    def has_vote(self, vote: Vote) -> bool:
+        """Whether this very vote (signature included) is counted at this height."""
+        rv = self.votes.get(vote.round) if vote.height == self.height else None
+        return rv is not None and rv.of(vote.type).has(vote)
 
     def _quorum(self, power: int) -> bool:
         """2f + 1 in the paper: more than two thirds of the voting power."""
@@ -235,8 +248,6 @@ class ConsensusMachine:
             self._on_built(event, actions)
         elif isinstance(event, CommitReceived):
             self._on_commit(event, actions)
-        elif isinstance(event, HeightCommitted):
-            self._on_height_committed(event, actions)
         else:
             self._on_start(event, actions)
         self._apply_rules(actions)
@@ -246,50 +257,142 @@ class ConsensusMachine:
         """Re-run logged events after a restart; returns the actions still due.
 
         Replay is deterministic, so the state afterwards is the state before
-        the crash. Of the actions replay produced, those of the current height
-        are returned for the node to perform again: timers and validations
-        that were lost with the process, and signing requests, which the
-        node's sign state answers with the message it already signed (fed back
-        as a duplicate, ignored here) or refuses if they conflict.
+        the crash. Of the actions replay produced, those of this height are
+        returned for the node to perform again: timers and validations that
+        were lost with the process, and signing requests, which the node's
+        sign state answers with the message it already signed (fed back as a
+        duplicate, ignored here) or refuses if they conflict.
         """
         produced: list[Action] = []
         for event in events:
             produced.extend(self.step(event))
         return [a for a in produced if action_height(a) >= self.height]
 
+    def start_signing(self, address: bytes) -> list[Action]:
+        """Sign from now on, and do what this round still needs from us.
+
+        The votes the rules decided in the current round while we did not sign
+        are cast now (Algorithm 1 has each step's vote sent when the step is
+        entered; a vote sent late is still that step's vote), and a proposer
+        still in the propose step proposes. Without this a validator that
+        starts signing mid-round could leave a round short of the 2f + 1 votes
+        that start its timeouts, and the round would never end.
+        """
+        self.own_address = address
+        actions: list[Action] = []
+        if self.validators.index_of(address) is None or self.current_step in (
+            Step.NEW_HEIGHT,
+            Step.COMMIT,
+        ):
+            return actions
+        r = self.round
+        if (
+            self.current_step == Step.PROPOSE
+            and self.proposer(r).address == address
+            and r not in self._build_asked
+            and r not in self._proposal_asked
+        ):
+            self._propose(r, actions)
+        for vote_type in (VoteType.PREVOTE, VoteType.PRECOMMIT):
+            block_hash = self._unsigned.pop((r, vote_type), None)
+            if block_hash is not None:
+                actions.append(SignVote(vote_type, self.height, r, block_hash))
+        self._apply_rules(actions)
+        return actions
+
     # ------------------------------------------------------------ edge checks
 
-    def _buffer_next_height(self, message: ProposalReceived | VoteReceived) -> None:
-        if isinstance(message, ProposalReceived):
-            proposals = sum(isinstance(m, ProposalReceived) for m in self._next_height)
-            if proposals >= NEXT_HEIGHT_PROPOSALS_MAX:
-                return
-        if len(self._next_height) < NEXT_HEIGHT_MESSAGES_MAX:
-            self._next_height.append(message)
+    def screen(self, event: ProposalReceived | VoteReceived | CommitReceived) -> Fault | bool:
+        """Whether a peer's message would change this height's state, before it is logged.
+
+        True: step it (log it first). False: nothing to do (another height, a
+        round too far ahead, a duplicate, a vote that would not be counted).
+        A `Fault`: the message is invalid in a way its sender could have
+        checked, so its sender is faulty. Pure but for remembering verified
+        signatures.
+        """
+        if isinstance(event, VoteReceived):
+            return self._check_vote(event.vote)
+        if isinstance(event, ProposalReceived):
+            return self._check_proposal(event)
+        return self._check_commit(event)
+
+    def _verify(self, public_key: bytes, sign_bytes: bytes, signature: bytes) -> bool:
+        key = (public_key, sign_bytes, signature)
+        if key in self._verified:
+            return True
+        if not verify(public_key, sign_bytes, signature):
+            return False
+        self._verified.add(key)
+        return True
+
+    def _check_vote(self, vote: Vote) -> Fault | bool:
+        if vote.height != self.height or self.decision is not None:
+            return False
+        if vote.round > self.round + ROUNDS_AHEAD_MAX:
+            return False
+        index = self.validators.index_of(vote.validator_address)
+        if index is None or index != vote.validator_index:
+            return Fault.NOT_A_VALIDATOR
+        rv = self.votes.get(vote.round)
+        held = not vote.block_hash or vote.block_hash in self.blocks
+        if rv is not None:
+            vote_set = rv.of(vote.type)
+            if vote_set.has(vote):
+                return False  # a duplicate delivery, or our own vote fed back twice
+            key = (vote.validator_address, vote.round, vote.type)
+            if not vote_set.counts(vote, conflicting_ok=held) and key in self._evidence_reported:
+                return False  # neither counted nor new evidence: an equivocator's surplus
+        validator = self.validators[index]
+        if not self._verify(validator.public_key, vote.sign_bytes(self.chain_id), vote.signature):
+            return Fault.BAD_SIGNATURE
+        return True
+
+    def _check_proposal(self, event: ProposalReceived) -> Fault | bool:
+        proposal, block = event.proposal, event.block
+        if proposal.height != self.height or self.decision is not None:
+            return False
+        if proposal.round > self.round + ROUNDS_AHEAD_MAX:
+            return False
+        existing = self.proposals.get(proposal.round)
+        if existing is not None and existing.proposal == proposal:
+            return False
+        proposer = self.proposer(proposal.round)
+        sign_bytes = proposal.sign_bytes(self.chain_id)
+        if not self._verify(proposer.public_key, sign_bytes, proposal.signature):
+            return Fault.BAD_SIGNATURE
+        if block.hash != proposal.block_hash or block.body_error() is not None:
+            return Fault.BLOCK_MISMATCH
+        # A second, validly signed proposal for a round is the proposer's fault;
+        # whoever relayed it saw it first.
+        return existing is None
+
+    def _check_commit(self, event: CommitReceived) -> Fault | bool:
+        commit, block = event.commit, event.block
+        if commit.height != self.height or self.decision is not None:
+            return False
+        if block.hash != commit.block_hash or block.height != self.height:
+            return Fault.BLOCK_MISMATCH
+        if block.body_error() is not None:
+            return Fault.BLOCK_MISMATCH
+        items = commit.sign_items(self.chain_id, self.validators)
+        if isinstance(items, str):
+            return Fault.INVALID_COMMIT
+        for public_key, message, signature in items:
+            if not self._verify(public_key, message, signature):
+                return Fault.INVALID_COMMIT
+        return True
+
+    # ------------------------------------------------------------ events
 
     def _on_vote(self, event: VoteReceived, actions: list[Action]) -> None:
         vote = event.vote
-        if vote.height == self.height + 1:
-            self._buffer_next_height(event)
+        if self._check_vote(vote) is not True:
             return
-        if vote.height != self.height or self.decision is not None:
-            return
-        if vote.round > self.round + ROUNDS_AHEAD_MAX:
-            return
-        index = self.validators.index_of(vote.validator_address)
-        if index is None or index != vote.validator_index:
-            return  # not a validator of this height: nothing to count
-        vote_set = self.votes.round(vote.round).of(vote.type)
-        if vote_set.has(vote):
-            return  # duplicate delivery or our own vote fed back twice
-        validator = self.validators[index]
-        if not verify(validator.public_key, vote.sign_bytes(self.chain_id), vote.signature):
-            actions.append(
-                Misbehaviour(vote.validator_address, vote.height, vote.round, "bad vote signature")
-            )
-            return
+        index = vote.validator_index
+        power = self.validators[index].power
         held = not vote.block_hash or vote.block_hash in self.blocks
-        result = self.votes.add(vote, validator.power, conflicting_ok=held)
+        result = self.votes.add(vote, power, conflicting_ok=held)
         if result.evidence is not None:
             key = (vote.validator_address, vote.round, vote.type)
             if key not in self._evidence_reported:
@@ -299,39 +402,12 @@ class ConsensusMachine:
             actions.append(Broadcast(event))
 
     def _on_proposal(self, event: ProposalReceived, actions: list[Action]) -> None:
+        if self._check_proposal(event) is not True:
+            return
         proposal, block = event.proposal, event.block
-        if proposal.height == self.height + 1:
-            self._buffer_next_height(event)
-            return
-        if proposal.height != self.height or self.decision is not None:
-            return
-        if proposal.round > self.round + ROUNDS_AHEAD_MAX:
-            return
-        existing = self.proposals.get(proposal.round)
-        if existing is not None and existing.proposal == proposal:
-            return
-        proposer = self.proposer(proposal.round)
-        if not verify(proposer.public_key, proposal.sign_bytes(self.chain_id), proposal.signature):
-            actions.append(
-                Misbehaviour(b"", proposal.height, proposal.round, "bad proposal signature")
-            )
-            return
-        if block.hash != proposal.block_hash:
-            actions.append(
-                Misbehaviour(
-                    proposer.address, proposal.height, proposal.round, "block is not the proposed"
-                )
-            )
-            return
-        if existing is not None:
-            actions.append(
-                Misbehaviour(
-                    proposer.address, proposal.height, proposal.round, "two proposals in one round"
-                )
-            )
-            return
         self.proposals[proposal.round] = event
         self.blocks[block.hash] = block
+        proposer = self.proposer(proposal.round)
         index = self.validators.index_of(proposer.address)
         assert index is not None
         self.votes.round(proposal.round).note_sender(index, proposer.power)
@@ -360,36 +436,8 @@ class ConsensusMachine:
 
     def _on_commit(self, event: CommitReceived, actions: list[Action]) -> None:
         """Catch-up: a peer's certificate of +2/3 precommits decides our height (line 49)."""
-        commit, block = event.commit, event.block
-        if commit.height != self.height or self.decision is not None:
-            return
-        if block.hash != commit.block_hash or block.height != self.height:
-            return
-        if commit.verify(self.chain_id, self.validators) is not None:
-            actions.append(Misbehaviour(b"", commit.height, commit.round, "invalid commit"))
-            return
-        self._decide(block, commit, actions)
-
-    def _on_height_committed(self, event: HeightCommitted, actions: list[Action]) -> None:
-        """After line 54: height + 1, reset the per-height state, then wait timeout_commit."""
-        if event.height != self.height or self.decision is None:
-            return
-        self.schedule = self.schedule.advance(event.next_validators)
-        self.validators = event.next_validators
-        self.height += 1
-        self._reset_height()
-        pending, self._next_height = self._next_height, []
-        if self.config.skip_timeout_commit:
-            self._start_round(0, actions)
-        else:
-            actions.append(
-                ScheduleTimeout(self.height, 0, Step.NEW_HEIGHT, self.config.timeout_commit_ms)
-            )
-        for message in pending:
-            if isinstance(message, VoteReceived):
-                self._on_vote(message, actions)
-            else:
-                self._on_proposal(message, actions)
+        if self._check_commit(event) is True:
+            self._decide(event.block, event.commit, actions)
 
     def _on_start(self, event: StartHeight, actions: list[Action]) -> None:
         if event.height == self.height and self.current_step == Step.NEW_HEIGHT:
@@ -405,27 +453,31 @@ class ConsensusMachine:
         """
         self.round = round
         self.current_step = Step.PROPOSE
-        if self.proposer(round).address == self.own_address:
-            if self.valid_value is not None:
-                self._proposal_asked.add(round)
-                actions.append(SignProposal(self.height, round, self.valid_round, self.valid_value))
-            else:
-                self._build_asked.add(round)
-                actions.append(BuildBlock(self.height, round))
+        self._unsigned.clear()
+        if self.own_address is not None and self.proposer(round).address == self.own_address:
+            self._propose(round, actions)
         actions.append(
             ScheduleTimeout(self.height, round, Step.PROPOSE, self.config.propose_ms(round))
         )
 
+    def _propose(self, round: int, actions: list[Action]) -> None:
+        """Lines 15-19: propose valid_value if there is one, else ask the node for a block."""
+        if self.valid_value is not None:
+            self._proposal_asked.add(round)
+            actions.append(SignProposal(self.height, round, self.valid_round, self.valid_value))
+        else:
+            self._build_asked.add(round)
+            actions.append(BuildBlock(self.height, round))
+
     def _vote(self, vote_type: VoteType, block_hash: bytes, actions: list[Action]) -> None:
-        if self.own_address is not None and self.validators.index_of(self.own_address) is not None:
-            actions.append(SignVote(vote_type, self.height, self.round, block_hash))
+        if self.own_address is not None:
+            if self.validators.index_of(self.own_address) is not None:
+                actions.append(SignVote(vote_type, self.height, self.round, block_hash))
+        else:
+            self._unsigned[(self.round, vote_type)] = block_hash
 
     def _on_timeout(self, event: TimeoutFired, actions: list[Action]) -> None:
         if event.height != self.height or self.decision is not None:
-            return
-        if event.step == Step.NEW_HEIGHT:
-            if self.current_step == Step.NEW_HEIGHT:
-                self._start_round(0, actions)
             return
         if event.round != self.round:
             return

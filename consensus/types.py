@@ -655,6 +655,24 @@ class Block:
     def encode(self) -> bytes:
         return encode(self.to_obj())
 
+    def body_error(self) -> str | None:
+        """Why the body (txs, last commit, evidence) is not the one the header names, or None.
+
+        The block hash covers only the header, so a relayer could pair a
+        validly proposed header with another body; this check, cheap next to
+        validation, tells such a copy apart before anything is stored or
+        relayed, and makes it the sender's fault.
+        """
+        h = self.header
+        if h.data_hash != data_hash(self.txs):
+            return "transactions do not match header.data_hash"
+        last_commit_hash = b"" if self.last_commit is None else self.last_commit.hash
+        if h.last_commit_hash != last_commit_hash:
+            return "last commit does not match header.last_commit_hash"
+        if h.evidence_hash != evidence_hash(self.evidence):
+            return "evidence does not match header.evidence_hash"
+        return None
+
     @classmethod
     def decode(cls, data: bytes, *, bytes_max: int = BLOCK_BYTES_MAX) -> Block:
         """The block whose canonical encoding is `data`; DecodeError for anything else."""

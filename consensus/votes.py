@@ -68,6 +68,16 @@ class VoteSet:
         self.power_by_block[vote.block_hash] = self.power_by_block.get(vote.block_hash, 0) + power
         return AddResult(added=True, evidence=evidence)
 
+    def counts(self, vote: Vote, *, conflicting_ok: bool) -> bool:
+        """Whether `add` would count this vote (without adding it)."""
+        index = vote.validator_index
+        voters = self.by_block.get(vote.block_hash)
+        if voters is not None and index in voters:
+            return False
+        if index not in self.first:
+            return True
+        return conflicting_ok and self.hashes_by_validator[index] < self.hashes_max
+
     def power_for(self, block_hash: bytes) -> int:
         return self.power_by_block.get(block_hash, 0)
 

@@ -86,6 +86,7 @@ class Envelope:
     peer_id: str
     channel: int
     payload: bytes
+    digest: bytes = b""  # SHA-256 of the payload, computed once on arrival (gossip only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +286,11 @@ class Network:
             self._close_peer(peer, reason.value)
         self._score(peer_id, reason)
 
+    def forget(self, digest: bytes) -> None:
+        """Un-see a delivered payload the node had to drop, so another copy is delivered."""
+        if self._seen.get(digest) is False:
+            del self._seen[digest]
+
     def is_banned(self, node_id: str) -> bool:
         expiry = self._bans.get(node_id)
         if expiry is None:
@@ -339,7 +345,7 @@ class Network:
                 if len(seen) >= entries_max:
                     seen.popitem(last=False)
                 seen[digest] = False
-                envelope = Envelope(peer_id, channel, payload)
+                envelope = Envelope(peer_id, channel, payload, digest)
                 try:
                     send_nowait(envelope)
                 except trio.WouldBlock:

@@ -101,9 +101,11 @@ class Chain:
             state = ChainState.from_genesis(genesis, app.app_hash)
             store.init_genesis(state, dict(app.items()))  # type: ignore[attr-defined]
         else:
+            _check_same_chain(genesis, store, state)
             app = app_class(genesis.app).load(
                 store.iter_app_state(), state.app_hash, state.last_height
             )
+        store.record_genesis_hash(genesis.hash)
         self.app: Application = app
         self.state = state
         self._validated: dict[bytes, ValidatedBlock] = {}
@@ -130,10 +132,19 @@ class Chain:
         evidence: Sequence[DuplicateVoteEvidence],
         time_ms: int,
         proposer_address: bytes,
+        last_commit: Commit | None = None,
     ) -> Block:
-        """The next block on the committed state (the proposer's side of `validate`)."""
+        """The next block on the committed state (the proposer's side of `validate`).
+
+        `last_commit` is the previous block's certificate with the precommits
+        gathered after the decision; without it, the one stored with the block.
+        """
         s = self.state
-        last_commit = None if s.last_height == 0 else self.store.load_seen_commit(s.last_height)
+        if last_commit is None or (last_commit.height, last_commit.block_hash) != (
+            s.last_height,
+            s.last_block_hash,
+        ):
+            last_commit = None if s.last_height == 0 else self.store.load_seen_commit(s.last_height)
         assert s.last_height == 0 or last_commit is not None, "no commit stored for last block"
         return build_block(
             s,
@@ -217,6 +228,22 @@ class Chain:
         results = tuple(decode_result(r) for r in self.store.iter_block_results(height))
         txs = tuple(Transaction.decode(raw) for raw in block.txs)
         return CommittedBlock(block, commit, results, txs)
+
+
+def _check_same_chain(genesis: Genesis, store: BlockStore, state: ChainState) -> None:
+    """Refuse a store that holds another chain than `genesis` starts (one clear line)."""
+    recorded = store.genesis_hash()
+    first_set = store.load_validators(1)
+    if (
+        (recorded is not None and recorded != genesis.hash)
+        or state.chain_id != genesis.chain_id
+        or first_set != genesis.validator_set
+    ):
+        raise GenesisError(
+            f"{store.path} holds another chain (chain id {state.chain_id!r} at height "
+            f"{state.last_height}) than genesis.json starts; move the data folder away "
+            "(or run `archipelago unsafe-reset` for a chain that may be wiped) and start again"
+        )
 
 
 def worker_threads() -> int:

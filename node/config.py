@@ -372,6 +372,31 @@ class ConsensusConfig:
             "before signing (another instance running with the same key); 0 disables.",
         ),
     )
+    doppelganger_halt_ms: int = field(
+        default=20_000,
+        metadata=_meta(
+            _integer(1, 3_600_000),
+            "End the doppelganger watch early when no block has committed for this long: a "
+            "halted chain cannot show another instance, and may be waiting for our vote.",
+        ),
+    )
+    health_stall_intervals: int = field(
+        default=10,
+        metadata=_meta(
+            _integer(0, 1_000_000),
+            "GET /health fails when no block has committed for this many block intervals "
+            "(timeout_commit_ms plus one round's timeouts); 0 disables the check.",
+        ),
+    )
+
+    def block_interval_ms(self) -> int:
+        """The time a height takes when its first round fails only by timeouts."""
+        return (
+            self.timeout_commit_ms
+            + self.timeout_propose_ms
+            + self.timeout_prevote_ms
+            + self.timeout_precommit_ms
+        )
 
 
 @dataclass(frozen=True, slots=True)

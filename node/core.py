@@ -8,17 +8,15 @@ over it. Nothing here reads peer input without checking it first: messages
 are decoded in the reactor, transactions in the mempool, blocks by the
 validation core.
 
-The node is in one of two modes. "blocksync": behind its peers, it fetches
-committed blocks and applies them; "consensus": it runs the state machine.
-`set_mode` switches and says why; the reason is on /status and in metrics,
-so an operator can see why a node is not voting.
+Whether the node votes or catches up by block sync is the consensus
+driver's decision (node/driver.py); the mode and its reason are on /status
+and in metrics, so an operator can see why a node is not voting.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -26,14 +24,13 @@ import trio
 from consensus.app import QueryResult
 from consensus.codec import DecodeError, decode
 from consensus.crypto import PrivateKey
-from consensus.machine import ConsensusMachine
 from consensus.sigverify import SignatureVerifier
 from consensus.types import Block, Commit
 from network import Network, NetworkConfig, PeerAddress
 from node import __version__
 from node.chain import Applied, Chain, decode_result, now_ms, worker_threads
+from node.driver import Driver
 from node.events import CommittedBlock, EventHub
-from node.evidence import EvidencePool
 from node.logging import get_logger
 from node.mempool import Candidate, Mempool, MempoolError, MempoolLimits
 from node.metrics import Metrics, PulledSample
@@ -46,22 +43,11 @@ if TYPE_CHECKING:
     from consensus.app import TxResult
     from node.consensus_service import ConsensusService
     from node.daemon import Node
-    from node.services import BlockSync, Reactor
 
 log = get_logger(__name__)
 
 TX_WAITERS_MAX = 10_000  # clients waiting for a commit; policy when full: answer 503
-PEER_STATUS_STALE_S = 30.0
 _PENDING = MempoolError("pending", "not yet admitted")  # placeholder while signatures verify
-
-
-@dataclass(slots=True)
-class PeerStatus:
-    height: int = 0  # consensus height the peer is working on
-    round: int = 0
-    base: int = 0  # lowest block it can serve
-    synced: int = 0  # highest committed block it can serve
-    updated_at: float = 0.0
 
 
 class TooManyWaiters(Exception):
@@ -97,24 +83,15 @@ class NodeCore:
             limits=MempoolLimits(mp.txs_max, mp.bytes_max, mp.tx_bytes_max, mp.recheck),
             on_reject=lambda reason: self.metrics.mempool_rejected.labels(reason).inc(),
         )
-        self.evidence = EvidencePool()
         self.hub = EventHub()
         self.net = self._make_network()
+        self.request_stop = node.request_stop
         self.consensus: ConsensusService | None = None
-        self.mode = "blocksync" if self.config.blocksync.enabled else "consensus"
-        self.mode_reason = "starting: asking peers for their heights"
-        self._mode_changed = trio.Event()
-        self.peer_status: dict[str, PeerStatus] = {}
-        # When each validator's last vote arrived (trio time); only addresses of the
-        # current set are recorded, so it holds at most VALIDATORS_MAX entries.
-        self.validator_last_seen: dict[bytes, float] = {}
         self._tx_waiters: dict[bytes, tuple[trio.Event, list[tuple[int, int, int, str]]]] = {}
         # Admitted transactions not yet gossiped, by origin peer (None: a client).
         # Bounded by the mempool itself: each entry is also a mempool entry.
         self._gossip: dict[str | None, list[bytes]] = {}
         self.gossip_ready = trio.Event()
-        self.blocksync: BlockSync | None = None
-        self.reactor: Reactor | None = None
         self.started_at_ms = now_ms()
         self.last_progress_ms = now_ms()
         self._last_round = 0
@@ -172,23 +149,9 @@ class NodeCore:
     def can_sign(self) -> bool:
         return self.sign_state is not None
 
-    # ------------------------------------------------------------ mode
-
-    def set_mode(self, mode: str, reason: str) -> None:
-        if mode == self.mode and reason == self.mode_reason:
-            return
-        if mode != self.mode:
-            log.info("mode changed", mode=mode, reason=reason, height=self.height)
-        self.mode, self.mode_reason = mode, reason
-        self.metrics.blocksync_syncing.set(1 if mode == "blocksync" else 0)
-        self._mode_changed.set()
-        self._mode_changed = trio.Event()
-        if self.consensus is not None:
-            self.consensus.wake()
-
-    async def wait_mode(self, mode: str) -> None:
-        while self.mode != mode:
-            await self._mode_changed.wait()
+    @property
+    def driver(self) -> Driver | None:
+        return None if self.consensus is None else self.consensus.driver
 
     # ------------------------------------------------------------ applying blocks
 
@@ -206,7 +169,6 @@ class NodeCore:
             chain.finish(applied)
             dropped = self.mempool.update(applied.tx_ids)
         self.metrics.store_commit_time.observe(trio.current_time() - started)
-        self.evidence.committed(block.evidence)
         committed = applied.committed
         self.hub.publish(committed)
         self._resolve_waiters(committed, applied.tx_ids)
@@ -254,7 +216,15 @@ class NodeCore:
         for v in state.validators:
             m.validator_power.labels(v.address.hex()).set(v.power)
 
-    def on_consensus_progress(self, machine: ConsensusMachine) -> None:
+    def on_consensus_progress(self, driver: Driver) -> None:
+        m = self.metrics
+        m.blocksync_syncing.set(1 if driver.mode == "blocksync" else 0)
+        peer_max = driver.sync.peer_max(trio.current_time())
+        m.peer_max_height.set(peer_max)
+        m.blocksync_lag.set(max(0, peer_max - self.chain.state.last_height))
+        machine = driver.machine
+        if machine is None:
+            return
         if machine.round != self._last_round:
             if machine.round > self._last_round:
                 self.metrics.round_changes.inc(machine.round - self._last_round)
@@ -361,31 +331,35 @@ class NodeCore:
 
     # ------------------------------------------------------------ status
 
-    def peer_max_height(self) -> int:
-        """Highest committed height any live peer reports."""
-        cutoff = trio.current_time() - PEER_STATUS_STALE_S
-        heights = [s.synced for s in self.peer_status.values() if s.updated_at >= cutoff]
-        return max(heights, default=0)
-
     def status(self) -> dict[str, Any]:
         from node.doctor import diagnose
 
         state = self.chain.state
-        machine = self.consensus.machine if self.consensus is not None else None
-        peer_max = self.peer_max_height()
+        driver = self.driver
+        machine = None if driver is None else driver.machine
+        ds = None if driver is None else driver.status()
+        peer_max = 0 if ds is None else ds.peer_max_height
+        watch = None
+        if ds is not None and ds.watch_until_height:
+            halt_in_s = max(0.0, ds.watch_halt_at - trio.current_time())
+            watch = {
+                "until_height": ds.watch_until_height,
+                "ends_by_time_ms": now_ms() + int(halt_in_s * 1000),
+            }
         out: dict[str, Any] = {
             "node_id": self.node_id,
             "chain_id": state.chain_id,
+            "genesis_hash": self.genesis.hash.hex(),
             "moniker": self.config.moniker,
             "version": __version__,
             "latest_height": state.last_height,
             "latest_block_hash": state.last_block_hash.hex(),
             "latest_app_hash": state.app_hash.hex(),
             "latest_block_time_ms": state.last_block_time_ms,
-            "catching_up": self.mode == "blocksync",
+            "catching_up": ds is not None and ds.mode == "blocksync",
             "sync": {
-                "mode": self.mode,
-                "reason": self.mode_reason,
+                "mode": "consensus" if ds is None else ds.mode,
+                "reason": "starting" if ds is None else ds.mode_reason,
                 "peer_max_height": peer_max,
                 "lag_blocks": max(0, peer_max - state.last_height),
             },
@@ -393,7 +367,8 @@ class NodeCore:
                 "address": self.validator_address.hex(),
                 "public_key": self.validator_key.public_key.hex(),
                 "in_set": state.validators.index_of(self.validator_address) is not None,
-                "signing": self.can_sign,
+                "signing": ds is not None and ds.signing and self.can_sign,
+                "doppelganger_watch": watch,
                 "sign_state_error": self.sign_state_error,
             },
             "consensus": None,
@@ -419,6 +394,10 @@ class NodeCore:
         out["diagnosis"] = diagnose(self, out)
         return out
 
+    def stalled_ms(self) -> int:
+        """How long no block has committed here (since the start, before the first)."""
+        return now_ms() - self.last_progress_ms
+
     def health(self) -> tuple[bool, list[str]]:
         problems: list[str] = []
         if self.config.p2p.persistent_peers and not self.net.peers():
@@ -426,6 +405,15 @@ class NodeCore:
         free = shutil.disk_usage(self.node.paths.data).free
         if free < 256 * 1024 * 1024:
             problems.append(f"only {free // (1024 * 1024)} MiB of disk left")
+        cfg = self.config.consensus
+        if cfg.health_stall_intervals:
+            limit_ms = cfg.health_stall_intervals * cfg.block_interval_ms()
+            stalled_ms = self.stalled_ms()
+            if stalled_ms > limit_ms:
+                problems.append(
+                    f"no block committed for {stalled_ms // 1000} s "
+                    f"(limit {cfg.health_stall_intervals} block intervals, {limit_ms // 1000} s)"
+                )
         return not problems, problems
 
     def net_info(self) -> dict[str, Any]:
@@ -433,8 +421,10 @@ class NodeCore:
 
         stats = self.net.statistics()
         peers = []
+        driver = self.driver
+        claims = {} if driver is None else driver.sync.claims
         for p in self.net.peers():
-            status = self.peer_status.get(p.node_id)
+            claim = claims.get(p.node_id)
             peers.append(
                 {
                     "node_id": p.node_id,
@@ -444,7 +434,7 @@ class NodeCore:
                     "connected_since": p.connected_since,
                     "bytes_sent": p.bytes_sent,
                     "bytes_received": p.bytes_received,
-                    "height": None if status is None else status.synced,
+                    "height": None if claim is None else claim.height,
                 }
             )
         return {
@@ -516,6 +506,15 @@ class NodeCore:
         if self.consensus is not None:
             out.append(
                 PulledSample(
+                    "archipelago_evidence_pending",
+                    "Evidence waiting for a block.",
+                    "gauge",
+                    (),
+                    len(self.consensus.driver.evidence),
+                )
+            )
+            out.append(
+                PulledSample(
                     "archipelago_consensus_dropped_events",
                     "Peer consensus messages dropped: inbox full.",
                     "counter",
@@ -542,15 +541,6 @@ class NodeCore:
                 "gauge",
                 (),
                 len(cache),
-            )
-        )
-        out.append(
-            PulledSample(
-                "archipelago_evidence_pending",
-                "Evidence waiting for a block.",
-                "gauge",
-                (),
-                len(self.evidence),
             )
         )
         return out

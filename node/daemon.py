@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from consensus.crypto import PrivateKey
+from consensus.machine import ConsensusConfig
 from consensus.types import Genesis
 from node.config import Config, load_config
 from node.home import HomeLock, HomePaths, load_genesis_file
@@ -226,20 +227,36 @@ def build_services(node: Node) -> list[Service]:
     """
     from node.consensus_service import ConsensusService
     from node.core import NodeCore
+    from node.driver import DriverConfig
     from node.rpc import RpcServer
-    from node.services import Announcer, BlockSync, MempoolGossip, MetricsServer, Reactor
+    from node.services import MempoolGossip, MetricsServer, Reactor
 
     core = NodeCore(node)
     node.core = core
-    core.consensus = ConsensusService(core)
-    core.blocksync = BlockSync(core)
-    core.reactor = Reactor(core)
+    cfg = node.config
+    c = cfg.consensus
+    core.consensus = ConsensusService(
+        core,
+        DriverConfig(
+            consensus=ConsensusConfig(
+                timeout_propose_ms=c.timeout_propose_ms,
+                timeout_propose_delta_ms=c.timeout_propose_delta_ms,
+                timeout_prevote_ms=c.timeout_prevote_ms,
+                timeout_prevote_delta_ms=c.timeout_prevote_delta_ms,
+                timeout_precommit_ms=c.timeout_precommit_ms,
+                timeout_precommit_delta_ms=c.timeout_precommit_delta_ms,
+                timeout_commit_ms=c.timeout_commit_ms,
+            ),
+            watch_heights=c.doppelganger_heights,
+            watch_halt_s=c.doppelganger_halt_ms / 1000,
+            blocksync=cfg.blocksync.enabled,
+            fallback_lag_heights=cfg.blocksync.fallback_lag_heights,
+        ),
+    )
     services: list[Service] = [
         _NetworkService(core),
-        core.reactor,
+        Reactor(core),
         core.consensus,
-        core.blocksync,
-        Announcer(core),
         MempoolGossip(core),
         RpcServer(core),
     ]

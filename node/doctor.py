@@ -136,20 +136,21 @@ def _silent_validators(core: NodeCore) -> list[tuple[str, int]]:
     A live validator in a stalled height re-sends its votes every few seconds
     (the announcer), so "recently" means alive even when no round advances.
     """
-    machine = core.consensus.machine if core.consensus is not None else None
+    driver = core.driver
+    machine = None if driver is None else driver.machine
     cfg = core.config.consensus
     window_s = max(
         SILENT_AFTER_S_MIN,
         3 * (cfg.timeout_propose_ms + cfg.timeout_prevote_ms + cfg.timeout_precommit_ms) / 1000,
     )
     now = trio.current_time()
-    if machine is None:
+    if machine is None or driver is None:
         return []
     return [
         (v.address.hex(), v.power)
         for v in machine.validators
         if v.address != core.validator_address
-        and now - core.validator_last_seen.get(v.address, -math.inf) > window_s
+        and now - driver.alive.get(v.address, -math.inf) > window_s
     ]
 
 

@@ -20,7 +20,7 @@ metasync=True), so a crash leaves the previous or the new commit, never a mix.
 
 Layout, one environment in `data/store/` (LMDB's data.mdb and lock.mdb):
 
-    meta          b"schema" -> version, b"state" -> ChainState
+    meta          b"schema" -> version, b"state" -> ChainState, b"genesis" -> genesis hash
     blocks        height (u64 BE) -> Block encoding
     block_hashes  block hash -> height
     seen_commits  height -> the Commit this node saw for the block (stored with it)
@@ -337,6 +337,16 @@ class BlockStore:
         with self._env.begin() as txn:
             return self._state_in(txn)
 
+    def genesis_hash(self) -> bytes | None:
+        """The hash of the genesis this store was started from (None: not recorded)."""
+        return self._get("meta", b"genesis")
+
+    def record_genesis_hash(self, genesis_hash: bytes) -> None:
+        """Record the genesis hash once (stores made before it was recorded get it here)."""
+        with self._env.begin(write=True) as txn:
+            if txn.get(b"genesis", db=self._db["meta"]) is None:
+                txn.put(b"genesis", genesis_hash, db=self._db["meta"])
+
     def latest_height(self) -> int:
         """Height of the last committed block (0 if none)."""
         state = self.load_state()
@@ -357,6 +367,9 @@ class BlockStore:
     def height_of_block(self, block_hash: bytes) -> int | None:
         data = self._get("block_hashes", block_hash)
         return None if data is None else int(_U64.unpack(data)[0])
+
+    def load_seen_commit_bytes(self, height: int) -> bytes | None:
+        return self._get("seen_commits", _h(height))
 
     def load_seen_commit(self, height: int) -> Commit | None:
         """The certificate this node saw for block `height` (stored with the block)."""

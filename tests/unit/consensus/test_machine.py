@@ -22,8 +22,7 @@ from consensus.events import (
     CommitReceived,
     Decide,
     Event,
-    HeightCommitted,
-    Misbehaviour,
+    Fault,
     ProposalReceived,
     ReportEvidence,
     ScheduleTimeout,
@@ -435,8 +434,9 @@ def test_equivocators_vote_for_a_held_block_counts_toward_its_polka() -> None:
     assert h.machine.votes.round(0).prevotes.power_any == 3
 
 
-def test_bad_signatures_and_wrong_proposer_are_ignored() -> None:
-    """A vote with a bad signature is not counted; a proposal by a non-proposer is not accepted."""
+def test_bad_signatures_and_wrong_proposer_are_refused_as_faults() -> None:
+    """`screen` names a forged vote and a proposal by a non-proposer as the sender's fault, and
+    stepping them changes nothing (a forged vote would have made f+1 in round 1)."""
     me = non_proposer_key(range(1))
     h = Harness(me)
     h.start()
@@ -446,27 +446,77 @@ def test_bad_signatures_and_wrong_proposer_are_ignored() -> None:
     assert index is not None
     # o[1]'s vote carrying o[0]'s signature.
     forged = VoteReceived(Vote(PREVOTE, 1, 1, b"", o[1].address, index, good.vote.signature))
+    assert h.machine.screen(good) is True
     h.feed(good)
-    actions = h.feed(forged)
-    assert [a for a in actions if isinstance(a, Misbehaviour)]
-    assert h.machine.round == 0  # the forged vote would have made f+1 in round 1
+    assert h.machine.screen(good) is False  # a duplicate now
+    assert h.machine.screen(forged) is Fault.BAD_SIGNATURE
+    assert h.feed(forged) == []
+    assert h.machine.round == 0
     wrong = next(k for k in KEYS if k.address != SCHEDULE.proposer(0).address)
-    actions = h.feed(proposal(0, A, key=wrong))
-    assert [a for a in actions if isinstance(a, Misbehaviour)]
-    assert not [a for a in actions if isinstance(a, ValidateBlock)]
+    assert h.machine.screen(proposal(0, A, key=wrong)) is Fault.BAD_SIGNATURE
+    assert h.feed(proposal(0, A, key=wrong)) == []
     assert h.machine.proposals == {}
 
 
-def test_unknown_validator_and_old_height_ignored() -> None:
-    """Votes from outside the set and for other heights change nothing."""
+def test_a_body_that_is_not_the_headers_is_the_senders_fault() -> None:
+    """A validly signed proposal whose block carries other transactions than its header names
+    (a relayer swapped the body) is refused as BLOCK_MISMATCH and does not take the round's
+    proposal slot: the genuine proposal is still accepted afterwards."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.start()
+    genuine = proposal(0, A)
+    swapped = ProposalReceived(genuine.proposal, Block(A.header, (b"other",), None, ()))
+    assert swapped.block.hash == A.hash  # the header, hence the hash, is the genuine one
+    assert h.machine.screen(swapped) is Fault.BLOCK_MISMATCH
+    assert h.feed(swapped) == []
+    assert h.machine.screen(genuine) is True
+    actions = h.feed(genuine)
+    assert ValidateBlock(A) in actions
+
+
+def test_unknown_validator_is_a_fault_and_other_heights_are_ignored() -> None:
+    """A vote naming no validator of the height is refused as a fault; votes for other heights
+    are simply not this machine's business."""
     me = non_proposer_key(range(1))
     h = Harness(me)
     h.start()
     stranger = PrivateKey(sha256(b"stranger"))
-    v = Vote.create(stranger, CHAIN, PREVOTE, 1, 1, b"", 0)
-    assert h.feed(VoteReceived(v)) == []
-    assert h.feed(vote(others(me)[0], PREVOTE, 1, b"", height=5)) == []
+    v = VoteReceived(Vote.create(stranger, CHAIN, PREVOTE, 1, 1, b"", 0))
+    assert h.machine.screen(v) is Fault.NOT_A_VALIDATOR
+    assert h.feed(v) == []
+    other_height = vote(others(me)[0], PREVOTE, 1, b"", height=5)
+    assert h.machine.screen(other_height) is False
+    assert h.feed(other_height) == []
     assert h.machine.votes.rounds == {}
+
+
+def test_start_signing_casts_the_votes_of_the_current_round_it_skipped() -> None:
+    """A validator that watched (not signing) through propose and prevote casts, when signing
+    starts, the prevote the rules chose and, with the polka, the precommit: the steps it passed
+    are performed, so a round short of its vote is not left waiting."""
+    me = non_proposer_key(range(1))
+    h = Harness(me)
+    h.machine.own_address = None
+    h.start()
+    h.valid_proposal(0, A)
+    h.votes(others(me)[:2], PREVOTE, 0, A.hash)
+    assert h.machine.current_step == Step.PREVOTE and h.machine.locked_round == -1
+    actions = h.machine.start_signing(me.address)
+    assert sign_votes(actions) == [SignVote(PREVOTE, 1, 0, A.hash)]
+    actions = h.feed(vote(me, PREVOTE, 0, A.hash))  # our own, fed back: the polka
+    assert sign_votes(actions) == [SignVote(PRECOMMIT, 1, 0, A.hash)]
+
+
+def test_start_signing_in_the_propose_step_makes_the_proposer_propose() -> None:
+    """A proposer that starts signing while its round is still at propose asks for a block."""
+    me = proposer_key(0)
+    h = Harness(me)
+    h.machine.own_address = None
+    actions = h.start()
+    assert not [a for a in actions if isinstance(a, BuildBlock)]
+    actions = h.machine.start_signing(me.address)
+    assert BuildBlock(1, 0) in actions
 
 
 def decided_harness(me: PrivateKey) -> tuple[Harness, Decide]:
@@ -477,26 +527,6 @@ def decided_harness(me: PrivateKey) -> tuple[Harness, Decide]:
     return h, next(a for a in actions if isinstance(a, Decide))
 
 
-def test_next_height_after_commit_with_buffered_messages() -> None:
-    """After HeightCommitted: height + 1, timeout_commit, and buffered h+1 messages applied."""
-    me = non_proposer_key(range(1))
-    h = Harness(me)
-    h.start()
-    h.valid_proposal(0, A)
-    o = others(me)
-    early = [vote(k, PREVOTE, 0, b"", height=2) for k in o]
-    for e in early:
-        assert h.feed(e) == []
-    h.votes(o, PRECOMMIT, 0, A.hash)
-    assert h.machine.decision == A
-    actions = h.feed(HeightCommitted(1, VALIDATORS))
-    assert h.machine.height == 2
-    assert ScheduleTimeout(2, 0, Step.NEW_HEIGHT, 1000) in actions
-    assert h.machine.votes.round(0).prevotes.power_for(b"") == 3
-    actions = h.feed(TimeoutFired(2, 0, Step.NEW_HEIGHT))
-    assert h.machine.current_step == Step.PROPOSE and h.machine.round == 0
-
-
 def test_commit_received_decides_only_with_a_valid_certificate() -> None:
     """Catch-up: a verified commit certificate decides; one with too little power does not."""
     me = non_proposer_key(range(1))
@@ -504,8 +534,8 @@ def test_commit_received_decides_only_with_a_valid_certificate() -> None:
     h = Harness(me)
     h.start()
     weak = Commit(1, 0, A.hash, decided.commit.signatures[:2])
-    actions = h.feed(CommitReceived(A, weak))
-    assert [a for a in actions if isinstance(a, Misbehaviour)]
+    assert h.machine.screen(CommitReceived(A, weak)) is Fault.INVALID_COMMIT
+    assert h.feed(CommitReceived(A, weak)) == []
     actions = h.feed(CommitReceived(A, decided.commit))
     assert actions == [Decide(A, decided.commit)]
 
@@ -539,7 +569,6 @@ def test_events_round_trip_through_canonical_encoding() -> None:
         BlockValidated(A.hash, False, "why"),
         BlockBuilt(1, 2, B),
         CommitReceived(A, commit),
-        HeightCommitted(7, VALIDATORS),
         StartHeight(9),
     ]
     for e in events:
@@ -552,7 +581,7 @@ def test_decided_certificate_links_the_next_block_in_the_validation_core() -> No
     Height 1 is built and checked by the validation core with a real kvstore
     transaction, decided by the machine, applied, and height 2 is built on the
     resulting ChainState with the machine's Commit as last_commit: it validates,
-    the machine's next schedule equals the chain state's, and the same block
+    and the same block
     with a certificate cut below 2f+1 is rejected.
     """
     me = non_proposer_key(range(1))
@@ -571,8 +600,6 @@ def test_decided_certificate_links_the_next_block_in_the_validation_core() -> No
         commit = next(a for a in actions if isinstance(a, Decide)).commit
         app.commit(checked.execution)
         state2 = next_chain_state(STATE, checked)
-        h.feed(HeightCommitted(1, state2.validators))
-        assert h.machine.schedule == state2.schedule
         proposer2 = state2.schedule.proposer(0).address
         block2 = build_block(
             state2, [], time_ms=2000, proposer_address=proposer2, last_commit=commit

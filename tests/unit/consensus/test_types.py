@@ -17,7 +17,6 @@ from consensus.events import (
     BlockValidated,
     CommitReceived,
     Event,
-    HeightCommitted,
     ProposalReceived,
     StartHeight,
     Step,
@@ -507,10 +506,9 @@ def old_event(obj: Any) -> Event:
     if tag == 6:
         f = _tuple(obj, 3)
         return CommitReceived(old_block(f[1]), old_commit(f[2]))
-    if tag == 7:
-        f = _tuple(obj, 3)
-        return HeightCommitted(_int(f[1], 1, 2**62), old_validator_set(f[2]))
-    return StartHeight(_int(_tuple(obj, 2)[1], 1, 2**62))
+    if tag == 8:
+        return StartHeight(_int(_tuple(obj, 2)[1], 1, 2**62))
+    raise DecodeError("retired tag")
 
 
 @st.composite
@@ -545,7 +543,6 @@ events = st.one_of(
     st.builds(BlockValidated, hashes, st.booleans(), st.text(max_size=20)),
     st.builds(BlockBuilt, heights, rounds, blocks()),
     st.builds(CommitReceived, blocks(), commits()),
-    st.builds(HeightCommitted, heights, validator_sets),
     st.builds(StartHeight, heights),
 )
 
