@@ -12,9 +12,9 @@ Untrusted bytes are decoded by following the expected schema with a `Reader`:
 it reads one array header or one scalar at a time, and a non-empty array
 where a scalar is expected fails before anything is built. What a decoder
 allocates is therefore bounded by the schema (the counts it allows times the
-size of a scalar) plus one copy of the input, never by the shape the sender
-chose: a frame of nested empty arrays costs a header read, not a gigabyte
-of tuples. `decode` builds a whole value in one call and is kept for small
+size of a scalar) plus a 64 KiB read buffer, never by the shape or the
+lengths the sender declared: a frame of nested empty arrays costs a header
+read, not a gigabyte of tuples. `decode` builds a whole value in one call and is kept for small
 inputs only (stored values, an application's payload), whose size bounds it.
 """
 
