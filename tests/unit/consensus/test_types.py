@@ -626,3 +626,11 @@ def test_bounded_decoders_accept_what_the_old_ones_did(
         assert _outcome(new, data) == _outcome(old, data)
 
     check()
+
+
+@settings(max_examples=60, deadline=None)
+@given(chain_states(), events)
+def test_chain_state_and_events_round_trip(state: ChainState, event: Event) -> None:
+    """The store's chain state and the WAL's events decode to what was encoded."""
+    assert ChainState.decode(state.encode()) == state
+    assert decode_event(encode_event(event)) == event
