@@ -15,20 +15,13 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any
 
-from consensus.codec import (
-    DecodeError,
-    decode,
-    encode,
-    expect_bytes,
-    expect_int,
-    expect_str,
-    expect_tuple,
-)
+from consensus.codec import DecodeError, Reader, decode_with, encode
 from consensus.crypto import HASH_BYTES
 from consensus.types import (
     BLOCK_BYTES_MAX,
     HEIGHT_MAX,
     ROUND_MAX,
+    TX_BYTES_MAX,
     Block,
     Commit,
     DuplicateVoteEvidence,
@@ -300,46 +293,56 @@ def event_to_obj(event: Event) -> list[Any]:
     raise AssertionError(f"not an event: {event!r}")
 
 
-def event_from_obj(obj: Any) -> Event:
-    if not isinstance(obj, tuple) or not obj:
-        raise DecodeError("event: expected a non-empty array")
-    tag = expect_int(obj[0], "event.tag", 1, _TAG_START)
+def read_event(r: Reader) -> Event:
+    """One event, its fields read in the order `event_to_obj` writes them."""
+    n = r.array("event", count_max=4)
+    if n < 2:
+        raise DecodeError("event: expected a tag and fields")
+    tag = r.integer("event.tag", 1, _TAG_START)
+    fields = _EVENT_FIELDS.get(tag)
+    if fields is None:
+        raise DecodeError(f"event: retired or unknown tag {tag}")
+    if n != fields:
+        raise DecodeError(f"event {tag}: expected an array of {fields} fields")
     if tag == _TAG_PROPOSAL:
-        f = expect_tuple(obj, 3, "proposal event")
-        return ProposalReceived(Proposal.from_obj(f[1]), Block.from_obj(f[2]))
+        return ProposalReceived(Proposal.read(r), Block.read(r))
     if tag == _TAG_VOTE:
-        f = expect_tuple(obj, 2, "vote event")
-        return VoteReceived(Vote.from_obj(f[1]))
+        return VoteReceived(Vote.read(r))
     if tag == _TAG_TIMEOUT:
-        f = expect_tuple(obj, 4, "timeout event")
         return TimeoutFired(
-            expect_int(f[1], "timeout.height", 1, HEIGHT_MAX),
-            expect_int(f[2], "timeout.round", 0, ROUND_MAX),
-            Step(expect_int(f[3], "timeout.step", 0, int(Step.COMMIT))),
+            r.integer("timeout.height", 1, HEIGHT_MAX),
+            r.integer("timeout.round", 0, ROUND_MAX),
+            Step(r.integer("timeout.step", 0, int(Step.COMMIT))),
         )
     if tag == _TAG_VALIDATED:
-        f = expect_tuple(obj, 4, "validated event")
-        if type(f[2]) is not bool:
-            raise DecodeError("validated.valid: expected a boolean")
         return BlockValidated(
-            expect_bytes(f[1], "validated.block_hash", length=HASH_BYTES),
-            f[2],
-            expect_str(f[3], "validated.reason", REASON_BYTES_MAX * 4),
+            r.binary("validated.block_hash", length=HASH_BYTES),
+            r.boolean("validated.valid"),
+            r.text("validated.reason", _REASON_FIELD_BYTES_MAX),
         )
     if tag == _TAG_BUILT:
-        f = expect_tuple(obj, 4, "built event")
         return BlockBuilt(
-            expect_int(f[1], "built.height", 1, HEIGHT_MAX),
-            expect_int(f[2], "built.round", 0, ROUND_MAX),
-            Block.from_obj(f[3]),
+            r.integer("built.height", 1, HEIGHT_MAX),
+            r.integer("built.round", 0, ROUND_MAX),
+            Block.read(r),
         )
     if tag == _TAG_COMMIT:
-        f = expect_tuple(obj, 3, "commit event")
-        return CommitReceived(Block.from_obj(f[1]), Commit.from_obj(f[2]))
-    if tag == _TAG_START:
-        f = expect_tuple(obj, 2, "start event")
-        return StartHeight(expect_int(f[1], "start.height", 1, HEIGHT_MAX))
-    raise DecodeError(f"event: retired or unknown tag {tag}")
+        return CommitReceived(Block.read(r), Commit.read(r))
+    return StartHeight(r.integer("start.height", 1, HEIGHT_MAX))
+
+
+# Array length (tag included) of each event kind, as event_to_obj writes it.
+_EVENT_FIELDS = {
+    _TAG_PROPOSAL: 3,
+    _TAG_VOTE: 2,
+    _TAG_TIMEOUT: 4,
+    _TAG_VALIDATED: 4,
+    _TAG_BUILT: 4,
+    _TAG_COMMIT: 3,
+    _TAG_START: 2,
+}
+# `reason` is cut to REASON_BYTES_MAX characters, each up to 4 UTF-8 bytes.
+_REASON_FIELD_BYTES_MAX = REASON_BYTES_MAX * 4
 
 
 def encode_event(event: Event) -> bytes:
@@ -348,4 +351,10 @@ def encode_event(event: Event) -> bytes:
 
 def decode_event(data: bytes) -> Event:
     """Parse one canonical event; raises DecodeError for anything else."""
-    return event_from_obj(decode(data, bytes_max=EVENT_BYTES_MAX))
+    return decode_with(
+        data,
+        read_event,
+        encode_event,
+        bytes_max=EVENT_BYTES_MAX,
+        field_bytes_max=max(TX_BYTES_MAX, _REASON_FIELD_BYTES_MAX),
+    )

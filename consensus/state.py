@@ -13,22 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consensus.app import results_hash
-from consensus.codec import (
-    DecodeError,
-    decode,
-    encode,
-    expect_array,
-    expect_bytes,
-    expect_int,
-    expect_str,
-    expect_tuple,
-)
+from consensus.codec import DecodeError, Reader, decode_with, encode
 from consensus.crypto import HASH_BYTES
 from consensus.proposer import ProposerSchedule
 from consensus.types import (
     APP_HASH_BYTES_MAX,
     CHAIN_ID_BYTES_MAX,
     HEIGHT_MAX,
+    SMALL_FIELD_BYTES_MAX,
     TIME_MS_MAX,
     VALIDATORS_MAX,
     ConsensusParams,
@@ -150,36 +142,43 @@ class ChainState:
         ]
 
     @classmethod
-    def from_obj(cls, obj: Any) -> ChainState:
-        f = expect_tuple(obj, 11, "chain state")
-        last_height = expect_int(f[1], "state.last_height", 0, HEIGHT_MAX)
+    def read(cls, r: Reader) -> ChainState:
+        r.array("chain state", length=11)
+        chain_id = r.text("state.chain_id", CHAIN_ID_BYTES_MAX)
+        last_height = r.integer("state.last_height", 0, HEIGHT_MAX)
         hash_len = 0 if last_height == 0 else HASH_BYTES
+        last_block_hash = r.binary("state.last_block_hash", length=hash_len)
+        last_block_time_ms = r.integer("state.last_block_time_ms", 0, TIME_MS_MAX)
         last_validators = None
         if last_height > 0:
-            last_validators = ValidatorSet.from_obj(f[4])
-        elif f[4] is not None:
-            raise DecodeError("state.last_validators: must be nil at height 0")
-        validators = ValidatorSet.from_obj(f[5])
-        pf = expect_tuple(f[9], 4, "state.params")
-        params = ConsensusParams(*(expect_int(v, "state.params", 1, 2**62) for v in pf))
-        prios = expect_array(f[10], "state.proposer_priorities", VALIDATORS_MAX)
-        if len(prios) != len(validators):
+            last_validators = ValidatorSet.read(r)
+        else:
+            r.nil("state.last_validators")
+        validators = ValidatorSet.read(r)
+        next_validators = ValidatorSet.read(r)
+        app_hash = r.binary("state.app_hash", length_max=APP_HASH_BYTES_MAX)
+        last_results_hash = r.binary("state.last_results_hash", length=HASH_BYTES)
+        r.array("state.params", length=4)
+        params = ConsensusParams(*(r.integer("state.params", 1, 2**62) for _ in range(4)))
+        n = r.array("state.proposer_priorities", count_max=VALIDATORS_MAX)
+        if n != len(validators):
             raise DecodeError("state.proposer_priorities: one per validator")
+        priorities = tuple(
+            r.integer("state.proposer_priority", -_PRIORITY_ABS_MAX, _PRIORITY_ABS_MAX)
+            for _ in range(n)
+        )
         return cls(
-            chain_id=expect_str(f[0], "state.chain_id", CHAIN_ID_BYTES_MAX),
+            chain_id=chain_id,
             last_height=last_height,
-            last_block_hash=expect_bytes(f[2], "state.last_block_hash", length=hash_len),
-            last_block_time_ms=expect_int(f[3], "state.last_block_time_ms", 0, TIME_MS_MAX),
+            last_block_hash=last_block_hash,
+            last_block_time_ms=last_block_time_ms,
             last_validators=last_validators,
             validators=validators,
-            next_validators=ValidatorSet.from_obj(f[6]),
-            app_hash=expect_bytes(f[7], "state.app_hash", length_max=APP_HASH_BYTES_MAX),
-            last_results_hash=expect_bytes(f[8], "state.last_results_hash", length=HASH_BYTES),
+            next_validators=next_validators,
+            app_hash=app_hash,
+            last_results_hash=last_results_hash,
             params=params,
-            proposer_priorities=tuple(
-                expect_int(p, "state.proposer_priority", -_PRIORITY_ABS_MAX, _PRIORITY_ABS_MAX)
-                for p in prios
-            ),
+            proposer_priorities=priorities,
         )
 
     def encode(self) -> bytes:
@@ -187,4 +186,10 @@ class ChainState:
 
     @classmethod
     def decode(cls, data: bytes) -> ChainState:
-        return cls.from_obj(decode(data, bytes_max=STATE_BYTES_MAX))
+        return decode_with(
+            data,
+            cls.read,
+            cls.encode,
+            bytes_max=STATE_BYTES_MAX,
+            field_bytes_max=SMALL_FIELD_BYTES_MAX,
+        )

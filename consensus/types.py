@@ -21,16 +21,7 @@ from enum import IntEnum
 from typing import Any, ClassVar, Self
 
 from consensus import merkle
-from consensus.codec import (
-    DecodeError,
-    decode,
-    encode,
-    expect_array,
-    expect_bytes,
-    expect_int,
-    expect_str,
-    expect_tuple,
-)
+from consensus.codec import DecodeError, Reader, decode_with, encode
 from consensus.crypto import (
     ADDRESS_BYTES,
     HASH_BYTES,
@@ -78,6 +69,9 @@ ROUND_MAX = 2**31 - 1
 HEIGHT_MAX = 2**62
 TIME_MS_MAX = 2**53  # about year 287,000: far enough, and exact in a JSON number
 NONCE_MAX = 2**64 - 1
+# The longest bin or str in the small types (votes, proposals, commits,
+# evidence, headers, validator sets): a signature, or an app hash.
+SMALL_FIELD_BYTES_MAX = max(SIGNATURE_BYTES, APP_HASH_BYTES_MAX, CHAIN_ID_BYTES_MAX)
 
 # Domain tags: the first element of every signed array.
 TAG_TX = "archipelago/tx/v1"
@@ -85,11 +79,12 @@ TAG_VOTE = "archipelago/vote/v1"
 TAG_PROPOSAL = "archipelago/proposal/v1"
 
 
-def _hash_or_empty(obj: Any, what: str) -> bytes:
+def _hash_or_empty(r: Reader, what: str) -> bytes:
     """A 32-byte hash, or b"" where the protocol allows "none" (nil vote, first block)."""
-    if type(obj) is bytes and len(obj) == 0:
-        return obj
-    return expect_bytes(obj, what, length=HASH_BYTES)
+    value = r.binary(what, length_max=HASH_BYTES)
+    if len(value) not in (0, HASH_BYTES):
+        raise DecodeError(f"{what}: expected {HASH_BYTES} bytes, got {len(value)}")
+    return value
 
 
 class VoteType(IntEnum):
@@ -127,18 +122,21 @@ def proposal_sign_bytes(
 class Canonical:
     """Encoding, strict decoding and hashing shared by the types below.
 
-    A subclass provides `to_obj`/`from_obj` (its fields as a msgpack array)
-    and `BYTES_MAX`, the largest encoding `decode` will even parse.
+    A subclass provides `to_obj` (its fields as a msgpack array), `read` (the
+    same fields read in order from a Reader, each checked as it is read),
+    `BYTES_MAX`, the largest encoding `decode` will even parse, and
+    `FIELD_BYTES_MAX`, its longest bin or str.
     """
 
     __slots__ = ()
     BYTES_MAX: ClassVar[int]
+    FIELD_BYTES_MAX: ClassVar[int] = SMALL_FIELD_BYTES_MAX
 
     def to_obj(self) -> Any:
         raise NotImplementedError
 
     @classmethod
-    def from_obj(cls, obj: Any) -> Self:
+    def read(cls, r: Reader) -> Self:
         raise NotImplementedError
 
     def encode(self) -> bytes:
@@ -147,7 +145,13 @@ class Canonical:
     @classmethod
     def decode(cls, data: bytes) -> Self:
         """The value whose canonical encoding is `data`; DecodeError for anything else."""
-        return cls.from_obj(decode(data, bytes_max=cls.BYTES_MAX))
+        return decode_with(
+            data,
+            cls.read,
+            cls.encode,
+            bytes_max=cls.BYTES_MAX,
+            field_bytes_max=cls.FIELD_BYTES_MAX,
+        )
 
     @property
     def hash(self) -> bytes:
@@ -167,6 +171,7 @@ class Transaction(Canonical):
     """
 
     BYTES_MAX: ClassVar[int] = TX_BYTES_MAX
+    FIELD_BYTES_MAX: ClassVar[int] = TX_PAYLOAD_BYTES_MAX
 
     sender: bytes
     nonce: int
@@ -189,13 +194,13 @@ class Transaction(Canonical):
         return [self.sender, self.nonce, self.payload, self.signature]
 
     @classmethod
-    def from_obj(cls, obj: Any) -> Transaction:
-        f = expect_tuple(obj, 4, "tx")
+    def read(cls, r: Reader) -> Transaction:
+        r.array("tx", length=4)
         return cls(
-            expect_bytes(f[0], "tx.sender", length=PUBLIC_KEY_BYTES),
-            expect_int(f[1], "tx.nonce", 0, NONCE_MAX),
-            expect_bytes(f[2], "tx.payload", length_max=TX_PAYLOAD_BYTES_MAX),
-            expect_bytes(f[3], "tx.signature", length=SIGNATURE_BYTES),
+            r.binary("tx.sender", length=PUBLIC_KEY_BYTES),
+            r.integer("tx.nonce", 0, NONCE_MAX),
+            r.binary("tx.payload", length_max=TX_PAYLOAD_BYTES_MAX),
+            r.binary("tx.signature", length=SIGNATURE_BYTES),
         )
 
 
@@ -215,11 +220,11 @@ class Validator:
         return [self.public_key, self.power]
 
     @classmethod
-    def from_obj(cls, obj: Any) -> Validator:
-        f = expect_tuple(obj, 2, "validator")
+    def read(cls, r: Reader) -> Validator:
+        r.array("validator", length=2)
         return cls(
-            expect_bytes(f[0], "validator.public_key", length=PUBLIC_KEY_BYTES),
-            expect_int(f[1], "validator.power", 1, VOTING_POWER_MAX),
+            r.binary("validator.public_key", length=PUBLIC_KEY_BYTES),
+            r.integer("validator.power", 1, VOTING_POWER_MAX),
         )
 
 
@@ -271,9 +276,9 @@ class ValidatorSet(Canonical):
         return [v.to_obj() for v in self.validators]
 
     @classmethod
-    def from_obj(cls, obj: Any) -> ValidatorSet:
-        items = expect_array(obj, "validator set", VALIDATORS_MAX)
-        return cls(tuple(Validator.from_obj(v) for v in items))
+    def read(cls, r: Reader) -> ValidatorSet:
+        n = r.array("validator set", count_max=VALIDATORS_MAX)
+        return cls(tuple(Validator.read(r) for _ in range(n)))
 
 
 # ---------------------------------------------------------------- votes and proposals
@@ -326,16 +331,16 @@ class Vote(Canonical):
         ]
 
     @classmethod
-    def from_obj(cls, obj: Any) -> Vote:
-        f = expect_tuple(obj, 7, "vote")
+    def read(cls, r: Reader) -> Vote:
+        r.array("vote", length=7)
         return cls(
-            VoteType(expect_int(f[0], "vote.type", 1, 2)),
-            expect_int(f[1], "vote.height", 1, HEIGHT_MAX),
-            expect_int(f[2], "vote.round", 0, ROUND_MAX),
-            _hash_or_empty(f[3], "vote.block_hash"),
-            expect_bytes(f[4], "vote.validator_address", length=ADDRESS_BYTES),
-            expect_int(f[5], "vote.validator_index", 0, VALIDATORS_MAX - 1),
-            expect_bytes(f[6], "vote.signature", length=SIGNATURE_BYTES),
+            VoteType(r.integer("vote.type", 1, 2)),
+            r.integer("vote.height", 1, HEIGHT_MAX),
+            r.integer("vote.round", 0, ROUND_MAX),
+            _hash_or_empty(r, "vote.block_hash"),
+            r.binary("vote.validator_address", length=ADDRESS_BYTES),
+            r.integer("vote.validator_index", 0, VALIDATORS_MAX - 1),
+            r.binary("vote.signature", length=SIGNATURE_BYTES),
         )
 
 
@@ -377,19 +382,19 @@ class Proposal(Canonical):
         return [self.height, self.round, self.pol_round, self.block_hash, self.signature]
 
     @classmethod
-    def from_obj(cls, obj: Any) -> Proposal:
-        f = expect_tuple(obj, 5, "proposal")
-        height = expect_int(f[0], "proposal.height", 1, HEIGHT_MAX)
-        round_ = expect_int(f[1], "proposal.round", 0, ROUND_MAX)
-        pol_round = expect_int(f[2], "proposal.pol_round", -1, ROUND_MAX)
+    def read(cls, r: Reader) -> Proposal:
+        r.array("proposal", length=5)
+        height = r.integer("proposal.height", 1, HEIGHT_MAX)
+        round_ = r.integer("proposal.round", 0, ROUND_MAX)
+        pol_round = r.integer("proposal.pol_round", -1, ROUND_MAX)
         if pol_round >= round_:
             raise DecodeError("proposal.pol_round: must be below round")
         return cls(
             height,
             round_,
             pol_round,
-            expect_bytes(f[3], "proposal.block_hash", length=HASH_BYTES),
-            expect_bytes(f[4], "proposal.signature", length=SIGNATURE_BYTES),
+            r.binary("proposal.block_hash", length=HASH_BYTES),
+            r.binary("proposal.signature", length=SIGNATURE_BYTES),
         )
 
 
@@ -427,24 +432,23 @@ class Commit(Canonical):
         ]
 
     @classmethod
-    def from_obj(cls, obj: Any) -> Commit:
-        f = expect_tuple(obj, 4, "commit")
+    def read(cls, r: Reader) -> Commit:
+        r.array("commit", length=4)
+        height = r.integer("commit.height", 1, HEIGHT_MAX)
+        round_ = r.integer("commit.round", 0, ROUND_MAX)
+        block_hash = r.binary("commit.block_hash", length=HASH_BYTES)
+        n = r.array("commit.signatures", count_max=VALIDATORS_MAX)
+        if n == 0:
+            raise DecodeError("commit.signatures: empty")
         sigs: list[CommitSig] = []
-        for item in expect_array(f[3], "commit.signatures", VALIDATORS_MAX):
-            s = expect_tuple(item, 2, "commit.signature")
-            index = expect_int(s[0], "commit.signature.validator_index", 0, VALIDATORS_MAX - 1)
+        for _ in range(n):
+            r.array("commit.signature", length=2)
+            index = r.integer("commit.signature.validator_index", 0, VALIDATORS_MAX - 1)
             if sigs and index <= sigs[-1].validator_index:
                 raise DecodeError("commit.signatures: indexes not strictly ascending")
-            sig = expect_bytes(s[1], "commit.signature.signature", length=SIGNATURE_BYTES)
+            sig = r.binary("commit.signature.signature", length=SIGNATURE_BYTES)
             sigs.append(CommitSig(index, sig))
-        if not sigs:
-            raise DecodeError("commit.signatures: empty")
-        return cls(
-            expect_int(f[0], "commit.height", 1, HEIGHT_MAX),
-            expect_int(f[1], "commit.round", 0, ROUND_MAX),
-            expect_bytes(f[2], "commit.block_hash", length=HASH_BYTES),
-            tuple(sigs),
-        )
+        return cls(height, round_, block_hash, tuple(sigs))
 
     def sign_items(
         self, chain_id: str, validators: ValidatorSet
@@ -497,10 +501,9 @@ class DuplicateVoteEvidence(Canonical):
         return [self.vote_a.to_obj(), self.vote_b.to_obj()]
 
     @classmethod
-    def from_obj(cls, obj: Any) -> DuplicateVoteEvidence:
-        f = expect_tuple(obj, 2, "evidence")
-        a, b = Vote.from_obj(f[0]), Vote.from_obj(f[1])
-        ev = cls(a, b)
+    def read(cls, r: Reader) -> DuplicateVoteEvidence:
+        r.array("evidence", length=2)
+        ev = cls(Vote.read(r), Vote.read(r))
         reason = ev.structural_error()
         if reason:
             raise DecodeError(f"evidence: {reason}")
@@ -587,21 +590,21 @@ class Header(Canonical):
         ]
 
     @classmethod
-    def from_obj(cls, obj: Any) -> Header:
-        f = expect_tuple(obj, 12, "header")
+    def read(cls, r: Reader) -> Header:
+        r.array("header", length=12)
         return cls(
-            expect_str(f[0], "header.chain_id", CHAIN_ID_BYTES_MAX),
-            expect_int(f[1], "header.height", 1, HEIGHT_MAX),
-            expect_int(f[2], "header.time_ms", 0, TIME_MS_MAX),
-            _hash_or_empty(f[3], "header.last_block_hash"),
-            _hash_or_empty(f[4], "header.last_commit_hash"),
-            expect_bytes(f[5], "header.data_hash", length=HASH_BYTES),
-            expect_bytes(f[6], "header.validators_hash", length=HASH_BYTES),
-            expect_bytes(f[7], "header.next_validators_hash", length=HASH_BYTES),
-            expect_bytes(f[8], "header.app_hash", length_max=APP_HASH_BYTES_MAX),
-            expect_bytes(f[9], "header.last_results_hash", length=HASH_BYTES),
-            expect_bytes(f[10], "header.evidence_hash", length=HASH_BYTES),
-            expect_bytes(f[11], "header.proposer_address", length=ADDRESS_BYTES),
+            r.text("header.chain_id", CHAIN_ID_BYTES_MAX),
+            r.integer("header.height", 1, HEIGHT_MAX),
+            r.integer("header.time_ms", 0, TIME_MS_MAX),
+            _hash_or_empty(r, "header.last_block_hash"),
+            _hash_or_empty(r, "header.last_commit_hash"),
+            r.binary("header.data_hash", length=HASH_BYTES),
+            r.binary("header.validators_hash", length=HASH_BYTES),
+            r.binary("header.next_validators_hash", length=HASH_BYTES),
+            r.binary("header.app_hash", length_max=APP_HASH_BYTES_MAX),
+            r.binary("header.last_results_hash", length=HASH_BYTES),
+            r.binary("header.evidence_hash", length=HASH_BYTES),
+            r.binary("header.proposer_address", length=ADDRESS_BYTES),
         )
 
 
@@ -636,22 +639,17 @@ class Block:
         ]
 
     @classmethod
-    def from_obj(cls, obj: Any) -> Block:
-        f = expect_tuple(obj, 4, "block")
-        header = Header.from_obj(f[0])
-        txs = expect_array(f[1], "block.txs", BLOCK_TXS_MAX)
-        for tx in txs:
-            expect_bytes(tx, "block.tx", length_max=TX_BYTES_MAX)
+    def read(cls, r: Reader) -> Block:
+        r.array("block", length=4)
+        header = Header.read(r)
+        txs = r.binaries("block.txs", count_max=BLOCK_TXS_MAX, length_max=TX_BYTES_MAX)
+        last_commit = None
         if header.height == 1:
-            if f[2] is not None:
-                raise DecodeError("block.last_commit: must be nil at height 1")
-            last_commit = None
+            r.nil("block.last_commit")
         else:
-            last_commit = Commit.from_obj(f[2])
-        evidence = tuple(
-            DuplicateVoteEvidence.from_obj(e)
-            for e in expect_array(f[3], "block.evidence", BLOCK_EVIDENCE_MAX)
-        )
+            last_commit = Commit.read(r)
+        n = r.array("block.evidence", count_max=BLOCK_EVIDENCE_MAX)
+        evidence = tuple(DuplicateVoteEvidence.read(r) for _ in range(n))
         return cls(header, txs, last_commit, evidence)
 
     def encode(self) -> bytes:
@@ -677,7 +675,10 @@ class Block:
 
     @classmethod
     def decode(cls, data: bytes, *, bytes_max: int = BLOCK_BYTES_MAX) -> Block:
-        return cls.from_obj(decode(data, bytes_max=bytes_max))
+        """The block whose canonical encoding is `data`; DecodeError for anything else."""
+        return decode_with(
+            data, cls.read, cls.encode, bytes_max=bytes_max, field_bytes_max=TX_BYTES_MAX
+        )
 
 
 def data_hash(txs: Iterable[bytes]) -> bytes:

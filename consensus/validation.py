@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import islice
 
 import msgpack
 
@@ -66,7 +67,7 @@ __all__ = [
 _NONCE_MAX = 2**64 - 1
 _SIG_FIELD_BYTES = 2 + SIGNATURE_BYTES  # bin8 marker and length, then the signature
 _sha256 = hashlib.sha256
-_unpackb = msgpack.unpackb
+_Unpacker = msgpack.Unpacker
 # One packer for the canonical re-encoding check; it never releases the GIL mid-call.
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -196,8 +197,6 @@ def decode_and_validate(
         block = Block.decode(bytes(data), bytes_max=state.params.block_bytes_max)
     except DecodeError as e:
         raise BlockInvalid(Reason.MALFORMED, "block", str(e)) from None
-    except RecursionError:
-        raise BlockInvalid(Reason.MALFORMED, "block", "nested too deeply") from None
     return _validate(
         block, state, app, verifier, now_ms, expected_proposer, validators_at, len(data)
     )
@@ -568,7 +567,7 @@ class _Stream:
         columns = _decode_chunk(chunk)
         if columns is None:
             return self._decode_slowly(chunk, start, hits)
-        objs, pks, sigs = columns
+        pks, nonces, payloads, sigs = columns
         prefix = self.sign_prefix
         msgs = [prefix + t[1:-_SIG_FIELD_BYTES] for t in chunk]
         items: list[SigItem] = list(
@@ -583,7 +582,7 @@ class _Stream:
         vpass = self.vpass
         vpass.submit(items)
         vpass.help_now()
-        txs = _transactions(objs)
+        txs = _transactions(pks, nonces, payloads, sigs)
         vpass.help_now()
         sha256 = _sha256
         return txs, [sha256(b"\x00" + t).digest() for t in chunk]
@@ -597,9 +596,10 @@ class _Stream:
         txs: list[Transaction] = []
         items: list[SigItem] = []
         for k, t in enumerate(chunk):
-            tx = _decode_tx(t)
-            if tx is None:
-                self.malformed = (start + k, _decode_error(t))
+            try:
+                tx = Transaction.decode(t)
+            except DecodeError as e:
+                self.malformed = (start + k, str(e))
                 break
             txs.append(tx)
             hit = hits[k]
@@ -611,7 +611,8 @@ class _Stream:
         return txs, []
 
 
-_TxFields = tuple[bytes, int, bytes, bytes]
+# A chunk's transactions as columns: senders, nonces, payloads, signatures.
+_TxColumns = tuple[tuple[bytes, ...], tuple[int, ...], tuple[bytes, ...], tuple[bytes, ...]]
 # Transaction's slot setters: what its frozen dataclass __init__ calls through
 # object.__setattr__, without the call per field (0.26 us a tx instead of 0.44).
 _new = object.__new__
@@ -620,11 +621,13 @@ _set_sender, _set_nonce, _set_payload, _set_signature = (
 )
 
 
-def _transactions(objs: list[_TxFields]) -> list[Transaction]:
-    """Transaction(*o) for each o, already checked by _decode_chunk."""
+def _transactions(
+    pks: Sequence[bytes], nonces: Sequence[int], payloads: Sequence[bytes], sigs: Sequence[bytes]
+) -> list[Transaction]:
+    """A Transaction for each row of the columns, already checked by _decode_chunk."""
     out: list[Transaction] = []
     append = out.append
-    for sender, nonce, payload, signature in objs:
+    for sender, nonce, payload, signature in zip(pks, nonces, payloads, sigs, strict=True):
         tx = _new(Transaction)
         _set_sender(tx, sender)
         _set_nonce(tx, nonce)
@@ -634,43 +637,58 @@ def _transactions(objs: list[_TxFields]) -> list[Transaction]:
     return out
 
 
-def _decode_chunk(
-    chunk: Sequence[bytes],
-) -> tuple[list[_TxFields], tuple[bytes, ...], tuple[bytes, ...]] | None:
-    """(fields, senders, signatures) if every transaction is canonical, else None.
+def _decode_chunk(chunk: Sequence[bytes]) -> _TxColumns | None:
+    """The chunk's transactions as columns if every one is canonical, else None.
 
-    One re-encoding for the chunk instead of one per transaction: each decoded
-    value's canonical form is its shortest encoding, so the concatenations can
-    only be equal if every transaction is exactly canonical. The shape checks
-    run column by column in C (set, map, min, max), not per transaction.
+    Accepts exactly what Transaction.decode accepts, bounded and in bulk. A
+    transaction is a fixarray of 4 scalars, so the fields of the whole chunk
+    (each transaction without its first byte) are read as one stream of 4n
+    scalars, msgpack iterating in C with containers refused by their header:
+    a hostile chunk costs at most 4n objects and one copy of its bytes,
+    whatever shape it claims. The shape checks run column by column in C
+    (set, map, min, max), not per transaction. Re-encoding each transaction
+    and comparing it with its bytes then makes every one exactly canonical,
+    first byte included (comparing the concatenation would not: a field
+    could straddle two transactions).
     """
     if max(map(len, chunk)) > TX_BYTES_MAX:
         return None
-    unpackb = _unpackb
+    data = b"".join(map(_after_first_byte, chunk))
+    n = 4 * len(chunk)
+    unpacker = _Unpacker(
+        None,
+        max_buffer_size=max(len(data), 1),
+        use_list=False,
+        raw=False,
+        max_str_len=0,
+        max_bin_len=TX_PAYLOAD_BYTES_MAX,  # the payload limit, checked by the bin's header
+        max_array_len=0,
+        max_map_len=0,
+        max_ext_len=0,
+    )
+    unpacker.feed(data)
     try:
-        objs = [unpackb(t, use_list=False) for t in chunk]
-        pks, nonces, payloads, sigs = zip(*objs, strict=True)
-    except Exception:  # msgpack raises many types on hostile input; zip on a wrong shape
+        fields = tuple(islice(unpacker, n))
+    except Exception:  # msgpack raises many types on hostile input
         return None
+    if len(fields) != n or unpacker.tell() != len(data):
+        return None
+    pks, nonces, payloads, sigs = fields[0::4], fields[1::4], fields[2::4], fields[3::4]
     if not (
-        set(map(type, objs)) == _TUPLE
-        and set(map(type, pks + payloads + sigs)) == _BYTES
+        set(map(type, pks + payloads + sigs)) == _BYTES
         and set(map(len, pks)) == _PUBLIC_KEY_LENGTH
         and set(map(len, sigs)) == _SIGNATURE_LENGTH
-        and max(map(len, payloads)) <= TX_PAYLOAD_BYTES_MAX
         and set(map(type, nonces)) == _INT
         and 0 <= min(nonces)
         and max(nonces) <= _NONCE_MAX
     ):
         return None
-    n = len(objs)
-    header = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
-    if _pack(objs) != header + b"".join(chunk):
+    if tuple(map(_pack, zip(pks, nonces, payloads, sigs, strict=True))) != tuple(chunk):
         return None
-    return objs, pks, sigs
+    return pks, nonces, payloads, sigs
 
 
-_TUPLE = {tuple}
+_after_first_byte = operator.itemgetter(slice(1, None))
 _PUBLIC_KEY_LENGTH = {PUBLIC_KEY_BYTES}
 _SIGNATURE_LENGTH = {SIGNATURE_BYTES}
 _BYTES = {bytes}
@@ -688,44 +706,6 @@ def _subtree_root(level: list[bytes]) -> bytes:
         if odd is not None:
             level.append(odd)
     return level[0] if level else merkle.root_from_leaf_hashes(level)
-
-
-def _decode_tx(t: bytes) -> Transaction | None:
-    """Transaction.decode's acceptance, without its generic overhead; None if rejected."""
-    if type(t) is not bytes or len(t) > TX_BYTES_MAX:
-        return None
-    try:
-        o = _unpackb(t, use_list=False)
-    except Exception:  # msgpack raises many types on hostile input
-        return None
-    if (
-        type(o) is tuple
-        and len(o) == 4
-        and type(o[0]) is bytes
-        and len(o[0]) == PUBLIC_KEY_BYTES
-        and type(o[1]) is int
-        and 0 <= o[1] <= _NONCE_MAX
-        and type(o[2]) is bytes
-        and len(o[2]) <= TX_PAYLOAD_BYTES_MAX
-        and type(o[3]) is bytes
-        and len(o[3]) == SIGNATURE_BYTES
-        and _pack(o) == t
-    ):
-        return Transaction(o[0], o[1], o[2], o[3])
-    return None
-
-
-def _decode_error(t: object) -> str:
-    """Why a transaction was rejected, in the strict decoder's words (failure path only)."""
-    if type(t) is not bytes:
-        return "not bytes"
-    try:
-        Transaction.decode(t)
-    except DecodeError as e:
-        return str(e)
-    except RecursionError:
-        return "nested too deeply"
-    return "rejected"
 
 
 def _run_pass(

@@ -24,7 +24,7 @@ import trio
 
 from consensus.app import Application, TxResult, app_from_genesis
 from consensus.apps import app_class
-from consensus.codec import DecodeError, decode, encode, expect_int, expect_str, expect_tuple
+from consensus.codec import DecodeError, decode, encode
 from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
@@ -67,10 +67,14 @@ def encode_result(result: TxResult) -> bytes:
 def decode_result(data: bytes) -> tuple[int, str]:
     """(code, log) of a stored result."""
     try:
-        f = expect_tuple(decode(data), 3, "result")
-        return expect_int(f[0], "result.code", 0, 2**32), expect_str(f[1], "result.log", 1024)
+        f = decode(data)
     except DecodeError:
         return -1, "unreadable result"
+    if not (isinstance(f, tuple) and len(f) == 3 and type(f[0]) is int and type(f[1]) is str):
+        return -1, "unreadable result"
+    if not 0 <= f[0] <= 2**32 or len(f[1].encode()) > 1024:
+        return -1, "unreadable result"
+    return f[0], f[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,19 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from consensus.codec import (
-    DecodeError,
-    decode,
-    encode,
-    expect_array,
-    expect_bytes,
-    expect_int,
-    expect_tuple,
-)
+from consensus.codec import DecodeError, Reader, decode_with, encode
 from consensus.types import (
     BLOCK_BYTES_MAX,
     HEIGHT_MAX,
     ROUND_MAX,
+    SMALL_FIELD_BYTES_MAX,
     TX_BYTES_MAX,
     Block,
     Commit,
@@ -33,8 +26,8 @@ from consensus.types import (
     Vote,
 )
 
-# A proposal carries a whole block; the rest are small.
-MESSAGE_BYTES_MAX = BLOCK_BYTES_MAX + 64 * 1024
+# Proposals, decided and sync blocks carry a whole block; the rest are small.
+MESSAGE_BYTES_MAX = BLOCK_BYTES_MAX + 128 * 1024
 # Transactions gossiped in one mempool message (the sender batches up to its limits).
 TX_BATCH_TXS_MAX = 10_000
 # Blocks a peer may ask for in one request, and we answer with at most.
@@ -173,52 +166,91 @@ def stored_block_message(tag: int, block_bytes: bytes, commit_bytes: bytes) -> b
 
 
 def decode_message(data: bytes) -> Message:
-    """Parse one node message; raises DecodeError for anything malformed."""
-    obj = decode(data, bytes_max=MESSAGE_BYTES_MAX)
-    if not isinstance(obj, tuple) or not obj:
-        raise DecodeError("message: expected a non-empty array")
-    tag = obj[0]
+    """Parse one node message; raises DecodeError for anything malformed.
+
+    A canonical message starts with a fixarray header and its tag (every tag
+    is a positive fixint), so the first two bytes give the kind before
+    anything is parsed: the input's length is checked against the largest
+    legal message of that kind, and then exactly that kind's fields are
+    read. Anything tagged as a vote gets a vote's budget.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError("message: expected bytes")
+    if len(data) < 2:
+        raise DecodeError("message: truncated")
+    kind = _KINDS.get(data[1])
+    if kind is None:
+        raise DecodeError(f"message: unknown tag {data[1]}")
+    fields, bytes_max, field_bytes_max = kind
+    if data[0] != _FIXARRAY | fields:
+        raise DecodeError(f"message {data[1]}: expected an array of {fields} fields")
+    if len(data) > bytes_max:
+        raise DecodeError(f"message {data[1]}: {len(data)} bytes, limit {bytes_max}")
+    return decode_with(
+        data,
+        _read_message,
+        encode_message,
+        bytes_max=bytes_max,
+        field_bytes_max=field_bytes_max,
+    )
+
+
+def _read_message(r: Reader) -> Message:
+    """The message's fields, after decode_message checked its header and tag bytes."""
+    n = r.array("message", count_max=3)
+    tag = r.integer("message.tag", 0, 127)
+    assert n == _KINDS[tag][0]
     if tag == TAG_PROPOSAL:
-        f = expect_tuple(obj, 3, "proposal message")
-        return ProposalMsg(Proposal.from_obj(f[1]), Block.from_obj(f[2]))
+        return ProposalMsg(Proposal.read(r), Block.read(r))
     if tag == TAG_VOTE:
-        f = expect_tuple(obj, 2, "vote message")
-        return VoteMsg(Vote.from_obj(f[1]))
+        return VoteMsg(Vote.read(r))
     if tag == TAG_STATUS:
-        f = expect_tuple(obj, 3, "status message")
         return StatusMsg(
-            expect_int(f[1], "status.height", 0, HEIGHT_MAX),
-            expect_int(f[2], "status.round", 0, ROUND_MAX),
+            r.integer("status.height", 0, HEIGHT_MAX), r.integer("status.round", 0, ROUND_MAX)
         )
     if tag == TAG_DECIDED:
-        f = expect_tuple(obj, 3, "decided message")
-        return DecidedMsg(Block.from_obj(f[1]), Commit.from_obj(f[2]))
+        return DecidedMsg(Block.read(r), Commit.read(r))
     if tag == TAG_EVIDENCE:
-        f = expect_tuple(obj, 2, "evidence message")
-        return EvidenceMsg(DuplicateVoteEvidence.from_obj(f[1]))
+        return EvidenceMsg(DuplicateVoteEvidence.read(r))
     if tag == TAG_SYNC_STATUS:
-        f = expect_tuple(obj, 3, "sync status message")
-        base = expect_int(f[1], "sync_status.base", 0, HEIGHT_MAX)
-        height = expect_int(f[2], "sync_status.height", 0, HEIGHT_MAX)
+        base = r.integer("sync_status.base", 0, HEIGHT_MAX)
+        height = r.integer("sync_status.height", 0, HEIGHT_MAX)
         if base > height:
             raise DecodeError("sync_status: base above height")
         return SyncStatusMsg(base, height)
     if tag == TAG_SYNC_REQUEST:
-        f = expect_tuple(obj, 3, "sync request message")
         return SyncRequestMsg(
-            expect_int(f[1], "sync_request.height", 1, HEIGHT_MAX),
-            expect_int(f[2], "sync_request.count", 1, BLOCKS_PER_REQUEST_MAX),
+            r.integer("sync_request.height", 1, HEIGHT_MAX),
+            r.integer("sync_request.count", 1, BLOCKS_PER_REQUEST_MAX),
         )
     if tag == TAG_SYNC_BLOCK:
-        f = expect_tuple(obj, 3, "sync block message")
-        return SyncBlockMsg(Block.from_obj(f[1]), Commit.from_obj(f[2]))
+        return SyncBlockMsg(Block.read(r), Commit.read(r))
     if tag == TAG_SYNC_NONE:
-        f = expect_tuple(obj, 2, "sync none message")
-        return SyncNoneMsg(expect_int(f[1], "sync_none.height", 1, HEIGHT_MAX))
-    if tag == TAG_TXS:
-        f = expect_tuple(obj, 2, "txs message")
-        txs = expect_array(f[1], "txs", TX_BATCH_TXS_MAX)
-        for raw in txs:
-            expect_bytes(raw, "txs.tx", length_max=TX_BYTES_MAX)
-        return TxsMsg(txs)
-    raise DecodeError(f"message: unknown tag {tag!r}")
+        return SyncNoneMsg(r.integer("sync_none.height", 1, HEIGHT_MAX))
+    assert tag == TAG_TXS
+    return TxsMsg(r.binaries("txs", count_max=TX_BATCH_TXS_MAX, length_max=TX_BYTES_MAX))
+
+
+_FIXARRAY = 0x90
+# The largest canonical encodings of the parts of a message: the fixarray
+# header and fixint tag, then the largest form of each field.
+_ENVELOPE_BYTES = 2
+_HEIGHT_BYTES_MAX = 9  # uint64
+_ROUND_BYTES_MAX = 5  # uint32
+_BLOCK_MESSAGE_BYTES_MAX = _ENVELOPE_BYTES + BLOCK_BYTES_MAX + Commit.BYTES_MAX
+_PROPOSAL_MESSAGE_BYTES_MAX = _ENVELOPE_BYTES + Proposal.BYTES_MAX + BLOCK_BYTES_MAX
+assert max(_BLOCK_MESSAGE_BYTES_MAX, _PROPOSAL_MESSAGE_BYTES_MAX) <= MESSAGE_BYTES_MAX
+_SMALL = SMALL_FIELD_BYTES_MAX
+# tag -> (array length with the tag, largest legal encoding, longest bin in it).
+_KINDS: dict[int, tuple[int, int, int]] = {
+    TAG_PROPOSAL: (3, _PROPOSAL_MESSAGE_BYTES_MAX, TX_BYTES_MAX),
+    TAG_VOTE: (2, _ENVELOPE_BYTES + Vote.BYTES_MAX, _SMALL),
+    TAG_STATUS: (3, _ENVELOPE_BYTES + _HEIGHT_BYTES_MAX + _ROUND_BYTES_MAX, 0),
+    TAG_DECIDED: (3, _BLOCK_MESSAGE_BYTES_MAX, TX_BYTES_MAX),
+    TAG_EVIDENCE: (2, _ENVELOPE_BYTES + DuplicateVoteEvidence.BYTES_MAX, _SMALL),
+    TAG_SYNC_STATUS: (3, _ENVELOPE_BYTES + 2 * _HEIGHT_BYTES_MAX, 0),
+    TAG_SYNC_REQUEST: (3, _ENVELOPE_BYTES + 2 * _HEIGHT_BYTES_MAX, 0),
+    TAG_SYNC_BLOCK: (3, _BLOCK_MESSAGE_BYTES_MAX, TX_BYTES_MAX),
+    TAG_SYNC_NONE: (2, _ENVELOPE_BYTES + _HEIGHT_BYTES_MAX, 0),
+    TAG_TXS: (2, MESSAGE_BYTES_MAX, TX_BYTES_MAX),
+}

@@ -31,7 +31,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from consensus import merkle
-from consensus.codec import DecodeError, decode, expect_array
+from consensus.codec import DecodeError, decode_binaries
 from consensus.types import Transaction, tx_id
 from node import __version__
 from node.chain import decode_result
@@ -297,10 +297,15 @@ class RpcServer:
         raws: list[bytes]
         if ctype == "application/octet-stream":
             try:
-                items = decode(bytes(body), bytes_max=self.body_bytes_max)
-                raws = list(expect_array(items, "txs", TXS_PER_REQUEST_MAX))
-                if not all(type(r) is bytes for r in raws):
-                    raise DecodeError("txs: expected an array of byte strings")
+                raws = list(
+                    decode_binaries(
+                        bytes(body),
+                        "txs",
+                        count_max=TXS_PER_REQUEST_MAX,
+                        length_max=self.body_bytes_max,
+                        bytes_max=self.body_bytes_max,
+                    )
+                )
             except DecodeError as e:
                 raise HTTPException(
                     400, f"body must be a msgpack array of transactions: {e}"

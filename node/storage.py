@@ -52,13 +52,7 @@ from typing import TypeVar
 
 import lmdb
 
-from consensus.codec import (
-    DecodeError,
-    decode,
-    encode,
-    expect_int,
-    expect_tuple,
-)
+from consensus.codec import DecodeError, Reader, decode_with, encode
 from consensus.state import ChainState
 from consensus.types import (
     BLOCK_BYTES_MAX,
@@ -410,9 +404,9 @@ class BlockStore:
         if data is None:
             return None
         try:
-            pos = expect_tuple(decode(data, bytes_max=32), 2, "tx index")
-            height = expect_int(pos[0], "tx index height", 1, HEIGHT_MAX)
-            index = expect_int(pos[1], "tx index index", 0, BLOCK_TXS_MAX - 1)
+            height, index = decode_with(
+                bytes(data), _read_tx_position, encode, bytes_max=32, field_bytes_max=0
+            )
         except DecodeError as e:
             raise StorageCorruptError(f"{self.path}: tx index: {e}") from None
         block = self.load_block(height)
@@ -485,6 +479,14 @@ class BlockStore:
         counts["map_bytes"] = int(info["map_size"])
         counts["used_bytes"] = int(info["last_pgno"] + 1) * int(stat["psize"])
         return counts
+
+
+def _read_tx_position(r: Reader) -> tuple[int, int]:
+    """A tx index entry: [height, index in the block]."""
+    r.array("tx index", length=2)
+    return r.integer("tx index height", 1, HEIGHT_MAX), r.integer(
+        "tx index index", 0, BLOCK_TXS_MAX - 1
+    )
 
 
 def _decode(decoder: Callable[[bytes], _T], data: bytes, what: str) -> _T:

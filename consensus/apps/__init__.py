@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from consensus.app import TxResult, ValidatorUpdate
-from consensus.codec import DecodeError, decode, encode
+from consensus.codec import DecodeError, Reader, decode, decode_with, encode
 from consensus.crypto import ADDRESS_BYTES, PUBLIC_KEY_BYTES, address_of
 from consensus.types import TX_PAYLOAD_BYTES_MAX, VALIDATORS_MAX, VOTING_POWER_MAX
 
@@ -45,20 +45,41 @@ CHECK_VIEW_ENTRIES_MAX = 1_000_000
 
 KEY_VALIDATOR = b"v"  # + 32-byte public key -> canonical power
 
+# An operation is [name, field, field]: every operation of both apps has at
+# most two fields, so a longer or nested payload is refused while decoding.
+PAYLOAD_FIELDS_MAX = 3
+
 
 def bad_payload(why: str) -> TxResult:
     return TxResult(CODE_BAD_PAYLOAD, why)
 
 
 def decode_payload(payload: bytes) -> tuple[Any, ...] | None:
-    """A payload's canonical msgpack array, or None when it is not one."""
+    """A payload's operation, or None when it is not one.
+
+    An operation is the canonical array of 1 to PAYLOAD_FIELDS_MAX scalars
+    whose first is the operation's name (a str); the applications check the
+    fields' types.
+    """
     try:
-        obj = decode(payload, bytes_max=TX_PAYLOAD_BYTES_MAX)
+        operation: tuple[Any, ...] = decode_with(
+            payload,
+            _read_operation,
+            encode,
+            bytes_max=TX_PAYLOAD_BYTES_MAX,
+            field_bytes_max=TX_PAYLOAD_BYTES_MAX,
+        )
     except DecodeError:
         return None
-    if not isinstance(obj, tuple) or not obj or type(obj[0]) is not str:
-        return None
-    return obj
+    return operation
+
+
+def _read_operation(r: Reader) -> tuple[Any, ...]:
+    n = r.array("payload", count_max=PAYLOAD_FIELDS_MAX)
+    if n == 0:
+        raise DecodeError("payload: empty")
+    name = r.text("payload.name", TX_PAYLOAD_BYTES_MAX)
+    return (name, *(r.scalar("payload.field") for _ in range(n - 1)))
 
 
 class AddressMemo:

@@ -168,7 +168,7 @@ class KVStore:
     ) -> tuple[TxResult, ValidatorUpdate | None]:
         obj = decode_payload(payload)
         if obj is None:
-            return bad_payload("payload is not a canonical msgpack array"), None
+            return bad_payload("payload is not a canonical array of 1 to 3 scalars"), None
         if obj[0] == "set" and len(obj) == 3:
             k, v = obj[1], obj[2]
             if type(k) is not bytes or not 1 <= len(k) <= KEY_BYTES_MAX:

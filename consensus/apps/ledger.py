@@ -352,7 +352,7 @@ class Ledger:
         changes[sender] = (balance, nonce + 1)  # a transaction with the right nonce uses it
         obj = decode_payload(tx.payload)
         if obj is None:
-            return bad_payload("payload is not a canonical msgpack array"), None
+            return bad_payload("payload is not a canonical array of 1 to 3 scalars"), None
         if obj[0] == "transfer":
             return self._transfer(obj, sender, balance, nonce, account, changes), None
         if obj[0] == "set_validator":
