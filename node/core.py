@@ -340,11 +340,13 @@ class NodeCore:
 
     def render_query(self, path: str, result: QueryResult) -> dict[str, Any]:
         out: dict[str, Any] = {"path": path, "height": result.height, "value": result.value.hex()}
+        if path != "account":
+            return out  # other values are the application's (or a client's) bytes: shown as hex
         try:
             value = decode(result.value)
         except DecodeError:
             return out
-        if path == "account" and isinstance(value, tuple) and len(value) == 2:
+        if isinstance(value, tuple) and len(value) == 2:
             out.update(balance=value[0], nonce=value[1])
         return out
 

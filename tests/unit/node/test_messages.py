@@ -80,3 +80,34 @@ def test_mutated_messages_raise_only_decode_error(msg: Message, data: st.DataObj
     except DecodeError:
         return
     assert encode_message(decoded) == bytes(raw)
+
+
+def test_stored_bytes_make_the_same_decided_and_sync_block_messages() -> None:
+    """A served block is its stored bytes behind a fixed prefix: byte for byte the message
+    `encode_message` makes, so a node never decodes or re-encodes what it serves; and a
+    proposal's and a vote's message is byte for byte their WAL record."""
+    from consensus.events import ProposalReceived, VoteReceived, encode_event
+    from consensus.types import Block, Commit, CommitSig, Header, Proposal
+    from node.messages import (
+        TAG_DECIDED,
+        TAG_SYNC_BLOCK,
+        DecidedMsg,
+        ProposalMsg,
+        SyncBlockMsg,
+        stored_block_message,
+    )
+
+    h32 = b"\x02" * 32
+    header = Header("c", 1, 5, b"", b"", h32, h32, h32, h32, h32, h32, b"\x03" * 20)
+    block = Block(header, (b"tx",), None, ())
+    commit = Commit(1, 0, block.hash, (CommitSig(0, b"\x04" * 64),))
+    for tag, msg in (
+        (TAG_DECIDED, DecidedMsg(block, commit)),
+        (TAG_SYNC_BLOCK, SyncBlockMsg(block, commit)),
+    ):
+        assert stored_block_message(tag, block.encode(), commit.encode()) == encode_message(msg)
+    proposal = Proposal.create(KEY, "c", 1, 0, -1, block.hash)
+    assert encode_message(ProposalMsg(proposal, block)) == encode_event(
+        ProposalReceived(proposal, block)
+    )
+    assert encode_message(VoteMsg(VOTE)) == encode_event(VoteReceived(VOTE))
