@@ -148,6 +148,10 @@ class Application(Protocol):
 
     def query(self, path: str, data: bytes) -> QueryResult: ...
 
+    def members(self) -> frozenset[bytes]:
+        """The node ids allowed to connect, as committed (empty: anyone may connect)."""
+        ...
+
 
 def chain_app_hash(prev_app_hash: bytes, writes: Sequence[tuple[bytes, bytes | None]]) -> bytes:
     """SHA-256(prev_app_hash || SHA-256(canonical encoding of the sorted writes)).

@@ -63,6 +63,9 @@ BLOCK_BYTES_MAX = 16 * 1024 * 1024
 BLOCK_TXS_MAX = 200_000
 BLOCK_EVIDENCE_MAX = 100
 VALIDATORS_MAX = 1_000
+# Node ids in a permissioned network's member list (genesis `members`, changed by
+# the application's set_member transactions): one per member organisation's node.
+MEMBERS_MAX = 1_000
 VOTING_POWER_MAX = 2**60 // VALIDATORS_MAX  # so a set's total fits in 2**60
 APP_HASH_BYTES_MAX = 64
 ROUND_MAX = 2**31 - 1
@@ -734,13 +737,15 @@ class Genesis:
     app: str
     app_state: dict[str, Any]
     params: ConsensusParams = ConsensusParams()
+    # Node ids (20 bytes each) allowed to connect; empty: anyone may connect.
+    members: tuple[bytes, ...] = ()
 
     @property
     def validator_set(self) -> ValidatorSet:
         return ValidatorSet.of(Validator(v.public_key, v.power) for v in self.validators)
 
     def to_json_obj(self) -> dict[str, Any]:
-        return {
+        obj = {
             "chain_id": self.chain_id,
             "genesis_time_ms": self.genesis_time_ms,
             "app": self.app,
@@ -756,6 +761,9 @@ class Genesis:
             ],
             "app_state": self.app_state,
         }
+        if self.members:  # absent when empty, so an open chain's genesis hash is unchanged
+            obj["members"] = [m.hex() for m in self.members]
+        return obj
 
     def to_json(self) -> str:
         return json.dumps(self.to_json_obj(), indent=2) + "\n"
@@ -784,6 +792,7 @@ class Genesis:
             "consensus_params",
             "validators",
             "app_state",
+            "members",
         }
         unknown = set(obj) - known
         if unknown:
@@ -816,7 +825,8 @@ class Genesis:
                 raise GenesisError(f"{where}.power: expected 1..{VOTING_POWER_MAX}")
             validators.append(GenesisValidator(name, pk, power))
         app_state = _gfield(obj, "app_state", dict)
-        genesis = cls(chain_id, time_ms, tuple(validators), app, app_state, params)
+        members = _members_from(obj.get("members", []))
+        genesis = cls(chain_id, time_ms, tuple(validators), app, app_state, params, members)
         try:
             genesis.validator_set  # noqa: B018  (checks count and duplicates)
         except DecodeError as e:
@@ -832,6 +842,24 @@ def _gfield(obj: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise GenesisError(f"{name}: expected {kind.__name__}")
     return value
+
+
+def _members_from(obj: Any) -> tuple[bytes, ...]:
+    """Genesis `members`: distinct node ids, 40 lowercase hex characters each."""
+    if not isinstance(obj, list) or len(obj) > MEMBERS_MAX:
+        raise GenesisError(f"members: expected a list of at most {MEMBERS_MAX} node ids")
+    members: list[bytes] = []
+    for i, text in enumerate(obj):
+        if (
+            not isinstance(text, str)
+            or len(text) != 2 * ADDRESS_BYTES
+            or any(c not in "0123456789abcdef" for c in text)
+        ):
+            raise GenesisError(f"members[{i}]: expected a node id (40 lowercase hex characters)")
+        members.append(bytes.fromhex(text))
+    if len(set(members)) != len(members):
+        raise GenesisError("members: a node id is listed twice")
+    return tuple(members)
 
 
 def _params_from(obj: Any) -> ConsensusParams:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from consensus.apps.ledger import transfer_tx
+from consensus.apps.ledger import member_tx, transfer_tx
 from node.config import load_config
 from node.keys import KeyFileError, load_key
 
@@ -77,6 +77,22 @@ def add_commands(sub: Any, add_parser_kwargs: dict[str, Any] | None = None) -> N
     transfer.add_argument("--no-wait", action="store_true", help="return once admitted")
     transfer.set_defaults(handler=_cmd_transfer)
 
+    member = tx_sub.add_parser(
+        "member",
+        help="admit a node id to the network, or remove it (set_member)",
+        description="Sign a set_member transaction with --key (on a ledger chain, the genesis "
+        "admin's key: node0's validator_key.json in a testnet) and submit it to --node. The "
+        "change is in force once its block commits: a removed node is disconnected and "
+        "refused from then on.",
+    )
+    member.add_argument("node_id", help="the node id (40 hex characters; `keys show`)")
+    member.add_argument("--remove", action="store_true", help="remove it instead of admitting it")
+    member.add_argument("--key", required=True, type=Path, help="the signer's key file")
+    member.add_argument("--nonce", type=int, help="nonce (default: the account's next nonce)")
+    member.add_argument("--node", default=DEFAULT_NODE, help=f"node API URL ({DEFAULT_NODE})")
+    member.add_argument("--no-wait", action="store_true", help="return once admitted")
+    member.set_defaults(handler=_cmd_member)
+
     status = sub.add_parser(
         "status",
         help="show a running node's status",
@@ -121,6 +137,29 @@ def _cmd_transfer(ns: argparse.Namespace) -> int:
             account = request(ns.node, "GET", f"/account/{key.address.hex()}")
             nonce = account["nonce"]
         tx = transfer_tx(key, status["chain_id"], nonce, to, ns.amount)
+        wait = "check" if ns.no_wait else "commit"
+        body = request(ns.node, "POST", f"/tx?wait={wait}", json={"tx": tx.encode().hex()})
+    except (ClientError, KeyFileError) as e:
+        return _fail(str(e), EXIT_FAILURE)
+    _print(body)
+    result = body.get("result") or body.get("check") or {}
+    return EXIT_OK if result.get("code", 0) == 0 and "error" not in body else EXIT_FAILURE
+
+
+def _cmd_member(ns: argparse.Namespace) -> int:
+    try:
+        node_id = bytes.fromhex(ns.node_id)
+    except ValueError:
+        node_id = b""
+    if len(node_id) != 20:
+        return _fail("node_id must be 40 hex characters", EXIT_USAGE)
+    try:
+        key = load_key(ns.key)
+        status = request(ns.node, "GET", "/status")
+        nonce = ns.nonce
+        if nonce is None:
+            nonce = request(ns.node, "GET", f"/account/{key.address.hex()}")["nonce"]
+        tx = member_tx(key, status["chain_id"], nonce, node_id, not ns.remove)
         wait = "check" if ns.no_wait else "commit"
         body = request(ns.node, "POST", f"/tx?wait={wait}", json={"tx": tx.encode().hex()})
     except (ClientError, KeyFileError) as e:

@@ -215,6 +215,34 @@ def _peers() -> _Kind:
     )
 
 
+def _node_ids() -> _Kind:
+    def parse(v: Any) -> tuple[str, ...]:
+        if not isinstance(v, list) or len(v) > PERSISTENT_PEERS_MAX:
+            raise ValueError
+        ids = tuple(
+            p
+            if isinstance(p, str)
+            and len(p) == 40
+            and all(c in "0123456789abcdef" for c in p)
+            else _raise()
+            for p in v
+        )
+        if len(set(ids)) != len(ids):
+            raise ValueError
+        return ids
+
+    def render(v: tuple[str, ...]) -> str:
+        if not v:
+            return "[]"
+        return "[\n" + "".join(f"    {_toml_str(p)},\n" for p in v) + "]"
+
+    return _Kind(
+        f"a list of up to {PERSISTENT_PEERS_MAX} distinct node ids (40 lowercase hex characters)",
+        parse,
+        render,
+    )
+
+
 def _raise() -> Any:
     raise ValueError
 
@@ -250,6 +278,15 @@ class P2PConfig:
         default=(),
         metadata=_meta(
             _peers(), "Peers this node always keeps a connection to, redialled with backoff."
+        ),
+    )
+    allowed_peers: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            _node_ids(),
+            "Node ids this node accepts besides the chain's members (genesis `members`, "
+            "changed by set_member transactions). When this list or the chain's member list "
+            "is not empty, any other node id is refused right after the handshake.",
         ),
     )
     inbound_peers_max: int = field(

@@ -140,6 +140,24 @@ class NodeCore:
             listen=(p2p.listen.host, p2p.listen.port),
             persistent_peers=peers,
             config=net_config,
+            admit=self._admit,
+            on_refused=self._on_refused,
+        )
+
+    def _admit(self, node_id: str) -> bool:
+        """Membership: with a member list (the chain's or [p2p] allowed_peers), only those."""
+        members: frozenset[bytes] = self.chain.app.members()
+        allowed = self.config.p2p.allowed_peers
+        if not members and not allowed:
+            return True  # an open network
+        return node_id in allowed or bytes.fromhex(node_id) in members
+
+    def _on_refused(self, node_id: str, reason: str) -> None:
+        log.warning(
+            "peer refused: its node id is not a member of this network "
+            "(genesis members, set_member transactions, [p2p] allowed_peers)",
+            peer=node_id,
+            reason=reason,
         )
 
     def close(self) -> None:
@@ -179,9 +197,13 @@ class NodeCore:
             applied = await trio.to_thread.run_sync(chain.persist, block, commit)
             # From here to the mempool update nothing awaits: admissions never
             # see the application between its commit and the recheck.
+            members = chain.app.members()
             chain.finish(applied)
             dropped = self.mempool.update(applied.tx_ids)
         self.metrics.store_commit_time.observe(trio.current_time() - started)
+        if chain.app.members() != members:
+            closed = self.net.enforce_admission()
+            log.info("member list changed", members=len(chain.app.members()), closed=closed)
         committed = applied.committed
         self.hub.publish(committed)
         self._resolve_waiters(committed, applied.tx_ids)

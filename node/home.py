@@ -160,6 +160,8 @@ def create_testnet(
 
     Node i listens on hosts[i] (127.0.0.1 by default) at base_port + 10*i
     (p2p), +1 (rpc), +2 (metrics); its persistent_peers are all other nodes.
+    The genesis lists the nodes' ids as the network's members, so no other
+    node id gets in until the admin (node0's validator key) adds it.
     Funded client keys go to `output/accounts/account{k}.json`.
     """
     check_chain_id(chain_id)
@@ -197,6 +199,9 @@ def create_testnet(
         accounts={k.address.hex(): ACCOUNT_BALANCE for k in account_keys},
         admin=validator_keys[0].address.hex(),
         genesis_time_ms=genesis_time_ms,
+        # A testnet is permissioned: its nodes are the members; others are refused
+        # until the admin (node0's validator key) adds them with set_member.
+        members=tuple(k.address for k in node_keys),
     )
     peers = [Peer(node_id(k), addr) for k, addr in zip(node_keys, listens, strict=True)]
     homes = []
@@ -357,6 +362,7 @@ def _genesis(
     accounts: dict[str, int],
     admin: str,
     genesis_time_ms: int | None,
+    members: tuple[bytes, ...] = (),
 ) -> Genesis:
     app_state: dict[str, Any] = {"accounts": accounts, "admin": admin} if app == "ledger" else {}
     return Genesis(
@@ -367,6 +373,7 @@ def _genesis(
         ),
         app=app,
         app_state=app_state,
+        members=members,
     )
 
 

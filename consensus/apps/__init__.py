@@ -13,9 +13,10 @@ from typing import Any
 from consensus.app import TxResult, ValidatorUpdate
 from consensus.codec import DecodeError, Reader, decode, decode_with, encode
 from consensus.crypto import ADDRESS_BYTES, PUBLIC_KEY_BYTES, address_of
-from consensus.types import TX_PAYLOAD_BYTES_MAX, VALIDATORS_MAX, VOTING_POWER_MAX
+from consensus.types import MEMBERS_MAX, TX_PAYLOAD_BYTES_MAX, VALIDATORS_MAX, VOTING_POWER_MAX
 
 __all__ = [
+    "CODE_BAD_MEMBER_UPDATE",
     "CODE_BAD_NONCE",
     "CODE_BAD_PAYLOAD",
     "CODE_BAD_VALIDATOR_UPDATE",
@@ -24,6 +25,7 @@ __all__ = [
     "CODE_UNAUTHORIZED",
     "AddressMemo",
     "app_class",
+    "apply_member_update",
     "apply_validator_update",
 ]
 
@@ -34,6 +36,7 @@ CODE_INSUFFICIENT_FUNDS = 3
 CODE_UNAUTHORIZED = 4
 CODE_BAD_VALIDATOR_UPDATE = 5
 CODE_BUSY = 6  # the mempool's view is full; retry after the next commit
+CODE_BAD_MEMBER_UPDATE = 7
 
 # One block may change the validator set this often; more would let one block
 # swap the whole set at once. Later updates in the block fail with a code.
@@ -44,6 +47,10 @@ VALIDATOR_UPDATES_PER_BLOCK_MAX = 100
 CHECK_VIEW_ENTRIES_MAX = 1_000_000
 
 KEY_VALIDATOR = b"v"  # + 32-byte public key -> canonical power
+KEY_MEMBER = b"p"  # + 20-byte node id -> b"" (a node allowed to connect)
+
+# One block may change the member list this often (as validator updates).
+MEMBER_UPDATES_PER_BLOCK_MAX = 100
 
 # An operation is [name, field, field]: every operation of both apps has at
 # most two fields, so a longer or nested payload is refused while decoding.
@@ -140,6 +147,45 @@ def apply_validator_update(
         return TxResult(CODE_BAD_VALIDATOR_UPDATE, "validator set is full")
     changed[public_key] = power
     return ValidatorUpdate(public_key, power)
+
+
+def apply_member_update(
+    members: frozenset[bytes], changed: dict[bytes, bool], node_id: Any, present: Any
+) -> TxResult | None:
+    """Check one ["set_member", node_id, present] against the list as changed in this block.
+
+    Records it into `changed` and returns None, or returns the failed result.
+    The list never becomes empty by a removal: an empty list opens the
+    network to anyone, which must be a new chain's decision, not an accident.
+    """
+    if type(node_id) is not bytes or len(node_id) != ADDRESS_BYTES:
+        return TxResult(CODE_BAD_MEMBER_UPDATE, "node id must be 20 bytes")
+    if type(present) is not bool:
+        return TxResult(CODE_BAD_MEMBER_UPDATE, "present must be true or false")
+    if len(changed) >= MEMBER_UPDATES_PER_BLOCK_MAX:
+        return TxResult(CODE_BAD_MEMBER_UPDATE, "too many member updates in this block")
+    current = changed.get(node_id, node_id in members)
+    if present == current:
+        return TxResult(CODE_BAD_MEMBER_UPDATE, "already a member" if present else "not a member")
+    count = len(members) + sum((1 if p else -1) for m, p in changed.items() if p != (m in members))
+    if present and count >= MEMBERS_MAX:
+        return TxResult(CODE_BAD_MEMBER_UPDATE, "member list is full")
+    if not present and count <= 1:
+        return TxResult(CODE_BAD_MEMBER_UPDATE, "cannot remove the last member")
+    changed[node_id] = present
+    return None
+
+
+def member_writes(changed: dict[bytes, bool]) -> list[tuple[bytes, bytes | None]]:
+    return [(KEY_MEMBER + m, b"" if present else None) for m, present in changed.items()]
+
+
+def commit_member_write(key: bytes, value: bytes | None, members: set[bytes]) -> None:
+    assert len(key) == 1 + ADDRESS_BYTES
+    if value is None:
+        members.discard(key[1:])
+    else:
+        members.add(key[1:])
 
 
 def validator_writes(changed: dict[bytes, int]) -> list[tuple[bytes, bytes | None]]:

@@ -24,12 +24,16 @@ from consensus.apps import (
     CODE_BAD_NONCE,
     CODE_BAD_PAYLOAD,
     CODE_BUSY,
+    KEY_MEMBER,
     KEY_VALIDATOR,
     AddressMemo,
+    apply_member_update,
     apply_validator_update,
     bad_payload,
+    commit_member_write,
     decode_payload,
     load_validator,
+    member_writes,
     validator_writes,
 )
 from consensus.codec import decode, encode
@@ -53,7 +57,8 @@ def set_tx(key: PrivateKey, chain_id: str, nonce: int, k: bytes, v: bytes) -> Tr
 
 
 class KVStore:
-    """Keys to values; "val" transactions from any signer change the validator set."""
+    """Keys to values; "val" and "set_member" transactions from any signer change the
+    validator set and the member list."""
 
     name = "kvstore"
 
@@ -64,10 +69,12 @@ class KVStore:
         validators: dict[bytes, int],
         app_hash: bytes,
         height: int,
+        members: set[bytes] | None = None,
     ) -> None:
         self._data = data
         self._nonces = nonces  # address -> next nonce
         self._validators = validators
+        self._members = members if members is not None else set()
         self._app_hash = app_hash
         self._height = height
         self._check: dict[bytes, int] = {}  # the mempool's view of next nonces
@@ -78,13 +85,15 @@ class KVStore:
         if genesis.app_state:
             raise ValueError("app_state: kvstore takes no initial state ({})")
         validators = {v.public_key: v.power for v in genesis.validators}
-        return cls({}, {}, validators, genesis_app_hash(genesis.chain_id, cls.name), 0)
+        app_hash = genesis_app_hash(genesis.chain_id, cls.name)
+        return cls({}, {}, validators, app_hash, 0, set(genesis.members))
 
     @classmethod
     def load(cls, items: Iterable[tuple[bytes, bytes]], app_hash: bytes, height: int) -> Self:
         data: dict[bytes, bytes] = {}
         nonces: dict[bytes, int] = {}
         validators: dict[bytes, int] = {}
+        members: set[bytes] = set()
         for key, value in items:
             if key[:1] == KEY_DATA:
                 data[key[1:]] = value
@@ -92,7 +101,9 @@ class KVStore:
                 nonces[key[1:]] = decode(value)
             elif key[:1] == KEY_VALIDATOR:
                 load_validator(key, value, validators)
-        return cls(data, nonces, validators, app_hash, height)
+            elif key[:1] == KEY_MEMBER:
+                commit_member_write(key, value, members)
+        return cls(data, nonces, validators, app_hash, height, members)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for k, v in self._data.items():
@@ -101,6 +112,11 @@ class KVStore:
             yield KEY_NONCE + address, encode(nonce)
         for pk, power in self._validators.items():
             yield KEY_VALIDATOR + pk, encode(power)
+        for member in self._members:
+            yield KEY_MEMBER + member, b""
+
+    def members(self) -> frozenset[bytes]:
+        return frozenset(self._members)
 
     @property
     def app_hash(self) -> bytes:
@@ -117,7 +133,7 @@ class KVStore:
         nonce = self._check.get(sender, self._nonces.get(sender, 0))
         if tx.nonce != nonce:
             return _NONCE_FAIL
-        result, _ = self._apply(tx.payload, {}, {}, 0)
+        result, _ = self._apply(tx.payload, {}, {}, {}, 0)
         if result.ok:
             self._check[sender] = nonce + 1
         return result
@@ -131,6 +147,7 @@ class KVStore:
         data_changed: dict[bytes, bytes] = {}
         nonces_changed: dict[bytes, int] = {}
         validators_changed: dict[bytes, int] = {}
+        members_changed: dict[bytes, bool] = {}
         updates: list[ValidatorUpdate] = []
         results: list[TxResult] = []
         for tx in txs:
@@ -140,7 +157,9 @@ class KVStore:
                 results.append(_NONCE_FAIL)
                 continue
             nonces_changed[sender] = nonce + 1
-            result, update = self._apply(tx.payload, data_changed, validators_changed, len(updates))
+            result, update = self._apply(
+                tx.payload, data_changed, validators_changed, members_changed, len(updates)
+            )
             if update is not None:
                 updates.append(update)
             results.append(result)
@@ -149,6 +168,7 @@ class KVStore:
         ]
         writes += [(KEY_NONCE + a, encode(n)) for a, n in nonces_changed.items()]
         writes += validator_writes(validators_changed)
+        writes += member_writes(members_changed)
         writes.sort()
         return BlockExecution(
             height=header.height,
@@ -164,6 +184,7 @@ class KVStore:
         payload: bytes,
         data_changed: dict[bytes, bytes],
         validators_changed: dict[bytes, int],
+        members_changed: dict[bytes, bool],
         update_count: int,
     ) -> tuple[TxResult, ValidatorUpdate | None]:
         obj = decode_payload(payload)
@@ -184,13 +205,19 @@ class KVStore:
             if isinstance(outcome, TxResult):
                 return outcome, None
             return TX_OK, outcome
-        return bad_payload('expected ["set", key, value] or ["val", public_key, power]'), None
+        if obj[0] == "set_member" and len(obj) == 3:
+            refused = apply_member_update(frozenset(self._members), members_changed, obj[1], obj[2])
+            return (TX_OK if refused is None else refused), None
+        return bad_payload(
+            'expected ["set", key, value], ["val", public_key, power] or '
+            '["set_member", node_id, present]'
+        ), None
 
     def commit(self, execution: BlockExecution) -> bytes:
         assert execution.base_app_hash == self._app_hash, "execution is for another state"
         assert execution.height == self._height + 1, "execution is for another height"
         for key, value in execution.writes:
-            assert value is not None or key[:1] == KEY_VALIDATOR
+            assert value is not None or key[:1] in (KEY_VALIDATOR, KEY_MEMBER)
             if key[:1] == KEY_DATA and value is not None:
                 self._data[key[1:]] = value
             elif key[:1] == KEY_NONCE and value is not None:
@@ -200,6 +227,8 @@ class KVStore:
                     del self._validators[key[1:]]
                 else:
                     load_validator(key, value, self._validators)
+            elif key[:1] == KEY_MEMBER:
+                commit_member_write(key, value, self._members)
         self._app_hash = execution.app_hash
         self._height = execution.height
         self._check.clear()

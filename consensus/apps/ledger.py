@@ -30,12 +30,16 @@ from consensus.apps import (
     CODE_BUSY,
     CODE_INSUFFICIENT_FUNDS,
     CODE_UNAUTHORIZED,
+    KEY_MEMBER,
     KEY_VALIDATOR,
     AddressMemo,
+    apply_member_update,
     apply_validator_update,
     bad_payload,
+    commit_member_write,
     decode_payload,
     load_validator,
+    member_writes,
     parse_address,
     validator_writes,
 )
@@ -49,7 +53,14 @@ from consensus.types import (
     ValidatorSet,
 )
 
-__all__ = ["BALANCE_MAX", "Ledger", "transfer_payload", "transfer_tx", "validator_tx"]
+__all__ = [
+    "BALANCE_MAX",
+    "Ledger",
+    "member_tx",
+    "transfer_payload",
+    "transfer_tx",
+    "validator_tx",
+]
 
 BALANCE_MAX = 2**63 - 1  # every balance and amount fits a msgpack int64
 KEY_ACCOUNT = b"a"  # + 20-byte address -> canonical [balance, nonce]
@@ -74,6 +85,7 @@ _NONCE_FAIL = TxResult(CODE_BAD_NONCE, "nonce is not the sender's next nonce")
 _FUNDS_FAIL = TxResult(CODE_INSUFFICIENT_FUNDS, "amount exceeds balance")
 _AMOUNT_FAIL = TxResult(CODE_BAD_PAYLOAD, "amount must be in 1..2**63-1")
 _ADMIN_FAIL = TxResult(CODE_UNAUTHORIZED, "only the genesis admin may set validators")
+_ADMIN_MEMBER_FAIL = TxResult(CODE_UNAUTHORIZED, "only the genesis admin may set members")
 _BUSY = TxResult(CODE_BUSY, "mempool view full")
 
 
@@ -94,6 +106,17 @@ def validator_tx(
 ) -> Transaction:
     """A signed ["set_validator", public_key, power] from the genesis admin (0 removes)."""
     return Transaction.create(admin, chain_id, nonce, encode(["set_validator", public_key, power]))
+
+
+def member_tx(
+    admin: PrivateKey, chain_id: str, nonce: int, node_id: bytes, present: bool
+) -> Transaction:
+    """A signed ["set_member", node_id, present]: admit (True) or remove (False) a node id.
+
+    The genesis admin's on `ledger`; any signer's on `kvstore`, which takes the
+    same payload. In force once the block that carries it is committed.
+    """
+    return Transaction.create(admin, chain_id, nonce, encode(["set_member", node_id, present]))
 
 
 def _transfer_amount(payload: bytes) -> int:
@@ -130,9 +153,11 @@ class Ledger:
         admin: bytes | None,
         app_hash: bytes,
         height: int,
+        members: set[bytes] | None = None,
     ) -> None:
         self._accounts = accounts  # committed: address -> (balance, nonce)
         self._validators = validators  # committed: public key -> power
+        self._members = members if members is not None else set()  # committed node ids
         # Hashes of evidence already acted on: one entry per conviction, which the
         # validators' own misbehaviour bounds (each conviction removes one).
         self._convicted: set[bytes] = set()
@@ -172,6 +197,7 @@ class Ledger:
             admin_address,
             genesis_app_hash(genesis.chain_id, cls.name),
             0,
+            set(genesis.members),
         )
 
     @classmethod
@@ -180,6 +206,7 @@ class Ledger:
         accounts: dict[bytes, tuple[int, int]] = {}
         validators: dict[bytes, int] = {}
         convicted: set[bytes] = set()
+        members: set[bytes] = set()
         admin = None
         for key, value in items:
             if key[:1] == KEY_ACCOUNT:
@@ -191,7 +218,9 @@ class Ledger:
                 admin = value
             elif key[:1] == KEY_CONVICTED:
                 convicted.add(key[1:])
-        app = cls(accounts, validators, admin, app_hash, height)
+            elif key[:1] == KEY_MEMBER:
+                commit_member_write(key, value, members)
+        app = cls(accounts, validators, admin, app_hash, height, members)
         app._convicted = convicted
         return app
 
@@ -205,6 +234,11 @@ class Ledger:
             yield KEY_ADMIN, self._admin
         for evidence_hash in self._convicted:
             yield KEY_CONVICTED + evidence_hash, b""
+        for member in self._members:
+            yield KEY_MEMBER + member, b""
+
+    def members(self) -> frozenset[bytes]:
+        return frozenset(self._members)
 
     @property
     def app_hash(self) -> bytes:
@@ -227,7 +261,7 @@ class Ledger:
             return _BUSY
         changed = self._check
         changes: dict[bytes, tuple[int, int]] = {}
-        result, _ = self._apply(tx, self._addresses.get(tx.sender), changed, changes, {}, 0)
+        result, _ = self._apply(tx, self._addresses.get(tx.sender), changed, changes, {}, {}, 0)
         if result.ok:
             changed.update(changes)
         return result
@@ -249,6 +283,7 @@ class Ledger:
         accounts = self._accounts
         changed: dict[bytes, tuple[int, int]] = {}
         validators_changed: dict[bytes, int] = {}
+        members_changed: dict[bytes, bool] = {}
         updates: list[ValidatorUpdate] = []
         convicted: list[bytes] = []
         for ev in evidence:
@@ -273,7 +308,13 @@ class Ledger:
                 amount = self._amount_slowly(payload)
                 if amount <= 0:  # not the fast path's shape: the general rules decide
                     result, update = self._apply(
-                        tx, sender, changed, changed, validators_changed, len(updates)
+                        tx,
+                        sender,
+                        changed,
+                        changed,
+                        validators_changed,
+                        members_changed,
+                        len(updates),
                     )
                     if update is not None:
                         updates.append(update)
@@ -300,6 +341,7 @@ class Ledger:
             (KEY_ACCOUNT + a, _pack_account([b, n])) for a, (b, n) in changed.items()
         ]
         writes += validator_writes(validators_changed)
+        writes += member_writes(members_changed)
         writes += [(KEY_CONVICTED + key, b"") for key in convicted]
         writes.sort()
         return BlockExecution(
@@ -338,6 +380,7 @@ class Ledger:
         view: dict[bytes, tuple[int, int]],
         changes: dict[bytes, tuple[int, int]],
         validators_changed: dict[bytes, int],
+        members_changed: dict[bytes, bool],
         update_count: int,
     ) -> tuple[TxResult, ValidatorUpdate | None]:
         """The general rules for one transaction, reading `view` over committed state."""
@@ -366,6 +409,13 @@ class Ledger:
             if isinstance(outcome, TxResult):
                 return outcome, None
             return _OK, outcome
+        if obj[0] == "set_member":
+            if sender != self._admin:
+                return _ADMIN_MEMBER_FAIL, None
+            if len(obj) != 3:
+                return bad_payload('expected ["set_member", node_id, present]'), None
+            refused = apply_member_update(frozenset(self._members), members_changed, obj[1], obj[2])
+            return (_OK if refused is None else refused), None
         return bad_payload(f"unknown operation {obj[0][:32]!r}"), None
 
     @staticmethod
@@ -407,6 +457,8 @@ class Ledger:
                     load_validator(key, value, self._validators)
             elif key[:1] == KEY_CONVICTED:
                 self._convicted.add(key[1:])
+            elif key[:1] == KEY_MEMBER:
+                commit_member_write(key, value, self._members)
         self._app_hash = execution.app_hash
         self._height = execution.height
         self._check.clear()
@@ -424,4 +476,6 @@ class Ledger:
         if path == "validators":
             value = encode(sorted([pk, p] for pk, p in self._validators.items()))
             return QueryResult(0, value, height=self._height)
+        if path == "members":
+            return QueryResult(0, encode(sorted(self._members)), height=self._height)
         return QueryResult(CODE_BAD_PAYLOAD, log=f"unknown path {path[:32]!r}")

@@ -244,7 +244,10 @@ def create_testnet(
 
 
 def add_full_node(net: Testnet, *, name: str, base_port: int) -> NodeProcess:
-    """A non-validator: `archipelago init`, the testnet's genesis, its validators as peers."""
+    """A non-validator: `archipelago init`, the testnet's genesis, its validators as peers.
+
+    Not a member of the network yet: see `admit_member`.
+    """
     home = net.root / name
     result = run_cli("init", "--home", home, "--chain-id", net.chain_id, "--moniker", name)
     assert result.returncode == 0, result.stderr
@@ -272,6 +275,19 @@ def add_full_node(net: Testnet, *, name: str, base_port: int) -> NodeProcess:
     node = NodeProcess(home)
     net.nodes.append(node)
     return node
+
+
+def admit_member(net: Testnet, node: NodeProcess, *, remove: bool = False) -> None:
+    """`archipelago tx member` by the testnet's admin (node0's validator key), committed.
+
+    A testnet is permissioned: a node made after it (`add_full_node`) is refused
+    by the others until the admin adds its node id.
+    """
+    admin = net.validators[0]
+    args: list[str | Path] = ["tx", "member", node.node_id, "--key"]
+    args += [admin.home / "validator_key.json", "--node", admin.rpc]
+    result = run_cli(*args, *(["--remove"] if remove else []))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @asynccontextmanager

@@ -167,6 +167,7 @@ async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_
         )
         assert twin.validator_key.address == original.validator_key.address
         assert twin.node_id != original.node_id
+        await trio.to_thread.run_sync(nodes.admit_member, net, twin)
         await twin.start()
 
         status = await nodes.wait_for(

@@ -223,6 +223,7 @@ async def test_a_new_full_node_syncs_the_whole_chain_from_genesis_then_follows(
         full = await trio.to_thread.run_sync(
             lambda: nodes.add_full_node(net, name="full", base_port=28070)
         )
+        await trio.to_thread.run_sync(nodes.admit_member, net, full)
         await full.start()
         target = max((await api.wait_height(net.validators, 30, HEIGHT_TIMEOUT_S)).values())
         synced = await nodes.wait_for(

@@ -1,0 +1,121 @@
+"""Permissioned membership on a live network: only member node ids get in (issue 11, item 7).
+
+A testnet's genesis lists its nodes' ids as the network's members. A node id
+that is not a member completes the handshake (it proves its key) and is then
+refused, with one log line per node id, and holds no connection; the admin
+adds a node with a set_member transaction (`archipelago tx member`), after
+which it connects and syncs; removed again, it is disconnected and refused.
+
+Ports: 29300..29349.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import trio
+
+from consensus.crypto import PrivateKey
+from network import Network, NetworkConfig, PeerAddress, node_id_of
+from node.config import load_config
+
+
+def _load_nodes() -> ModuleType:
+    name = "archipelago_itest_nodes"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+nodes = _load_nodes()
+
+TIMEOUT_S = 90
+REFUSED_EVENT = (
+    "peer refused: its node id is not a member of this network "
+    "(genesis members, set_member transactions, [p2p] allowed_peers)"
+)
+
+
+def _refusals(node: Any, peer: str) -> list[dict[str, Any]]:
+    return [
+        e for e in node.log_events() if e.get("event") == REFUSED_EVENT and e.get("peer") == peer
+    ]
+
+
+async def _peer_ids(api: Any, node: Any) -> set[str]:
+    return {p["node_id"] for p in (await api.get(node, "/net_info"))["peers"]}
+
+
+async def test_only_members_get_in_and_the_admin_changes_who(tmp_path: Path) -> None:
+    """Fresh keys dialling every validator are refused after the handshake and logged once
+    each; a full node is refused until the admin's set_member commits, then syncs; removed,
+    it is dropped and the validators keep committing among themselves."""
+    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=29300, accounts=1)
+    async with nodes.running(net), nodes.open_api() as api:
+        await api.wait_height(net.validators, 2, TIMEOUT_S)
+        strangers = [PrivateKey.generate() for _ in range(3)]
+        addresses = [
+            PeerAddress(v.node_id, "127.0.0.1", load_config(v.config_path).p2p.listen.port)
+            for v in net.validators
+        ]
+        async with trio.open_nursery() as nursery:
+            for key in strangers:
+                stranger = Network(
+                    identity=key,
+                    chain_id=net.chain_id,
+                    listen=("127.0.0.1", 0),
+                    persistent_peers=addresses,
+                    config=NetworkConfig(),
+                )
+                await nursery.start(stranger.run)
+            ids = [node_id_of(k.public_key) for k in strangers]
+            for v in net.validators:
+                for stranger_id in ids:
+                    await nodes.wait_for(
+                        lambda v=v, s=stranger_id: trio.to_thread.run_sync(_refusals, v, s),
+                        bool,
+                        TIMEOUT_S,
+                        f"{v.name} to refuse {stranger_id[:12]}",
+                    )
+            nursery.cancel_scope.cancel()
+        for v in net.validators:
+            assert not (await _peer_ids(api, v)) & set(ids)
+            for stranger_id in ids:
+                assert len(_refusals(v, stranger_id)) == 1  # one line, however often it dials
+
+        full = await trio.to_thread.run_sync(
+            lambda: nodes.add_full_node(net, name="full", base_port=29340)
+        )
+        await full.start()
+        await nodes.wait_for(
+            lambda: trio.to_thread.run_sync(_refusals, net.validators[0], full.node_id),
+            bool,
+            TIMEOUT_S,
+            "the validators to refuse the full node",
+        )
+        await trio.to_thread.run_sync(nodes.admit_member, net, full)
+        top = max((await api.wait_height(net.validators, 1, TIMEOUT_S)).values())
+        await nodes.wait_for(
+            lambda: api.try_get(full, "/status"),
+            lambda s: s is not None and s["latest_height"] >= top,
+            TIMEOUT_S,
+            f"the admitted full node synced to {top}",
+        )
+        await trio.to_thread.run_sync(lambda: nodes.admit_member(net, full, remove=True))
+        for v in net.validators:
+            await nodes.wait_for(
+                lambda v=v: _peer_ids(api, v),
+                lambda peers: full.node_id not in peers,
+                TIMEOUT_S,
+                f"{v.name} to drop the removed member",
+            )
+        before = max((await api.wait_height(net.validators, 1, TIMEOUT_S)).values())
+        await api.wait_height(net.validators, before + 3, TIMEOUT_S)
