@@ -4,14 +4,22 @@ Clients are untrusted: every handler validates its input and answers a bad
 request with a 4xx and a JSON body `{"error": "..."}`; the handlers only read
 the store or hand a transaction to the mempool through `NodeCore`, so a bad
 request changes nothing. Request bodies are capped by `request_body_bytes_max`
-before they are read whole, and waiting for a commit is capped by
-`tx_wait_timeout_ms` (504 when it runs out, the transaction stays pending).
+before they are read whole (413) and must arrive within BODY_READ_TIMEOUT_S
+(408), and waiting for a commit is capped by `tx_wait_timeout_ms` (504 when it
+runs out, the transaction stays pending).
+
+The connection-level limits (connection count, header size and time, stalled
+sends, websocket client bytes) and the containment of failures are in
+node/http_edge.py: a failure in one request or connection is logged, counted
+in `archipelago_rpc_errors_total{kind}` and closes that connection only.
 
 The websocket `/stream` sends committed blocks in order; with `from_height`
 it first replays from the store, then continues live with no gap and no
 duplicate (it subscribes before reading the store and skips what it already
 sent). A client that cannot keep up is closed with code 1008 and a reason
-naming the height to resume from, instead of holding the node's memory.
+naming the height to resume from, instead of holding the node's memory; if it
+does not take what was queued and the close within STREAM_CLOSE_GRACE_S, its
+connection is cut. A client that disconnects ends its subscription at once.
 """
 
 from __future__ import annotations
@@ -21,11 +29,9 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -36,7 +42,18 @@ from consensus.types import Transaction, tx_id
 from node import __version__
 from node.chain import decode_result
 from node.core import TooManyWaiters
-from node.events import CommittedBlock, TooManySubscribers
+from node.events import CommittedBlock, Subscription, TooManySubscribers
+from node.http_edge import (
+    CONNECTION_STATE_KEY,
+    DrainBeforeAnswer,
+    EdgeLimits,
+    EdgeServer,
+    GuardedStream,
+    LoggingObserver,
+    Receive,
+    Scope,
+    Send,
+)
 from node.jsonview import block_json, commit_json, tx_json
 from node.logging import get_logger
 from node.mempool import MempoolError
@@ -44,6 +61,7 @@ from node.openapi import OPENAPI
 
 if TYPE_CHECKING:
     from node.core import NodeCore
+    from node.metrics import Metrics
 
 log = get_logger(__name__)
 
@@ -54,6 +72,14 @@ TXS_PER_REQUEST_MAX = 10_000  # a batch submission; the body size limit applies 
 WS_CLOSE_TOO_SLOW = 1008
 WS_CLOSE_BAD_REQUEST = 1003
 WS_CLOSE_OVERLOADED = 1013
+# A request body must arrive whole within this long of its headers; else 408 and close.
+BODY_READ_TIMEOUT_S = 10.0
+# Once a stream ends (the client too slow, or done), the client has this long to take what
+# is queued and the close frame; then its connection is cut.
+STREAM_CLOSE_GRACE_S = 30.0
+# How often a stream checks whether its subscription overflowed while a send is blocked.
+STREAM_OVERFLOW_CHECK_S = 1.0
+API_LIMITS = EdgeLimits()
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -107,23 +133,29 @@ class RpcServer:
                 Route("/openapi.json", self.openapi),
                 WebSocketRoute("/stream", self.stream),
             ],
-            exception_handlers={HTTPException: self._http_error, Exception: self._internal_error},
+            exception_handlers={
+                HTTPException: self._http_error,
+                ClientDisconnect: self._client_gone,
+                Exception: self._internal_error,
+            },
         )
         self.bound_port: int | None = None
         # Unfiltered renderings of the latest blocks, shared by every subscriber.
         self._rendered: OrderedDict[bytes, str] = OrderedDict()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        config = HypercornConfig()
-        config.bind = [f"{self.listen.host}:{self.listen.port}"]
-        config.accesslog = None
-        config.errorlog = None  # errors are logged by our handlers, in our log format
-        config.graceful_timeout = 1
-        config.keep_alive_timeout = 30
-        config.h11_max_incomplete_size = 16 * 1024
-        config.websocket_max_message_size = 64 * 1024
-        config.backlog = 128
-        await serve(self.app, config, task_status=task_status)  # type: ignore[arg-type]
+        listeners = await trio.open_tcp_listeners(
+            self.listen.port, host=self.listen.host, backlog=API_LIMITS.backlog
+        )
+        self.bound_port = listeners[0].socket.getsockname()[1]
+        observer = _RpcObserver(self.core.metrics)
+        server = EdgeServer(
+            DrainBeforeAnswer(_ContainHandlerErrors(self.app, observer), API_LIMITS),
+            API_LIMITS,
+            observer,
+        )
+        task_status.started()
+        await server.serve(listeners)
 
     # ------------------------------------------------------------ error mapping
 
@@ -132,8 +164,11 @@ class RpcServer:
         return _error(exc.status_code, str(exc.detail))
 
     async def _internal_error(self, request: Request, exc: Exception) -> Response:
-        log.error("rpc handler failed", path=request.url.path, error=repr(exc))
+        # Starlette re-raises after this answer; _ContainHandlerErrors logs and counts it once.
         return _error(500, "internal error")
+
+    async def _client_gone(self, request: Request, exc: Exception) -> Response:
+        return Response(status_code=400)  # nobody reads it: the client disconnected mid-body
 
     # ------------------------------------------------------------ reads
 
@@ -334,15 +369,23 @@ class RpcServer:
         return JSONResponse({"accepted": accepted, "results": results})
 
     async def _read_body(self, request: Request) -> bytearray:
+        """The whole body: 413 over `request_body_bytes_max`, 408 if not in BODY_READ_TIMEOUT_S.
+
+        Both are answered before the body is read whole; DrainBeforeAnswer
+        makes sure such an answer reaches the client.
+        """
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.body_bytes_max):
             raise HTTPException(413, f"request body over {self.body_bytes_max} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.body_bytes_max:
-                raise HTTPException(413, f"request body over {self.body_bytes_max} bytes")
-        return body
+        with trio.move_on_after(BODY_READ_TIMEOUT_S):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.body_bytes_max:
+                    raise HTTPException(413, f"request body over {self.body_bytes_max} bytes")
+            return body
+        self.core.metrics.rpc_refused.labels("body_timeout").inc()
+        raise HTTPException(408, f"request body not received within {BODY_READ_TIMEOUT_S:g} s")
 
     async def _read_tx_request(self, request: Request) -> tuple[bytes, str]:
         body = await self._read_body(request)
@@ -369,19 +412,33 @@ class RpcServer:
 
     async def stream(self, ws: WebSocket) -> None:
         """Committed blocks in order from `from_height` (default: the next one), then live."""
+        guard = ws.scope.get("state", {}).get(CONNECTION_STATE_KEY)
+        if isinstance(guard, GuardedStream):
+            guard.stream_mode()  # the subscription's queue bounds a slow reader from here
+        else:
+            guard = None
         await ws.accept()
         try:
-            from_height, senders = self._stream_params(ws)
-        except HTTPException as e:
-            await ws.close(WS_CLOSE_BAD_REQUEST, reason=str(e.detail))
-            return
-        try:
-            with self.core.hub.subscribe() as sub:
-                await self._stream_from(ws, sub, from_height, senders)
-        except TooManySubscribers:
-            await ws.close(WS_CLOSE_OVERLOADED, reason="too many stream subscribers")
-        except WebSocketDisconnect:
-            pass
+            try:
+                from_height, senders = self._stream_params(ws)
+            except HTTPException as e:
+                await ws.close(WS_CLOSE_BAD_REQUEST, reason=str(e.detail))
+                return
+            try:
+                with self.core.hub.subscribe() as sub:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_until_client_leaves, ws, nursery.cancel_scope)
+                        if guard is not None:
+                            nursery.start_soon(_cut_after_overflow, sub, guard)
+                        await self._stream_from(ws, sub, from_height, senders, guard)
+                        nursery.cancel_scope.cancel()
+            except TooManySubscribers:
+                await ws.close(WS_CLOSE_OVERLOADED, reason="too many stream subscribers")
+            except WebSocketDisconnect:
+                pass
+        finally:
+            if guard is not None:  # what is queued, then the close, must go within the grace
+                guard.abort_after(STREAM_CLOSE_GRACE_S)
 
     def _stream_params(self, ws: WebSocket) -> tuple[int, set[bytes] | None]:
         text = ws.query_params.get("from_height")
@@ -395,7 +452,12 @@ class RpcServer:
         return from_height, {_hex_param(p, "sender", 20) for p in parts}
 
     async def _stream_from(
-        self, ws: WebSocket, sub: Any, from_height: int, senders: set[bytes] | None
+        self,
+        ws: WebSocket,
+        sub: Subscription,
+        from_height: int,
+        senders: set[bytes] | None,
+        guard: GuardedStream | None,
     ) -> None:
         next_height = from_height
         # Replay from the store up to what is committed now; the live queue holds the rest.
@@ -417,6 +479,8 @@ class RpcServer:
             await ws.send_text(self._render_event(event, senders))
             next_height = event.height + 1
         if sub.overflowed:
+            if guard is not None:
+                guard.abort_after(STREAM_CLOSE_GRACE_S)
             await ws.close(
                 WS_CLOSE_TOO_SLOW,
                 reason=f"client too slow; reconnect with from_height={next_height}",
@@ -453,3 +517,57 @@ class RpcServer:
             while len(self._rendered) > RENDERED_BLOCKS_MAX:
                 self._rendered.popitem(last=False)
         return text
+
+
+async def _until_client_leaves(ws: WebSocket, stream_scope: trio.CancelScope) -> None:
+    """Read what the client sends (ignored; its bytes are budgeted) and end the stream when it
+    disconnects: sends to a gone client are dropped silently, so only this notices."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            stream_scope.cancel()
+            return
+
+
+async def _cut_after_overflow(sub: Subscription, guard: GuardedStream) -> None:
+    """A client whose queue overflowed while a send to it is blocked gets the grace, then is
+    cut (the sender cannot notice the overflow until its send returns)."""
+    while not sub.overflowed:
+        await trio.sleep(STREAM_OVERFLOW_CHECK_S)
+    guard.abort_after(STREAM_CLOSE_GRACE_S)
+
+
+class _RpcObserver(LoggingObserver):
+    """Contained failures and refusals of the API, logged and counted in its metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__("rpc")
+        self.metrics = metrics
+
+    def failed(self, kind: str, error: BaseException) -> None:
+        self.metrics.rpc_errors.labels(kind).inc()
+        super().failed(kind, error)
+
+    def refused(self, reason: str) -> None:
+        self.metrics.rpc_refused.labels(reason).inc()
+
+    def connections(self, count: int) -> None:
+        self.metrics.rpc_connections.set(count)
+
+
+class _ContainHandlerErrors:
+    """ASGI middleware: an exception from a handler (HTTP or websocket) ends that request only.
+
+    Starlette has already answered an HTTP request with 500 and re-raised; a websocket is
+    closed with 1011 by hypercorn once the app returns.
+    """
+
+    def __init__(self, app: Starlette, observer: _RpcObserver) -> None:
+        self.app = app
+        self.observer = observer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as e:
+            self.observer.failed("handler", e)
