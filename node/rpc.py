@@ -343,7 +343,7 @@ class RpcServer:
         else:
             try:
                 obj = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[...": RecursionError
                 raise HTTPException(400, 'body must be JSON {"txs": ["<hex>", ...]}') from None
             if not isinstance(obj, dict) or not isinstance(obj.get("txs"), list):
                 raise HTTPException(400, 'body must be JSON {"txs": ["<hex>", ...]}')
@@ -396,7 +396,7 @@ class RpcServer:
         else:
             try:
                 obj = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[...": RecursionError
                 raise HTTPException(400, 'body must be JSON {"tx": "<hex>"}') from None
             if not isinstance(obj, dict) or not isinstance(obj.get("tx"), str):
                 raise HTTPException(400, 'body must be JSON {"tx": "<hex>"}')
