@@ -18,7 +18,8 @@ Here each connection runs hypercorn's `TCPServer` on a `GuardedStream`:
 - a send that moves no bytes for `send_stall_timeout_s` closes the connection
   (a nested deadline still fires inside hypercorn's shield);
 - a websocket stream switches to `stream_mode`: no stall timeout (the stream's
-  own queue bounds a slow reader) but a byte budget on what the client sends;
+  own queue bounds a slow reader); the client may send only control frames,
+  within a byte budget; after any close frame from the node, a grace, then cut;
 - on shutdown every connection is aborted, so no shielded send holds it up;
 - an exception escaping a connection closes that connection only; it is
   logged (at most once per `ERROR_LOG_INTERVAL_S` per kind) and counted.
@@ -40,12 +41,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Event as HypercornEvent
-from hypercorn.events import Updated
+from hypercorn.events import RawData, Updated
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
@@ -86,9 +87,13 @@ class EdgeLimits:
     header_bytes_max: int = 16 * 1024
     # A websocket message from a client; over it: close code 1009.
     websocket_message_bytes_max: int = 4 * 1024
-    # Bytes a websocket client may send: a burst, then a sustained rate. Over it: closed.
+    # Bytes a /stream client may send (control frames only: close, ping, pong): a burst,
+    # then a sustained rate. Over it, or any data frame: the connection is cut.
     websocket_client_burst_bytes: int = 4 * 1024
     websocket_client_bytes_per_s: float = 128.0
+    # After the node sends a websocket close frame, the client has this long to take what
+    # is queued and close; then the connection is cut.
+    websocket_close_grace_s: float = 30.0
     # Concurrent HTTP/2 streams on one connection (cleartext prior knowledge or h2c).
     h2_streams_max: int = 16
     # Connections the kernel queues before accept.
@@ -163,8 +168,7 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         self._stall_timeout_s: float | None = limits.send_stall_timeout_s
         self._abort_at = float("inf")
         self._aborted = False
-        self._budget_bytes: float | None = None  # set in stream mode
-        self._budget_at = 0.0
+        self._client_frames: _ClientFrames | None = None  # set in stream mode
         self.idle = True  # no request in progress (hypercorn's Updated events keep it current)
         self.idle_since = trio.current_time()
 
@@ -176,11 +180,20 @@ class GuardedStream(trio.abc.HalfCloseableStream):
     def aborted(self) -> bool:
         return self._aborted
 
+    @property
+    def close_grace_s(self) -> float:
+        return self._limits.websocket_close_grace_s
+
+    @property
+    def streaming(self) -> bool:
+        return self._client_frames is not None
+
     def stream_mode(self) -> None:
-        """A websocket stream: sends may wait on a slow reader, the client's bytes are budgeted."""
+        """A server-to-client websocket stream, from the handshake's answer on: sends may wait
+        on a slow reader (the stream's own queue bounds it), and the client may send only
+        control frames, within a byte budget."""
         self._stall_timeout_s = None
-        self._budget_bytes = float(self._limits.websocket_client_burst_bytes)
-        self._budget_at = trio.current_time()
+        self._client_frames = _ClientFrames(self._limits)
 
     def abort_after(self, seconds: float) -> None:
         """Close the connection if a send is still blocked `seconds` from now."""
@@ -230,38 +243,76 @@ class GuardedStream(trio.abc.HalfCloseableStream):
             await self._inner.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._budget_bytes is None:
-            return await self._inner.receive_some(max_bytes)
-        self._refill_budget()
-        if self._budget_bytes < 1:
-            self._over_budget()
-        allowed = int(self._budget_bytes)
-        data = await self._inner.receive_some(
-            allowed if max_bytes is None else min(max_bytes, allowed)
-        )
-        # A receive begun before stream mode was not sized to the budget: charge it after.
-        self._refill_budget()
-        self._budget_bytes -= len(data)
-        if self._budget_bytes < 0:
-            self._over_budget()
+        frames = self._client_frames
+        if frames is not None and max_bytes is not None:
+            max_bytes = min(max_bytes, self._limits.websocket_client_burst_bytes)
+        data = await self._inner.receive_some(max_bytes)
+        # Checked after the read, which may have begun before stream mode: bytes that break
+        # the rules are never handed on to hypercorn.
+        frames = self._client_frames
+        if frames is not None and (refusal := frames.check(data)) is not None:
+            self._refused(refusal)
+            self.abort()
+            raise trio.BrokenResourceError(f"websocket client refused: {refusal}")
         return data
-
-    def _refill_budget(self) -> None:
-        assert self._budget_bytes is not None
-        now = trio.current_time()
-        refill = (now - self._budget_at) * self._limits.websocket_client_bytes_per_s
-        self._budget_at = now
-        self._budget_bytes = min(
-            float(self._limits.websocket_client_burst_bytes), self._budget_bytes + refill
-        )
-
-    def _over_budget(self) -> NoReturn:
-        self._refused("websocket_client_bytes")
-        self.abort()
-        raise trio.BrokenResourceError("websocket client sent over its byte budget")
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+# RFC 6455 opcodes a /stream client may send: close, ping, pong (control frames carry at
+# most 125 bytes and cannot be compressed).
+_CONTROL_OPCODES = frozenset((0x8, 0x9, 0xA))
+_CONTROL_PAYLOAD_BYTES_MAX = 125
+
+
+class _ClientFrames:
+    """What a stream's client sends, walked frame header by frame header before hypercorn
+    sees it: a data frame (the stream takes no messages) or bytes over the budget refuse
+    the client. So hypercorn never buffers a client message (it would keep growing its
+    buffer past its own size limit) and never inflates one (permessage-deflate may be
+    negotiated; one 64 KiB frame inflates to 64 MiB)."""
+
+    def __init__(self, limits: EdgeLimits) -> None:
+        self._limits = limits
+        self._budget_bytes = float(limits.websocket_client_burst_bytes)
+        self._budget_at = trio.current_time()
+        self._header = bytearray()  # the current frame's header, while incomplete
+        self._payload_left = 0
+
+    def check(self, data: bytes) -> str | None:
+        """None if `data` keeps to the rules, else the refusal's reason."""
+        now = trio.current_time()
+        self._budget_bytes = min(
+            float(self._limits.websocket_client_burst_bytes),
+            self._budget_bytes
+            + (now - self._budget_at) * self._limits.websocket_client_bytes_per_s,
+        )
+        self._budget_at = now
+        self._budget_bytes -= len(data)
+        if self._budget_bytes < 0:
+            return "websocket_client_bytes"
+        i = 0
+        while i < len(data):
+            if self._payload_left:
+                step = min(self._payload_left, len(data) - i)
+                self._payload_left -= step
+                i += step
+                continue
+            self._header.append(data[i])
+            i += 1
+            if self._header[0] & 0x0F not in _CONTROL_OPCODES:
+                return "websocket_client_message"
+            if len(self._header) < 2:
+                continue
+            length = self._header[1] & 0x7F
+            if length > _CONTROL_PAYLOAD_BYTES_MAX:
+                return "websocket_client_message"
+            if len(self._header) < 2 + (4 if self._header[1] & 0x80 else 0):  # masking key
+                continue
+            self._payload_left = length
+            self._header.clear()
+        return None
 
 
 class _Connection(TCPServer):
@@ -282,6 +333,10 @@ class _Connection(TCPServer):
         if isinstance(event, Updated):
             self._guard.idle = event.idle
             self._guard.idle_since = trio.current_time()
+        elif isinstance(event, RawData) and self._guard.streaming and event.data[:1] == b"\x88":
+            # A close frame from us (ours, or hypercorn's own, which the app never hears of):
+            # the client has the grace to take what is queued and answer, then it is cut.
+            self._guard.abort_after(self._guard.close_grace_s)
         await super().protocol_send(event)
 
 

@@ -18,8 +18,9 @@ it first replays from the store, then continues live with no gap and no
 duplicate (it subscribes before reading the store and skips what it already
 sent). A client that cannot keep up is closed with code 1008 and a reason
 naming the height to resume from, instead of holding the node's memory; if it
-does not take what was queued and the close within STREAM_CLOSE_GRACE_S, its
-connection is cut. A client that disconnects ends its subscription at once.
+does not take what was queued and the close within the close grace
+(node/http_edge.py), its connection is cut. A client that disconnects ends its
+subscription at once.
 """
 
 from __future__ import annotations
@@ -74,9 +75,6 @@ WS_CLOSE_BAD_REQUEST = 1003
 WS_CLOSE_OVERLOADED = 1013
 # A request body must arrive whole within this long of its headers; else 408 and close.
 BODY_READ_TIMEOUT_S = 10.0
-# Once a stream ends (the client too slow, or done), the client has this long to take what
-# is queued and the close frame; then its connection is cut.
-STREAM_CLOSE_GRACE_S = 30.0
 # How often a stream checks whether its subscription overflowed while a send is blocked.
 STREAM_OVERFLOW_CHECK_S = 1.0
 API_LIMITS = EdgeLimits()
@@ -419,26 +417,22 @@ class RpcServer:
             guard = None
         await ws.accept()
         try:
-            try:
-                from_height, senders = self._stream_params(ws)
-            except HTTPException as e:
-                await ws.close(WS_CLOSE_BAD_REQUEST, reason=str(e.detail))
-                return
-            try:
-                with self.core.hub.subscribe() as sub:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_until_client_leaves, ws, nursery.cancel_scope)
-                        if guard is not None:
-                            nursery.start_soon(_cut_after_overflow, sub, guard)
-                        await self._stream_from(ws, sub, from_height, senders, guard)
-                        nursery.cancel_scope.cancel()
-            except TooManySubscribers:
-                await ws.close(WS_CLOSE_OVERLOADED, reason="too many stream subscribers")
-            except WebSocketDisconnect:
-                pass
-        finally:
-            if guard is not None:  # what is queued, then the close, must go within the grace
-                guard.abort_after(STREAM_CLOSE_GRACE_S)
+            from_height, senders = self._stream_params(ws)
+        except HTTPException as e:
+            await ws.close(WS_CLOSE_BAD_REQUEST, reason=str(e.detail))
+            return
+        try:
+            with self.core.hub.subscribe() as sub:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_until_client_leaves, ws, nursery.cancel_scope)
+                    if guard is not None:
+                        nursery.start_soon(_cut_after_overflow, sub, guard)
+                    await self._stream_from(ws, sub, from_height, senders)
+                    nursery.cancel_scope.cancel()
+        except TooManySubscribers:
+            await ws.close(WS_CLOSE_OVERLOADED, reason="too many stream subscribers")
+        except WebSocketDisconnect:
+            pass
 
     def _stream_params(self, ws: WebSocket) -> tuple[int, set[bytes] | None]:
         text = ws.query_params.get("from_height")
@@ -457,7 +451,6 @@ class RpcServer:
         sub: Subscription,
         from_height: int,
         senders: set[bytes] | None,
-        guard: GuardedStream | None,
     ) -> None:
         next_height = from_height
         # Replay from the store up to what is committed now; the live queue holds the rest.
@@ -479,8 +472,6 @@ class RpcServer:
             await ws.send_text(self._render_event(event, senders))
             next_height = event.height + 1
         if sub.overflowed:
-            if guard is not None:
-                guard.abort_after(STREAM_CLOSE_GRACE_S)
             await ws.close(
                 WS_CLOSE_TOO_SLOW,
                 reason=f"client too slow; reconnect with from_height={next_height}",
@@ -530,11 +521,12 @@ async def _until_client_leaves(ws: WebSocket, stream_scope: trio.CancelScope) ->
 
 
 async def _cut_after_overflow(sub: Subscription, guard: GuardedStream) -> None:
-    """A client whose queue overflowed while a send to it is blocked gets the grace, then is
-    cut (the sender cannot notice the overflow until its send returns)."""
+    """A client whose queue overflowed while a send to it is blocked gets the close grace,
+    then is cut: the sender notices the overflow (and sends its 1008) only once that send
+    returns, which for a client that never reads is never."""
     while not sub.overflowed:
         await trio.sleep(STREAM_OVERFLOW_CHECK_S)
-    guard.abort_after(STREAM_CLOSE_GRACE_S)
+    guard.abort_after(guard.close_grace_s)
 
 
 class _RpcObserver(LoggingObserver):

@@ -27,6 +27,7 @@ Ports: 28700..28799.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import sys
@@ -475,16 +476,22 @@ async def _ws_oversized(target: Any, count: int, *, deflate: bool) -> None:
     for _ in range(count):
         stream, ws = await _ws_connect(target, deflate=deflate)
         if deflate:
-            compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-            payload = compressor.compress(bytes(64 * 1024 * 1024)) + compressor.flush()
             # wsproto compresses what it sends itself; build the deflated frame by hand.
-            frame = _ws_frame(0x2, payload, rsv1=True)
+            frame = _ws_frame(0x2, _deflated_zeros(), rsv1=True)
         else:
             frame = ws.send(BytesMessage(data=bytes(1024 * 1024)))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_send_quietly, stream, frame)
             await _read_until_closed(stream, LIMIT_SLACK_S)
         await stream.aclose()
+
+
+@functools.cache
+def _deflated_zeros() -> bytes:
+    """64 MiB of zeros, raw-deflated (about 64 KiB); made once, outside any watch, since
+    compressing takes the test process a while."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(bytes(64 * 1024 * 1024)) + compressor.flush()
 
 
 def _ws_frame(opcode: int, payload: bytes, *, rsv1: bool) -> bytes:
@@ -628,6 +635,7 @@ async def test_websocket_abuse_closes_only_the_abuser(tmp_path: Path) -> None:
     async with nodes.running(net), nodes.open_api() as api:
         target = net.validators[1]
         await api.wait_height(net.validators, 2, TIMEOUT_S)
+        _deflated_zeros()
         await _under_watch(
             net, api, target, "websocket: frames flooded (x20)", lambda: _ws_flood(target, 20)
         )
