@@ -98,10 +98,13 @@ class EdgeLimits:
     h2_streams_max: int = 16
     # Connections the kernel queues before accept.
     backlog: int = 128
-    # An unread request body is read and discarded before an early answer up to this many
-    # bytes or this long; past either the answer goes out with `connection: close`.
+    # A request body must arrive whole within this long of the request's start, whether the
+    # handler reads it (else 408) or it is read and discarded before an early answer.
+    body_timeout_s: float = 10.0
+    # An unread body is read and discarded before an early answer up to this many bytes
+    # (a larger declared length is not even tried); past it, or past the body timeout,
+    # the answer goes out with `connection: close`.
     drain_bytes_max: int = 8 * 1024 * 1024
-    drain_timeout_s: float = 2.0
 
 
 class EdgeObserver(Protocol):
@@ -421,7 +424,7 @@ class DrainBeforeAnswer:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body = _BodyTracker(scope, receive)
+        body = _BodyTracker(scope, receive, trio.current_time() + self.limits.body_timeout_s)
 
         async def send_after_body(message: Message) -> None:
             if message["type"] == "http.response.start" and not body.complete:
@@ -435,8 +438,9 @@ class DrainBeforeAnswer:
 
 
 class _BodyTracker:
-    def __init__(self, scope: Scope, receive: Receive) -> None:
+    def __init__(self, scope: Scope, receive: Receive, deadline: float) -> None:
         self._receive = receive
+        self._deadline = deadline
         self.declared: int | None = None
         chunked = False
         for name, value in scope["headers"]:
@@ -456,6 +460,6 @@ class _BodyTracker:
         if self.declared is not None and self.declared > limits.drain_bytes_max:
             return  # not worth reading; the answer says connection: close
         drained = 0
-        with trio.move_on_after(limits.drain_timeout_s):
+        with trio.move_on_at(self._deadline):
             while not self.complete and drained <= limits.drain_bytes_max:
                 drained += len((await self.receive()).get("body", b""))
