@@ -46,6 +46,7 @@ from node.core import TooManyWaiters
 from node.events import CommittedBlock, Subscription, TooManySubscribers
 from node.http_edge import (
     CONNECTION_STATE_KEY,
+    Asgi,
     DrainBeforeAnswer,
     EdgeLimits,
     EdgeServer,
@@ -201,7 +202,7 @@ class RpcServer:
         self.bound_port = listeners[0].socket.getsockname()[1]
         observer = _RpcObserver(self.core.metrics)
         server = EdgeServer(
-            DrainBeforeAnswer(_ContainHandlerErrors(self.app, observer), API_LIMITS),
+            _ContainHandlerErrors(DrainBeforeAnswer(self.app, API_LIMITS), observer),
             API_LIMITS,
             observer,
         )
@@ -606,7 +607,7 @@ class _ContainHandlerErrors:
     closed with 1011 by hypercorn once the app returns.
     """
 
-    def __init__(self, app: Starlette, observer: _RpcObserver) -> None:
+    def __init__(self, app: Asgi, observer: _RpcObserver) -> None:
         self.app = app
         self.observer = observer
 

@@ -625,6 +625,23 @@ async def test_slow_idle_and_pipelined_connections_are_bounded_and_others_served
             "pipelined: 20 connections x 500 requests",
             lambda: _pipelined(target, 20, 500),
         )
+        await _stops_cleanly_under_attack(target)
+
+
+async def _stops_cleanly_under_attack(target: Any) -> None:
+    """SIGTERM while 100 idle connections (half of them after a request), a trickled body
+    and a /stream client that never reads are open: the node exits 0 within the stop
+    timeout (shutdown is cancellation; every connection is aborted, not waited for)."""
+    request = b"GET /health HTTP/1.1\r\nHost: node\r\n\r\n"
+    streams = [await _connect(target) for _ in range(100)]
+    for stream in streams[:50]:
+        await stream.send_all(request)
+    trickled = await _connect(target)
+    await trickled.send_all(_head("/tx", content_length=1_000) + b" ")
+    never_reads, _ = await _ws_connect(target)
+    assert await target.stop() == 0
+    for stream in [*streams, trickled, never_reads]:
+        await stream.aclose()
 
 
 async def test_websocket_abuse_closes_only_the_abuser(tmp_path: Path) -> None:
