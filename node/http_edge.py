@@ -9,10 +9,14 @@ application's task, having answered, calls `send_eof` outside hypercorn's send
 lock; trio's `send_eof` holds the stream's conflict detector across a
 checkpoint, so the reader's `send_all` raises `trio.BusyResourceError`. One
 request declaring `Content-Length: 1000000000` and closing stopped a node
-(issue 11). Hypercorn also has no connection limit, and it shields every send
-from cancellation, so a client that never reads holds a task forever.
+(issue 11); so did, now and then, an ordinary /stream client closing (the
+reader answering its close frame as the app's task closed). Hypercorn also has
+no connection limit, and it shields every send from cancellation, so a client
+that never reads holds a task forever.
 
-Here each connection runs hypercorn's `TCPServer` on a `GuardedStream`:
+`serve_edge` serves any of the node's listeners (the API; the metrics endpoint
+can use it too). Each connection runs hypercorn's `TCPServer` on a
+`GuardedStream`:
 
 - `send_all` and `send_eof` share one lock: the socket has one writer at a time;
 - a send that moves no bytes for `send_stall_timeout_s` closes the connection
@@ -29,6 +33,8 @@ idle longest (no request in progress: between keep-alive requests or still
 sending its headers) is closed to make room; when none is idle the new one is
 closed at once. Either is counted.
 
+`ContainErrors` logs and counts an exception from the app once (kind
+"handler"); the request ends with a 500, or a websocket with 1011.
 `DrainBeforeAnswer` wraps the app so that an answer given before the request
 body was read (413, 405, 404, 408, 500) is delivered: hypercorn closes the
 connection as soon as such an answer is complete, and closing a socket with
@@ -85,7 +91,8 @@ class EdgeLimits:
     send_stall_timeout_s: float = 10.0
     # Request line plus headers (h11's incomplete-event limit); over it: 431 or 400, close.
     header_bytes_max: int = 16 * 1024
-    # A websocket message from a client; over it: close code 1009.
+    # A websocket message from a client; over it: close code 1009. A second line: on
+    # /stream a client's data frame is refused before hypercorn sees it.
     websocket_message_bytes_max: int = 4 * 1024
     # Bytes a /stream client may send (control frames only: close, ping, pong): a burst,
     # then a sustained rate. Over it, or any data frame: the connection is cut.
@@ -133,7 +140,7 @@ class LoggingObserver:
             return
         self._last_logged[kind] = now
         log.error(
-            f"{self.service} {kind} failed; contained",
+            f"{self.service} {kind} failed",  # contained: that request or connection only
             kind=kind,
             error=_describe(error),
             similar_unlogged=self._unlogged.pop(kind, 0),
@@ -411,6 +418,45 @@ class EdgeServer:
         oldest.abort()
         self.observer.refused("idle_evicted")
         return True
+
+
+async def open_edge_listeners(
+    host: str, port: int, limits: EdgeLimits
+) -> list[trio.SocketListener]:
+    """Bind `host:port` (port 0: any free port); raises OSError if it cannot."""
+    return await trio.open_tcp_listeners(port, host=host, backlog=limits.backlog)
+
+
+async def serve_edge(
+    app: Asgi, listeners: list[trio.SocketListener], limits: EdgeLimits, observer: EdgeObserver
+) -> None:
+    """Serve `app` on `listeners` until cancelled, every request and connection contained.
+
+    Raises only if accepting fails for a reason other than a full descriptor
+    table or memory (which trio waits out): a listener that cannot accept
+    cannot serve anyone.
+    """
+    contained = ContainErrors(DrainBeforeAnswer(app, limits), observer)
+    await EdgeServer(contained, limits, observer).serve(listeners)
+
+
+class ContainErrors:
+    """ASGI middleware: an exception from the app (HTTP or websocket) ends that request only.
+
+    It is logged and counted here, once: Starlette has already answered an HTTP
+    request with its 500 and re-raised; hypercorn closes a websocket with 1011
+    once the app returns.
+    """
+
+    def __init__(self, app: Asgi, observer: EdgeObserver) -> None:
+        self.app = app
+        self.observer = observer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as e:
+            self.observer.failed("handler", e)
 
 
 class DrainBeforeAnswer:

@@ -46,15 +46,11 @@ from node.core import TooManyWaiters
 from node.events import CommittedBlock, Subscription, TooManySubscribers
 from node.http_edge import (
     CONNECTION_STATE_KEY,
-    Asgi,
-    DrainBeforeAnswer,
     EdgeLimits,
-    EdgeServer,
     GuardedStream,
     LoggingObserver,
-    Receive,
-    Scope,
-    Send,
+    open_edge_listeners,
+    serve_edge,
 )
 from node.jsonview import block_json, commit_json, tx_json
 from node.logging import get_logger
@@ -196,18 +192,10 @@ class RpcServer:
         self._rendered: OrderedDict[bytes, str] = OrderedDict()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(
-            self.listen.port, host=self.listen.host, backlog=API_LIMITS.backlog
-        )
+        listeners = await open_edge_listeners(self.listen.host, self.listen.port, API_LIMITS)
         self.bound_port = listeners[0].socket.getsockname()[1]
-        observer = _RpcObserver(self.core.metrics)
-        server = EdgeServer(
-            _ContainHandlerErrors(DrainBeforeAnswer(self.app, API_LIMITS), observer),
-            API_LIMITS,
-            observer,
-        )
         task_status.started()
-        await server.serve(listeners)
+        await serve_edge(self.app, listeners, API_LIMITS, _RpcObserver(self.core.metrics))
 
     # ------------------------------------------------------------ error mapping
 
@@ -216,7 +204,7 @@ class RpcServer:
         return _error(exc.status_code, str(exc.detail))
 
     async def _internal_error(self, request: Request, exc: Exception) -> Response:
-        # Starlette re-raises after this answer; _ContainHandlerErrors logs and counts it once.
+        # Starlette re-raises after this answer; http_edge.ContainErrors logs and counts it.
         return _error(500, "internal error")
 
     async def _client_gone(self, request: Request, exc: Exception) -> Response:
@@ -598,21 +586,3 @@ class _RpcObserver(LoggingObserver):
 
     def connections(self, count: int) -> None:
         self.metrics.rpc_connections.set(count)
-
-
-class _ContainHandlerErrors:
-    """ASGI middleware: an exception from a handler (HTTP or websocket) ends that request only.
-
-    Starlette has already answered an HTTP request with 500 and re-raised; a websocket is
-    closed with 1011 by hypercorn once the app returns.
-    """
-
-    def __init__(self, app: Asgi, observer: _RpcObserver) -> None:
-        self.app = app
-        self.observer = observer
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.app(scope, receive, send)
-        except Exception as e:
-            self.observer.failed("handler", e)

@@ -536,6 +536,20 @@ async def _metrics_of(api: Any, node: Any) -> dict[str, float]:
     return out
 
 
+async def _assert_counted(api: Any, target: Any, refused_at_least: dict[str, int]) -> None:
+    """The target's metrics count each refusal (reasons joined by "|" are summed), and no
+    contained failure at all."""
+    values = await _metrics_of(api, target)
+    for reasons, least in refused_at_least.items():
+        got = sum(
+            values.get(f'archipelago_rpc_refused_total{{reason="{reason}"}}', 0)
+            for reason in reasons.split("|")
+        )
+        assert got >= least, f"{reasons}: {got} < {least}"
+    errors = {k: v for k, v in values.items() if k.startswith("archipelago_rpc_errors_total")}
+    assert not any(errors.values()), errors
+
+
 async def test_bodies_declared_huge_or_invalid_never_stop_the_node(tmp_path: Path) -> None:
     """POST /tx and /txs declaring a 1 GB body, then closing (this stopped the node, issue
     11) or waiting for the answer (413 with connection: close); a body one byte over the
@@ -575,6 +589,7 @@ async def test_bodies_declared_huge_or_invalid_never_stop_the_node(tmp_path: Pat
             f"invalid bodies at 1 MiB ({len(_invalid_bodies())} kinds x3)",
             lambda: _invalid_bodies_at_the_limit(target, 3),
         )
+        await _assert_counted(api, target, {})
 
 
 async def test_slow_idle_and_pipelined_connections_are_bounded_and_others_served(
@@ -625,6 +640,7 @@ async def test_slow_idle_and_pipelined_connections_are_bounded_and_others_served
             "pipelined: 20 connections x 500 requests",
             lambda: _pipelined(target, 20, 500),
         )
+        await _assert_counted(api, target, {"body_timeout": 50, "idle_evicted": 100})
         await _stops_cleanly_under_attack(target)
 
 
@@ -678,3 +694,5 @@ async def test_websocket_abuse_closes_only_the_abuser(tmp_path: Path) -> None:
             "websocket: 300 clients come and go",
             lambda: _ws_come_and_go(target, 300),
         )
+        # A frame is refused by its opcode, or by its size when it came in one big read.
+        await _assert_counted(api, target, {"websocket_client_message|websocket_client_bytes": 45})
