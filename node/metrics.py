@@ -192,6 +192,23 @@ class Metrics:
             registry=r,
         )
 
+        # API edge (node/http_edge.py, node/rpc.py)
+        self.rpc_errors = c(
+            f"{_NS}_rpc_errors_total",
+            "API failures contained to one request or connection, by kind (handler, connection).",
+            ["kind"],
+            registry=r,
+        )
+        self.rpc_refused = c(
+            f"{_NS}_rpc_refused_total",
+            "API connections and requests refused or cut at a limit, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.rpc_connections = g(
+            f"{_NS}_rpc_connections", "Open API connections (HTTP and websocket).", registry=r
+        )
+
     def add_source(self, source: Callable[[], Iterable[PulledSample]]) -> None:
         """Register figures read at scrape time (network statistics, caches)."""
         self.pulled.sources.append(source)

@@ -119,6 +119,7 @@ OPENAPI: dict[str, Any] = {
                     "200": _ok("Committed (wait=commit): hash, height, index, result"),
                     "202": _ok("Admitted to the mempool (wait=check): hash, check result"),
                     "400": _ERROR,
+                    "408": _ERROR,
                     "409": _ERROR,
                     "413": _ERROR,
                     "503": _ERROR,
@@ -153,6 +154,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": _ok("accepted count and a result per transaction"),
                     "400": _ERROR,
+                    "408": _ERROR,
                     "413": _ERROR,
                 },
             }

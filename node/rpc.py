@@ -4,14 +4,23 @@ Clients are untrusted: every handler validates its input and answers a bad
 request with a 4xx and a JSON body `{"error": "..."}`; the handlers only read
 the store or hand a transaction to the mempool through `NodeCore`, so a bad
 request changes nothing. Request bodies are capped by `request_body_bytes_max`
-before they are read whole, and waiting for a commit is capped by
-`tx_wait_timeout_ms` (504 when it runs out, the transaction stays pending).
+before they are read whole (413) and must arrive within BODY_READ_TIMEOUT_S
+(408), and waiting for a commit is capped by `tx_wait_timeout_ms` (504 when it
+runs out, the transaction stays pending).
+
+The connection-level limits (connection count, header size and time, stalled
+sends, websocket client bytes) and the containment of failures are in
+node/http_edge.py: a failure in one request or connection is logged, counted
+in `archipelago_rpc_errors_total{kind}` and closes that connection only.
 
 The websocket `/stream` sends committed blocks in order; with `from_height`
 it first replays from the store, then continues live with no gap and no
 duplicate (it subscribes before reading the store and skips what it already
 sent). A client that cannot keep up is closed with code 1008 and a reason
-naming the height to resume from, instead of holding the node's memory.
+naming the height to resume from, instead of holding the node's memory; if it
+does not take what was queued and the close within the close grace
+(node/http_edge.py), its connection is cut. A client that disconnects ends its
+subscription at once.
 """
 
 from __future__ import annotations
@@ -21,22 +30,28 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from consensus import merkle
-from consensus.codec import DecodeError, decode_binaries
+from consensus.codec import DecodeError
 from consensus.types import Transaction, tx_id
 from node import __version__
 from node.chain import decode_result
 from node.core import TooManyWaiters
-from node.events import CommittedBlock, TooManySubscribers
+from node.events import CommittedBlock, Subscription, TooManySubscribers
+from node.http_edge import (
+    CONNECTION_STATE_KEY,
+    EdgeLimits,
+    GuardedStream,
+    LoggingObserver,
+    open_edge_listeners,
+    serve_edge,
+)
 from node.jsonview import block_json, commit_json, tx_json
 from node.logging import get_logger
 from node.mempool import MempoolError
@@ -44,6 +59,7 @@ from node.openapi import OPENAPI
 
 if TYPE_CHECKING:
     from node.core import NodeCore
+    from node.metrics import Metrics
 
 log = get_logger(__name__)
 
@@ -54,6 +70,10 @@ TXS_PER_REQUEST_MAX = 10_000  # a batch submission; the body size limit applies 
 WS_CLOSE_TOO_SLOW = 1008
 WS_CLOSE_BAD_REQUEST = 1003
 WS_CLOSE_OVERLOADED = 1013
+# How often a stream checks whether its subscription overflowed while a send is blocked.
+STREAM_OVERFLOW_CHECK_S = 1.0
+API_LIMITS = EdgeLimits()
+BODY_READ_TIMEOUT_S = API_LIMITS.body_timeout_s  # else 408 (and the connection is closed)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -78,6 +98,60 @@ def _hex_param(text: str, what: str, length: int | None = None) -> bytes:
     if length is not None and len(value) != length:
         raise HTTPException(400, f"{what} must be {length} bytes ({2 * length} hex characters)")
     return value
+
+
+class TooManyItems(DecodeError):
+    """A batch holds more items than its limit."""
+
+
+def _msgpack_byte_strings(data: bytes | bytearray, count_max: int) -> list[bytes]:
+    """The items of a canonical msgpack array of byte strings, read from the headers alone.
+
+    A client's batch is never handed to msgpack whole: one body of 1 MiB
+    could hold a million nils, or arrays nested in an item, and msgpack
+    builds every object before anything is checked (16 MiB for the nils).
+    Here the count is checked before any item is read and each item is a
+    slice. Canonical means the shortest header for each count and length,
+    as `consensus.codec.encode` writes them. Raises DecodeError.
+    """
+    count, pos = _msgpack_length(data, 0, _ARRAY_HEADERS, "an array")
+    if count > count_max:
+        raise TooManyItems(f"at most {count_max} transactions")
+    items = []
+    for _ in range(count):
+        length, pos = _msgpack_length(data, pos, _BIN_HEADERS, "a byte string")
+        if pos + length > len(data):
+            raise DecodeError("truncated")
+        items.append(bytes(data[pos : pos + length]))
+        pos += length
+    if pos != len(data):
+        raise DecodeError("bytes after the array")
+    return items
+
+
+# msgpack headers: (first byte, width of the length that follows, smallest length it may
+# carry in canonical form); a fix-array's length is in its first byte.
+_ARRAY_HEADERS = {0xDC: (2, 16), 0xDD: (4, 1 << 16)}
+_BIN_HEADERS = {0xC4: (1, 0), 0xC5: (2, 1 << 8), 0xC6: (4, 1 << 16)}
+
+
+def _msgpack_length(
+    data: bytes | bytearray, pos: int, headers: dict[int, tuple[int, int]], what: str
+) -> tuple[int, int]:
+    if pos >= len(data):
+        raise DecodeError("truncated")
+    first = data[pos]
+    if headers is _ARRAY_HEADERS and 0x90 <= first <= 0x9F:
+        return first & 0x0F, pos + 1
+    if first not in headers:
+        raise DecodeError(f"expected {what}")
+    width, smallest = headers[first]
+    if pos + 1 + width > len(data):
+        raise DecodeError("truncated")
+    length = int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+    if length < smallest:
+        raise DecodeError("non-canonical encoding")
+    return length, pos + 1 + width
 
 
 class RpcServer:
@@ -107,23 +181,21 @@ class RpcServer:
                 Route("/openapi.json", self.openapi),
                 WebSocketRoute("/stream", self.stream),
             ],
-            exception_handlers={HTTPException: self._http_error, Exception: self._internal_error},
+            exception_handlers={
+                HTTPException: self._http_error,
+                ClientDisconnect: self._client_gone,
+                Exception: self._internal_error,
+            },
         )
         self.bound_port: int | None = None
         # Unfiltered renderings of the latest blocks, shared by every subscriber.
         self._rendered: OrderedDict[bytes, str] = OrderedDict()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        config = HypercornConfig()
-        config.bind = [f"{self.listen.host}:{self.listen.port}"]
-        config.accesslog = None
-        config.errorlog = None  # errors are logged by our handlers, in our log format
-        config.graceful_timeout = 1
-        config.keep_alive_timeout = 30
-        config.h11_max_incomplete_size = 16 * 1024
-        config.websocket_max_message_size = 64 * 1024
-        config.backlog = 128
-        await serve(self.app, config, task_status=task_status)  # type: ignore[arg-type]
+        listeners = await open_edge_listeners(self.listen.host, self.listen.port, API_LIMITS)
+        self.bound_port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await serve_edge(self.app, listeners, API_LIMITS, _RpcObserver(self.core.metrics))
 
     # ------------------------------------------------------------ error mapping
 
@@ -132,8 +204,11 @@ class RpcServer:
         return _error(exc.status_code, str(exc.detail))
 
     async def _internal_error(self, request: Request, exc: Exception) -> Response:
-        log.error("rpc handler failed", path=request.url.path, error=repr(exc))
+        # Starlette re-raises after this answer; http_edge.ContainErrors logs and counts it.
         return _error(500, "internal error")
+
+    async def _client_gone(self, request: Request, exc: Exception) -> Response:
+        return Response(status_code=400)  # nobody reads it: the client disconnected mid-body
 
     # ------------------------------------------------------------ reads
 
@@ -297,15 +372,9 @@ class RpcServer:
         raws: list[bytes]
         if ctype == "application/octet-stream":
             try:
-                raws = list(
-                    decode_binaries(
-                        bytes(body),
-                        "txs",
-                        count_max=TXS_PER_REQUEST_MAX,
-                        length_max=self.body_bytes_max,
-                        bytes_max=self.body_bytes_max,
-                    )
-                )
+                raws = _msgpack_byte_strings(body, TXS_PER_REQUEST_MAX)
+            except TooManyItems as e:
+                raise HTTPException(413, str(e)) from None
             except DecodeError as e:
                 raise HTTPException(
                     400, f"body must be a msgpack array of transactions: {e}"
@@ -313,7 +382,7 @@ class RpcServer:
         else:
             try:
                 obj = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[...": RecursionError
                 raise HTTPException(400, 'body must be JSON {"txs": ["<hex>", ...]}') from None
             if not isinstance(obj, dict) or not isinstance(obj.get("txs"), list):
                 raise HTTPException(400, 'body must be JSON {"txs": ["<hex>", ...]}')
@@ -339,15 +408,23 @@ class RpcServer:
         return JSONResponse({"accepted": accepted, "results": results})
 
     async def _read_body(self, request: Request) -> bytearray:
+        """The whole body: 413 over `request_body_bytes_max`, 408 if not in BODY_READ_TIMEOUT_S.
+
+        Both are answered before the body is read whole; DrainBeforeAnswer
+        makes sure such an answer reaches the client.
+        """
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.body_bytes_max):
             raise HTTPException(413, f"request body over {self.body_bytes_max} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.body_bytes_max:
-                raise HTTPException(413, f"request body over {self.body_bytes_max} bytes")
-        return body
+        with trio.move_on_after(BODY_READ_TIMEOUT_S):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.body_bytes_max:
+                    raise HTTPException(413, f"request body over {self.body_bytes_max} bytes")
+            return body
+        self.core.metrics.rpc_refused.labels("body_timeout").inc()
+        raise HTTPException(408, f"request body not received within {BODY_READ_TIMEOUT_S:g} s")
 
     async def _read_tx_request(self, request: Request) -> tuple[bytes, str]:
         body = await self._read_body(request)
@@ -358,7 +435,7 @@ class RpcServer:
         else:
             try:
                 obj = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[...": RecursionError
                 raise HTTPException(400, 'body must be JSON {"tx": "<hex>"}') from None
             if not isinstance(obj, dict) or not isinstance(obj.get("tx"), str):
                 raise HTTPException(400, 'body must be JSON {"tx": "<hex>"}')
@@ -374,6 +451,11 @@ class RpcServer:
 
     async def stream(self, ws: WebSocket) -> None:
         """Committed blocks in order from `from_height` (default: the next one), then live."""
+        guard = ws.scope.get("state", {}).get(CONNECTION_STATE_KEY)
+        if isinstance(guard, GuardedStream):
+            guard.stream_mode()  # the subscription's queue bounds a slow reader from here
+        else:
+            guard = None
         await ws.accept()
         try:
             from_height, senders = self._stream_params(ws)
@@ -382,7 +464,12 @@ class RpcServer:
             return
         try:
             with self.core.hub.subscribe() as sub:
-                await self._stream_from(ws, sub, from_height, senders)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_until_client_leaves, ws, nursery.cancel_scope)
+                    if guard is not None:
+                        nursery.start_soon(_cut_after_overflow, sub, guard)
+                    await self._stream_from(ws, sub, from_height, senders)
+                    nursery.cancel_scope.cancel()
         except TooManySubscribers:
             await ws.close(WS_CLOSE_OVERLOADED, reason="too many stream subscribers")
         except WebSocketDisconnect:
@@ -400,7 +487,11 @@ class RpcServer:
         return from_height, {_hex_param(p, "sender", 20) for p in parts}
 
     async def _stream_from(
-        self, ws: WebSocket, sub: Any, from_height: int, senders: set[bytes] | None
+        self,
+        ws: WebSocket,
+        sub: Subscription,
+        from_height: int,
+        senders: set[bytes] | None,
     ) -> None:
         next_height = from_height
         # Replay from the store up to what is committed now; the live queue holds the rest.
@@ -458,3 +549,40 @@ class RpcServer:
             while len(self._rendered) > RENDERED_BLOCKS_MAX:
                 self._rendered.popitem(last=False)
         return text
+
+
+async def _until_client_leaves(ws: WebSocket, stream_scope: trio.CancelScope) -> None:
+    """Read what the client sends (ignored; its bytes are budgeted) and end the stream when it
+    disconnects: sends to a gone client are dropped silently, so only this notices."""
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            stream_scope.cancel()
+            return
+
+
+async def _cut_after_overflow(sub: Subscription, guard: GuardedStream) -> None:
+    """A client whose queue overflowed while a send to it is blocked gets the close grace,
+    then is cut: the sender notices the overflow (and sends its 1008) only once that send
+    returns, which for a client that never reads is never."""
+    while not sub.overflowed:
+        await trio.sleep(STREAM_OVERFLOW_CHECK_S)
+    guard.abort_after(guard.close_grace_s)
+
+
+class _RpcObserver(LoggingObserver):
+    """Contained failures and refusals of the API, logged and counted in its metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__("rpc")
+        self.metrics = metrics
+
+    def failed(self, kind: str, error: BaseException) -> None:
+        self.metrics.rpc_errors.labels(kind).inc()
+        super().failed(kind, error)
+
+    def refused(self, reason: str) -> None:
+        self.metrics.rpc_refused.labels(reason).inc()
+
+    def connections(self, count: int) -> None:
+        self.metrics.rpc_connections.set(count)

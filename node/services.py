@@ -17,8 +17,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,6 +25,7 @@ from starlette.routing import Route
 from consensus.codec import DecodeError
 from network import BLOCKSYNC, CONSENSUS, EVIDENCE, MEMPOOL, Envelope
 from network import Misbehaviour as PeerFault
+from node.http_edge import EdgeLimits, LoggingObserver, open_edge_listeners, serve_edge
 from node.logging import get_logger
 from node.mempool import MempoolError
 from node.messages import (
@@ -53,6 +52,8 @@ log = get_logger(__name__)
 # batch. Memory: a batch is one decoded frame's transactions, so at most this
 # many frames' worth (16 MiB each at the frame limit).
 TX_BATCHES_QUEUED_MAX = 16
+# The metrics listener serves Prometheus scrapers only: few connections.
+METRICS_LIMITS = EdgeLimits(connections_max=64)
 _CHANNEL_OF = {
     ProposalMsg: CONSENSUS,
     VoteMsg: CONSENSUS,
@@ -170,10 +171,9 @@ class MetricsServer:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The API's contained server (node/http_edge.py): a hostile request on the
+        # metrics port closes its connection only, never the node.
         listen = self.core.config.metrics.listen
-        config = HypercornConfig()
-        config.bind = [f"{listen.host}:{listen.port}"]
-        config.accesslog = None
-        config.errorlog = None
-        config.graceful_timeout = 1
-        await serve(self.app, config, task_status=task_status)  # type: ignore[arg-type]
+        listeners = await open_edge_listeners(listen.host, listen.port, METRICS_LIMITS)
+        task_status.started()
+        await serve_edge(self.app, listeners, METRICS_LIMITS, LoggingObserver("metrics"))
