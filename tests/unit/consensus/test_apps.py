@@ -276,3 +276,71 @@ def test_ledger_removes_an_equivocating_validator() -> None:
     b2 = Vote.create(VALS[0], CHAIN, VoteType.PREVOTE, 3, 0, b"\x02" * 32, 0)
     last = app.execute_block(_header(2), [], [DuplicateVoteEvidence(a2, b2)])
     assert last.validator_updates == ()
+
+
+def _members_genesis(app: str) -> Genesis:
+    state = {"accounts": {}, "admin": ADMIN.address.hex()} if app == "ledger" else {}
+    genesis = _genesis(app, state)
+    return Genesis(
+        genesis.chain_id,
+        genesis.genesis_time_ms,
+        genesis.validators,
+        genesis.app,
+        genesis.app_state,
+        members=(b"\x01" * 20, b"\x02" * 20),
+    )
+
+
+def test_member_list_changes_by_set_member_and_survives_load() -> None:
+    """The ledger's member list starts from genesis `members`; only the admin changes it, one
+    node id per transaction, never to empty; the committed list is in the app state (so in
+    the app hash) and survives a reload; kvstore takes the same payload from any signer."""
+    from consensus.apps import CODE_BAD_MEMBER_UPDATE
+    from consensus.apps.ledger import member_tx
+
+    ledger = Ledger.from_genesis(_members_genesis("ledger"))
+    assert ledger.members() == {b"\x01" * 20, b"\x02" * 20}
+    new = b"\x03" * 20
+    txs = [
+        member_tx(ALICE, CHAIN, 0, new, True),  # not the admin
+        member_tx(ADMIN, CHAIN, 0, new, True),
+        member_tx(ADMIN, CHAIN, 1, new, True),  # already one (in this block)
+        member_tx(ADMIN, CHAIN, 2, b"\x01" * 20, False),
+        member_tx(ADMIN, CHAIN, 3, b"\x09" * 19, True),  # not a node id
+    ]
+    execution = ledger.execute_block(_header(1), txs, [])
+    codes = [r.code for r in execution.tx_results]
+    assert codes == [CODE_UNAUTHORIZED, 0, CODE_BAD_MEMBER_UPDATE, 0, CODE_BAD_MEMBER_UPDATE]
+    assert ledger.members() == {b"\x01" * 20, b"\x02" * 20}  # executing commits nothing
+    ledger.commit(execution)
+    assert ledger.members() == {b"\x02" * 20, new}
+    again = Ledger.load(ledger.items(), ledger.app_hash, ledger.height)
+    assert again.members() == ledger.members()
+    last = ledger.execute_block(
+        _header(2),
+        [member_tx(ADMIN, CHAIN, 4, new, False), member_tx(ADMIN, CHAIN, 5, b"\x02" * 20, False)],
+        [],
+    )
+    assert [r.code for r in last.tx_results] == [0, CODE_BAD_MEMBER_UPDATE]  # never empty
+
+    kv = KVStore.from_genesis(_members_genesis("kvstore"))
+    execution = kv.execute_block(_header(1), [member_tx(ALICE, CHAIN, 0, new, True)], [])
+    assert execution.tx_results[0].ok
+    kv.commit(execution)
+    assert new in kv.members()
+    assert KVStore.load(kv.items(), kv.app_hash, kv.height).members() == kv.members()
+
+
+def test_genesis_members_parse_strictly_and_keep_open_chains_hashes() -> None:
+    """`members` in genesis.json: distinct 40-hex node ids; a genesis without them has the
+    same JSON (and hash) as before the field existed."""
+    from consensus.types import GenesisError
+
+    open_chain = _genesis("kvstore", {})
+    assert "members" not in open_chain.to_json_obj()
+    with_members = _members_genesis("kvstore")
+    assert Genesis.from_json(with_members.to_json()) == with_members
+    for bad in (["zz" * 20], ["01" * 20, "01" * 20], "01" * 20, ["01" * 19]):
+        obj = open_chain.to_json_obj() | {"members": bad}
+        with pytest.raises(GenesisError, match="members"):
+            Genesis.from_json_obj(obj)
