@@ -221,9 +221,7 @@ def _node_ids() -> _Kind:
             raise ValueError
         ids = tuple(
             p
-            if isinstance(p, str)
-            and len(p) == 40
-            and all(c in "0123456789abcdef" for c in p)
+            if isinstance(p, str) and len(p) == 40 and all(c in "0123456789abcdef" for c in p)
             else _raise()
             for p in v
         )

@@ -32,6 +32,7 @@ from consensus.validation import BlockInvalid
 from network import BLOCKSYNC, CONSENSUS
 from node.chain import now_ms
 from node.driver import (
+    AnnounceVoterState,
     Apply,
     Build,
     Driver,
@@ -49,7 +50,15 @@ from node.driver import (
     VerifySynced,
 )
 from node.logging import get_logger
-from node.messages import TAG_DECIDED, TAG_SYNC_BLOCK, Message, stored_block_message
+from node.messages import (
+    TAG_DECIDED,
+    TAG_SYNC_BLOCK,
+    Message,
+    VoterStateMsg,
+    encode_message,
+    stored_block_message,
+    voter_state_sign_bytes,
+)
 from node.signstate import DoubleSignRefused, SignStateError
 from node.storage import StorageError
 from node.wal import WALError
@@ -237,6 +246,15 @@ class ConsensusService:
                 self._serve(peer, height, count, TAG_SYNC_BLOCK)
             case ServeDecided(peer, height):
                 self._serve(peer, height, 1, TAG_DECIDED)
+            case AnnounceVoterState(height, state, until):
+                address = core.validator_address
+                sign_bytes = voter_state_sign_bytes(
+                    core.chain.state.chain_id, address, height, state, until
+                )
+                signature = core.validator_key.sign(sign_bytes)
+                payload = encode_message(VoterStateMsg(address, height, state, until, signature))
+                for info in net.peers():
+                    net.send(info.node_id, CONSENSUS, payload)
             case StopSigning(reason):
                 core.sign_state = None
                 core.sign_state_error = reason

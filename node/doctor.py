@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.chain import now_ms
+from node.messages import VOTER_CATCHING_UP, VOTER_NOT_SIGNING, VOTER_WATCHING
 
 if TYPE_CHECKING:
     from node.core import NodeCore
@@ -94,29 +95,45 @@ def _consensus(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
     stalled_ms = now_ms() - core.last_progress_ms
     if c["round"] > 0 or stalled_ms > STALL_FACTOR * (cfg.timeout_commit_ms + round_ms):
         silent = _silent_validators(core)
+        said = _not_voting_by_their_word(core, [a for a, _ in silent])
+        silent = [(a, p) for a, p in silent if a not in said]
         halted = False
         why = (
             f"height {c['height']} is in round {c['round']} (step {c['step']}); "
             f"no block for {stalled_ms // 1000} s"
         )
+        waiting = sum(p for _, (p, _) in said.items())
+        if said:
+            why += "; not voting by their own signed word: " + ", ".join(
+                f"{a[:12]} ({text})" for a, (_, text) in said.items()
+            )
+        total = core.chain.state.validators.total_power
         if silent:
             power = sum(p for _, p in silent)
-            total = core.chain.state.validators.total_power
             why += f"; silent validators: {', '.join(a[:12] for a, _ in silent)} "
             why += f"({power} of {total} voting power)"
-            halted = 3 * power >= total
+            halted = 3 * (power + waiting) >= total
             advice = (
                 "at least a third of the voting power is silent: the chain cannot commit "
                 "until enough of those validators are back online"
                 if halted
                 else "rounds fail while some validators are silent; bring them back"
             )
+        elif said:
+            halted = 3 * waiting >= total
+            advice = (
+                "validators restarted together watch for another instance of their key or "
+                "catch up before they vote: the chain resumes by itself once they sign (at most "
+                f"[consensus] doppelganger_halt_ms = {cfg.doppelganger_halt_ms} ms after the "
+                "last block); one that stopped signing needs its operator"
+            )
         else:
             advice = (
                 "all validators vote but rounds fail: look for 'invalid block proposed' and "
                 "clock skew in the logs, or raise the [consensus] timeouts on a slow network"
             )
-        critical = halted or c["round"] >= 3
+        stopped = any("stopped signing" in text for _, text in said.values())
+        critical = (halted and bool(silent or stopped)) or c["round"] >= 3
         out.append(_finding("critical" if critical else "warning", why, advice))
     skew = _clock_skew_ms(core)
     if skew is not None and abs(skew) > CLOCK_SKEW_WARN_MS:
@@ -154,6 +171,38 @@ def _silent_validators(core: NodeCore) -> list[tuple[str, int]]:
     ]
 
 
+_STATE_TEXT = {
+    VOTER_WATCHING: "watching for another instance of its key until height {until}",
+    VOTER_CATCHING_UP: "catching up by block sync",
+    VOTER_NOT_SIGNING: "stopped signing",
+}
+
+
+def _not_voting_by_their_word(core: NodeCore, addresses: list[str]) -> dict[str, tuple[int, str]]:
+    """Of `addresses` (hex), those that recently said, signed, why they do not vote.
+
+    Address -> (voting power, what it said). A validator that is up but
+    watching or catching up is not silent, and needs no one to act.
+    """
+    driver = core.driver
+    if driver is None:
+        return {}
+    cfg = core.config.consensus
+    window_s = max(SILENT_AFTER_S_MIN, 3 * cfg.block_interval_ms() / 1000)
+    now = trio.current_time()
+    validators = core.chain.state.validators
+    out: dict[str, tuple[int, str]] = {}
+    for text_address in addresses:
+        address = bytes.fromhex(text_address)
+        said = driver.voter_states.get(address)
+        index = validators.index_of(address)
+        if said is None or index is None or now - said[2] > window_s:
+            continue
+        state, until, _ = said
+        out[text_address] = (validators[index].power, _STATE_TEXT[state].format(until=until))
+    return out
+
+
 def _clock_skew_ms(core: NodeCore) -> int | None:
     """How far the latest block's time (set by the peers' proposers) is ahead of our clock.
 
@@ -169,6 +218,20 @@ def _clock_skew_ms(core: NodeCore) -> int | None:
 
 def _validator(status: dict[str, Any]) -> list[dict[str, str]]:
     v = status["validator"]
+    watch = v.get("doppelganger_watch")
+    if v["in_set"] and watch is not None and not v["sign_state_error"]:
+        return [
+            _finding(
+                "info",
+                "this validator watches for another instance of its key before it signs, "
+                f"until height {watch['until_height']} (or until no block has committed for "
+                "[consensus] doppelganger_halt_ms)",
+                "wait: it signs by itself when the watch ends; if another instance shows up it "
+                "stops for good and says so here",
+            )
+        ]
+    if v["in_set"] and status["sync"]["mode"] == "blocksync" and not v["sign_state_error"]:
+        return []  # catching up: the sync finding says so
     if v["in_set"] and not v["signing"]:
         return [
             _finding(

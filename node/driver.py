@@ -98,6 +98,9 @@ from network import BLOCKSYNC, CONSENSUS, EVIDENCE
 from network import Misbehaviour as PeerFault
 from node.evidence import EvidencePool
 from node.messages import (
+    VOTER_CATCHING_UP,
+    VOTER_NOT_SIGNING,
+    VOTER_WATCHING,
     DecidedMsg,
     EvidenceMsg,
     Message,
@@ -108,6 +111,7 @@ from node.messages import (
     SyncRequestMsg,
     SyncStatusMsg,
     VoteMsg,
+    VoterStateMsg,
     encode_message,
 )
 from node.signstate import SignedRecord, SignStep, step_of_vote
@@ -116,6 +120,7 @@ from node.syncplan import SyncPlanner
 __all__ = [
     "ANNOUNCE_INTERVAL_S",
     "RESEND_AFTER_S",
+    "AnnounceVoterState",
     "Apply",
     "Build",
     "Driver",
@@ -275,6 +280,15 @@ class StopSigning:
 
 
 @dataclass(frozen=True, slots=True)
+class AnnounceVoterState:
+    """Sign a VoterStateMsg with the validator key and send it to every peer."""
+
+    height: int
+    state: int  # node.messages.VOTER_*
+    until_height: int
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """Something an operator should read in the node's log (the driver has no logger)."""
 
@@ -286,6 +300,7 @@ class Log:
 Effect = (
     Send
     | Log
+    | AnnounceVoterState
     | Gossip
     | Penalise
     | Sign
@@ -374,6 +389,8 @@ class Driver:
         self._caught_up = False  # stepping a peer's certificate (a height not seen live)
         self._decided_live = False  # the last decision came from votes we counted
         self.alive: dict[bytes, float] = {}  # validator address -> when a valid vote arrived
+        # Validators that say (signed) why they do not vote: address -> (state, until, when).
+        self.voter_states: dict[bytes, tuple[int, int, float]] = {}
 
     # ------------------------------------------------------------ status
 
@@ -558,6 +575,8 @@ class Driver:
                         self._on_peer_consensus(peer, CommitReceived(block, commit), b"", out)
             case StatusMsg(height, _):
                 self._help_behind(peer, height, out)
+            case VoterStateMsg():
+                self._on_voter_state(peer, msg, out)
             case EvidenceMsg(evidence):
                 self._on_evidence(peer, evidence, payload, out)
             case SyncStatusMsg(base, height):
@@ -955,6 +974,10 @@ class Driver:
             )
             if self._now - self._height_since >= RESEND_AFTER_S:
                 out.extend(Send(None, CONSENSUS, p) for p in self.own_messages)
+        voter_state = self._voter_state()
+        if voter_state:
+            until = self.watch_until_height if voter_state == VOTER_WATCHING else 0
+            out.append(AnnounceVoterState(s.last_height + 1, voter_state, until))
         self._sync_step(out)
 
     def _sync_step(self, out: list[Effect]) -> None:
@@ -1034,6 +1057,42 @@ class Driver:
             )
             self._arm_watch(self._now)
         self._enter_height(out)
+
+    def _voter_state(self) -> int:
+        """Why this validator does not vote now (0: it votes, or it is no validator)."""
+        if self.state.validators.index_of(self.validator_address) is None:
+            return 0
+        if self._stopped_signing:
+            return VOTER_NOT_SIGNING
+        if self.mode == "blocksync":
+            return VOTER_CATCHING_UP
+        if self.watch_until_height:
+            return VOTER_WATCHING
+        return 0
+
+    def _on_voter_state(self, peer: str, msg: VoterStateMsg, out: list[Effect]) -> None:
+        """Record, for /status and doctor only, why a validator says it does not vote.
+
+        Checked at most once per validator per announce interval (a forger
+        pays with its connection), for validators of this height, and for
+        statements about heights near ours (an old one cannot be replayed).
+        """
+        validators = self.state.validators
+        index = validators.index_of(msg.validator_address)
+        last = self.voter_states.get(msg.validator_address)
+        if (
+            index is None
+            or abs(msg.height - (self.state.last_height + 1))
+            > self.config.decided_heights_behind_max
+            or (last is not None and self._now - last[2] < ANNOUNCE_INTERVAL_S)
+        ):
+            return
+        if not verify(validators[index].public_key, msg.sign_bytes(self.chain_id), msg.signature):
+            out.append(Penalise(peer, PeerFault.INVALID_SIGNATURE, "forged voter state"))
+            return
+        self.voter_states[msg.validator_address] = (msg.state, msg.until_height, self._now)
+        for gone in [a for a in self.voter_states if validators.index_of(a) is None]:
+            del self.voter_states[gone]
 
     def _help_behind(self, peer: str, height: int, out: list[Effect]) -> None:
         """A peer working on a height we committed gets that block and its certificate."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consensus.codec import DecodeError, Reader, decode_with, encode
+from consensus.crypto import ADDRESS_BYTES, SIGNATURE_BYTES
 from consensus.types import (
     BLOCK_BYTES_MAX,
     HEIGHT_MAX,
@@ -38,6 +39,7 @@ TAG_PROPOSAL = 1
 TAG_VOTE = 2
 TAG_STATUS = 3
 TAG_DECIDED = 4
+TAG_VOTER_STATE = 5
 # Evidence channel
 TAG_EVIDENCE = 10
 # Block sync channel
@@ -66,6 +68,40 @@ class StatusMsg:
 
     height: int
     round: int
+
+
+# Why a validator does not vote now, as it says itself (signed with its validator key).
+VOTER_WATCHING = 1  # watching for another instance of its key, until `until_height`
+VOTER_CATCHING_UP = 2  # behind, applying blocks by block sync
+VOTER_NOT_SIGNING = 3  # stopped signing (another instance seen, or its sign state failed)
+VOTER_STATE_TAG = "archipelago/voter-state/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class VoterStateMsg:
+    """A validator that is up but does not vote says why, so others do not call it silent.
+
+    Signed with its validator key over `voter_state_sign_bytes` (a domain of
+    its own, never a vote's); for display only (/status, doctor): it changes
+    nothing in consensus.
+    """
+
+    validator_address: bytes
+    height: int  # the height the sender is at
+    state: int  # VOTER_WATCHING, VOTER_CATCHING_UP or VOTER_NOT_SIGNING
+    until_height: int  # the watch's last height (0 when not watching)
+    signature: bytes
+
+    def sign_bytes(self, chain_id: str) -> bytes:
+        return voter_state_sign_bytes(
+            chain_id, self.validator_address, self.height, self.state, self.until_height
+        )
+
+
+def voter_state_sign_bytes(
+    chain_id: str, address: bytes, height: int, state: int, until_height: int
+) -> bytes:
+    return encode([VOTER_STATE_TAG, chain_id, address, height, state, until_height])
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +151,7 @@ Message = (
     ProposalMsg
     | VoteMsg
     | StatusMsg
+    | VoterStateMsg
     | DecidedMsg
     | EvidenceMsg
     | SyncStatusMsg
@@ -133,6 +170,8 @@ def to_obj(msg: Message) -> list[Any]:
             return [TAG_VOTE, v.to_obj()]
         case StatusMsg(h, r):
             return [TAG_STATUS, h, r]
+        case VoterStateMsg(address, h, state, until, signature):
+            return [TAG_VOTER_STATE, address, h, state, until, signature]
         case DecidedMsg(b, c):
             return [TAG_DECIDED, b.to_obj(), c.to_obj()]
         case EvidenceMsg(e):
@@ -197,7 +236,7 @@ def decode_message(data: bytes) -> Message:
 
 def _read_message(r: Reader) -> Message:
     """The message's fields, after decode_message checked its header and tag bytes."""
-    n = r.array("message", count_max=3)
+    n = r.array("message", count_max=6)
     tag = r.integer("message.tag", 0, 127)
     assert n == _KINDS[tag][0]
     if tag == TAG_PROPOSAL:
@@ -207,6 +246,14 @@ def _read_message(r: Reader) -> Message:
     if tag == TAG_STATUS:
         return StatusMsg(
             r.integer("status.height", 0, HEIGHT_MAX), r.integer("status.round", 0, ROUND_MAX)
+        )
+    if tag == TAG_VOTER_STATE:
+        return VoterStateMsg(
+            r.binary("voter_state.validator_address", length=ADDRESS_BYTES),
+            r.integer("voter_state.height", 1, HEIGHT_MAX),
+            r.integer("voter_state.state", VOTER_WATCHING, VOTER_NOT_SIGNING),
+            r.integer("voter_state.until_height", 0, HEIGHT_MAX),
+            r.binary("voter_state.signature", length=SIGNATURE_BYTES),
         )
     if tag == TAG_DECIDED:
         return DecidedMsg(Block.read(r), Commit.read(r))
@@ -246,6 +293,11 @@ _KINDS: dict[int, tuple[int, int, int]] = {
     TAG_PROPOSAL: (3, _PROPOSAL_MESSAGE_BYTES_MAX, TX_BYTES_MAX),
     TAG_VOTE: (2, _ENVELOPE_BYTES + Vote.BYTES_MAX, _SMALL),
     TAG_STATUS: (3, _ENVELOPE_BYTES + _HEIGHT_BYTES_MAX + _ROUND_BYTES_MAX, 0),
+    TAG_VOTER_STATE: (
+        6,
+        _ENVELOPE_BYTES + 2 + ADDRESS_BYTES + 2 * _HEIGHT_BYTES_MAX + 1 + 2 + SIGNATURE_BYTES,
+        SIGNATURE_BYTES,
+    ),
     TAG_DECIDED: (3, _BLOCK_MESSAGE_BYTES_MAX, TX_BYTES_MAX),
     TAG_EVIDENCE: (2, _ENVELOPE_BYTES + DuplicateVoteEvidence.BYTES_MAX, _SMALL),
     TAG_SYNC_STATUS: (3, _ENVELOPE_BYTES + 2 * _HEIGHT_BYTES_MAX, 0),

@@ -39,6 +39,7 @@ from node.messages import (
     SyncStatusMsg,
     TxsMsg,
     VoteMsg,
+    VoterStateMsg,
     decode_message,
     encode_message,
 )
@@ -58,6 +59,7 @@ _CHANNEL_OF = {
     ProposalMsg: CONSENSUS,
     VoteMsg: CONSENSUS,
     StatusMsg: CONSENSUS,
+    VoterStateMsg: CONSENSUS,
     DecidedMsg: CONSENSUS,
     EvidenceMsg: EVIDENCE,
     SyncStatusMsg: BLOCKSYNC,

@@ -79,6 +79,7 @@ from consensus.validation import BlockInvalid
 from network import Misbehaviour as PeerFault
 from node.chain import Chain
 from node.driver import (
+    AnnounceVoterState,
     Apply,
     Build,
     Driver,
@@ -104,9 +105,11 @@ from node.messages import (
     SyncRequestMsg,
     SyncStatusMsg,
     VoteMsg,
+    VoterStateMsg,
     decode_message,
     encode_message,
     stored_block_message,
+    voter_state_sign_bytes,
 )
 from node.signstate import DoubleSignRefused, SignState, SignStateError
 from node.storage import open_store
@@ -686,6 +689,15 @@ class _Simulation:
             self._serve(node, effect.peer, effect.height, 1, TAG_DECIDED)
         elif isinstance(effect, StopSigning):
             node.sign_state = None
+        elif isinstance(effect, AnnounceVoterState):
+            address = node.key.address
+            sign_bytes = voter_state_sign_bytes(
+                CHAIN_ID, address, effect.height, effect.state, effect.until_height
+            )
+            msg = VoterStateMsg(
+                address, effect.height, effect.state, effect.until_height, node.key.sign(sign_bytes)
+            )
+            self._send_from(node, encode_message(msg), self._targets(node, None), gossip=False)
         else:
             assert isinstance(effect, Log)
         return []

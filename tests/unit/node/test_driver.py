@@ -49,6 +49,7 @@ from node.driver import (
     Validate,
 )
 from node.messages import (
+    VOTER_WATCHING,
     DecidedMsg,
     ProposalMsg,
     StatusMsg,
@@ -406,3 +407,27 @@ def test_the_inbox_gives_each_peer_its_share_and_takes_round_robin() -> None:
     assert big.put(flooder, msg, b"x" * 900)
     assert not big.put(flooder, msg, b"x" * 200)  # over its byte share
     assert big.put(honest, msg, b"x" * 900)
+
+
+def test_a_validator_says_why_it_does_not_vote_and_forgeries_cost_the_sender(
+    tmp_path: Path,
+) -> None:
+    """A watching validator announces, signed, that it watches; a peer records it (for the
+    doctor); the same statement with a bad signature is the sender's fault."""
+    from node.driver import AnnounceVoterState
+    from node.messages import VoterStateMsg, voter_state_sign_bytes
+
+    last = SignedRecord(1, 0, SignStep.PROPOSE, b"", b"")
+    watcher = Node(tmp_path / "w", last_signed=last)
+    effects = watcher.advance(1.0)
+    announced = [e for e in effects if isinstance(e, AnnounceVoterState)]
+    assert [(a.state, a.until_height) for a in announced] == [(VOTER_WATCHING, 3)]
+    peer = Node(tmp_path / "p")
+    a = announced[0]
+    signed = ME.sign(voter_state_sign_bytes(CHAIN, ME.address, a.height, a.state, a.until_height))
+    msg = VoterStateMsg(ME.address, a.height, a.state, a.until_height, signed)
+    assert peer.receive(encode_message(msg)) == []
+    assert peer.driver.voter_states[ME.address][:2] == (VOTER_WATCHING, 3)
+    forged = VoterStateMsg(ME.address, a.height, a.state, a.until_height + 1, signed)
+    peer.now += 2.0
+    assert penalties(peer.receive(encode_message(forged)))

@@ -11,6 +11,7 @@ from consensus.crypto import PrivateKey
 from consensus.types import Vote, VoteType
 from node.messages import (
     BLOCKS_PER_REQUEST_MAX,
+    VOTER_WATCHING,
     Message,
     StatusMsg,
     SyncNoneMsg,
@@ -18,6 +19,7 @@ from node.messages import (
     SyncStatusMsg,
     TxsMsg,
     VoteMsg,
+    VoterStateMsg,
     decode_message,
     encode_message,
 )
@@ -27,6 +29,7 @@ VOTE = Vote.create(KEY, "c", VoteType.PREVOTE, 3, 0, b"\x01" * 32, 0)
 
 MESSAGES: list[Message] = [
     VoteMsg(VOTE),
+    VoterStateMsg(b"\x07" * 20, 9, VOTER_WATCHING, 11, b"\x08" * 64),
     StatusMsg(5, 2),
     SyncStatusMsg(1, 9),
     SyncRequestMsg(4, BLOCKS_PER_REQUEST_MAX),
