@@ -42,7 +42,7 @@ def _load_nodes() -> ModuleType:
 nodes = _load_nodes()
 
 TIMEOUT_S = 120  # generous for a loaded 2-core machine; healthy runs take seconds
-HALT_MS = 4_000  # [consensus] doppelganger_halt_ms: a halted chain ends the watch after this
+HALT_MS = 20_000  # [consensus] doppelganger_halt_ms (the default): long enough for the doctor
 CLAIM_S = 15.0  # how long the liar keeps claiming
 CLAIM_INTERVAL_S = 0.5
 
@@ -65,9 +65,10 @@ async def _same_chain(api: Any, net: Any) -> None:
 
 async def test_restarting_half_then_all_of_the_validators_resumes_commits(tmp_path: Path) -> None:
     """Two of four validators stopped with SIGTERM and started again together: they watch for
-    a double of their key, which halts the chain (half the power does not sign), the watch
-    ends after doppelganger_halt_ms without a commit, they cast the votes their round is
-    waiting for, and blocks commit again. Then all four at once: the same."""
+    a double of their key, which halts the chain (half the power does not sign), and the
+    other validators' doctor names them as watching (by their signed word), not as silent;
+    the watch ends after doppelganger_halt_ms without a commit, they cast the votes their
+    round is waiting for, and blocks commit again. Then all four at once: the same."""
     consensus = replace(nodes.FAST_CONSENSUS, doppelganger_halt_ms=HALT_MS)
     net = nodes.create_testnet(
         tmp_path / "net", validators=4, base_port=28600, accounts=1, consensus=consensus
@@ -83,6 +84,20 @@ async def test_restarting_half_then_all_of_the_validators_resumes_commits(tmp_pa
                 status = await api.wait_serving(v)
                 assert status["validator"]["signing"] is False, status["validator"]
                 assert status["validator"]["doppelganger_watch"] is not None
+            if len(group) < len(net.validators):
+                watcher = group[0].validator_key.address.hex()[:12]
+                found = await nodes.wait_for(
+                    lambda: api.status(net.validators[0]),
+                    lambda st: any(
+                        "watching for another instance" in f["problem"]
+                        for f in st["diagnosis"]
+                    ),
+                    TIMEOUT_S,
+                    "the doctor to name the restarted validators as watching",
+                )
+                for f in found["diagnosis"]:
+                    silent = f["problem"].partition("silent validators:")[2]
+                    assert watcher not in silent, f
             heights = await api.wait_height(net.validators, 1, TIMEOUT_S)
             await api.wait_height(net.validators, max(heights.values()) + 3, TIMEOUT_S)
             for v in group:
