@@ -374,9 +374,10 @@ class Driver:
         ] = {}
         self._next_checker: ConsensusMachine | None = None
         self._applying = 0  # height of the Apply in flight (0: none)
-        self._decided: tuple[int, int, bytes] | None = (
-            None  # (height, round, hash) of last decision
-        )
+        # (height, round, hash) of the last decision, and a decision waiting for
+        # a synced block's apply to finish (one apply at a time).
+        self._decided: tuple[int, int, bytes] | None = None
+        self._waiting_decision: tuple[Block, Commit] | None = None
         self._extra_sigs: dict[int, CommitSig] = {}
         self._last_commit: Commit | None = None
         self._height_since = now
@@ -880,7 +881,10 @@ class Driver:
     # ------------------------------------------------------------ committing
 
     def _apply(self, block: Block, commit: Commit, out: list[Effect]) -> None:
-        if self._applying or block.height != self.state.last_height + 1:
+        if block.height != self.state.last_height + 1:
+            return
+        if self._applying:
+            self._waiting_decision = (block, commit)  # after the synced block in flight
             return
         self._applying = block.height
         out.append(Apply(block, commit))
@@ -890,6 +894,7 @@ class Driver:
         self._now = now
         out: list[Effect] = []
         self._applying = 0
+        self._waiting_decision = None  # the height is committed, whichever way
         if state.last_height <= self.state.last_height:
             return out
         synced = self._decided is None or self._decided[0] != state.last_height
@@ -1032,6 +1037,9 @@ class Driver:
         if error is not None:
             self.sync.refused(peer, block.height)
             out.append(Penalise(peer, PeerFault.PROTOCOL_VIOLATION, f"synced block: {error}"))
+            waiting, self._waiting_decision = self._waiting_decision, None
+            if waiting is not None:
+                self._apply(*waiting, out)  # our own decision of this height, held back
             return out
         self._applying = block.height
         out.append(Apply(block, commit))
