@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from consensus.apps.ledger import member_tx, transfer_tx
+from consensus.crypto import PrivateKey
+from consensus.types import Transaction
 from node.config import load_config
 from node.keys import KeyFileError, load_key
 
@@ -129,21 +132,9 @@ def _cmd_transfer(ns: argparse.Namespace) -> int:
         return _fail("--to must be a 40-character hex address", EXIT_USAGE)
     if ns.amount < 1:
         return _fail("--amount must be a positive integer", EXIT_USAGE)
-    try:
-        key = load_key(ns.key)
-        status = request(ns.node, "GET", "/status")
-        nonce = ns.nonce
-        if nonce is None:
-            account = request(ns.node, "GET", f"/account/{key.address.hex()}")
-            nonce = account["nonce"]
-        tx = transfer_tx(key, status["chain_id"], nonce, to, ns.amount)
-        wait = "check" if ns.no_wait else "commit"
-        body = request(ns.node, "POST", f"/tx?wait={wait}", json={"tx": tx.encode().hex()})
-    except (ClientError, KeyFileError) as e:
-        return _fail(str(e), EXIT_FAILURE)
-    _print(body)
-    result = body.get("result") or body.get("check") or {}
-    return EXIT_OK if result.get("code", 0) == 0 and "error" not in body else EXIT_FAILURE
+    return _sign_and_submit(
+        ns, lambda key, chain_id, nonce: transfer_tx(key, chain_id, nonce, to, ns.amount)
+    )
 
 
 def _cmd_member(ns: argparse.Namespace) -> int:
@@ -153,13 +144,22 @@ def _cmd_member(ns: argparse.Namespace) -> int:
         node_id = b""
     if len(node_id) != 20:
         return _fail("node_id must be 40 hex characters", EXIT_USAGE)
+    return _sign_and_submit(
+        ns, lambda key, chain_id, nonce: member_tx(key, chain_id, nonce, node_id, not ns.remove)
+    )
+
+
+def _sign_and_submit(
+    ns: argparse.Namespace, build: Callable[[PrivateKey, str, int], Transaction]
+) -> int:
+    """Sign with --key at its account's next nonce (or --nonce), submit, print the answer."""
     try:
         key = load_key(ns.key)
         status = request(ns.node, "GET", "/status")
         nonce = ns.nonce
         if nonce is None:
             nonce = request(ns.node, "GET", f"/account/{key.address.hex()}")["nonce"]
-        tx = member_tx(key, status["chain_id"], nonce, node_id, not ns.remove)
+        tx = build(key, status["chain_id"], nonce)
         wait = "check" if ns.no_wait else "commit"
         body = request(ns.node, "POST", f"/tx?wait={wait}", json={"tx": tx.encode().hex()})
     except (ClientError, KeyFileError) as e:

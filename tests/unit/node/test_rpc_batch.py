@@ -1,5 +1,6 @@
 """The API's msgpack batch reader (node/rpc.py `_msgpack_byte_strings`) accepts exactly what
-`consensus.codec.decode` accepts as an array of byte strings, without building the array.
+the codec's bounded reader (`consensus.codec.decode_binaries`) accepts as an array of byte
+strings, and refuses a batch over its count from the header alone.
 
 Why it exists: `POST /txs` with application/octet-stream used to go through msgpack whole,
 which builds every object of a 1 MiB body (a million nils: 16 MiB) before any check.
@@ -11,14 +12,14 @@ import random
 
 import pytest
 
-from consensus.codec import DecodeError, decode, encode
+from consensus.codec import DecodeError, decode_binaries, encode
 from node.rpc import TooManyItems, _msgpack_byte_strings
 
 
 def _old_reader(data: bytes, count_max: int) -> list[bytes]:
-    items = decode(data, bytes_max=len(data) + 1)
-    if not isinstance(items, tuple) or not all(type(i) is bytes for i in items):
-        raise DecodeError("not an array of byte strings")
+    items = decode_binaries(
+        data, "txs", count_max=10**9, length_max=len(data), bytes_max=len(data) + 1
+    )
     if len(items) > count_max:
         raise TooManyItems("too many")
     return list(items)
