@@ -624,6 +624,10 @@ class Block:
     txs: tuple[bytes, ...]
     last_commit: Commit | None  # None exactly at height 1
     evidence: tuple[DuplicateVoteEvidence, ...] = ()
+    # body_error's answer, once computed (a block's fields never change).
+    _body: tuple[str | None] | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
 
     @property
     def height(self) -> int:
@@ -664,8 +668,15 @@ class Block:
         The block hash covers only the header, so a relayer could pair a
         validly proposed header with another body; this check, cheap next to
         validation, tells such a copy apart before anything is stored or
-        relayed, and makes it the sender's fault.
+        relayed, and makes it the sender's fault. The answer is remembered,
+        so a node can compute it off its event loop and use it on it.
         """
+        if self._body is None:
+            object.__setattr__(self, "_body", (self._body_error(),))
+        assert self._body is not None
+        return self._body[0]
+
+    def _body_error(self) -> str | None:
         h = self.header
         if h.data_hash != data_hash(self.txs):
             return "transactions do not match header.data_hash"

@@ -53,7 +53,9 @@ from node.logging import get_logger
 from node.messages import (
     TAG_DECIDED,
     TAG_SYNC_BLOCK,
+    DecidedMsg,
     Message,
+    ProposalMsg,
     VoterStateMsg,
     encode_message,
     stored_block_message,
@@ -198,6 +200,10 @@ class ConsensusService:
             item = self.inbox.take()
             if item is not None:
                 peer, msg, payload = item
+                if isinstance(msg, ProposalMsg | DecidedMsg) and len(msg.block.txs) > 64:
+                    # Hashing a large block's body (tens of ms) happens off the event
+                    # loop; the block remembers the answer for the driver's check.
+                    await trio.to_thread.run_sync(msg.block.body_error)
                 await self._perform(driver.on_message(peer, msg, payload, trio.current_time()))
             if driver.mode != self._mode:
                 self._mode = driver.mode
@@ -362,10 +368,11 @@ class ConsensusService:
 
     async def _verify_synced(self, block: Block, commit: Commit, peer: str) -> list[Effect]:
         chain = self.core.chain
-        error = block.body_error()
+        # The body's hashes and up to 1,000 signatures: not on the event loop.
+        error = await trio.to_thread.run_sync(block.body_error)
         if error is None:
             try:
-                async with chain.lock:  # up to 1,000 signatures: not on the event loop
+                async with chain.lock:
                     await trio.to_thread.run_sync(chain.verify_commit, commit, block)
             except BlockInvalid as e:
                 error = str(e)

@@ -107,7 +107,7 @@ def headers(draw: st.DrawFn) -> Header:
     height = draw(heights)
     link = st.just(b"") if height == 1 else hashes
     return Header(
-        chain_id=draw(st.text(min_size=1, max_size=20)),
+        chain_id=draw(st.text(min_size=1, max_size=20).filter(lambda s: len(s.encode()) <= 50)),
         height=height,
         time_ms=draw(st.integers(0, 2**50)),
         last_block_hash=draw(link),
