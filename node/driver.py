@@ -604,7 +604,7 @@ class Driver:
         machine = self.machine
         if machine is None:
             return
-        if self._collect_late_precommit(vote):
+        if self._collect_late_precommit(peer, vote, out):
             return
         if vote.validator_address == self.validator_address and self._doppelganger(peer, vote, out):
             return
@@ -932,11 +932,16 @@ class Driver:
         sigs = tuple(self._extra_sigs[i] for i in sorted(self._extra_sigs))
         return Commit(height, round_, block_hash, sigs)
 
-    def _collect_late_precommit(self, vote: Vote) -> bool:
-        """A precommit for the block we decided, arriving after the decision: keep it."""
+    def _collect_late_precommit(self, peer: str, vote: Vote, out: list[Effect]) -> bool:
+        """A precommit for the block we just decided, arriving after the decision: keep it.
+
+        True when the vote was this function's business (kept, a duplicate, or
+        refused); a bad signature is the sender's fault as anywhere else.
+        """
         decided = self._decided
         if (
             decided is None
+            or decided[0] < self.state.last_height  # an older decision: its block is built
             or vote.type != VoteType.PRECOMMIT
             or (vote.height, vote.round, vote.block_hash) != decided
         ):
@@ -952,12 +957,15 @@ class Driver:
             validators is None
             or validators.index_of(vote.validator_address) != vote.validator_index
         ):
+            out.append(Penalise(peer, PeerFault.INVALID_MESSAGE, Fault.NOT_A_VALIDATOR.value))
             return True
         public_key = validators[vote.validator_index].public_key
-        if verify(public_key, vote.sign_bytes(self.chain_id), vote.signature):
-            self._extra_sigs[vote.validator_index] = CommitSig(vote.validator_index, vote.signature)
-            if self._last_commit is not None and self._last_commit.height == vote.height:
-                self._last_commit = self._complete_last_commit()
+        if not verify(public_key, vote.sign_bytes(self.chain_id), vote.signature):
+            out.append(Penalise(peer, PeerFault.INVALID_SIGNATURE, Fault.BAD_SIGNATURE.value))
+            return True
+        self._extra_sigs[vote.validator_index] = CommitSig(vote.validator_index, vote.signature)
+        if self._last_commit is not None and self._last_commit.height == vote.height:
+            self._last_commit = self._complete_last_commit()
         return True
 
     # ------------------------------------------------------------ block sync
