@@ -31,6 +31,7 @@ from node.mempool import MempoolError
 from node.messages import (
     DecidedMsg,
     EvidenceMsg,
+    Message,
     ProposalMsg,
     StatusMsg,
     SyncBlockMsg,
@@ -53,6 +54,9 @@ log = get_logger(__name__)
 # batch. Memory: a batch is one decoded frame's transactions, so at most this
 # many frames' worth (16 MiB each at the frame limit).
 TX_BATCHES_QUEUED_MAX = 16
+# Payloads larger than this (a block) are decoded in a worker thread, so that
+# the event loop keeps its turn every few milliseconds meanwhile.
+DECODE_ON_LOOP_BYTES_MAX = 256 * 1024
 # The metrics listener serves Prometheus scrapers only: few connections.
 METRICS_LIMITS = EdgeLimits(connections_max=64)
 _CHANNEL_OF = {
@@ -86,7 +90,12 @@ class Reactor:
             task_status.started()
             async for envelope in self.core.net.inbox:
                 try:
-                    self._handle(envelope)
+                    payload = envelope.payload
+                    if len(payload) > DECODE_ON_LOOP_BYTES_MAX:
+                        msg = await trio.to_thread.run_sync(decode_message, payload)
+                    else:
+                        msg = decode_message(payload)
+                    self._handle(envelope, msg)
                 except DecodeError as e:
                     log.warning(
                         "malformed message from peer",
@@ -96,8 +105,7 @@ class Reactor:
                     )
                     self.core.net.report_misbehaviour(envelope.peer_id, PeerFault.INVALID_MESSAGE)
 
-    def _handle(self, env: Envelope) -> None:
-        msg = decode_message(env.payload)
+    def _handle(self, env: Envelope, msg: Message) -> None:
         if _CHANNEL_OF[type(msg)] != env.channel:
             raise DecodeError(f"{type(msg).__name__} on the wrong channel {env.channel}")
         if isinstance(msg, TxsMsg):
