@@ -31,11 +31,11 @@ from consensus.types import Block, Commit
 from consensus.validation import BlockInvalid
 from network import BLOCKSYNC, CONSENSUS
 from node.chain import now_ms
-from node.driver import (
+from node.driver import Driver
+from node.effects import (
     AnnounceVoterState,
     Apply,
     Build,
-    Driver,
     DriverConfig,
     Effect,
     Gossip,

@@ -230,7 +230,7 @@ def build_services(node: Node) -> list[Service]:
     """
     from node.consensus_service import ConsensusService
     from node.core import NodeCore
-    from node.driver import DriverConfig
+    from node.effects import DriverConfig
     from node.rpc import RpcServer
     from node.services import MempoolGossip, MetricsServer, Reactor
 

@@ -38,6 +38,10 @@ target height within `LIVENESS_BOUND_MS` of virtual time after the last fault
 healed).
 
 Run it as `archipelago simulate ...` or `python -m node.simulator ...`.
+
+Over the house's 600 lines: the engine, the checker, the hostile peer and the
+scripted scenarios share the simulation's state; they become modules of
+their own when the simulator moves to its own package (issue 12, `sim/`).
 """
 
 from __future__ import annotations
@@ -78,11 +82,11 @@ from consensus.types import (
 from consensus.validation import BlockInvalid
 from network import Misbehaviour as PeerFault
 from node.chain import Chain
-from node.driver import (
+from node.driver import Driver
+from node.effects import (
     AnnounceVoterState,
     Apply,
     Build,
-    Driver,
     DriverConfig,
     Effect,
     Gossip,

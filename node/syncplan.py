@@ -25,9 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from consensus.types import Block, Commit
+from node.messages import BLOCKS_PER_REQUEST_MAX
 
 __all__ = [
-    "BLOCKS_PER_REQUEST_MAX",
     "REQUEST_TIMEOUT_S",
     "SERVE_REQUESTS_PER_S",
     "Claim",
@@ -35,8 +35,6 @@ __all__ = [
     "SyncPlanner",
 ]
 
-# Blocks asked for (and served) in one request; node/messages.py enforces it on decode.
-BLOCKS_PER_REQUEST_MAX = 16
 # An unanswered request is given up after this long and its heights asked of
 # someone else; the peer's claim drops below the first unserved height.
 REQUEST_TIMEOUT_S = 10.0

@@ -20,7 +20,8 @@ import pytest
 
 from consensus.events import Event
 from consensus.machine import ConsensusMachine
-from node.driver import Driver, Effect, Sign
+from node.driver import Driver
+from node.effects import Effect, Sign
 from node.signstate import SignedRecord
 from node.simulator import ATTACKS, Faults, main, run_batch, simulate
 

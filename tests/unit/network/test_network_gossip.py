@@ -50,8 +50,10 @@ async def test_five_nodes_broadcast_reaches_everyone_exactly_once() -> None:
         # all but the first copy at each relay are dropped as duplicates.
         copies = len(messages) * (4 + 4 * 3)
         await eventually(
-            lambda: sum(n.statistics().messages_dropped.get("duplicate", 0) for n in nodes)
-            == copies - 4 * len(messages)
+            lambda: (
+                sum(n.statistics().messages_dropped.get("duplicate", 0) for n in nodes)
+                == copies - 4 * len(messages)
+            )
         )
         for node in nodes[1:]:
             payloads = [e.payload for e in received[node.node_id]]

@@ -385,9 +385,10 @@ async def test_silent_and_half_open_connections_blame_nobody(
         stats = node.statistics()
         assert stats.handshake_failures == 0
         assert stats.bans_active == 0
-        assert stats.handshakes_abandoned + stats.connections_rejected.get(
-            "ip_handshakes_busy", 0
-        ) == 30
+        assert (
+            stats.handshakes_abandoned + stats.connections_rejected.get("ip_handshakes_busy", 0)
+            == 30
+        )
         for stream in streams:
             await stream.aclose()
         honest = loopback_node(persistent=[address_of_node(node)])

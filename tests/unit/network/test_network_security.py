@@ -348,9 +348,10 @@ async def test_unsolicited_pex_answer_is_a_protocol_violation() -> None:
         key = PrivateKey.generate()
         for _ in range(2):
             conn = await _client(node, key=key)
-            frames = wire.encode_hello(0) + wire.encode_batch(
-                False, wire.PEX, [wire.encode_pex_addresses([])]
-            ) * 2
+            frames = (
+                wire.encode_hello(0)
+                + wire.encode_batch(False, wire.PEX, [wire.encode_pex_addresses([])]) * 2
+            )
             await conn.send(frames)
             with pytest.raises((ConnectionClosed, trio.BrokenResourceError)):
                 with trio.fail_after(10):

@@ -100,9 +100,7 @@ def test_pex_messages_round_trip_and_validate() -> None:
     """PEX request and addresses round-trip; bad node ids and ports are refused."""
     assert wire.decode_pex(wire.encode_pex_request()) == wire.PexRequest()
     entries = [("ab" * 20, "10.0.0.1", 26656)]
-    assert wire.decode_pex(wire.encode_pex_addresses(entries)) == wire.PexAddresses(
-        tuple(entries)
-    )
+    assert wire.decode_pex(wire.encode_pex_addresses(entries)) == wire.PexAddresses(tuple(entries))
     for bad in (
         [1, [["AB" * 20, "h", 1]]],
         [1, [["ab" * 20, "", 1]]],
@@ -136,8 +134,9 @@ _msgpack_values = st.recursive(
     | st.floats()
     | st.binary(max_size=20)
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
     max_leaves=12,
 )
 
@@ -175,7 +174,9 @@ def _as_value(message: wire.Message) -> list[object]:
     [
         # array32 header, kind as uint64, channel as int8, array16 of bin16 and bin32
         (
-            b"\xdd\x00\x00\x00\x03\xcf" + (2).to_bytes(8, "big") + b"\xd0\x04"
+            b"\xdd\x00\x00\x00\x03\xcf"
+            + (2).to_bytes(8, "big")
+            + b"\xd0\x04"
             + b"\xdc\x00\x02\xc5\x00\x01a\xc6\x00\x00\x00\x02bc",
             wire.Batch(True, wire.MEMPOOL, [b"a", b"bc"]),
         ),

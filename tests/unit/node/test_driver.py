@@ -35,9 +35,9 @@ from consensus.validation import build_block, next_chain_state
 from network import BLOCKSYNC
 from network import Misbehaviour as PeerFault
 from node import wal as wal_module
-from node.driver import (
+from node.driver import Driver
+from node.effects import (
     Apply,
-    Driver,
     DriverConfig,
     Effect,
     Gossip,
@@ -414,7 +414,7 @@ def test_a_validator_says_why_it_does_not_vote_and_forgeries_cost_the_sender(
 ) -> None:
     """A watching validator announces, signed, that it watches; a peer records it (for the
     doctor); the same statement with a bad signature is the sender's fault."""
-    from node.driver import AnnounceVoterState
+    from node.effects import AnnounceVoterState
     from node.messages import VoterStateMsg, voter_state_sign_bytes
 
     last = SignedRecord(1, 0, SignStep.PROPOSE, b"", b"")
