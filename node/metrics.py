@@ -221,7 +221,7 @@ class Metrics:
         )
         self.event_loop_lag_max = g(
             f"{_NS}_event_loop_lag_max_seconds",
-            "Largest event-loop lag since the previous scrape.",
+            "Largest event-loop lag in the last 15 s (one scrape interval).",
             registry=r,
         )
 
