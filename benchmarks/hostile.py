@@ -78,6 +78,8 @@ ATTACKS: dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
     "body-swap": ("body-swap", (), (0, 1, 2, 3)),
 }
 SINGLE_FRAME = ("decode-bomb", "decode-bomb-payload")
+# As tests/integration/test_hostile_peer.py: heights a node may trail the others by.
+PACE_HEIGHTS_MAX = 2
 
 
 def log(text: str) -> None:
@@ -121,6 +123,7 @@ async def one(name: str, ns: argparse.Namespace, folder: Path) -> dict[str, Any]
         "rss_baseline_mb": round(outcome.rss_baseline_mb, 1),
         "stall_ms": round(outcome.lag_max_s * 1000, 1) if outcome.lag_probe else None,
         "commit_gap_s": round(outcome.commit_gap_max_s, 1),
+        "failed_rounds": outcome.round_changes,
         "heights_start": min(outcome.heights_start.values()),
         "heights_end": [min(end.values(), default=0), max(end.values(), default=0)],
         "heights_after": min(after_h.values(), default=0),
@@ -140,13 +143,30 @@ async def one(name: str, ns: argparse.Namespace, folder: Path) -> dict[str, Any]
     }
 
 
+def verdict(r: dict[str, Any]) -> str:
+    """Whether every honest node kept committing, and if not, how it failed."""
+    problems = []
+    if r["exited"]:
+        problems.append(f"exited: {', '.join(r['exited'])}")
+    if not r["kept_committing"]:
+        problems.append("halted")
+    if r["behind_max"] > PACE_HEIGHTS_MAX:
+        problems.append(f"a node fell {r['behind_max']} behind")
+    if r["left_consensus"]:
+        problems.append(f"{', '.join(r['left_consensus'])} left consensus")
+    if not r["hashes_agree"]:
+        problems.append("hashes differ")
+    return "yes" if not problems else "**no**: " + ", ".join(problems)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     base = next((r for r in rows if r["attack"] == "none"), None)
     base_stall = base["stall_ms"] if base and base["stall_ms"] else None
     lines = [
         "| attack | target RSS growth (MB) | longest stall (ms) | x baseline | "
-        "commit gap (s) | kept committing (heights start -> end -> after) | attacker cut off |",
-        "|---|---:|---:|---:|---:|---|---|",
+        "longest commit gap (s) | heights start -> end -> after | consensus kept committing "
+        "| attacker cut off |",
+        "|---|---:|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
         stall = "-" if r["stall_ms"] is None else f"{r['stall_ms']:.0f}"
@@ -155,13 +175,6 @@ def table(rows: list[dict[str, Any]]) -> str:
             ratio = f"{r['stall_ms'] / base_stall:.1f}"
         lo, hi = r["heights_end"]
         end = f"{lo}" if lo == hi else f"{lo}..{hi}"
-        kept = "yes" if r["kept_committing"] and r["behind_max"] <= 2 else "**no**"
-        if r["left_consensus"]:
-            kept += f", left consensus: {', '.join(r['left_consensus'])}"
-        if not r["hashes_agree"]:
-            kept += ", **hashes differ**"
-        if r["exited"]:
-            kept += f", **exited: {', '.join(r['exited'])}**"
         if r["attack"] == "none":
             cut = "-"
         else:
@@ -174,8 +187,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             )
         lines.append(
             f"| {r['attack']} | {r['rss_growth_mb']:.0f} | {stall} | {ratio} | "
-            f"{r['commit_gap_s']:.1f} | {kept} ({r['heights_start']} -> {end} -> "
-            f"{r['heights_after']}) | {cut} |"
+            f"{r['commit_gap_s']:.1f} | {r['heights_start']} -> {end} -> {r['heights_after']} | "
+            f"{verdict(r)} | {cut} |"
         )
     return "\n".join(lines)
 
@@ -193,6 +206,12 @@ async def benchmark(ns: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def rerender(path: Path) -> str:
+    """The table of an earlier run, from its JSON line."""
+    lines = path.read_text().strip().splitlines()
+    return table(json.loads(lines[-1])["rows"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -203,7 +222,11 @@ def main() -> int:
     )
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per flood or hold")
     parser.add_argument("--base-port", type=int, default=29700)
+    parser.add_argument("--table", type=Path, help="only print the table of this run's stdout")
     ns = parser.parse_args()
+    if ns.table:
+        print(rerender(ns.table))
+        return 0
     unknown = [a for a in ns.attacks if a not in ATTACKS]
     if unknown:
         parser.error(f"unknown attacks: {unknown}")

@@ -1049,6 +1049,7 @@ class Outcome:
     common_height: int = 0
     exited: list[str] = field(default_factory=list)
     banned_delta: float = 0.0  # the target's archipelago_p2p_banned_peers over the attack
+    round_changes: float = 0.0  # failed rounds on the target over the attack and recovery
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -1080,7 +1081,8 @@ class Outcome:
             f"hashes agree {self.hashes_agree} at {self.common_height}, exited {self.exited}, "
             f"attacker cut off {self.report.cut_off} ({self.report.closed_by_target}/"
             f"{self.report.connections} closed, {self.report.refused} refused), "
-            f"banned +{self.banned_delta:.0f}, notes {self.report.notes}, extra {self.extra}"
+            f"banned +{self.banned_delta:.0f}, failed rounds +{self.round_changes:.0f}, "
+            f"notes {self.report.notes}, extra {self.extra}"
         )
 
 
@@ -1280,9 +1282,11 @@ async def run_attack(
         outcome.rss_peak_mb = rss_bytes(pid, "VmHWM") / MB
         final = await _scrape(api, watched)
         outcome.lag_max_s = max(outcome.lag_max_s, final.get(LAG_GAUGE, 0.0))
-        outcome.banned_delta = final.get("archipelago_p2p_banned_peers_total", 0.0) - before.get(
-            "archipelago_p2p_banned_peers_total", 0.0
-        )
+        for name, attr in (
+            ("archipelago_p2p_banned_peers_total", "banned_delta"),
+            ("archipelago_consensus_round_changes_total", "round_changes"),
+        ):
+            setattr(outcome, attr, final.get(name, 0.0) - before.get(name, 0.0))
     live = [n for n in net.validators if n.running]
     heights = await _heights(api, live)
     outcome.common_height = min(heights.values(), default=0)
