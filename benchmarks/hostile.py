@@ -124,6 +124,7 @@ async def one(name: str, ns: argparse.Namespace, folder: Path) -> dict[str, Any]
         "stall_ms": round(outcome.lag_max_s * 1000, 1) if outcome.lag_probe else None,
         "commit_gap_s": round(outcome.commit_gap_max_s, 1),
         "failed_rounds": outcome.round_changes,
+        "wal_growth_mb": round(outcome.wal_growth_mb, 1),
         "heights_start": min(outcome.heights_start.values()),
         "heights_end": [min(end.values(), default=0), max(end.values(), default=0)],
         "heights_after": min(after_h.values(), default=0),

@@ -1024,6 +1024,17 @@ def rss_bytes(pid: int, field_name: str = "VmRSS") -> int:
     raise AssertionError(f"no {field_name} for pid {pid}")
 
 
+def wal_bytes(home: Path) -> int:
+    """Bytes in a node's consensus WAL files (data/wal, node/core.py)."""
+    total = 0
+    for path in (home / "data" / "wal").glob("*"):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # rotated away while we looked
+            pass
+    return total
+
+
 def reset_peak_rss(pid: int) -> None:
     """Start VmHWM again from the current RSS (Linux >= 4.0, our own processes)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -1050,6 +1061,7 @@ class Outcome:
     exited: list[str] = field(default_factory=list)
     banned_delta: float = 0.0  # the target's archipelago_p2p_banned_peers over the attack
     round_changes: float = 0.0  # failed rounds on the target over the attack and recovery
+    wal_growth_mb: float = 0.0  # the target's consensus WAL at its largest, over its start
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -1082,6 +1094,7 @@ class Outcome:
             f"attacker cut off {self.report.cut_off} ({self.report.closed_by_target}/"
             f"{self.report.connections} closed, {self.report.refused} refused), "
             f"banned +{self.banned_delta:.0f}, failed rounds +{self.round_changes:.0f}, "
+            f"WAL +{self.wal_growth_mb:.0f} MB, "
             f"notes {self.report.notes}, extra {self.extra}"
         )
 
@@ -1227,10 +1240,14 @@ async def run_attack(
             gaps[n.name] = max(gaps[n.name], now - last_change[n.name][0])
             await trio.sleep(OBSERVE_INTERVAL_S)
 
-    async def watch_lag() -> None:
+    wal_start = wal_bytes(watched.home)
+
+    async def watch_target() -> None:
         while True:
             lag = (await _scrape(api, watched)).get(LAG_GAUGE, 0.0)
             outcome.lag_max_s = max(outcome.lag_max_s, lag)
+            growth = (wal_bytes(watched.home) - wal_start) / MB
+            outcome.wal_growth_mb = max(outcome.wal_growth_mb, growth)
             await trio.sleep(OBSERVE_INTERVAL_S)
 
     command = [
@@ -1248,7 +1265,7 @@ async def run_attack(
     async with trio.open_nursery() as nursery:
         for n in honest:
             nursery.start_soon(watch_node, n)
-        nursery.start_soon(watch_lag)
+        nursery.start_soon(watch_target)
         with trio.move_on_after(duration_s + ATTACKER_GRACE_S):
             result = await trio.run_process(
                 command, capture_stdout=True, capture_stderr=True, check=False, env=nodes.env()
