@@ -24,7 +24,7 @@ machine); an attack that leaves it unable to commit fails its own test, and
 the next test starts a fresh one. Attacks that move a node (a restart) or
 that are known to halt the chain run last.
 
-Ports: 28700..28799.
+Ports: 28900..28999.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _load(name: str, filename: str) -> ModuleType:
 nodes = _load("archipelago_itest_nodes", "nodes.py")
 hostile = _load("archipelago_itest_hostile_peer", "hostile_peer.py")
 
-BASE_PORT = 28700
+BASE_PORT = 28900
 # Memory a target may gain, at its peak, over its RSS before the attack: the
 # node holds at most a bounded amount for its peers whatever they send (issue
 # 11: a stated figure with the default config); this adds room for Python's
