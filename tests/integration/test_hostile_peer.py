@@ -188,7 +188,14 @@ def _assert_network_survived(outcome: Any) -> None:
 
 def _assert_cut_off(outcome: Any) -> None:
     r = outcome.report
-    assert r.connections + r.refused > 0, f"{outcome.attack}: the attack never connected: {r}"
+    # Refused at the handshake is a fine defence against strangers, but then
+    # nothing behind it was tested: these tests need a network that lets the
+    # attacker's keys in (open membership, as `archipelago init` makes, or
+    # the attacker's node ids admitted), as a compromised member would be.
+    assert r.connections > 0, (
+        f"{outcome.attack}: the attacker never got past the handshake "
+        f"({r.refused} refused), so nothing after it was tested"
+    )
     assert r.cut_off, (
         f"{outcome.attack}: the target closed {r.closed_by_target} of the attacker's "
         f"{r.connections} connections"
