@@ -97,7 +97,7 @@ from node.messages import (
 FRAME_BYTES_MAX = 16 * 1024 * 1024
 KIND_HELLO, KIND_DIRECT, KIND_GOSSIP, KIND_PING = 0, 1, 2, 3
 CONSENSUS, BLOCKSYNC = 1, 3
-TAG_PROPOSAL, TAG_VOTE, TAG_STATUS, TAG_SYNC_STATUS, TAG_SYNC_REQUEST = 1, 2, 3, 20, 21
+TAG_PROPOSAL, TAG_STATUS, TAG_SYNC_STATUS, TAG_SYNC_REQUEST = 1, 3, 20, 21
 # Encoded transactions may be this long (consensus/types.py TX_BYTES_MAX).
 TX_BYTES_MAX = 32 * 1024 + 256
 
@@ -106,7 +106,7 @@ HANDSHAKE_TIMEOUT_S = 10.0
 # has not closed yet: enough to drain what it queued for us on loopback.
 CLOSE_CHECK_S = 2.0
 # A connection that sees no HELLO from the target this soon after the
-# handshake was refused (the target bans after the handshake, before HELLO).
+# handshake was refused (a node checks bans after the handshake, before HELLO).
 HELLO_WAIT_S = 5.0
 # Protocol rule (section 10): nodes send their status every second.
 STATUS_INTERVAL_S = 1.0
@@ -174,11 +174,6 @@ def batch_frame(channel: int, payloads: Sequence[bytes], *, gossip: bool = False
     kind = KIND_GOSSIP if gossip else KIND_DIRECT
     items = b"".join(mp_bin(p) for p in payloads)
     return frame(mp_array(3) + mp_uint(kind) + mp_uint(channel) + mp_array(len(payloads)) + items)
-
-
-def packb(obj: object) -> bytes:
-    data: bytes = msgpack.packb(obj, use_bin_type=True)
-    return data
 
 
 def _unpack(data: bytes) -> Any:
@@ -339,7 +334,7 @@ class Report:
     attack: str
     target: str
     connections: int = 0  # handshakes completed (connections opened, for handshake-garbage)
-    refused: int = 0  # refused at connect or handshake, or closed before the target's HELLO
+    refused: int = 0  # refused at connect or during the handshake
     closed_by_target: int = 0  # of `connections`, closed by the target during the attack
     frames_sent: int = 0
     bytes_sent: int = 0
@@ -407,6 +402,17 @@ class _Tally:
         return r
 
 
+async def is_banned(target: Target, chain: Chain, key: PrivateKey) -> bool:
+    """Whether the target refuses `key` now: it closes without sending HELLO."""
+    try:
+        peer = await RawPeer.open(target, chain.chain_id, key)
+    except (HandshakeError, OSError, trio.BrokenResourceError):
+        return True
+    welcomed = await peer.wait_hello()
+    await peer.aclose()
+    return not welcomed
+
+
 # ---------------------------------------------------------------- attacks
 
 
@@ -446,7 +452,10 @@ async def decode_bomb(
         report.frames_sent += 1
         log(f"sent a {len(body)}-byte {variant} bomb; waiting up to {wait_s} s for the verdict")
         await peer.wait_closed(wait_s)
-    return await tally.finish()
+    await tally.finish()
+    if peer is not None:
+        report.notes["banned"] = await is_banned(target, chain, peer.key)
+    return report
 
 
 async def slow_frames(
@@ -476,7 +485,7 @@ async def slow_frames(
 
 
 async def _flood(
-    report: Report, tally: _Tally, peer: RawPeer, chunk: bytes, per_chunk: int, duration_s: float
+    report: Report, peer: RawPeer, chunk: bytes, per_chunk: int, duration_s: float
 ) -> None:
     """Write `chunk` again and again for `duration_s`, never reading."""
     with trio.move_on_after(duration_s):
@@ -500,9 +509,12 @@ async def ping_flood(
     peer = await tally.open(target, chain, key)
     if peer is not None:
         chunk = b"".join(ping_frame(n) for n in range(pings_per_write))
-        await _flood(report, tally, peer, chunk, pings_per_write, duration_s)
+        await _flood(report, peer, chunk, pings_per_write, duration_s)
         report.notes["pings_per_s"] = round(report.frames_sent / duration_s)
-    return await tally.finish()
+    await tally.finish()
+    if peer is not None:
+        report.notes["banned"] = await is_banned(target, chain, peer.key)
+    return report
 
 
 async def sync_flood(
@@ -520,9 +532,12 @@ async def sync_flood(
     if peer is not None:
         request = mp_array(3) + mp_uint(TAG_SYNC_REQUEST) + mp_uint(1) + mp_uint(16)
         chunk = batch_frame(BLOCKSYNC, [request] * requests_per_frame)
-        await _flood(report, tally, peer, chunk, 1, duration_s)
+        await _flood(report, peer, chunk, 1, duration_s)
         report.notes["requests"] = report.frames_sent * requests_per_frame
-    return await tally.finish()
+    await tally.finish()
+    if peer is not None:
+        report.notes["banned"] = await is_banned(target, chain, peer.key)
+    return report
 
 
 async def handshake_garbage(
@@ -579,7 +594,7 @@ async def _garbage(stream: trio.SocketStream, kind: str, chain_id: str, rng: ran
     if kind == "junk":
         await stream.send_all(rng.randbytes(rng.randrange(64, 512)))
         return
-    if kind == "long-junk":  # a length the responder accepts, then random "message 1"
+    if kind == "long-junk":  # a well-formed message 1 (any 32 bytes), then junk
         await stream.send_all((32).to_bytes(2, "big") + rng.randbytes(32) + rng.randbytes(200))
         return
     state = noise.HandshakeState(
