@@ -78,6 +78,9 @@ ATTACKS: dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
     "body-swap": ("body-swap", (), (0, 1, 2, 3)),
 }
 SINGLE_FRAME = ("decode-bomb", "decode-bomb-payload")
+# Slow frames are held past the frame deadline (frame_timeout_s, 20 s) and
+# short of the idle timeout (30 s), as in the test.
+HOLD_S = {"slow-frames": 25.0}
 # As tests/integration/test_hostile_peer.py: heights a node may trail the others by.
 PACE_HEIGHTS_MAX = 2
 
@@ -91,7 +94,7 @@ async def one(name: str, ns: argparse.Namespace, folder: Path) -> dict[str, Any]
     net = nodes.create_testnet(
         folder, validators=4, base_port=ns.base_port, accounts=4, consensus=ConsensusConfig()
     )
-    duration_s = 0.0 if name in SINGLE_FRAME else ns.duration
+    duration_s = 0.0 if name in SINGLE_FRAME else HOLD_S.get(name, ns.duration)
     after: Callable[[], Awaitable[dict[str, Any]]] | None = None
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 2, nodes.START_TIMEOUT_S)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -108,6 +109,10 @@ CLOSE_CHECK_S = 2.0
 # A connection that sees no HELLO from the target this soon after the
 # handshake was refused (a node checks bans after the handshake, before HELLO).
 HELLO_WAIT_S = 5.0
+# How long the target has, after an attack that judged many messages, to
+# close the connections it has not closed yet (its verdicts may queue behind
+# 16 MiB proposals).
+VERDICT_S = 5.0
 # Protocol rule (section 10): nodes send their status every second.
 STATUS_INTERVAL_S = 1.0
 
@@ -459,29 +464,57 @@ async def decode_bomb(
 
 
 async def slow_frames(
-    target: Target, chain: Chain, *, connections: int = 16, hold_s: float = 15.0
+    target: Target, chain: Chain, *, connections: int = 16, hold_s: float = 25.0
 ) -> Report:
-    """Each connection announces a full-size frame, sends all but its last byte, and holds."""
+    """Each connection announces a full-size frame, sends all but its last byte, and holds.
+
+    A node that bounds what it buffers for incomplete frames stops reading
+    some of them (TCP backpressure): their sends do not finish, and they
+    cost it nothing but a socket. The report counts as `connections` those
+    whose partial frame the target did take in (all but a few MiB of kernel
+    buffers), and whether it closed them before `hold_s` from the start;
+    notes.waiting are the others, notes.waiting_closed those it closed anyway.
+    """
     report = Report("slow-frames", str(target), notes={"announced_bytes": FRAME_BYTES_MAX})
-    tally = _Tally(report)
+    started = trio.current_time()
+    deadline = started + hold_s
     head = mp_array(3) + mp_uint(KIND_GOSSIP) + mp_uint(CONSENSUS) + mp_array(1)
     payload_bytes = FRAME_BYTES_MAX - len(head) - 5
     body = head + b"\xc6" + payload_bytes.to_bytes(4, "big") + bytes(payload_bytes)
     partial = frame(body)[:-1]
+    taken: list[RawPeer] = []
+    waiting: list[RawPeer] = []
 
     async def one() -> None:
-        peer = await tally.open(target, chain)
-        if peer is not None and await peer.send(partial):
-            report.frames_sent += 1
+        try:
+            peer = await RawPeer.open(target, chain.chain_id)
+        except (HandshakeError, OSError, trio.BrokenResourceError):
+            report.refused += 1
+            return
+        report.node_ids.append(peer.node_id)
+        with trio.move_on_after(deadline - trio.current_time()):
+            if await peer.send(partial):
+                report.frames_sent += 1
+                taken.append(peer)
+        if peer not in taken:
+            waiting.append(peer)  # a send cut by the deadline leaves the stream unusable: fine
+        await peer.wait_closed(deadline - trio.current_time())
 
     async with trio.open_nursery() as nursery:
         for _ in range(connections):
             nursery.start_soon(one)
-    log(f"{report.frames_sent} connections hold {len(partial)} bytes each; holding {hold_s} s")
-    async with trio.open_nursery() as nursery:
-        for peer in tally.peers:
-            nursery.start_soon(peer.wait_closed, hold_s)
-    return await tally.finish(check_s=0)
+    report.connections = len(taken)
+    for peer in taken:
+        if peer.closed:
+            report.closed_by_target += 1
+            report.closed_after_s.append(peer.closed_at - started)
+        report.bytes_sent += peer.bytes_sent
+    report.notes["waiting"] = len(waiting)
+    report.notes["waiting_closed"] = sum(1 for p in waiting if p.closed)
+    for peer in taken + waiting:
+        await peer.aclose()
+    report.duration_s = trio.current_time() - started
+    return report
 
 
 async def _flood(
@@ -765,7 +798,7 @@ async def forged_flood(
 
     An observer connection (sends only HELLO, not counted as an attacker)
     follows the target's height and round and collects real votes. Then, each
-    for a sixth of `duration_s`: copies of those votes in DIRECT batches (no
+    for a fifth of `duration_s`: copies of those votes in DIRECT batches (no
     seen-cache on DIRECT); forged proposals near the frame limit; a forged
     decided block naming another block; 4 forged next-height proposals and
     1,020 forged next-height votes; forged votes carrying each validator's
@@ -777,12 +810,14 @@ async def forged_flood(
     started = trio.current_time()
     view = _View()
     observer = await RawPeer.open(target, chain.chain_id)
-    slice_s = duration_s / 6
+    slice_s = duration_s / 5
     parts: dict[str, dict[str, int]] = {}
+
+    tallies: dict[str, _Tally] = {}
 
     async def part(name: str, make_frames: Callable[[], list[bytes]]) -> None:
         """Send frames from `make_frames()` on connections with fresh keys for one slice."""
-        tally = _Tally(Report(name, str(target)))
+        tally = tallies[name] = _Tally(Report(name, str(target)))
         with trio.move_on_after(slice_s):
             while True:
                 peer = await tally.open(target, chain)
@@ -796,19 +831,26 @@ async def forged_flood(
                             break
                         tally.report.frames_sent += 1
                     await trio.sleep(0 if chunks else 0.05)
-        r = await tally.finish()
-        parts[name] = {
-            "connections": r.connections,
-            "closed_by_target": r.closed_by_target,
-            "frames": r.frames_sent,
-        }
-        report.connections += r.connections
-        report.closed_by_target += r.closed_by_target
-        report.refused += r.refused
-        report.frames_sent += r.frames_sent
-        report.bytes_sent += r.bytes_sent
-        report.node_ids.extend(r.node_ids)
-        report.closed_after_s.extend(r.closed_after_s)
+
+    async def verdicts() -> None:
+        """Every part's connections get VERDICT_S after the last part to be closed."""
+        async with trio.open_nursery() as nursery:
+            for tally in tallies.values():
+                nursery.start_soon(functools.partial(tally.finish, check_s=VERDICT_S))
+        for name, tally in tallies.items():
+            r = tally.report
+            parts[name] = {
+                "connections": r.connections,
+                "closed_by_target": r.closed_by_target,
+                "frames": r.frames_sent,
+            }
+            report.connections += r.connections
+            report.closed_by_target += r.closed_by_target
+            report.refused += r.refused
+            report.frames_sent += r.frames_sent
+            report.bytes_sent += r.bytes_sent
+            report.node_ids.extend(r.node_ids)
+            report.closed_after_s.extend(r.closed_after_s)
 
     def duplicates() -> list[bytes]:
         votes = list(view.votes.values())
@@ -864,6 +906,7 @@ async def forged_flood(
             await part(name, make)
         nursery.cancel_scope.cancel()
     await observer.aclose()
+    await verdicts()
     report.notes["parts"] = parts
     report.duration_s = trio.current_time() - started
     return report
@@ -887,41 +930,72 @@ async def body_swap(
     duration_s: float = 10.0,
     rng: random.Random | None = None,
 ) -> Report:
-    """Relay every real proposal, with another body under its header, to every other target."""
-    rng = rng or random.Random()
-    report = Report("body-swap", ",".join(map(str, targets)), notes={"swapped": 0})
-    tally = _Tally(report)
-    done: set[bytes] = set()
-    peers: list[RawPeer] = []
-    for target in targets:
-        peer = await tally.open(target, chain)
-        if peer is not None:
-            peers.append(peer)
+    """Relay every real proposal, with another body under its header, to every other target.
 
-    async def relay(source: RawPeer) -> None:
-        while not source.closed:
-            for channel, payload in await source.payloads():
-                if channel != CONSENSUS or payload[1:2] != bytes([TAG_PROPOSAL]):
-                    continue
-                try:
-                    msg = decode_message(payload)
-                except ValueError:
-                    continue
-                assert isinstance(msg, ProposalMsg)
-                if msg.proposal.signature in done:
-                    continue
-                done.add(msg.proposal.signature)
-                tampered = batch_frame(CONSENSUS, [swapped_body(msg, rng)], gossip=True)
-                for other in peers:
-                    if other is not source and await other.send(tampered):
-                        report.frames_sent += 1
-                report.notes["swapped"] += 1
+    One connection per target, re-opened with a fresh key whenever the
+    target closes it, so every target keeps being attacked for `duration_s`.
+    The report counts as `connections` those that carried at least one
+    swapped body, and whether the target closed each within VERDICT_S.
+    """
+    rng = rng or random.Random()
+    report = Report("body-swap", ",".join(map(str, targets)), notes={"swapped": 0, "reconnects": 0})
+    started = trio.current_time()
+    done: set[bytes] = set()
+    current: dict[int, RawPeer] = {}
+    attacked: list[RawPeer] = []
+    everyone: list[RawPeer] = []
+
+    async def swap(msg: ProposalMsg, source: int) -> None:
+        tampered = batch_frame(CONSENSUS, [swapped_body(msg, rng)], gossip=True)
+        report.notes["swapped"] += 1
+        for index, other in list(current.items()):
+            if index != source and await other.send(tampered):
+                report.frames_sent += 1
+                if other not in attacked:
+                    attacked.append(other)
+
+    async def follow(index: int, target: Target) -> None:
+        while True:
+            try:
+                peer = await RawPeer.open(target, chain.chain_id)
+            except (HandshakeError, OSError, trio.BrokenResourceError):
+                report.refused += 1
+                await trio.sleep(0.1)
+                continue
+            report.node_ids.append(peer.node_id)
+            everyone.append(peer)
+            current[index] = peer
+            while not peer.closed:
+                for channel, payload in await peer.payloads():
+                    if channel != CONSENSUS or payload[1:2] != bytes([TAG_PROPOSAL]):
+                        continue
+                    try:
+                        msg = decode_message(payload)
+                    except ValueError:
+                        continue
+                    assert isinstance(msg, ProposalMsg)
+                    if msg.proposal.signature not in done:
+                        done.add(msg.proposal.signature)
+                        await swap(msg, index)
+            report.notes["reconnects"] += 1
 
     with trio.move_on_after(duration_s):
         async with trio.open_nursery() as nursery:
-            for peer in peers:
-                nursery.start_soon(relay, peer)
-    return await tally.finish()
+            for index, target in enumerate(targets):
+                nursery.start_soon(follow, index, target)
+    async with trio.open_nursery() as nursery:
+        for peer in attacked:
+            nursery.start_soon(peer.wait_closed, VERDICT_S)
+    report.connections = len(attacked)
+    for peer in attacked:
+        if peer.closed:
+            report.closed_by_target += 1
+            report.closed_after_s.append(peer.closed_at - started)
+    for peer in everyone:
+        report.bytes_sent += peer.bytes_sent
+        await peer.aclose()
+    report.duration_s = trio.current_time() - started
+    return report
 
 
 # ---------------------------------------------------------------- command line
@@ -1020,6 +1094,10 @@ OBSERVE_INTERVAL_S = 0.25
 # heights within RECOVERY_TIMEOUT_S for the network to count as live after it.
 RECOVERY_HEIGHTS = 2
 RECOVERY_TIMEOUT_S = 20.0
+# The attack's window (heights_start to heights_end) lasts at least this
+# long, even when the target cuts the attacker off at once: a few blocks
+# with the default timeouts.
+ATTACK_WINDOW_MIN_S = 5.0
 # Before an attack the network must be committing: one new height this soon.
 HEALTHY_TIMEOUT_S = 20.0
 # Light background load: transfers per second over all honest nodes.
@@ -1277,6 +1355,7 @@ async def run_attack(
     ]
     for t in targets:
         command += ["--target", str(nodes.load_config(t.config_path).p2p.listen)]
+    attack_started = trio.current_time()
     async with trio.open_nursery() as nursery:
         for n in honest:
             nursery.start_soon(watch_node, n)
@@ -1292,6 +1371,9 @@ async def run_attack(
                 tail = result.stderr.decode(errors="replace").strip().splitlines()[-5:]
                 outcome.report.notes["error"] = f"attacker exited with {result.returncode}"
                 outcome.report.notes["stderr"] = tail
+        # An attack the target cuts short still gets a window long enough to see
+        # every node commit through it.
+        await trio.sleep_until(attack_started + ATTACK_WINDOW_MIN_S)
         attacking = False  # a node restarted by `after` starts in block sync, rightly
         outcome.heights_end = await _heights(api, honest)
         if after is not None:
