@@ -242,8 +242,10 @@ async def test_a_decode_bomb_payload_in_a_valid_batch_costs_bounded_memory_and_n
 
 async def test_slow_frames_from_many_identities_are_bounded_and_dropped(net: Any) -> None:
     """16 connections with fresh keys each announce a 16 MiB frame and send all but one
-    byte (issue 11 item 3: 30 of them held ~750 MiB until the 30 s idle timeout). Those
-    the node takes in are closed by the frame deadline; the others it does not read."""
+    byte (issue 11 item 3: 30 of them held ~750 MiB until the 30 s idle timeout). The
+    node holds a bounded amount of them at once and drops each it holds at the frame
+    deadline; the others wait unread (in the kernel's buffers, not the node's) for their
+    turn, which comes after this test's hold, so only some connections are closed here."""
     outcome = await _attack(
         net,
         "slow-frames",
@@ -252,7 +254,11 @@ async def test_slow_frames_from_many_identities_are_bounded_and_dropped(net: Any
         args=("--connections", "16"),
     )
     _assert_network_survived(outcome)
-    _assert_cut_off(outcome)
+    r = outcome.report
+    assert r.connections > 0, f"the attacker never got past the handshake: {r}"
+    assert r.closed_by_target > 0, (
+        f"none of the {r.connections} slow frames was dropped within {SLOW_FRAMES_HOLD_S} s"
+    )
 
 
 async def test_a_ping_flood_that_never_reads_is_bounded_and_dropped(net: Any) -> None:
@@ -290,11 +296,19 @@ async def test_forged_and_duplicate_consensus_messages_are_dropped_and_their_sen
 async def test_a_body_swapped_under_a_real_header_is_blamed_on_its_relayer(net: Any) -> None:
     """Issue 10 item 4: a peer relays every real proposal with another transaction list
     under its header to every other node. The chain goes on with one history, and the
-    relayer is cut off (the body does not match the header: the sender's fault)."""
+    relayer is blamed: a body that does not match its header is the sender's fault."""
     outcome = await _attack(net, "body-swap", targets=list(net.validators), duration_s=FLOOD_S)
     _assert_network_survived(outcome)
-    assert outcome.report.notes.get("swapped", 0) > 0, "no proposal was seen to swap"
-    _assert_cut_off(outcome)
+    r = outcome.report
+    assert r.notes.get("swapped", 0) > 0, "no proposal was seen to swap"
+    assert r.connections > 0, f"no swapped body was delivered: {r}"
+    # A swapped copy that arrives after the genuine proposal may be dropped as a
+    # duplicate without its body being read (harmless: it is never used), so not every
+    # connection that carried one is closed; one whose copy was examined must be.
+    assert r.closed_by_target > 0, (
+        f"no node blamed the relayer of {r.notes['swapped']} swapped bodies "
+        f"({r.connections} connections carried them)"
+    )
 
 
 async def test_handshake_garbage_from_a_shared_ip_does_not_lock_out_honest_nodes(
