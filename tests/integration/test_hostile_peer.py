@@ -12,8 +12,9 @@ network under light transfer load:
 - the target's peak RSS (VmHWM, reset before the attack) stays within
   RSS_GROWTH_MAX_MB of its RSS before the attack;
 - the target's event loop never stalls longer than LAG_MAX_S (node/loopwatch.py);
-- the attacker is cut off: the target closes (or refuses) every connection
-  the attack opened, within the attack.
+- the attacker is cut off: the target closes the connection the attack ran
+  on; for attacks spread over many fresh identities, those whose messages the
+  node took in and judged (each test says which).
 
 These are the outcomes issue 11 requires, not what b186c6b does: on b186c6b
 most of them fail (see the report of the branch that added this file and the
