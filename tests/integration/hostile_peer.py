@@ -30,11 +30,13 @@ Attacks (issues 10 and 11):
     ping-flood         PING frames as fast as the socket takes them, never reading
     sync-flood         sync_request(height=1, count=16) as fast as possible, never reading
     handshake-garbage  garbage, bad third messages and half-open handshakes from one IP
-    false-height       sync_status claiming our height + 10**6, every second
+    false-height       sync_status claiming the target's height + 10**6, every second,
+                       to one or several targets; never serves a block
     forged-flood       copies of real votes in DIRECT batches, forged proposals near the
                        frame limit, a forged decided block, forged next-height proposals
                        and votes, forged votes carrying each validator's address
     body-swap          relay each real proposal with another body, to every other target
+    none               nothing for --duration seconds: the baseline of an observation
 
 The second half of this file (`run_attack`) runs one attack as a process
 against a live testnet of tests/integration/nodes.py, under light transfer
