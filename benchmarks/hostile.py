@@ -94,6 +94,7 @@ async def one(name: str, ns: argparse.Namespace, folder: Path) -> dict[str, Any]
     net = nodes.create_testnet(
         folder, validators=4, base_port=ns.base_port, accounts=4, consensus=ConsensusConfig()
     )
+    hostile.open_network(net)
     duration_s = 0.0 if name in SINGLE_FRAME else HOLD_S.get(name, ns.duration)
     after: Callable[[], Awaitable[dict[str, Any]]] | None = None
     async with nodes.running(net), nodes.open_api() as api:

@@ -89,8 +89,7 @@ async def test_restarting_half_then_all_of_the_validators_resumes_commits(tmp_pa
                 found = await nodes.wait_for(
                     lambda: api.status(net.validators[0]),
                     lambda st: any(
-                        "watching for another instance" in f["problem"]
-                        for f in st["diagnosis"]
+                        "watching for another instance" in f["problem"] for f in st["diagnosis"]
                     ),
                     TIMEOUT_S,
                     "the doctor to name the restarted validators as watching",
