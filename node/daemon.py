@@ -231,6 +231,7 @@ def build_services(node: Node) -> list[Service]:
     from node.consensus_service import ConsensusService
     from node.core import NodeCore
     from node.effects import DriverConfig
+    from node.loopwatch import LoopWatch
     from node.rpc import RpcServer
     from node.services import MempoolGossip, MetricsServer, Reactor
 
@@ -257,6 +258,7 @@ def build_services(node: Node) -> list[Service]:
         ),
     )
     services: list[Service] = [
+        LoopWatch(core.metrics),
         _NetworkService(core),
         Reactor(core),
         core.consensus,

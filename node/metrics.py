@@ -22,6 +22,9 @@ _NS = "archipelago"
 _INTERVAL_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120)
 _VALIDATION_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _FSYNC_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
+# Event-loop lag: a free loop sits in the first bucket; 0.01 is issue 11's
+# bound per attacker frame; the top buckets catch freezes of seconds.
+_LOOP_LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +210,19 @@ class Metrics:
         )
         self.rpc_connections = g(
             f"{_NS}_rpc_connections", "Open API connections (HTTP and websocket).", registry=r
+        )
+
+        # Event loop (node/loopwatch.py sets the gauge's function)
+        self.event_loop_lag = h(
+            f"{_NS}_event_loop_lag_seconds",
+            "How late the event loop ran a task due now (probe ticking every 10 ms).",
+            buckets=_LOOP_LAG_BUCKETS_S,
+            registry=r,
+        )
+        self.event_loop_lag_max = g(
+            f"{_NS}_event_loop_lag_max_seconds",
+            "Largest event-loop lag in the last 15 s (one scrape interval).",
+            registry=r,
         )
 
     def add_source(self, source: Callable[[], Iterable[PulledSample]]) -> None:
