@@ -420,11 +420,7 @@ class Driver:
             case SyncStatusMsg(base, height):
                 self.sync.on_status(peer, base, height, now)
             case SyncRequestMsg(height, count):
-                if height <= self.state.last_height and self.sync.may_serve(peer, now):
-                    count = min(count, self.state.last_height - height + 1)
-                    out.append(ServeBlocks(peer, height, count))
-                elif height > self.state.last_height:
-                    out.append(Send(peer, BLOCKSYNC, encode_message(SyncNoneMsg(height))))
+                self._serve(peer, height, count, out)
             case SyncBlockMsg(block, commit):
                 if self.sync.on_block(peer, block, commit):
                     self._apply_synced(out)
@@ -947,12 +943,27 @@ class Driver:
         for gone in [a for a in self.voter_states if validators.index_of(a) is None]:
             del self.voter_states[gone]
 
+    def _serve(self, peer: str, height: int, count: int, out: list[Effect]) -> None:
+        """Answer a block request at the serving rate; a flooder far over it is cut off."""
+        allowed = self.sync.may_serve(peer, self._now)
+        if allowed is None:
+            out.append(Penalise(peer, PeerFault.PROTOCOL_VIOLATION, "block requests over the rate"))
+        elif not allowed:
+            return
+        elif height <= self.state.last_height:
+            count = min(count, self.state.last_height - height + 1)
+            out.append(ServeBlocks(peer, height, count))
+        else:
+            out.append(Send(peer, BLOCKSYNC, encode_message(SyncNoneMsg(height))))
+
     def _help_behind(self, peer: str, height: int, out: list[Effect]) -> None:
         """A peer working on a height we committed gets that block and its certificate."""
         last = self.state.last_height
         if not 1 <= height <= last or last - height > self.config.decided_heights_behind_max:
             return
-        if self._decided_sent.get(peer) == height or not self.sync.may_serve(peer, self._now):
+        if self._decided_sent.get(peer) == height or not self.sync.may_send_decided(
+            peer, self._now
+        ):
             return
         self._decided_sent[peer] = height
         out.append(ServeDecided(peer, height))

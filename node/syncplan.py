@@ -48,6 +48,10 @@ DISTRUST_S = 60.0
 # 8 requests of 16 blocks is 128 blocks/s per peer, near what one node applies;
 # over the rate a request is not answered (the asker times out and asks others).
 SERVE_REQUESTS_PER_S = 8.0
+# Requests refused in a row beyond the burst that make a peer an abuser: a node
+# asks for a window of 128 blocks at most and only again as blocks arrive, so
+# no correct requester runs this far over the rate; it is disconnected.
+SERVE_DEBT_REQUESTS_MAX = 64
 
 
 @dataclass(slots=True)
@@ -78,7 +82,8 @@ class SyncPlanner:
     claims: dict[str, Claim] = field(default_factory=dict)
     pending: dict[int, tuple[str, float]] = field(default_factory=dict)  # height -> peer, asked
     received: dict[int, tuple[Block, Commit, str]] = field(default_factory=dict)
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)  # block requests served
+    _decided_buckets: dict[str, _Bucket] = field(default_factory=dict)  # decided blocks sent
     _distrust: dict[str, tuple[int, float]] = field(default_factory=dict)  # peer -> (cap, until)
 
     # ------------------------------------------------------------ claims
@@ -96,6 +101,7 @@ class SyncPlanner:
         """A peer disconnected: its claim and requests go, its answers stay (asked for)."""
         self.claims.pop(peer, None)
         self._buckets.pop(peer, None)
+        self._decided_buckets.pop(peer, None)
         self._distrust.pop(peer, None)
         for h in [h for h, (p, _) in self.pending.items() if p == peer]:
             del self.pending[h]
@@ -204,15 +210,32 @@ class SyncPlanner:
             h += count
         return out
 
-    def may_serve(self, peer: str, now: float) -> bool:
-        """Take one serving token for `peer`; False when it asks faster than the rate."""
-        bucket = self._buckets.get(peer)
+    def may_send_decided(self, peer: str, now: float) -> bool:
+        """Take one token for sending `peer` a decided block (no debt: statuses are routine)."""
+        bucket = self._take(self._decided_buckets, peer, now)
+        if bucket.tokens < 0:
+            bucket.tokens += 1
+            return False
+        return True
+
+    @staticmethod
+    def _take(buckets: dict[str, _Bucket], peer: str, now: float) -> _Bucket:
+        bucket = buckets.get(peer)
         burst = 2 * SERVE_REQUESTS_PER_S
         if bucket is None:
-            bucket = self._buckets[peer] = _Bucket(burst, now)
+            bucket = buckets[peer] = _Bucket(burst, now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.at) * SERVE_REQUESTS_PER_S)
         bucket.at = now
-        if bucket.tokens < 1:
-            return False
         bucket.tokens -= 1
-        return True
+        return bucket
+
+    def may_serve(self, peer: str, now: float) -> bool | None:
+        """Take one serving token for `peer`: True to serve, False over the rate, None to cut it.
+
+        Refused requests still count (as debt), so a peer that keeps asking
+        far over the rate reaches SERVE_DEBT_REQUESTS_MAX and is an abuser.
+        """
+        bucket = self._take(self._buckets, peer, now)
+        if bucket.tokens >= 0:
+            return True
+        return None if -bucket.tokens > SERVE_DEBT_REQUESTS_MAX else False

@@ -431,3 +431,28 @@ def test_a_validator_says_why_it_does_not_vote_and_forgeries_cost_the_sender(
     forged = VoterStateMsg(ME.address, a.height, a.state, a.until_height + 1, signed)
     peer.now += 2.0
     assert penalties(peer.receive(encode_message(forged)))
+
+
+def test_block_requests_are_served_at_a_rate_and_a_flooder_is_cut_off(node: Node) -> None:
+    """A peer asking for stored blocks within the serving rate is served every time; one
+    that keeps asking far over it is first left unanswered, then penalised (disconnected)."""
+    from node.effects import ServeBlocks
+
+    a = block(b"a")
+    node.driver.on_applied(a, _state_after(a), node.now)
+    request = encode_message(SyncRequestMsg(1, 1))
+    for _ in range(30):  # 6 a second: within the rate
+        node.now += 1 / 6
+        assert [type(e) for e in node.receive(request)] == [ServeBlocks]
+    outcomes = []
+    for _ in range(200):  # 200 at once
+        effects = node.receive(request, peer="f" * 40)
+        outcomes.append(
+            "served"
+            if effects and isinstance(effects[0], ServeBlocks)
+            else "cut"
+            if penalties(effects)
+            else "unanswered"
+        )
+    assert "unanswered" in outcomes and "cut" in outcomes
+    assert outcomes.index("unanswered") < outcomes.index("cut")
