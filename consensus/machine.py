@@ -79,6 +79,7 @@ from consensus.types import (
     Block,
     Commit,
     CommitSig,
+    Proposal,
     Validator,
     ValidatorSet,
     Vote,
@@ -338,8 +339,8 @@ class ConsensusMachine:
             return Fault.BAD_SIGNATURE
         return True
 
-    def _check_proposal(self, event: ProposalReceived) -> Fault | bool:
-        proposal, block = event.proposal, event.block
+    def screen_proposal(self, proposal: Proposal) -> Fault | bool:
+        """`screen` of a proposal without its block: a node calls it before decoding one."""
         if proposal.height != self.height or self.decision is not None:
             return False
         if proposal.round > self.round + ROUNDS_AHEAD_MAX:
@@ -351,11 +352,18 @@ class ConsensusMachine:
         sign_bytes = proposal.sign_bytes(self.chain_id)
         if not self._verify(proposer.public_key, sign_bytes, proposal.signature):
             return Fault.BAD_SIGNATURE
+        return True
+
+    def _check_proposal(self, event: ProposalReceived) -> Fault | bool:
+        proposal, block = event.proposal, event.block
+        verdict = self.screen_proposal(proposal)
+        if verdict is not True:
+            return verdict
         if block.hash != proposal.block_hash or block.body_error() is not None:
             return Fault.BLOCK_MISMATCH
         # A second, validly signed proposal for a round is the proposer's fault;
         # whoever relayed it saw it first.
-        return existing is None
+        return proposal.round not in self.proposals
 
     def _check_commit(self, event: CommitReceived) -> Fault | bool:
         commit, block = event.commit, event.block

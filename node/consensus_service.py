@@ -129,6 +129,15 @@ class FairInbox:
         self.bytes += size
         return True
 
+    def drop_peer(self, peer: str) -> None:
+        """Forget everything queued from `peer` (it was found faulty)."""
+        queue = self._queues.pop(peer, None)
+        if queue is None:
+            return
+        self.count -= len(queue)
+        self.bytes -= self._bytes_by_peer.pop(peer)
+        self._order.remove(peer)
+
     def take(self) -> tuple[str, Message, bytes] | None:
         """The next message, round-robin over the peers that have one."""
         if not self._order:
@@ -238,6 +247,7 @@ class ConsensusService:
             case Penalise(peer, fault, detail):
                 log.warning("peer message refused", peer=peer, fault=fault.value, detail=detail)
                 net.report_misbehaviour(peer, fault)
+                self.inbox.drop_peer(peer)  # what it sent meanwhile is not worth the work
             case Sign():
                 return await self._sign(effect)
             case Validate(block):

@@ -398,6 +398,19 @@ class Driver:
         for gone in set(self._decided_sent) - current:
             del self._decided_sent[gone]
 
+    def screen_proposal(self, proposal: Proposal) -> Fault | bool:
+        """Whether a peer's proposal is worth decoding its block: signed by its round's proposer
+        of this height or the next, and new. For the reactor, before it decodes a block."""
+        machine = self.machine
+        if machine is None or self.mode != "consensus":
+            return False
+        if proposal.height == machine.height + 1:
+            checker = self._next_checker
+            if checker is None or proposal.round >= NEXT_HEIGHT_ROUNDS:
+                return False
+            return checker.screen_proposal(proposal)
+        return machine.screen_proposal(proposal)
+
     def on_message(self, peer: str, msg: Message, payload: bytes, now: float) -> list[Effect]:
         """One decoded message from `peer` (`payload`: its bytes as they arrived)."""
         self._now = now

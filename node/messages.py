@@ -234,6 +234,21 @@ def decode_message(data: bytes) -> Message:
     )
 
 
+def peek_proposal(data: bytes) -> Proposal:
+    """The proposal of a proposal message, read without its block (DecodeError if malformed).
+
+    A node checks the proposer's signature on it before it spends anything on
+    the block: a forged proposal then costs its sender a few hundred bytes read.
+    The full message is decoded (and its canonical form checked) afterwards.
+    """
+    if len(data) < 2 or data[0] != _FIXARRAY | 3 or data[1] != TAG_PROPOSAL:
+        raise DecodeError("not a proposal message")
+    r = Reader(data, field_bytes_max=SMALL_FIELD_BYTES_MAX)
+    r.array("message", length=3)
+    r.integer("message.tag", TAG_PROPOSAL, TAG_PROPOSAL)
+    return Proposal.read(r)
+
+
 def _read_message(r: Reader) -> Message:
     """The message's fields, after decode_message checked its header and tag bytes."""
     n = r.array("message", count_max=6)

@@ -456,3 +456,19 @@ def test_block_requests_are_served_at_a_rate_and_a_flooder_is_cut_off(node: Node
         )
     assert "unanswered" in outcomes and "cut" in outcomes
     assert outcomes.index("unanswered") < outcomes.index("cut")
+
+
+def test_a_penalised_peers_queued_messages_are_dropped() -> None:
+    """The shell's inbox forgets what a peer found faulty had queued, and keeps the rest."""
+    from node.consensus_service import FairInbox
+
+    inbox = FairInbox()
+    msg = StatusMsg(1, 0)
+    for _ in range(5):
+        inbox.put("bad", msg, b"x" * 10)
+    inbox.put("good", msg, b"y")
+    inbox.drop_peer("bad")
+    assert (inbox.count, inbox.bytes) == (1, 1)
+    taken = inbox.take()
+    assert taken is not None and taken[0] == "good"
+    assert inbox.take() is None

@@ -114,3 +114,18 @@ def test_stored_bytes_make_the_same_decided_and_sync_block_messages() -> None:
         ProposalReceived(proposal, block)
     )
     assert encode_message(VoteMsg(VOTE)) == encode_event(VoteReceived(VOTE))
+
+
+def test_a_proposals_signature_is_read_without_its_block() -> None:
+    """`peek_proposal` returns a proposal message's proposal without reading its block (a
+    block too large to decode does not matter), and refuses anything that is not one."""
+    from consensus.types import Proposal
+    from node.messages import peek_proposal
+
+    proposal = Proposal.create(KEY, "c", 3, 1, -1, b"\x09" * 32)
+    head = encode_message(VoteMsg(VOTE))  # a different message
+    body = encode([1, proposal.to_obj(), [b"\xff" * 70_000]])  # not even a block
+    assert peek_proposal(body) == proposal
+    for bad in (head, b"", body[:1], b"\x93\x01\x90"):
+        with pytest.raises(DecodeError):
+            peek_proposal(bad)
