@@ -265,24 +265,18 @@ class ConsensusMachine:
     def start_signing(self, address: bytes) -> list[Action]:
         """Sign from now on, and do what this round still needs from us.
 
-        The votes the rules decided in the current round while we did not sign
-        are cast now (Algorithm 1 has each step's vote sent when the step is
-        entered; a vote sent late is still that step's vote), and a proposer
-        still in the propose step proposes. Without this a validator that
-        starts signing mid-round could leave a round short of the 2f + 1 votes
-        that start its timeouts, and the round would never end.
+        The votes the rules decided in this round while we did not sign are
+        cast now (a vote sent late is still that step's vote), and a proposer
+        still in the propose step proposes; else a round could stay short of
+        the 2f + 1 votes that start its timeouts, and never end.
         """
         self.own_address = address
         actions: list[Action] = []
         if self.validators.index_of(address) is None or self.current_step in _NOT_VOTING:
             return actions
         r = self.round
-        if (
-            self.current_step == Step.PROPOSE
-            and self.proposer(r).address == address
-            and r not in self._build_asked
-            and r not in self._proposal_asked
-        ):
+        proposing = self.current_step == Step.PROPOSE and self.proposer(r).address == address
+        if proposing and r not in self._build_asked and r not in self._proposal_asked:
             self._propose(r, actions)
         for vote_type in (VoteType.PREVOTE, VoteType.PRECOMMIT):
             block_hash = self._unsigned.pop((r, vote_type), None)
@@ -310,12 +304,10 @@ class ConsensusMachine:
 
     def _verify(self, public_key: bytes, sign_bytes: bytes, signature: bytes) -> bool:
         key = (public_key, sign_bytes, signature)
-        if key in self._verified:
-            return True
-        if not verify(public_key, sign_bytes, signature):
-            return False
-        self._verified.add(key)
-        return True
+        ok = key in self._verified or verify(public_key, sign_bytes, signature)
+        if ok:
+            self._verified.add(key)
+        return ok
 
     def _check_vote(self, vote: Vote) -> Fault | bool:
         if vote.height != self.height or self.decision is not None:
