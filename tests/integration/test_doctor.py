@@ -51,7 +51,8 @@ async def test_doctor_on_a_healthy_testnet_then_on_a_halted_one(tmp_path: Path) 
     """Healthy: `doctor` exits 0, prints "No problems found", and /status has an empty diagnosis.
     Two of four validators stopped (half the power silent, the chain halted): `doctor` on a
     survivor exits 1, names both stopped validators and says the chain cannot commit; the
-    survivor's /status diagnosis has the same critical finding and advice."""
+    survivor's /status diagnosis has the same critical finding and advice, and its /health
+    fails once no block has committed for the configured number of block intervals."""
     net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28400, accounts=1)
     async with nodes.running(net), nodes.open_api() as api:
         validators = net.validators
@@ -122,6 +123,16 @@ async def test_doctor_on_a_healthy_testnet_then_on_a_halted_one(tmp_path: Path) 
         assert finding["severity"] == "critical", finding
         assert f"[critical] height {halted_at + 1}" in out, out
         assert result.returncode == 1, out
+
+        # /health fails once no block has committed for [consensus] health_stall_intervals
+        # block intervals (it answered 200 on a halted chain before).
+        r = await nodes.wait_for(
+            lambda: api.client.get(watched.rpc + "/health"),
+            lambda r: r.status_code == 503,
+            TIMEOUT_S,
+            "/health to fail on the halted chain",
+        )
+        assert any("no block committed for" in p for p in r.json()["problems"]), r.json()
 
 
 async def test_doctor_on_a_home_whose_node_is_not_running(tmp_path: Path) -> None:

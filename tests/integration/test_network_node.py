@@ -183,14 +183,13 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
             HEIGHT_TIMEOUT_S,
             f"{victim.name} caught up to {target} and back in consensus",
         )
-        assert any(mode == "blocksync" and h < target for mode, h in modes), modes
         assert modes[-1][0] == "consensus", modes
-        switched = [
-            e
-            for e in victim.log_events()
-            if e.get("event") == "mode changed" and e.get("mode") == "consensus"
-        ]
-        assert switched and "caught up" in switched[-1]["reason"], switched
+        # The switches are in its log (a /status poll can miss a short block sync phase).
+        changes = [e for e in victim.log_events() if e.get("event") == "mode changed"]
+        into_sync = [e for e in changes if e.get("mode") == "blocksync"]
+        assert into_sync and into_sync[0]["height"] < target, changes
+        back = [e for e in changes if e.get("mode") == "consensus"]
+        assert back and "caught up" in back[-1]["reason"], changes
 
         # Rejoined: its own precommits are in certificates of heights after the catch-up.
         rejoined_from = (await api.status(victim))["latest_height"]
