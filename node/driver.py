@@ -29,9 +29,9 @@ What it does, and the rule for each:
   withheld. Own messages of the height are kept and re-sent while the height
   does not move.
 - **One machine per height.** A new machine is built from the chain state
-  after each committed block, and restored from the WAL records of its
-  height, whatever committed the block (consensus or block sync). A machine
-  is never rebuilt for a height it already ran: no mode switch forgets a lock.
+  after each committed block, whatever committed it (consensus or block
+  sync), and always restored from the WAL records of its height; no mode
+  switch happens within a height, so none can make a node forget its lock.
 - **Block sync.** Peers' height claims only choose whom to ask for blocks
   (node/syncplan.py); an answer is applied only after its certificate
   verifies against our validator set, and only an applied block moves the
