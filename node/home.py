@@ -37,7 +37,8 @@ from node.config import (
     RPCConfig,
     save_config,
 )
-from node.keys import fsync_directory, node_id, save_key
+from node.durable import fsync_directory
+from node.keys import node_id, save_key
 from node.signstate import SIGN_STATE_FILENAME, SignState
 
 DEFAULT_CHAIN_ID = "archipelago"

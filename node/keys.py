@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Any
 
 from consensus.crypto import PUBLIC_KEY_BYTES, SEED_BYTES, PrivateKey, address_of
+from node.durable import fsync_directory, replace_durably, write_new_file
 
 KEY_TYPE = "ed25519"
 KEY_FILE_MODE = 0o600
@@ -110,45 +110,20 @@ def check_private_mode(path: Path | str, mode: int) -> None:
 def write_private_file(path: Path, data: bytes, *, overwrite: bool = False) -> None:
     """Atomically create `path` holding `data`, mode 0600, durable on return.
 
-    The temp file is created with O_CREAT|O_EXCL and mode 0600, so the data is
-    never visible to anyone else, not even for an instant; the directory is
-    fsync'd after the rename so the new name survives power loss.
+    Without `overwrite` an existing file is never replaced (the temp file is
+    linked into place, which fails if the name exists).
     """
-    directory = path.parent
-    tmp = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
+    if overwrite:
+        replace_durably(path, data, KEY_FILE_MODE)
+        return
+    tmp = write_new_file(path, data, KEY_FILE_MODE)
     try:
-        try:
-            # The umask can only remove bits, but an inherited ACL default could
-            # add some: set the mode explicitly on the open descriptor.
-            os.fchmod(fd, KEY_FILE_MODE)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise KeyFileError(
-                    path, "already exists; refusing to overwrite a key file"
-                ) from None
+        os.link(tmp, path)
+    except FileExistsError:
+        raise KeyFileError(path, "already exists; refusing to overwrite a key file") from None
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_directory(directory)
-
-
-def fsync_directory(directory: Path) -> None:
-    """fsync a directory so a rename or create inside it is durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
 
 
 def _read_private(path: Path) -> bytes:

@@ -40,6 +40,7 @@ from typing import Any
 from consensus.codec import DecodeError, decode
 from consensus.crypto import SIGNATURE_BYTES, sha256
 from consensus.types import HEIGHT_MAX, ROUND_MAX, TAG_PROPOSAL, TAG_VOTE, VoteType
+from node.durable import replace_durably
 
 __all__ = [
     "SIGN_STATE_FILENAME",
@@ -179,29 +180,6 @@ def hrs_of_sign_bytes(sign_bytes: bytes) -> tuple[int, int, SignStep]:
     raise ValueError("sign bytes are neither a vote's nor a proposal's")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename + fsync(dir): after return the new content survives power loss."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 class SignState:
     """The durable last-signed record of one validator key. Open with `load` or `create`."""
 
@@ -224,7 +202,7 @@ class SignState:
             raise SignStateError(f"{p}: already exists; refusing to reset a sign state")
         p.parent.mkdir(parents=True, exist_ok=True)
         try:
-            _write_durably(p, _encode(_EMPTY))
+            replace_durably(p, _encode(_EMPTY))
         except OSError as e:
             raise SignStateError(f"{p}: cannot write: {e}") from None
         return cls(p, _EMPTY)
@@ -288,7 +266,7 @@ class SignState:
         assert len(signature) == SIGNATURE_BYTES
         record = SignedRecord(height, round, step, sign_bytes, signature)
         try:
-            _write_durably(self.path, _encode(record))
+            replace_durably(self.path, _encode(record))
         except OSError as e:
             # Whether the rename reached the disk is unknown: stop signing altogether.
             self._failed = str(e)

@@ -63,6 +63,7 @@ from consensus.types import (
     ValidatorSet,
     tx_id,
 )
+from node.durable import fsync_directory
 
 __all__ = [
     "APP_KEY_BYTES_MAX",
@@ -159,7 +160,7 @@ class BlockStore:
         created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         if created:
-            _fsync_dir(path.parent)
+            fsync_directory(path.parent)
         try:
             self._env = lmdb.open(
                 str(path),
@@ -504,11 +505,3 @@ def _check_app_writes(app_writes: Mapping[bytes, bytes | None]) -> None:
             raise StorageLimitError(f"app key of {len(k)} bytes outside 1..{APP_KEY_BYTES_MAX}")
         if v is not None and len(v) > APP_VALUE_BYTES_MAX:
             raise StorageLimitError(f"app value of {len(v)} bytes over {APP_VALUE_BYTES_MAX}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -49,6 +49,7 @@ from typing import BinaryIO
 
 from consensus.crypto import sha256
 from consensus.types import BLOCK_BYTES_MAX, HEIGHT_MAX
+from node.durable import fsync_directory, write_all
 
 __all__ = [
     "FILES_MAX",
@@ -175,20 +176,6 @@ def _read_frames(f: BinaryIO, offset: int, body_bytes_max: int) -> Iterator[_Fra
         offset = end
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _file_name(seq: int) -> str:
     return f"{seq:016d}{_SUFFIX}"
 
@@ -242,7 +229,7 @@ class WAL:
         created = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
         if created:
-            _fsync_dir(directory.parent)
+            fsync_directory(directory.parent)
         lock_fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -269,7 +256,7 @@ class WAL:
             seqs = [1]
             fd = os.open(directory / _file_name(1), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
-            _fsync_dir(directory)
+            fsync_directory(directory)
         head = directory / _file_name(seqs[-1])
         recovery, head_marker = _recover_head(head, body_max)
         marker = None
@@ -324,7 +311,7 @@ class WAL:
         self._fd()
         if self._head_size > 0 and self._head_size + len(frame) > self.file_bytes_max:
             self._rotate()
-        _write_all(self._fd(), frame)
+        write_all(self._fd(), frame)
         self._head_size += len(frame)
 
     def _rotate(self) -> None:
@@ -349,7 +336,7 @@ class WAL:
         self._head_size = self._synced_size = 0
         while len(self._seqs) > self.files_max:
             (self.directory / _file_name(self._seqs.pop(0))).unlink()
-        _fsync_dir(self.directory)
+        fsync_directory(self.directory)
 
     # ------------------------------------------------------------ reading
 

@@ -151,14 +151,20 @@ def test_create_refuses_to_overwrite(path: Path) -> None:
     assert SignState.load(path).last.height == 2
 
 
-def test_write_failure_poisons_and_releases_nothing(path: Path) -> None:
+def test_write_failure_poisons_and_releases_nothing(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """If the record cannot be written the signature is withheld and signing stops."""
     ss = SignState.load(path)
-    # A directory where the temp file goes makes the write fail, even for root.
-    (path.parent / (path.name + ".tmp")).mkdir()
-    with pytest.raises(SignStateError, match="cannot persist"):
-        ss.check_and_sign(2, 0, SignStep.PREVOTE, prevote(2, 0), KEY.sign)
-    (path.parent / (path.name + ".tmp")).rmdir()
+
+    def fsync_fails(fd: int) -> None:
+        raise OSError(5, "Input/output error")  # a disk going bad, even for root
+
+    with monkeypatch.context() as m:
+        m.setattr("node.durable.os.fsync", fsync_fails)
+        with pytest.raises(SignStateError, match="cannot persist"):
+            ss.check_and_sign(2, 0, SignStep.PREVOTE, prevote(2, 0), KEY.sign)
+    assert not list(path.parent.glob("*.tmp"))  # no temp file left behind
     with pytest.raises(SignStateError, match="earlier write failed"):
         ss.check_and_sign(3, 0, SignStep.PREVOTE, prevote(3, 0), KEY.sign)
     assert SignState.load(path).last.height == 0
