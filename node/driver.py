@@ -393,7 +393,7 @@ class Driver:
         """The connected peers now: forget whatever concerned any other."""
         self._now = now
         current = set(peers)
-        for gone in (set(self.sync.claims) | set(self.sync.pending_peers())) - current:
+        for gone in self.sync.peers() - current:
             self.sync.forget(gone)
         for gone in set(self._decided_sent) - current:
             del self._decided_sent[gone]
@@ -447,6 +447,9 @@ class Driver:
         return out
 
     def _on_vote(self, peer: str, vote: Vote, payload: bytes, out: list[Effect]) -> None:
+        if self.mode == "blocksync":
+            self._on_vote_syncing(peer, vote, payload, out)
+            return
         machine = self.machine
         if machine is None:
             return
@@ -899,10 +902,64 @@ class Driver:
         out.append(Apply(block, commit))
         return out
 
+    def _on_vote_syncing(self, peer: str, vote: Vote, payload: bytes, out: list[Effect]) -> None:
+        """In block sync, verified votes on the height after ours are kept: once validators
+        with over a third of the power vote on it, we are at the chain's tip, whatever
+        anyone claims, and leave block sync (the kept votes go to that height's machine)."""
+        height = self.state.last_height + 1
+        if vote.height != height:
+            return
+        checker = self._next_checker
+        if checker is None or checker.height != height:
+            s = self.state
+            self._next.clear()
+            self._next_checker = self.machine_class(
+                chain_id=self.chain_id,
+                height=height,
+                validators=s.validators,
+                schedule=s.schedule,
+                own_address=None,
+                config=self.config.consensus,
+            )
+        self._keep_next(peer, VoteReceived(vote), payload, out)
+        if self._tip_proven():
+            self._leave_sync(
+                f"validators with over a third of the power vote on height {height}", out
+            )
+
+    def _tip_proven(self, machine: ConsensusMachine | None = None) -> bool:
+        """Whether validators with over a third of the power (one honest at least) voted on
+        the height after ours (kept votes), or on `machine`'s height: proof, not a claim,
+        that the chain's tip is there."""
+        height = self.state.last_height + 1
+        validators = self.state.validators
+        voters = {key[2][1:] for key in self._next if key[0] == height and key[2]}
+        power = sum(
+            validators[i].power for a in voters if (i := validators.index_of(a)) is not None
+        )
+        if validators.has_one_honest(power):
+            return True
+        if machine is None:
+            return False
+        senders: set[int] = set().union(*(rv.senders for rv in machine.votes.rounds.values()))
+        return machine.validators.has_one_honest(sum(machine.validators[i].power for i in senders))
+
     def _after_synced_block(self) -> None:
-        """A certified block came by sync: if peers are far ahead, stop voting and fetch."""
+        """A certified block came by sync: if peers are far ahead, stop voting and fetch.
+
+        Claims alone decide nothing when there is proof that we are at the tip:
+        over a third of the power voted with us on the height just synced (a
+        peer merely served it before our own decision), or on the next one.
+        """
         lag = self.sync.peer_max(self._now) - self.state.last_height
-        if self.mode == "consensus" and lag > self.config.fallback_lag_heights:
+        machine = self.machine
+        if machine is not None and machine.height != self.state.last_height:
+            machine = None
+        if (
+            self.mode == "consensus"
+            and lag > self.config.fallback_lag_heights
+            and not self._tip_proven(machine)
+        ):
             self.mode = "blocksync"
             self.mode_reason = (
                 f"peers are {lag} blocks ahead (limit {self.config.fallback_lag_heights})"

@@ -106,8 +106,15 @@ class SyncPlanner:
         for h in [h for h, (p, _) in self.pending.items() if p == peer]:
             del self.pending[h]
 
-    def pending_peers(self) -> set[str]:
-        return {peer for peer, _ in self.pending.values()}
+    def peers(self) -> set[str]:
+        """Every peer something is kept about (claims, requests, serving budgets, distrust)."""
+        return (
+            {peer for peer, _ in self.pending.values()}
+            | set(self.claims)
+            | set(self._buckets)
+            | set(self._decided_buckets)
+            | set(self._distrust)
+        )
 
     def peer_max(self, now: float) -> int:
         """The highest height a peer claims now (0 if none): a claim, not a fact."""
@@ -173,6 +180,10 @@ class SyncPlanner:
         """New requests for heights above `height` (ours), at most `window` ahead.
 
         Timed-out requests are given up first and the peer's claim lowered.
+        Each request asks one peer for a run of heights it claims; a run the
+        window cuts short waits until the window has room for a whole request
+        (else a node applying blocks one by one would ask one by one, far over
+        the serving rate).
         """
         for h, (peer, asked_at) in list(self.pending.items()):
             if now - asked_at > REQUEST_TIMEOUT_S:
@@ -183,27 +194,31 @@ class SyncPlanner:
             (peer, c) for peer, c in self.claims.items() if c.updated_at >= cutoff and c.height
         )
         out: list[Request] = []
-        stop = min(self.peer_max(now), height + min(window, self.window_blocks))
+        limit = height + min(window, self.window_blocks)
+        stop = min(self.peer_max(now), limit)
         turn = 0
         h = height + 1
         while h <= stop:
             if h in self.pending or h in self.received:
                 h += 1
                 continue
-            able = [peer for peer, c in holders if c.base <= h <= c.height]
+            able = [(peer, c) for peer, c in holders if c.base <= h <= c.height]
             if not able:
                 h += 1
                 continue
-            peer = able[turn % len(able)]
-            turn += 1
+            peer, claim = able[turn % len(able)]
+            end = min(stop, claim.height)
             count = 1
             while (
                 count < BLOCKS_PER_REQUEST_MAX
-                and h + count <= stop
+                and h + count <= end
                 and h + count not in self.pending
                 and h + count not in self.received
             ):
                 count += 1
+            if count < BLOCKS_PER_REQUEST_MAX and h + count > limit and claim.height > limit:
+                break  # cut short by the window alone: ask once it has room
+            turn += 1
             out.append(Request(peer, h, count))
             for k in range(h, h + count):
                 self.pending[k] = (peer, now)
