@@ -22,8 +22,7 @@ this module only moves bytes and time in and effects out:
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -61,12 +60,11 @@ from node.messages import (
     stored_block_message,
     voter_state_sign_bytes,
 )
+from node.metrics import PulledSample
+from node.resources import Resources
 from node.signstate import DoubleSignRefused, SignStateError
 from node.storage import StorageError
 from node.wal import WALError
-
-if TYPE_CHECKING:
-    from node.core import NodeCore
 
 log = get_logger(__name__)
 
@@ -160,23 +158,29 @@ class FairInbox:
 class ConsensusService:
     name = "consensus"
 
-    def __init__(self, core: NodeCore, driver_config: DriverConfig) -> None:
-        self.core = core
-        sign_state = core.sign_state
+    def __init__(
+        self, res: Resources, driver_config: DriverConfig, stop: Callable[[str], None]
+    ) -> None:
+        """`stop(reason)` begins the node's clean shutdown (store, WAL or state failures)."""
+        self.res = res
+        self._request_stop = stop
+        sign_state = res.sign_state
         self.driver = Driver(
-            state=core.chain.state,
-            validator_address=core.validator_address,
+            state=res.chain.state,
+            validator_address=res.validator_address,
             can_sign=sign_state is not None,
             last_signed=None if sign_state is None else sign_state.last,
-            wal=core.wal,
+            wal=res.wal,
             config=driver_config,
-            validators_at=core.store.load_validators,
+            validators_at=res.store.load_validators,
             now=trio.current_time(),
         )
         self.inbox = FairInbox()
         self._wakeup = trio.Event()
         self._mode = self.driver.mode
+        self._last_round = 0
         self.dropped_events = 0
+        res.metrics.add_source(self._pulled_samples)
 
     # ------------------------------------------------------------ inbox
 
@@ -185,7 +189,7 @@ class ConsensusService:
         if not self.inbox.put(peer, msg, payload):
             self.dropped_events += 1
             if digest:
-                self.core.net.forget(digest)  # another copy may be delivered, and taken
+                self.res.net.forget(digest)  # another copy may be delivered, and taken
             return False
         self._wakeup.set()
         return True
@@ -204,7 +208,7 @@ class ConsensusService:
                     await self._wakeup.wait()
             now = trio.current_time()
             if driver.next_deadline() <= now:
-                driver.on_peers([p.node_id for p in self.core.net.peers()], now)
+                driver.on_peers([p.node_id for p in self.res.net.peers()], now)
                 await self._perform(driver.on_time(now))
             item = self.inbox.take()
             if item is not None:
@@ -220,9 +224,9 @@ class ConsensusService:
                     "mode changed",
                     mode=driver.mode,
                     reason=driver.mode_reason,
-                    height=self.core.chain.state.last_height,
+                    height=self.res.chain.state.last_height,
                 )
-            self.core.on_consensus_progress(driver)
+            self._progress_metrics()
 
     # ------------------------------------------------------------ effects
 
@@ -235,8 +239,8 @@ class ConsensusService:
             queue.extendleft(reversed(more))
 
     async def _perform_one(self, effect: Effect) -> list[Effect]:
-        core = self.core
-        net = core.net
+        res = self.res
+        net = res.net
         match effect:
             case Send(peer, channel, payload):
                 peers = [p.node_id for p in net.peers()] if peer is None else [peer]
@@ -263,33 +267,33 @@ class ConsensusService:
             case ServeDecided(peer, height):
                 self._serve(peer, height, 1, TAG_DECIDED)
             case AnnounceVoterState(height, state, until):
-                address = core.validator_address
+                address = res.validator_address
                 sign_bytes = voter_state_sign_bytes(
-                    core.chain.state.chain_id, address, height, state, until
+                    res.chain.state.chain_id, address, height, state, until
                 )
-                signature = core.validator_key.sign(sign_bytes)
+                signature = res.validator_key.sign(sign_bytes)
                 payload = encode_message(VoterStateMsg(address, height, state, until, signature))
                 for info in net.peers():
                     net.send(info.node_id, CONSENSUS, payload)
             case StopSigning(reason):
-                core.sign_state = None
-                core.sign_state_error = reason
+                res.sign_state = None
+                res.sign_state_error = reason
             case Log(level, event, fields):
                 getattr(log, level)(event, **dict(fields))
         return []
 
     async def _sign(self, request: Sign) -> list[Effect]:
-        core = self.core
+        res = self.res
         driver = self.driver
-        sign_state = core.sign_state
+        sign_state = res.sign_state
         if sign_state is None:
             return []
         try:
-            await trio.to_thread.run_sync(core.wal.sync)
+            await trio.to_thread.run_sync(res.wal.sync)
         except WALError as e:
             self._stop("consensus WAL unwritable", e)
             return []
-        if core.sign_state is not sign_state:
+        if res.sign_state is not sign_state:
             return []  # signing was stopped meanwhile (a doppelganger was seen)
         try:
             signature = await trio.to_thread.run_sync(
@@ -298,7 +302,7 @@ class ConsensusService:
                 request.round,
                 request.step,
                 request.sign_bytes,
-                core.validator_key.sign,
+                res.validator_key.sign,
             )
         except DoubleSignRefused as e:
             log.warning(
@@ -311,14 +315,14 @@ class ConsensusService:
             return driver.on_signed(request, None, sign_state.last, trio.current_time())
         except SignStateError as e:
             log.error("sign state failed; this validator stops signing", error=str(e))
-            core.sign_state = None
-            core.sign_state_error = str(e)
+            res.sign_state = None
+            res.sign_state_error = str(e)
             driver.stop_signing()
             return []
         return driver.on_signed(request, signature, None, trio.current_time())
 
     async def _validate(self, block: Block) -> list[Effect]:
-        chain = self.core.chain
+        chain = self.res.chain
         started = trio.current_time()
         async with chain.lock:
             try:
@@ -334,29 +338,29 @@ class ConsensusService:
                     reason=str(e),
                 )
                 valid, reason = False, str(e)
-        self.core.metrics.validation_time.observe(trio.current_time() - started)
+        self.res.metrics.validation_time.observe(trio.current_time() - started)
         return self.driver.on_validated(block.hash, valid, reason, trio.current_time())
 
     async def _build(self, request: Build) -> list[Effect]:
-        core = self.core
-        chain = core.chain
+        res = self.res
+        chain = res.chain
         params = chain.state.params
-        txs = core.mempool.reap(bytes_max=chain.tx_bytes_budget(), txs_max=params.block_txs_max)
+        txs = res.mempool.reap(bytes_max=chain.tx_bytes_budget(), txs_max=params.block_txs_max)
         block = chain.build(
             txs=txs,
             evidence=request.evidence,
             time_ms=now_ms(),
-            proposer_address=core.validator_address,
+            proposer_address=res.validator_address,
             last_commit=request.last_commit,
         )
         return self.driver.on_built(request.height, request.round, block, trio.current_time())
 
     async def _apply(self, block: Block, commit: Commit) -> list[Effect]:
-        core = self.core
+        res = self.res
         try:
-            applied = await core.apply_block(block, commit)
+            applied = await res.apply_block(block, commit)
             if applied is not None:
-                await trio.to_thread.run_sync(core.wal.mark_height_end, block.height)
+                await trio.to_thread.run_sync(res.wal.mark_height_end, block.height)
         except BlockInvalid as e:
             # +2/3 of the voting power committed a block this node cannot apply:
             # its state has diverged from the chain's. Stop rather than fork.
@@ -366,7 +370,7 @@ class ConsensusService:
                 reason=str(e),
             )
             self.driver.on_apply_failed(block.height)
-            core.request_stop("state diverged from the chain")
+            self._request_stop("state diverged from the chain")
             return []
         except (StorageError, WALError) as e:
             # The block is decided: a node that cannot store it cannot go on.
@@ -374,10 +378,10 @@ class ConsensusService:
             self._stop("cannot store a committed block", e)
             return []
         done = block if applied is not None else None
-        return self.driver.on_applied(done, core.chain.state, trio.current_time())
+        return self.driver.on_applied(done, res.chain.state, trio.current_time())
 
     async def _verify_synced(self, block: Block, commit: Commit, peer: str) -> list[Effect]:
-        chain = self.core.chain
+        chain = self.res.chain
         # The body's hashes and up to 1,000 signatures: not on the event loop.
         error = await trio.to_thread.run_sync(block.body_error)
         if error is None:
@@ -387,13 +391,13 @@ class ConsensusService:
             except BlockInvalid as e:
                 error = str(e)
         if error is None:
-            self.core.metrics.blocksync_blocks.inc()
+            self.res.metrics.blocksync_blocks.inc()
         return self.driver.on_synced(block, commit, peer, error, trio.current_time())
 
     def _serve(self, peer: str, height: int, count: int, tag: int) -> None:
         """Send stored blocks with their certificates as stored: nothing decoded or re-encoded."""
-        store = self.core.store
-        net = self.core.net
+        store = self.res.store
+        net = self.res.net
         channel = BLOCKSYNC if tag == TAG_SYNC_BLOCK else CONSENSUS
         for h in range(height, height + count):
             if not net.has_room(peer, channel):
@@ -407,4 +411,40 @@ class ConsensusService:
 
     def _stop(self, reason: str, error: Exception) -> None:
         log.critical("stopping the node", reason=reason, error=str(error))
-        self.core.request_stop(reason)
+        self._request_stop(reason)
+
+    # ------------------------------------------------------------ metrics
+
+    def _progress_metrics(self) -> None:
+        driver = self.driver
+        m = self.res.metrics
+        m.blocksync_syncing.set(1 if driver.mode == "blocksync" else 0)
+        peer_max = driver.sync.peer_max(trio.current_time())
+        m.peer_max_height.set(peer_max)
+        m.blocksync_lag.set(max(0, peer_max - self.res.chain.state.last_height))
+        machine = driver.machine
+        if machine is None:
+            return
+        if machine.round != self._last_round:
+            if machine.round > self._last_round:
+                m.round_changes.inc(machine.round - self._last_round)
+            self._last_round = machine.round
+        m.round.set(machine.round)
+
+    def _pulled_samples(self) -> list[PulledSample]:
+        return [
+            PulledSample(
+                "archipelago_evidence_pending",
+                "Evidence waiting for a block.",
+                "gauge",
+                (),
+                len(self.driver.evidence),
+            ),
+            PulledSample(
+                "archipelago_consensus_dropped_events",
+                "Peer consensus messages dropped: inbox full.",
+                "counter",
+                (),
+                self.dropped_events,
+            ),
+        ]

@@ -35,6 +35,7 @@ import trio
 from consensus.crypto import PrivateKey
 from consensus.machine import ConsensusConfig
 from consensus.types import Genesis
+from network import Network
 from node.config import Config, load_config
 from node.home import HomeLock, HomePaths, load_genesis_file
 from node.keys import load_key, node_id
@@ -42,7 +43,7 @@ from node.logging import get_logger
 from node.sdnotify import Notifier
 
 if TYPE_CHECKING:
-    from node.core import NodeCore
+    from node.resources import Resources
 
 log = get_logger(__name__)
 
@@ -105,7 +106,7 @@ class Node:
         # Extra services (tests, embedders) run after the node's own, which
         # build_services creates in run(), once the home's lock is held.
         self.services: list[Service] = []
-        self.core: NodeCore | None = None
+        self.resources: Resources | None = None
 
     @classmethod
     def from_home(
@@ -177,8 +178,8 @@ class Node:
                     deadline = self._arm_shutdown_deadline()
                     nursery.cancel_scope.cancel()
         finally:
-            if self.core is not None:
-                self.core.close()
+            if self.resources is not None:
+                self.resources.close()
             self._lock.release()
             self.notifier.close()
             if deadline is not None:
@@ -226,21 +227,26 @@ def _force_exit(grace_ms: int) -> None:
 def build_services(node: Node) -> list[Service]:
     """The node's services in start order; they stop together by cancellation.
 
-    Opens the node's stores (so it runs only once the home's lock is held).
+    Opens the node's resources (so it runs only once the home's lock is held)
+    and gives each service what it uses; none holds another but through its
+    constructor, and a service that must stop the node calls `node.request_stop`.
     """
     from node.consensus_service import ConsensusService
-    from node.core import NodeCore
     from node.effects import DriverConfig
+    from node.gossip import MempoolGossip
     from node.loopwatch import LoopWatch
+    from node.metrics_server import MetricsServer
+    from node.reactor import Reactor
+    from node.resources import Resources
     from node.rpc import RpcServer
-    from node.services import MempoolGossip, MetricsServer, Reactor
+    from node.status import StatusView
 
-    core = NodeCore(node)
-    node.core = core
+    res = Resources(node.paths, node.config, node.genesis, node.node_key, node.validator_key)
+    node.resources = res
     cfg = node.config
     c = cfg.consensus
-    core.consensus = ConsensusService(
-        core,
+    consensus = ConsensusService(
+        res,
         DriverConfig(
             consensus=ConsensusConfig(
                 timeout_propose_ms=c.timeout_propose_ms,
@@ -256,25 +262,26 @@ def build_services(node: Node) -> list[Service]:
             blocksync=cfg.blocksync.enabled,
             fallback_lag_heights=cfg.blocksync.fallback_lag_heights,
         ),
+        stop=node.request_stop,
     )
     services: list[Service] = [
-        LoopWatch(core.metrics),
-        _NetworkService(core),
-        Reactor(core),
-        core.consensus,
-        MempoolGossip(core),
-        RpcServer(core),
+        LoopWatch(res.metrics),
+        _NetworkService(res.net),
+        Reactor(res, consensus),
+        consensus,
+        MempoolGossip(res),
+        RpcServer(res, StatusView(res, consensus)),
     ]
-    if node.config.metrics.enabled:
-        services.append(MetricsServer(core))
+    if cfg.metrics.enabled:
+        services.append(MetricsServer(res))
     return services
 
 
 class _NetworkService:
     name = "network"
 
-    def __init__(self, core: NodeCore) -> None:
-        self.core = core
+    def __init__(self, net: Network) -> None:
+        self.net = net
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.core.net.run(task_status=task_status)
+        await self.net.run(task_status=task_status)

@@ -18,9 +18,12 @@ from node.chain import now_ms
 from node.messages import VOTER_CATCHING_UP, VOTER_NOT_SIGNING, VOTER_WATCHING
 
 if TYPE_CHECKING:
-    from node.core import NodeCore
+    from node.driver import Driver
+    from node.resources import Resources
 
 DISK_FREE_WARN_BYTES = 1024 * 1024 * 1024
+# Below this the doctor's finding is critical and /health fails.
+DISK_FREE_CRITICAL_BYTES = 256 * 1024 * 1024
 MEMPOOL_PRESSURE_RATIO = 0.8
 CLOCK_SKEW_WARN_MS = 2_000
 SILENT_AFTER_S_MIN = 10.0  # a validator with no vote for this long (or 3 rounds) is silent
@@ -31,18 +34,18 @@ def _finding(severity: str, what: str, advice: str) -> dict[str, str]:
     return {"severity": severity, "problem": what, "advice": advice}
 
 
-def diagnose(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
+def diagnose(res: Resources, driver: Driver, status: dict[str, Any]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
-    out += _peers(core, status)
+    out += _peers(res, status)
     out += _sync(status)
-    out += _consensus(core, status)
+    out += _consensus(res, driver, status)
     out += _validator(status)
-    out += _resources(core, status)
+    out += _resources(res, status)
     return out
 
 
-def _peers(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
-    configured = len(core.config.p2p.persistent_peers)
+def _peers(res: Resources, status: dict[str, Any]) -> list[dict[str, str]]:
+    configured = len(res.config.p2p.persistent_peers)
     connected = status["peers"]
     if configured and connected == 0:
         return [
@@ -54,10 +57,10 @@ def _peers(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
             )
         ]
     if configured and connected < configured:
-        connected_ids = {p.node_id for p in core.net.peers()}
+        connected_ids = {p.node_id for p in res.net.peers()}
         missing = [
             p.node_id[:12]
-            for p in core.config.p2p.persistent_peers
+            for p in res.config.p2p.persistent_peers
             if p.node_id not in connected_ids
         ]
         return [
@@ -85,17 +88,17 @@ def _sync(status: dict[str, Any]) -> list[dict[str, str]]:
     return []
 
 
-def _consensus(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
+def _consensus(res: Resources, driver: Driver, status: dict[str, Any]) -> list[dict[str, str]]:
     c = status["consensus"]
     if c is None:
         return []
     out: list[dict[str, str]] = []
-    cfg = core.config.consensus
+    cfg = res.config.consensus
     round_ms = cfg.timeout_propose_ms + cfg.timeout_prevote_ms + cfg.timeout_precommit_ms
-    stalled_ms = now_ms() - core.last_progress_ms
+    stalled_ms = now_ms() - res.last_progress_ms
     if c["round"] > 0 or stalled_ms > STALL_FACTOR * (cfg.timeout_commit_ms + round_ms):
-        silent = _silent_validators(core)
-        said = _not_voting_by_their_word(core, [a for a, _ in silent])
+        silent = _silent_validators(res, driver)
+        said = _not_voting_by_their_word(res, driver, [a for a, _ in silent])
         silent = [(a, p) for a, p in silent if a not in said]
         halted = False
         why = (
@@ -107,7 +110,7 @@ def _consensus(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
             why += "; not voting by their own signed word: " + ", ".join(
                 f"{a[:12]} ({text})" for a, (_, text) in said.items()
             )
-        total = core.chain.state.validators.total_power
+        total = res.chain.state.validators.total_power
         if silent:
             power = sum(p for _, p in silent)
             why += f"; silent validators: {', '.join(a[:12] for a, _ in silent)} "
@@ -135,7 +138,7 @@ def _consensus(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
         stopped = any("stopped signing" in text for _, text in said.values())
         critical = (halted and bool(silent or stopped)) or c["round"] >= 3
         out.append(_finding("critical" if critical else "warning", why, advice))
-    skew = _clock_skew_ms(core)
+    skew = _clock_skew_ms(res)
     if skew is not None and abs(skew) > CLOCK_SKEW_WARN_MS:
         out.append(
             _finding(
@@ -147,26 +150,25 @@ def _consensus(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def _silent_validators(core: NodeCore) -> list[tuple[str, int]]:
+def _silent_validators(res: Resources, driver: Driver) -> list[tuple[str, int]]:
     """Validators of the current set from which no validly signed vote arrived recently.
 
     A live validator in a stalled height re-sends its votes every few seconds
     (the announcer), so "recently" means alive even when no round advances.
     """
-    driver = core.driver
-    machine = None if driver is None else driver.machine
-    cfg = core.config.consensus
+    machine = driver.machine
+    cfg = res.config.consensus
     window_s = max(
         SILENT_AFTER_S_MIN,
         3 * (cfg.timeout_propose_ms + cfg.timeout_prevote_ms + cfg.timeout_precommit_ms) / 1000,
     )
     now = trio.current_time()
-    if machine is None or driver is None:
+    if machine is None:
         return []
     return [
         (v.address.hex(), v.power)
         for v in machine.validators
-        if v.address != core.validator_address
+        if v.address != res.validator_address
         and now - driver.alive.get(v.address, -math.inf) > window_s
     ]
 
@@ -178,19 +180,18 @@ _STATE_TEXT = {
 }
 
 
-def _not_voting_by_their_word(core: NodeCore, addresses: list[str]) -> dict[str, tuple[int, str]]:
+def _not_voting_by_their_word(
+    res: Resources, driver: Driver, addresses: list[str]
+) -> dict[str, tuple[int, str]]:
     """Of `addresses` (hex), those that recently said, signed, why they do not vote.
 
     Address -> (voting power, what it said). A validator that is up but
     watching or catching up is not silent, and needs no one to act.
     """
-    driver = core.driver
-    if driver is None:
-        return {}
-    cfg = core.config.consensus
+    cfg = res.config.consensus
     window_s = max(SILENT_AFTER_S_MIN, 3 * cfg.block_interval_ms() / 1000)
     now = trio.current_time()
-    validators = core.chain.state.validators
+    validators = res.chain.state.validators
     out: dict[str, tuple[int, str]] = {}
     for text_address in addresses:
         address = bytes.fromhex(text_address)
@@ -203,13 +204,13 @@ def _not_voting_by_their_word(core: NodeCore, addresses: list[str]) -> dict[str,
     return out
 
 
-def _clock_skew_ms(core: NodeCore) -> int | None:
+def _clock_skew_ms(res: Resources) -> int | None:
     """How far the latest block's time (set by the peers' proposers) is ahead of our clock.
 
     Block times only move forward from the proposer's clock, so a block time
     in our future means our clock is behind the other validators'.
     """
-    state = core.chain.state
+    state = res.chain.state
     if state.last_height == 0:
         return None
     ahead_ms = state.last_block_time_ms - now_ms()
@@ -246,14 +247,14 @@ def _validator(status: dict[str, Any]) -> list[dict[str, str]]:
     return []
 
 
-def _resources(core: NodeCore, status: dict[str, Any]) -> list[dict[str, str]]:
+def _resources(res: Resources, status: dict[str, Any]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
-    free = shutil.disk_usage(core.node.paths.data).free
+    free = shutil.disk_usage(res.paths.data).free
     if free < DISK_FREE_WARN_BYTES:
         out.append(
             _finding(
-                "critical" if free < DISK_FREE_WARN_BYTES // 4 else "warning",
-                f"{free // (1024 * 1024)} MiB of disk left in {core.node.paths.data}",
+                "critical" if free < DISK_FREE_CRITICAL_BYTES else "warning",
+                f"{free // (1024 * 1024)} MiB of disk left in {res.paths.data}",
                 "free disk space or move data/ to a larger volume before the store fills",
             )
         )

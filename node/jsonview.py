@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from consensus.app import QueryResult
+from consensus.codec import DecodeError, decode
 from consensus.types import (
     Block,
     Commit,
@@ -89,4 +91,17 @@ def block_json(b: Block, *, include_txs: bool = True) -> dict[str, Any]:
     }
     if include_txs:
         out["txs"] = [tx_json(raw) for raw in b.txs]
+    return out
+
+
+def query_json(path: str, result: QueryResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"path": path, "height": result.height, "value": result.value.hex()}
+    if path != "account":
+        return out  # other values are the application's (or a client's) bytes: shown as hex
+    try:
+        value = decode(result.value)
+    except DecodeError:
+        return out
+    if isinstance(value, tuple) and len(value) == 2:
+        out.update(balance=value[0], nonce=value[1])
     return out

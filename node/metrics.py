@@ -3,19 +3,22 @@
 Each node owns a private registry (tests run several nodes in one process).
 Instruments the node updates as things happen live here; figures that other
 layers already count (the network's statistics record, the signature cache)
-are read at scrape time by `_PulledCollector`, so they are never copied on
-the hot path. Names follow Prometheus conventions: `archipelago_` prefix,
+are read at scrape time by `_PulledCollector` (`network_samples`,
+`sigcache_samples` and the services' own sources), so they are never copied
+on the hot path. Names follow Prometheus conventions: `archipelago_` prefix,
 base units in the name, `_total` on counters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 
 import prometheus_client as prom
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from network import CHANNEL_NAMES, NetworkStatistics
 
 _NS = "archipelago"
 # Block intervals from fast local nets (tens of ms) to stalled chains (minutes).
@@ -232,3 +235,154 @@ class Metrics:
     def exposition(self) -> bytes:
         data: bytes = prom.generate_latest(self.registry)
         return data
+
+
+def network_samples(stats: NetworkStatistics) -> list[PulledSample]:
+    """The network's own counts (node/resources.py registers them), read at scrape time."""
+    out: list[PulledSample] = []
+    for direction, count in (
+        ("inbound", stats.peers_inbound),
+        ("outbound", stats.peers_outbound),
+    ):
+        out.append(
+            PulledSample(
+                "archipelago_p2p_peers",
+                "Connected peers by direction.",
+                "gauge",
+                (("direction", direction),),
+                count,
+            )
+        )
+    for c, v in stats.bytes_sent_by_channel.items():
+        out.append(
+            PulledSample(
+                "archipelago_p2p_sent_bytes",
+                "Bytes sent by channel.",
+                "counter",
+                (("channel", CHANNEL_NAMES[c]),),
+                v,
+            )
+        )
+    for c, v in stats.bytes_received_by_channel.items():
+        out.append(
+            PulledSample(
+                "archipelago_p2p_received_bytes",
+                "Bytes received by channel.",
+                "counter",
+                (("channel", CHANNEL_NAMES[c]),),
+                v,
+            )
+        )
+    for reason, v in stats.messages_dropped.items():
+        out.append(
+            PulledSample(
+                "archipelago_p2p_dropped_messages",
+                "Messages dropped by reason.",
+                "counter",
+                (("reason", reason),),
+                v,
+            )
+        )
+    out.append(
+        PulledSample(
+            "archipelago_p2p_banned_peers", "Peers banned.", "counter", (), stats.peers_banned
+        )
+    )
+    out += _edge_samples(stats)
+    return out
+
+
+def _edge_samples(stats: NetworkStatistics) -> list[PulledSample]:
+    """What the network refused, closed and holds: the edge an operator watches."""
+    out = [
+        PulledSample(
+            "archipelago_p2p_rejected_connections",
+            "Connections refused, by reason (before or after the handshake).",
+            "counter",
+            (("reason", reason),),
+            v,
+        )
+        for reason, v in stats.connections_rejected.items()
+    ]
+    out += [
+        PulledSample(
+            "archipelago_p2p_disconnects",
+            "Connections closed, by reason.",
+            "counter",
+            (("reason", reason),),
+            v,
+        )
+        for reason, v in stats.disconnects.items()
+    ]
+    for outcome, v in (
+        ("failed", stats.handshake_failures),
+        ("abandoned", stats.handshakes_abandoned),
+    ):
+        out.append(
+            PulledSample(
+                "archipelago_p2p_handshakes_unfinished",
+                "Handshakes that did not finish: failed (a check refused the peer's bytes) "
+                "or abandoned (closed or timed out first).",
+                "counter",
+                (("outcome", outcome),),
+                v,
+            )
+        )
+    for reason, v in (
+        ("rate", stats.reads_throttled),
+        ("memory", stats.reads_paused_for_memory),
+    ):
+        out.append(
+            PulledSample(
+                "archipelago_p2p_read_pauses",
+                "Times a peer's reader paused: over its rate, or waiting for memory.",
+                "counter",
+                (("reason", reason),),
+                v,
+            )
+        )
+    for kind, v in (
+        ("send_queues", stats.send_queues_bytes),
+        ("large_frames", stats.large_frames_bytes),
+        ("inbox", stats.inbox_bytes),
+    ):
+        out.append(
+            PulledSample(
+                "archipelago_p2p_held_bytes",
+                "Bytes the network holds for peers now, by kind (each bounded in [p2p]).",
+                "gauge",
+                (("kind", kind),),
+                v,
+            )
+        )
+    out.append(
+        PulledSample(
+            "archipelago_p2p_bans_active",
+            "Bans in force (node ids and IPs).",
+            "gauge",
+            (),
+            stats.bans_active,
+        )
+    )
+    return out
+
+
+def sigcache_samples(cache: Sized) -> list[PulledSample]:
+    """How well the verified-signature cache works, read at scrape time."""
+    hits, misses = getattr(cache, "hits", 0), getattr(cache, "misses", 0)
+    return [
+        PulledSample(
+            "archipelago_sigcache_hit_ratio",
+            "Share of transaction signatures found already verified.",
+            "gauge",
+            (),
+            hits / (hits + misses) if hits + misses else 0.0,
+        ),
+        PulledSample(
+            "archipelago_sigcache_entries",
+            "Verified transaction signatures remembered.",
+            "gauge",
+            (),
+            len(cache),
+        ),
+    ]

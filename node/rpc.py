@@ -2,7 +2,7 @@
 
 Clients are untrusted: every handler validates its input and answers a bad
 request with a 4xx and a JSON body `{"error": "..."}`; the handlers only read
-the store or hand a transaction to the mempool through `NodeCore`, so a bad
+the store or hand a transaction to the mempool through the node's `Resources`, so a bad
 request changes nothing. Request bodies are capped by `request_body_bytes_max`
 before they are read whole (413) and must arrive within BODY_READ_TIMEOUT_S
 (408), and waiting for a commit is capped by `tx_wait_timeout_ms` (504 when it
@@ -42,7 +42,6 @@ from consensus.codec import DecodeError
 from consensus.types import Transaction, tx_id
 from node import __version__
 from node.chain import decode_result
-from node.core import TooManyWaiters
 from node.events import CommittedBlock, Subscription, TooManySubscribers
 from node.http_edge import (
     CONNECTION_STATE_KEY,
@@ -52,13 +51,14 @@ from node.http_edge import (
     open_edge_listeners,
     serve_edge,
 )
-from node.jsonview import block_json, commit_json, tx_json
+from node.jsonview import block_json, commit_json, query_json, tx_json
 from node.logging import get_logger
 from node.mempool import MempoolError
 from node.openapi import OPENAPI
+from node.resources import Resources, TooManyWaiters
+from node.status import StatusView
 
 if TYPE_CHECKING:
-    from node.core import NodeCore
     from node.metrics import Metrics
 
 log = get_logger(__name__)
@@ -159,9 +159,10 @@ class RpcServer:
 
     name = "rpc"
 
-    def __init__(self, core: NodeCore) -> None:
-        self.core = core
-        rpc = core.config.rpc
+    def __init__(self, res: Resources, view: StatusView) -> None:
+        self.res = res
+        self.view = view
+        rpc = res.config.rpc
         self.listen = rpc.listen
         self.body_bytes_max = rpc.request_body_bytes_max
         self.wait_timeout_s = rpc.tx_wait_timeout_ms / 1000
@@ -195,7 +196,7 @@ class RpcServer:
         listeners = await open_edge_listeners(self.listen.host, self.listen.port, API_LIMITS)
         self.bound_port = listeners[0].socket.getsockname()[1]
         task_status.started()
-        await serve_edge(self.app, listeners, API_LIMITS, _RpcObserver(self.core.metrics))
+        await serve_edge(self.app, listeners, API_LIMITS, _RpcObserver(self.res.metrics))
 
     # ------------------------------------------------------------ error mapping
 
@@ -213,12 +214,12 @@ class RpcServer:
     # ------------------------------------------------------------ reads
 
     async def health(self, request: Request) -> Response:
-        healthy, problems = self.core.health()
-        body = {"healthy": healthy, "problems": problems, "height": self.core.height}
+        healthy, problems = self.view.health()
+        body = {"healthy": healthy, "problems": problems, "height": self.res.height}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     async def status(self, request: Request) -> Response:
-        return JSONResponse(self.core.status())
+        return JSONResponse(self.view.status())
 
     async def openapi(self, request: Request) -> Response:
         spec = dict(OPENAPI)
@@ -227,18 +228,18 @@ class RpcServer:
 
     async def get_block(self, request: Request) -> Response:
         height = self._resolve_height(request.path_params["height"])
-        block = self.core.store.load_block(height)
+        block = self.res.store.load_block(height)
         if block is None:
             raise HTTPException(404, f"no block at height {height}")
         return JSONResponse(block_json(block))
 
     async def get_commit(self, request: Request) -> Response:
         height = self._resolve_height(request.path_params["height"])
-        commit = self.core.store.load_commit(height)
-        block = self.core.store.load_block(height)
+        commit = self.res.store.load_commit(height)
+        block = self.res.store.load_block(height)
         if commit is None or block is None:
             raise HTTPException(404, f"no commit for height {height}")
-        validators = self.core.store.load_validators(height)
+        validators = self.res.store.load_validators(height)
         return JSONResponse(
             {
                 "height": height,
@@ -251,21 +252,21 @@ class RpcServer:
 
     def _resolve_height(self, text: str) -> int:
         if text == "latest":
-            height = self.core.height
+            height = self.res.height
             if height < 1:
                 raise HTTPException(404, "no block committed yet")
             return height
         height = _height_param(text)
-        if height > self.core.height:
-            raise HTTPException(404, f"height {height} is above the latest {self.core.height}")
+        if height > self.res.height:
+            raise HTTPException(404, f"height {height} is above the latest {self.res.height}")
         return height
 
     async def get_validators(self, request: Request) -> Response:
         text = request.query_params.get("height")
-        height = self.core.height + 1 if text is None else _height_param(text)
-        if height > self.core.height + 2:
+        height = self.res.height + 1 if text is None else _height_param(text)
+        if height > self.res.height + 2:
             raise HTTPException(404, f"validators for height {height} are not known yet")
-        vset = self.core.store.load_validators(height)
+        vset = self.res.store.load_validators(height)
         if vset is None:
             raise HTTPException(404, f"no validator set for height {height}")
         return JSONResponse(
@@ -281,16 +282,16 @@ class RpcServer:
         )
 
     async def net_info(self, request: Request) -> Response:
-        return JSONResponse(self.core.net_info())
+        return JSONResponse(self.view.net_info())
 
     async def get_tx(self, request: Request) -> Response:
         txid = _hex_param(request.path_params["hash"], "hash", 32)
-        record = self.core.store.load_tx(txid)
+        record = self.res.store.load_tx(txid)
         if record is None:
-            if txid in self.core.mempool:
+            if txid in self.res.mempool:
                 return JSONResponse({"hash": txid.hex(), "status": "pending"})
             raise HTTPException(404, "transaction not found")
-        block = self.core.store.load_block(record.height)
+        block = self.res.store.load_block(record.height)
         assert block is not None, "tx index points at a missing block"
         proof = merkle.prove(block.txs, record.index)
         code, log_text = decode_result(record.result)
@@ -312,27 +313,27 @@ class RpcServer:
 
     async def get_account(self, request: Request) -> Response:
         address = _hex_param(request.path_params["address"], "address", 20)
-        result = self.core.app.query("account", address)
+        result = self.res.chain.app.query("account", address)
         if not result.ok:
             raise HTTPException(404 if result.code == 404 else 400, result.log or "query failed")
-        return JSONResponse(self.core.render_query("account", result))
+        return JSONResponse(query_json("account", result))
 
     async def query(self, request: Request) -> Response:
         path = request.query_params.get("path", "")
         data = _hex_param(request.query_params.get("data", ""), "data")
         if not path or len(path) > 64:
             raise HTTPException(400, "path is required (at most 64 characters)")
-        result = self.core.app.query(path, data)
+        result = self.res.chain.app.query(path, data)
         if not result.ok:
             raise HTTPException(404 if result.code == 404 else 400, result.log or "query failed")
-        return JSONResponse(self.core.render_query(path, result))
+        return JSONResponse(query_json(path, result))
 
     # ------------------------------------------------------------ writes
 
     async def submit_tx(self, request: Request) -> Response:
         raw, wait = await self._read_tx_request(request)
         try:
-            txid, check = self.core.mempool_add(raw)
+            txid, check = self.res.mempool_add(raw)
         except MempoolError as e:
             status = (
                 503
@@ -349,7 +350,7 @@ class RpcServer:
         if wait != "commit":
             return JSONResponse(body, status_code=202)
         try:
-            committed = await self.core.wait_for_tx(txid, self.wait_timeout_s)
+            committed = await self.res.wait_for_tx(txid, self.wait_timeout_s)
         except TooManyWaiters as e:
             body["error"] = f"{e}; the transaction is admitted, poll GET /tx/{{hash}}"
             return JSONResponse(body, status_code=503)
@@ -396,7 +397,7 @@ class RpcServer:
         results: list[dict[str, Any]] = []
         accepted = 0
         for raw, outcome in zip(
-            raws, await self.core.mempool_add_batch(raws, origin=None), strict=True
+            raws, await self.res.mempool_add_batch(raws, origin=None), strict=True
         ):
             if isinstance(outcome, MempoolError):
                 results.append(
@@ -423,7 +424,7 @@ class RpcServer:
                 if len(body) > self.body_bytes_max:
                     raise HTTPException(413, f"request body over {self.body_bytes_max} bytes")
             return body
-        self.core.metrics.rpc_refused.labels("body_timeout").inc()
+        self.res.metrics.rpc_refused.labels("body_timeout").inc()
         raise HTTPException(408, f"request body not received within {BODY_READ_TIMEOUT_S:g} s")
 
     async def _read_tx_request(self, request: Request) -> tuple[bytes, str]:
@@ -463,7 +464,7 @@ class RpcServer:
             await ws.close(WS_CLOSE_BAD_REQUEST, reason=str(e.detail))
             return
         try:
-            with self.core.hub.subscribe() as sub:
+            with self.res.hub.subscribe() as sub:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_until_client_leaves, ws, nursery.cancel_scope)
                     if guard is not None:
@@ -477,7 +478,7 @@ class RpcServer:
 
     def _stream_params(self, ws: WebSocket) -> tuple[int, set[bytes] | None]:
         text = ws.query_params.get("from_height")
-        from_height = self.core.height + 1 if text is None else _height_param(text, "from_height")
+        from_height = self.res.height + 1 if text is None else _height_param(text, "from_height")
         sender_text = ws.query_params.get("sender")
         if not sender_text:
             return from_height, None
@@ -495,8 +496,8 @@ class RpcServer:
     ) -> None:
         next_height = from_height
         # Replay from the store up to what is committed now; the live queue holds the rest.
-        while next_height <= self.core.height:
-            event = self.core.committed_block(next_height)
+        while next_height <= self.res.height:
+            event = self.res.committed_block(next_height)
             if event is None:
                 await ws.close(WS_CLOSE_BAD_REQUEST, reason=f"height {next_height} not stored")
                 return
@@ -507,7 +508,7 @@ class RpcServer:
                 continue  # already sent from the store
             if event.height > next_height:  # missed while replaying: read it from the store
                 for h in range(next_height, event.height):
-                    stored = self.core.committed_block(h)
+                    stored = self.res.committed_block(h)
                     assert stored is not None
                     await ws.send_text(self._render_event(stored, senders))
             await ws.send_text(self._render_event(event, senders))

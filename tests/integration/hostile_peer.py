@@ -1132,7 +1132,7 @@ def rss_bytes(pid: int, field_name: str = "VmRSS") -> int:
 
 
 def wal_bytes(home: Path) -> int:
-    """Bytes in a node's consensus WAL files (data/wal, node/core.py)."""
+    """Bytes in a node's consensus WAL files (data/wal, node/resources.py)."""
     total = 0
     for path in (home / "data" / "wal").glob("*"):
         try:

@@ -46,11 +46,11 @@ async def _run_until(node: Node, height: int) -> int:
     """Run the node until its chain reaches `height`; return the virtual seconds it took."""
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
-        core = node.core
-        assert core is not None
+        res = node.resources
+        assert res is not None
         started = trio.current_time()
         with trio.fail_after(HEIGHT_TIMEOUT_S):
-            while core.chain.height < height:
+            while res.chain.height < height:
                 await trio.sleep(0.1)  # virtual: polls the chain without real waiting
         took = trio.current_time() - started
         node.request_stop("test done")
@@ -70,6 +70,6 @@ async def test_a_restarted_sole_validator_ends_its_watch_and_commits_again(
     second = Node.from_home(home, notifier=Notifier(None), shutdown_grace_ms=None)
     took = await _run_until(second, 6)
     assert took >= HALT_MS / 1000  # it did watch: nothing committed until the halt rule
-    core = second.core
-    assert core is not None
-    assert core.sign_state is not None and core.sign_state.last.height >= 6
+    res = second.resources
+    assert res is not None
+    assert res.sign_state is not None and res.sign_state.last.height >= 6
