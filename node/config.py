@@ -492,7 +492,21 @@ class ConsensusConfig:
         ),
     )
     create_empty_blocks: bool = field(
-        default=True, metadata=_meta(_boolean(), "Propose blocks even when the mempool is empty.")
+        default=True,
+        metadata=_meta(
+            _boolean(),
+            "Make blocks even when no transactions wait. With false, after an empty block "
+            "the next height waits for transactions (one block follows each block with "
+            "transactions, to carry the app hash they made).",
+        ),
+    )
+    create_empty_blocks_interval_ms: int = field(
+        default=0,
+        metadata=_meta(
+            _integer(0, 86_400_000),
+            "With create_empty_blocks = false: make a block anyway after this long "
+            "without one (a heartbeat); 0: never.",
+        ),
     )
     doppelganger_heights: int = field(
         default=2,

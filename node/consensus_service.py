@@ -174,11 +174,13 @@ class ConsensusService:
             config=driver_config,
             validators_at=res.store.load_validators,
             now=trio.current_time(),
+            txs_waiting=lambda: len(res.mempool) > 0,
         )
         self.inbox = FairInbox()
         self._wakeup = trio.Event()
         self._mode = self.driver.mode
         self._last_round = 0
+        self._txs_arrived = False
         self.dropped_events = 0
         res.metrics.add_source(self._pulled_samples)
 
@@ -199,14 +201,32 @@ class ConsensusService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         driver = self.driver
         await self._perform(driver.start(trio.current_time()))
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_txs)
+            task_status.started()
+            await self._loop()
+
+    async def _watch_txs(self) -> None:
+        """Wake the task when transactions are admitted while a height waits for them."""
+        while True:
+            self.res.txs_admitted = trio.Event()
+            await self.res.txs_admitted.wait()
+            if self.driver.waiting_for_txs:
+                self._txs_arrived = True
+                self._wakeup.set()
+
+    async def _loop(self) -> None:
+        driver = self.driver
         while True:
             deadline = driver.next_deadline()
-            if not self.inbox:
+            if not self.inbox and not self._txs_arrived:
                 self._wakeup = trio.Event()
                 with trio.move_on_at(deadline):
                     await self._wakeup.wait()
             now = trio.current_time()
+            if self._txs_arrived:
+                self._txs_arrived = False
+                await self._perform(driver.on_txs(now))
             if driver.next_deadline() <= now:
                 driver.on_peers([p.node_id for p in self.res.net.peers()], now)
                 await self._perform(driver.on_time(now))
@@ -419,6 +439,7 @@ class ConsensusService:
         driver = self.driver
         m = self.res.metrics
         m.blocksync_syncing.set(1 if driver.mode == "blocksync" else 0)
+        m.waiting_for_txs.set(1 if driver.waiting_for_txs else 0)
         peer_max = driver.sync.peer_max(trio.current_time())
         m.peer_max_height.set(peer_max)
         m.blocksync_lag.set(max(0, peer_max - self.res.chain.state.last_height))

@@ -261,6 +261,8 @@ def build_services(node: Node) -> list[Service]:
             watch_halt_s=c.doppelganger_halt_ms / 1000,
             blocksync=cfg.blocksync.enabled,
             fallback_lag_heights=cfg.blocksync.fallback_lag_heights,
+            create_empty_blocks=c.create_empty_blocks,
+            empty_blocks_interval_s=c.create_empty_blocks_interval_ms / 1000,
         ),
         stop=node.request_stop,
     )

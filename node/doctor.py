@@ -96,7 +96,10 @@ def _consensus(res: Resources, driver: Driver, status: dict[str, Any]) -> list[d
     cfg = res.config.consensus
     round_ms = cfg.timeout_propose_ms + cfg.timeout_prevote_ms + cfg.timeout_precommit_ms
     stalled_ms = now_ms() - res.last_progress_ms
-    if c["round"] > 0 or stalled_ms > STALL_FACTOR * (cfg.timeout_commit_ms + round_ms):
+    idle = c.get("waiting_for_txs", False)  # by choice: create_empty_blocks = false
+    if c["round"] > 0 or (
+        not idle and stalled_ms > STALL_FACTOR * (cfg.timeout_commit_ms + round_ms)
+    ):
         silent = _silent_validators(res, driver)
         said = _not_voting_by_their_word(res, driver, [a for a, _ in silent])
         silent = [(a, p) for a, p in silent if a not in said]

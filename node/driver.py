@@ -188,7 +188,10 @@ class Driver:
         config: DriverConfig,
         validators_at: Callable[[int], ValidatorSet | None],
         now: float,
+        txs_waiting: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`txs_waiting()`: whether the mempool holds transactions (read only when
+        `config.create_empty_blocks` is false)."""
         self.state = state
         self.chain_id = state.chain_id
         self.validator_address = validator_address
@@ -196,6 +199,10 @@ class Driver:
         self.config = config
         self._wal = wal
         self._validators_at = validators_at
+        self._txs_waiting = txs_waiting
+        self._last_block_empty = False  # the last block applied here had no txs nor evidence
+        self._peer_started = 0  # the last height of which a peer's message was stepped here
+        self.waiting_for_txs = False
         self._last_signed = (0, 0, 0) if last_signed is None else last_signed.hrs
         self.machine: ConsensusMachine | None = None
         self.mode = "consensus"
@@ -241,6 +248,7 @@ class Driver:
             self.watch_until_height,
             self._watch_halt_at,
             self.sync.peer_max(self._now),
+            self.waiting_for_txs,
         )
 
     def next_deadline(self) -> float:
@@ -381,11 +389,56 @@ class Driver:
                 continue  # block sync owns the chain; the next machine sets its own timers
             elif kind == _START:
                 assert isinstance(data, int)
-                self._own_input(StartHeight(data), out)
+                if not self._holds_start(data, now):
+                    self.waiting_for_txs = False
+                    self._own_input(StartHeight(data), out)
             else:
                 assert isinstance(data, TimeoutFired)
                 self._own_input(data, out)
         return out
+
+    def _holds_start(self, height: int, now: float) -> bool:
+        """Whether round 0 of `height` waits for transactions (create_empty_blocks = false).
+
+        As in CometBFT, only after an empty block: a block with transactions is
+        followed by one more, whose header carries the app hash and results they
+        made. Peers' messages of the height end the wait (`_step_peer`).
+        """
+        cfg = self.config
+        machine = self.machine
+        if (
+            cfg.create_empty_blocks
+            or not self._last_block_empty
+            or machine is None
+            or machine.height != height
+            or machine.current_step.name != "NEW_HEIGHT"
+            or self._peer_started == height
+            or self._txs_waiting()
+        ):
+            return False
+        interval = cfg.empty_blocks_interval_s
+        if interval and now - self._last_commit_at >= interval:
+            return False
+        self.waiting_for_txs = True
+        if interval:
+            self._schedule(self._last_commit_at + interval, _START, height)
+        return True
+
+    def on_txs(self, now: float) -> list[Effect]:
+        """Transactions were admitted to the mempool: a height waiting for them starts."""
+        self._now = now
+        out: list[Effect] = []
+        if self.waiting_for_txs and self.mode == "consensus":
+            self._start_held(out)
+        return out
+
+    def _start_held(self, out: list[Effect]) -> None:
+        machine = self.machine
+        assert machine is not None
+        self.waiting_for_txs = False
+        self._timers = [t for t in self._timers if t[2] != _START]
+        heapq.heapify(self._timers)
+        self._own_input(StartHeight(machine.height), out)
 
     # ------------------------------------------------------------ peers
 
@@ -494,6 +547,11 @@ class Driver:
         """Log and step a screened peer message; relay it as received if the machine says so."""
         machine = self.machine
         assert machine is not None
+        if not isinstance(event, CommitReceived):
+            # A peer works on this height: it had transactions, or its interval passed.
+            self._peer_started = machine.height
+            if self.waiting_for_txs:
+                self._start_held(out)
         # A proposal's and a vote's WAL record is their wire message, byte for byte.
         self._wal.append(payload or encode_event(event))
         if isinstance(event, ProposalReceived):
@@ -752,6 +810,8 @@ class Driver:
             self.watch_until_height += state.last_height - self.state.last_height
         self.state = state
         self._last_commit_at = now
+        self._last_block_empty = block is not None and not block.txs and not block.evidence
+        self.waiting_for_txs = False
         if block is not None:
             self.evidence.committed(block.evidence)
         self.sync.applied(state.last_height)

@@ -57,6 +57,10 @@ class DriverConfig:
     # certificate (at the serving rate); further behind, it catches up by block
     # sync. As large as `fallback_lag_heights`, so no lag is left unhelped.
     decided_heights_behind_max: int = 10
+    # False: after an empty block, a height starts only once transactions wait
+    # (or a peer started it, or `empty_blocks_interval_s` passed, if not 0).
+    create_empty_blocks: bool = True
+    empty_blocks_interval_s: float = 0.0
 
 
 # ---------------------------------------------------------------- effects
@@ -200,3 +204,4 @@ class DriverStatus:
     watch_until_height: int  # 0: no doppelganger watch
     watch_halt_at: float  # when the watch ends if no block commits (driver time)
     peer_max_height: int  # the highest height a peer claims (a claim, not a fact)
+    waiting_for_txs: bool = False  # idle by choice: create_empty_blocks = false, no txs

@@ -169,6 +169,11 @@ class Metrics:
         )
 
         # Block sync
+        self.waiting_for_txs = g(
+            f"{_NS}_consensus_waiting_for_txs",
+            "1 while the next height waits for transactions (create_empty_blocks = false).",
+            registry=r,
+        )
         self.blocksync_syncing = g(
             f"{_NS}_blocksync_syncing", "1 while the node catches up by block sync.", registry=r
         )

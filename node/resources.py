@@ -95,6 +95,7 @@ class Resources:
         # Bounded by the mempool itself: each entry is also a mempool entry.
         self._gossip: dict[str | None, list[bytes]] = {}
         self.gossip_ready = trio.Event()
+        self.txs_admitted = trio.Event()  # set at each admission; a waiter replaces it
         self.started_at_ms = now_ms()
         self.last_progress_ms = now_ms()
         self.metrics.add_source(lambda: network_samples(self.net.statistics()))
@@ -300,6 +301,7 @@ class Resources:
     def queue_gossip(self, txs: list[bytes], *, origin: str | None) -> None:
         self._gossip.setdefault(origin, []).extend(txs)
         self.gossip_ready.set()
+        self.txs_admitted.set()
 
     def take_gossip(self) -> list[tuple[str | None, list[bytes]]]:
         items = list(self._gossip.items())

@@ -82,6 +82,7 @@ class StatusView:
                 "locked_round": ms.locked_round,
                 "valid_round": ms.valid_round,
                 "proposer": machine.proposer(ms.round).address.hex(),
+                "waiting_for_txs": ds.waiting_for_txs,
             }
         out["diagnosis"] = diagnose(res, driver, out)
         return out
@@ -96,7 +97,7 @@ class StatusView:
         if free < DISK_FREE_CRITICAL_BYTES:
             problems.append(f"only {free // (1024 * 1024)} MiB of disk left")
         cfg = res.config.consensus
-        if cfg.health_stall_intervals:
+        if cfg.health_stall_intervals and not self.consensus.driver.waiting_for_txs:
             limit_ms = cfg.health_stall_intervals * cfg.block_interval_ms()
             stalled_ms = res.stalled_ms()
             if stalled_ms > limit_ms:

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
 
+from consensus.codec import encode
+from consensus.crypto import PrivateKey, sha256
+from consensus.types import Transaction
 from node.config import Address, load_config, save_config
 from node.daemon import Node
 from node.home import init_home
@@ -27,16 +31,16 @@ HALT_MS = 20_000  # the default doppelganger_halt_ms: virtual time here
 HEIGHT_TIMEOUT_S = 600.0  # virtual seconds
 
 
-def _home(root: Path) -> Path:
+def _home(root: Path, **consensus: Any) -> Path:
     init_home(root, chain_id="shell-test", moniker="solo", app="kvstore")
     path = root / "config.toml"
     config = load_config(path)
     config = replace(
         config,
-        p2p=replace(config.p2p, listen=Address("127.0.0.1", 29200)),
-        rpc=replace(config.rpc, listen=Address("127.0.0.1", 29201)),
+        p2p=replace(config.p2p, listen=Address("127.0.0.1", 0)),
+        rpc=replace(config.rpc, listen=Address("127.0.0.1", 0)),
         metrics=replace(config.metrics, enabled=False),
-        consensus=replace(config.consensus, doppelganger_halt_ms=HALT_MS),
+        consensus=replace(config.consensus, doppelganger_halt_ms=HALT_MS, **consensus),
     )
     save_config(path, config)
     return root
@@ -73,3 +77,64 @@ async def test_a_restarted_sole_validator_ends_its_watch_and_commits_again(
     res = second.resources
     assert res is not None
     assert res.sign_state is not None and res.sign_state.last.height >= 6
+
+
+async def _wait_height(node: Node, height: int) -> None:
+    res = node.resources
+    assert res is not None
+    with trio.fail_after(30):
+        while res.chain.height < height:
+            await trio.sleep(0.05)
+
+
+async def test_without_empty_blocks_a_height_waits_for_transactions(tmp_path: Path) -> None:
+    """With create_empty_blocks = false the chain makes no block while no transaction waits
+    (and /health does not call that a stall); a transaction is committed in the next block,
+    one more block carries the app hash it made, and the chain idles again. (Real clock.)"""
+    home = _home(
+        tmp_path / "idle", create_empty_blocks=False, timeout_commit_ms=50, health_stall_intervals=1
+    )
+    node = Node.from_home(home, notifier=Notifier(None), shutdown_grace_ms=None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        res = node.resources
+        assert res is not None
+        await _wait_height(node, 1)
+        await trio.sleep(4)  # dozens of block intervals
+        idle = res.chain.height
+        view = next(s.view for s in node.services if s.name == "rpc")  # type: ignore[attr-defined]
+        assert view.status()["consensus"]["waiting_for_txs"] is True
+        assert view.health() == (True, [])
+        tx = Transaction.create(
+            PrivateKey(sha256(b"idle-client")), "shell-test", 0, encode(["set", b"k", b"v"])
+        )
+        txid, _ = res.mempool_add(tx.encode())
+        await _wait_height(node, idle + 2)
+        await trio.sleep(2)
+        assert res.chain.height == idle + 2
+        record = res.store.load_tx(txid)
+        assert record is not None and record.height == idle + 1
+        assert view.status()["consensus"]["waiting_for_txs"] is True
+        node.request_stop("test done")
+    assert idle <= 2  # the first empty block after the start, then nothing
+
+
+async def test_without_empty_blocks_the_interval_still_makes_blocks(tmp_path: Path) -> None:
+    """create_empty_blocks_interval_ms makes a heartbeat block after that long without one."""
+    home = _home(
+        tmp_path / "beat",
+        create_empty_blocks=False,
+        create_empty_blocks_interval_ms=1000,
+        timeout_commit_ms=50,
+    )
+    node = Node.from_home(home, notifier=Notifier(None), shutdown_grace_ms=None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await _wait_height(node, 1)
+        res = node.resources
+        assert res is not None
+        start = res.chain.height
+        await trio.sleep(6.5)
+        made = res.chain.height - start
+        node.request_stop("test done")
+    assert 4 <= made <= 7  # one a second
