@@ -23,7 +23,8 @@ from typing import Any, Protocol
 from consensus import merkle
 from consensus.codec import encode
 from consensus.crypto import sha256
-from consensus.types import DuplicateVoteEvidence, Genesis, Header, Transaction
+from consensus.genesis import Genesis
+from consensus.types import DuplicateVoteEvidence, Header, Transaction
 
 __all__ = [
     "CODE_OK",

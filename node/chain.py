@@ -25,18 +25,11 @@ import trio
 from consensus.app import Application, TxResult, app_from_genesis
 from consensus.apps import app_class
 from consensus.codec import DecodeError, decode, encode
+from consensus.genesis import Genesis, GenesisError
 from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
-from consensus.types import (
-    TIME_MS_MAX,
-    Block,
-    Commit,
-    DuplicateVoteEvidence,
-    Genesis,
-    GenesisError,
-    Transaction,
-)
+from consensus.types import TIME_MS_MAX, Block, Commit, DuplicateVoteEvidence, Transaction
 from consensus.validation import (
     BlockInvalid,
     Reason,

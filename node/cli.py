@@ -26,7 +26,7 @@ import trio
 
 import node
 from consensus.crypto import PrivateKey
-from consensus.types import APPS, GenesisError
+from consensus.genesis import APPS, GenesisError
 from node.config import ConfigError, load_config
 from node.home import (
     DEFAULT_ACCOUNTS,

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from consensus.crypto import PrivateKey
+from consensus.genesis import Genesis
 from consensus.machine import ConsensusConfig
-from consensus.types import Genesis
 from network import Network
 from node.config import Config, load_config
 from node.home import HomeLock, HomePaths, load_genesis_file

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from consensus.crypto import PrivateKey
-from consensus.types import APPS, CHAIN_ID_BYTES_MAX, Genesis, GenesisValidator
+from consensus.genesis import APPS, Genesis, GenesisValidator
+from consensus.types import CHAIN_ID_BYTES_MAX
 from node.config import (
     MONIKER_CHARS_MAX,
     Address,

@@ -62,6 +62,7 @@ from typing import Any
 from consensus.apps.kvstore import set_tx
 from consensus.codec import DecodeError, encode
 from consensus.crypto import PrivateKey, sha256
+from consensus.genesis import Genesis, GenesisValidator
 from consensus.machine import ConsensusConfig, ConsensusMachine
 from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
@@ -69,8 +70,6 @@ from consensus.types import (
     Block,
     Commit,
     CommitSig,
-    Genesis,
-    GenesisValidator,
     Proposal,
     Transaction,
     Validator,

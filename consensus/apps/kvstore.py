@@ -38,7 +38,8 @@ from consensus.apps import (
 )
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
-from consensus.types import DuplicateVoteEvidence, Genesis, Header, Transaction
+from consensus.genesis import Genesis
+from consensus.types import DuplicateVoteEvidence, Header, Transaction
 
 __all__ = ["KEY_BYTES_MAX", "VALUE_BYTES_MAX", "KVStore", "set_tx"]
 

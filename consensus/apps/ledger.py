@@ -45,13 +45,8 @@ from consensus.apps import (
 )
 from consensus.codec import decode, encode
 from consensus.crypto import ADDRESS_BYTES, PrivateKey, address_of
-from consensus.types import (
-    DuplicateVoteEvidence,
-    Genesis,
-    Header,
-    Transaction,
-    ValidatorSet,
-)
+from consensus.genesis import Genesis
+from consensus.types import DuplicateVoteEvidence, Header, Transaction, ValidatorSet
 
 __all__ = [
     "BALANCE_MAX",

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import trio
 
-from consensus.types import Genesis
+from consensus.genesis import Genesis
 from node.config import Address, Peer, load_config
 from node.daemon import EXIT_SHUTDOWN_TIMEOUT
 from node.home import HomePaths, init_home

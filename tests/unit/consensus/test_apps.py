@@ -26,7 +26,8 @@ from consensus.apps.kvstore import KVStore, set_tx
 from consensus.apps.ledger import Ledger, transfer_payload, transfer_tx, validator_tx
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
-from consensus.types import Genesis, GenesisValidator, Header, Transaction
+from consensus.genesis import Genesis, GenesisValidator
+from consensus.types import Header, Transaction
 
 CHAIN = "apps-test"
 ALICE, BOB, ADMIN = (PrivateKey(bytes([i]) * 32) for i in (11, 12, 13))
@@ -334,7 +335,7 @@ def test_member_list_changes_by_set_member_and_survives_load() -> None:
 def test_genesis_members_parse_strictly_and_keep_open_chains_hashes() -> None:
     """`members` in genesis.json: distinct 40-hex node ids; a genesis without them has the
     same JSON (and hash) as before the field existed."""
-    from consensus.types import GenesisError
+    from consensus.genesis import GenesisError
 
     open_chain = _genesis("kvstore", {})
     assert "members" not in open_chain.to_json_obj()

@@ -36,20 +36,12 @@ from consensus.events import (
     decode_event,
     encode_event,
 )
+from consensus.genesis import Genesis, GenesisValidator
 from consensus.machine import ConsensusConfig, ConsensusMachine
 from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
-from consensus.types import (
-    Block,
-    Commit,
-    CommitSig,
-    Genesis,
-    GenesisValidator,
-    Proposal,
-    Vote,
-    VoteType,
-)
+from consensus.types import Block, Commit, CommitSig, Proposal, Vote, VoteType
 from consensus.validation import (
     BlockInvalid,
     Reason,

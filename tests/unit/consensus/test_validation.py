@@ -14,14 +14,12 @@ import consensus.sigverify as sigverify
 from consensus.app import BlockExecution, ValidatorUpdate, results_hash
 from consensus.apps.ledger import Ledger, transfer_tx
 from consensus.crypto import PrivateKey
+from consensus.genesis import ConsensusParams, Genesis, GenesisValidator
 from consensus.types import (
     Block,
     Commit,
     CommitSig,
-    ConsensusParams,
     DuplicateVoteEvidence,
-    Genesis,
-    GenesisValidator,
     Header,
     Transaction,
     Vote,

@@ -16,19 +16,11 @@ from pathlib import Path
 import pytest
 
 from consensus.crypto import PrivateKey, sha256
+from consensus.genesis import Genesis, GenesisValidator
 from consensus.machine import ConsensusConfig
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
-from consensus.types import (
-    Block,
-    Commit,
-    CommitSig,
-    Genesis,
-    GenesisValidator,
-    Vote,
-    VoteType,
-    vote_sign_bytes,
-)
+from consensus.types import Block, Commit, CommitSig, Vote, VoteType, vote_sign_bytes
 from node import wal as wal_module
 from node.chain import Chain
 from node.driver import Driver
