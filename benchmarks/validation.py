@@ -30,8 +30,8 @@ from typing import Any
 
 import nacl.bindings
 
+from apps.ledger import Ledger, transfer_tx
 from consensus import sigverify
-from consensus.apps.ledger import Ledger, transfer_tx
 from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis, GenesisValidator
 from consensus.sigverify import (

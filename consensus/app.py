@@ -8,22 +8,23 @@ block; `commit` then applies them to the in-memory state. Executing a block
 never changes committed state, so a block that fails validation (or loses the
 round) leaves no trace.
 
-Two applications are built in (`consensus/apps/`): `ledger` and `kvstore`.
-docs/PROTOCOL.md (section 11) gives their payload formats and app hash byte-exactly.
+Consensus never chooses an application: whoever runs the validation core
+passes it one. Two are built in (`apps/`, which also says how the node
+creates them): `ledger` and `kvstore`. docs/PROTOCOL.md (section 11) gives
+their payload formats and app hash byte-exactly.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from consensus import merkle
 from consensus.codec import encode
 from consensus.crypto import sha256
-from consensus.genesis import Genesis
 from consensus.types import DuplicateVoteEvidence, Header, Transaction
 
 __all__ = [
@@ -103,13 +104,7 @@ class BlockExecution:
 
 
 class Application(Protocol):
-    """A deterministic state machine driven by committed blocks.
-
-    Implementations also provide the classmethods
-    `from_genesis(genesis) -> Self` and
-    `load(items: Iterable[tuple[bytes, bytes]], app_hash: bytes, height: int) -> Self`
-    (the state as the key/value pairs the node stored).
-    """
+    """A deterministic state machine driven by committed blocks."""
 
     name: str
 
@@ -151,6 +146,10 @@ class Application(Protocol):
 
     def members(self) -> frozenset[bytes]:
         """The node ids allowed to connect, as committed (empty: anyone may connect)."""
+        ...
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """The committed state as key/value pairs (what the node stores at genesis)."""
         ...
 
 
@@ -271,11 +270,3 @@ def root_memo(level: list[bytes]) -> bytes:
             nxt.append(level[-1])
         level = nxt
     return level[0]
-
-
-def app_from_genesis(genesis: Genesis) -> Application:
-    """The built-in application that genesis names, in its initial state."""
-    from consensus.apps import app_class
-
-    app: Application = app_class(genesis.app).from_genesis(genesis)
-    return app

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consensus.apps.kvstore import set_tx
+from apps.kvstore import set_tx
 from consensus.codec import DecodeError, encode
 from consensus.crypto import PrivateKey, sha256
 from consensus.genesis import Genesis, GenesisValidator

@@ -26,8 +26,8 @@ import trio
 from starlette.routing import Route, WebSocketRoute
 from trio_websocket import open_websocket_url
 
+from apps.ledger import transfer_tx
 from consensus import merkle
-from consensus.apps.ledger import transfer_tx
 from consensus.codec import encode
 from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis

@@ -389,6 +389,14 @@ def test_start_with_a_bad_genesis_is_a_one_line_error(home: Path) -> None:
     assert_one_line_error(run_cli("start", "--home", home), "chain_id")
 
 
+def test_start_with_an_unknown_app_is_a_one_line_error(home: Path) -> None:
+    """A genesis naming an app this node does not have: exit 2 naming the known ones."""
+    genesis = json.loads((home / "genesis.json").read_text())
+    genesis["app"] = "bank"
+    (home / "genesis.json").write_text(json.dumps(genesis))
+    assert_one_line_error(run_cli("start", "--home", home), "app", "ledger, kvstore", "'bank'")
+
+
 # ---------------------------------------------------------------- start: running
 
 

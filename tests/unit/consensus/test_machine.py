@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from consensus.apps.kvstore import KVStore, set_tx
+from apps.kvstore import KVStore, set_tx
 from consensus.crypto import PrivateKey, sha256
 from consensus.events import (
     Action,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from consensus.apps.kvstore import KVStore
+from apps.kvstore import KVStore
 from consensus.crypto import PrivateKey, sha256
 from consensus.genesis import Genesis, GenesisValidator
 from consensus.machine import ConsensusConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consensus.apps.ledger import Ledger, transfer_tx
+from apps.ledger import Ledger, transfer_tx
 from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis, GenesisValidator
 from consensus.sigverify import SignatureVerifier

@@ -14,16 +14,7 @@ from typing import Any, Self
 
 import msgpack
 
-from consensus.app import (
-    TX_OK,
-    BlockExecution,
-    QueryResult,
-    TxResult,
-    ValidatorUpdate,
-    chain_app_hash,
-    genesis_app_hash,
-)
-from consensus.apps import (
+from apps.common import (
     CHECK_VIEW_ENTRIES_MAX,
     CODE_BAD_NONCE,
     CODE_BAD_PAYLOAD,
@@ -42,6 +33,15 @@ from consensus.apps import (
     member_writes,
     parse_address,
     validator_writes,
+)
+from consensus.app import (
+    TX_OK,
+    BlockExecution,
+    QueryResult,
+    TxResult,
+    ValidatorUpdate,
+    chain_app_hash,
+    genesis_app_hash,
 )
 from consensus.codec import decode, encode
 from consensus.crypto import ADDRESS_BYTES, PrivateKey, address_of

@@ -10,16 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Self
 
-from consensus.app import (
-    TX_OK,
-    BlockExecution,
-    QueryResult,
-    TxResult,
-    ValidatorUpdate,
-    chain_app_hash,
-    genesis_app_hash,
-)
-from consensus.apps import (
+from apps.common import (
     CHECK_VIEW_ENTRIES_MAX,
     CODE_BAD_NONCE,
     CODE_BAD_PAYLOAD,
@@ -35,6 +26,15 @@ from consensus.apps import (
     load_validator,
     member_writes,
     validator_writes,
+)
+from consensus.app import (
+    TX_OK,
+    BlockExecution,
+    QueryResult,
+    TxResult,
+    ValidatorUpdate,
+    chain_app_hash,
+    genesis_app_hash,
 )
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
