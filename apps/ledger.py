@@ -46,7 +46,7 @@ from consensus.app import (
 from consensus.codec import decode, encode
 from consensus.crypto import ADDRESS_BYTES, PrivateKey, address_of
 from consensus.genesis import Genesis
-from consensus.types import DuplicateVoteEvidence, Header, Transaction, ValidatorSet
+from consensus.types import DuplicateVoteEvidence, Header, Transaction, Validator, ValidatorSet
 
 __all__ = [
     "BALANCE_MAX",
@@ -244,8 +244,6 @@ class Ledger:
         return self._height
 
     def validator_set(self) -> ValidatorSet:
-        from consensus.types import Validator
-
         return ValidatorSet.of(Validator(pk, p) for pk, p in self._validators.items())
 
     # ------------------------------------------------------------ mempool

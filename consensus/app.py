@@ -199,7 +199,7 @@ def results_hash(results: Sequence[TxResult]) -> bytes:
 
 
 def _expanded_root(results: Sequence[TxResult]) -> bytes:
-    """results_hash for results that barely repeat: every leaf, each distinct pair once."""
+    """results_hash for results that barely repeat: every leaf, hashed once per run."""
     level: list[bytes] = []
     prev: TxResult | None = None
     leaf = b""
@@ -208,7 +208,7 @@ def _expanded_root(results: Sequence[TxResult]) -> bytes:
             leaf = _result_leaf(r)
             prev = r
         level.append(leaf)
-    return root_memo(level)
+    return merkle.root_from_leaf_hashes(level)
 
 
 # Below this many results per run on average, expanding the runs is cheaper.
@@ -250,23 +250,3 @@ class _RunTree:
             node = merkle.inner_hash(self.uniform(leaf, k), self.uniform(leaf, count - k))
             self.memo[key] = node
         return node
-
-
-def root_memo(level: list[bytes]) -> bytes:
-    """merkle.root_from_leaf_hashes, computing each distinct (left, right) pair once."""
-    if len(level) <= 1:
-        return merkle.root_from_leaf_hashes(level)
-    memo: dict[bytes, bytes] = {}
-    while len(level) > 1:
-        nxt: list[bytes] = []
-        for i in range(0, len(level) - 1, 2):
-            pair = level[i] + level[i + 1]
-            h = memo.get(pair)
-            if h is None:
-                h = merkle.inner_hash(level[i], level[i + 1])
-                memo[pair] = h
-            nxt.append(h)
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]

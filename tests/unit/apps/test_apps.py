@@ -16,13 +16,9 @@ from apps.common import (
 )
 from apps.kvstore import KVStore, set_tx
 from apps.ledger import Ledger, transfer_payload, transfer_tx, validator_tx
-from consensus import merkle
 from consensus.app import (
-    TX_OK,
-    TxResult,
     chain_app_hash,
     genesis_app_hash,
-    results_hash,
 )
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
@@ -223,26 +219,6 @@ def test_app_hash_is_deterministic_and_chained() -> None:
     other = _ledger()
     e1 = other.execute_block(_header(1), [transfer_tx(ALICE, CHAIN, 0, BOB.address, 2)], ())
     assert e1.app_hash != chain_app_hash(genesis_app_hash(CHAIN, "ledger"), ())
-
-
-@pytest.mark.parametrize("n", [0, 1, 2, 7, 8, 9, 100, 1_025])
-@pytest.mark.parametrize("failures", ["none", "few", "every_other", "distinct"])
-def test_results_hash_is_the_merkle_root_of_the_results(n: int, failures: str) -> None:
-    """The run-length results hash equals merkle.root over every result's encoding."""
-    bad_nonce = TxResult(CODE_BAD_NONCE, "nonce")
-
-    def pick(i: int) -> TxResult:
-        if failures == "few":
-            return bad_nonce if i in (0, 5, n - 1) else TX_OK
-        if failures == "every_other":
-            return bad_nonce if i % 2 else TX_OK
-        if failures == "distinct":
-            return TxResult(CODE_BAD_PAYLOAD, data=i.to_bytes(4, "big"))
-        return TX_OK
-
-    results = [pick(i) for i in range(n)]
-    expected = merkle.root([encode(r.to_obj()) for r in results])
-    assert results_hash(results) == expected
 
 
 def test_remembered_amount_needs_the_transfer_head() -> None:
