@@ -61,9 +61,10 @@ from typing import Any
 
 from apps.kvstore import set_tx
 from consensus.codec import DecodeError, encode
+from consensus.config import ConsensusConfig
 from consensus.crypto import PrivateKey, sha256
 from consensus.genesis import Genesis, GenesisValidator
-from consensus.machine import ConsensusConfig, ConsensusMachine
+from consensus.machine import ConsensusMachine
 from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.types import (

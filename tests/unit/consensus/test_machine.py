@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from apps.kvstore import KVStore, set_tx
+from consensus.config import ConsensusConfig
 from consensus.crypto import PrivateKey, sha256
 from consensus.events import (
     Action,
@@ -37,7 +38,7 @@ from consensus.events import (
     encode_event,
 )
 from consensus.genesis import Genesis, GenesisValidator
-from consensus.machine import ConsensusConfig, ConsensusMachine
+from consensus.machine import ConsensusMachine
 from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from apps.kvstore import KVStore
+from consensus.config import ConsensusConfig
 from consensus.crypto import PrivateKey, sha256
 from consensus.genesis import Genesis, GenesisValidator
-from consensus.machine import ConsensusConfig
 from consensus.state import ChainState
 from consensus.types import Block, Commit, CommitSig, Proposal, Vote, VoteType, vote_sign_bytes
 from consensus.validation import build_block, next_chain_state

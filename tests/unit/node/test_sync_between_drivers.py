@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from consensus.config import ConsensusConfig
 from consensus.crypto import PrivateKey, sha256
 from consensus.genesis import Genesis, GenesisValidator
-from consensus.machine import ConsensusConfig
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
 from consensus.types import Block, Commit, CommitSig, Vote, VoteType, vote_sign_bytes
