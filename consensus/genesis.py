@@ -129,7 +129,7 @@ class Genesis:
         if unknown:
             raise GenesisError(f"unknown key {sorted(unknown)[0]!r}")
         chain_id = _gfield(obj, "chain_id", str)
-        if not 1 <= len(chain_id.encode()) <= CHAIN_ID_BYTES_MAX:
+        if not 1 <= len(_utf8(chain_id, "chain_id")) <= CHAIN_ID_BYTES_MAX:
             raise GenesisError(f"chain_id: expected 1..{CHAIN_ID_BYTES_MAX} bytes")
         time_ms = _gfield(obj, "genesis_time_ms", int)
         if not 0 <= time_ms <= TIME_MS_MAX:
@@ -163,6 +163,14 @@ class Genesis:
         except DecodeError as e:
             raise GenesisError(f"validators: {e}") from None
         return genesis
+
+
+def _utf8(text: str, where: str) -> bytes:
+    """`text` in UTF-8; JSON allows a lone surrogate, which UTF-8 cannot encode."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise GenesisError(f"{where}: expected valid UTF-8 text") from None
 
 
 def _gfield(obj: dict[str, Any], key: str, kind: type, where: str = "") -> Any:

@@ -12,7 +12,7 @@ from consensus.genesis import Genesis, GenesisError, GenesisValidator
 KEY = PrivateKey(b"\x07" * 32)
 
 
-def _obj(app: str) -> dict[str, object]:
+def _obj(app: str = "ledger") -> dict[str, object]:
     genesis = Genesis("g", 0, (GenesisValidator("v", KEY.public_key, 1),), "ledger", {})
     return genesis.to_json_obj() | {"app": app}
 
@@ -28,3 +28,9 @@ def test_a_malformed_app_name_is_one_genesis_error(app: str) -> None:
     """Empty, over 32 UTF-8 bytes, unprintable or not encodable: GenesisError naming `app`."""
     with pytest.raises(GenesisError, match=r"^app: "):
         Genesis.from_json(json.dumps(_obj(app)))
+
+
+def test_a_chain_id_that_is_not_utf8_is_one_genesis_error() -> None:
+    """A lone surrogate in chain_id (valid JSON, not UTF-8) is a GenesisError, not a crash."""
+    with pytest.raises(GenesisError, match=r"^chain_id: "):
+        Genesis.from_json(json.dumps(_obj() | {"chain_id": "\ud800"}))
