@@ -30,24 +30,17 @@ from typing import Any
 
 import nacl.bindings
 
+from apps.ledger import Ledger, transfer_tx
 from consensus import sigverify
-from consensus.apps.ledger import Ledger, transfer_tx
 from consensus.crypto import PrivateKey
+from consensus.genesis import Genesis, GenesisValidator
 from consensus.sigverify import (
     VERIFY_ADDRESS,
     SignatureVerifier,
     _verify_chunk,
     _verify_detached,
 )
-from consensus.types import (
-    Block,
-    Commit,
-    CommitSig,
-    Genesis,
-    GenesisValidator,
-    Transaction,
-    precommit_sign_bytes,
-)
+from consensus.types import Block, Commit, CommitSig, Transaction, precommit_sign_bytes
 from consensus.validation import (
     ChainState,
     build_block,

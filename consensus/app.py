@@ -8,22 +8,24 @@ block; `commit` then applies them to the in-memory state. Executing a block
 never changes committed state, so a block that fails validation (or loses the
 round) leaves no trace.
 
-Two applications are built in (`consensus/apps/`): `ledger` and `kvstore`.
-docs/PROTOCOL.md (section 11) gives their payload formats and app hash byte-exactly.
+Consensus never chooses an application: whoever runs the validation core
+passes it one. Two are built in (`apps/`, which also says how the node
+creates them): `ledger` and `kvstore`. docs/PROTOCOL.md (section 11) gives
+their payload formats and app hash byte-exactly.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from consensus import merkle
 from consensus.codec import encode
 from consensus.crypto import sha256
-from consensus.types import DuplicateVoteEvidence, Genesis, Header, Transaction
+from consensus.types import DuplicateVoteEvidence, Header, Transaction
 
 __all__ = [
     "CODE_OK",
@@ -102,13 +104,7 @@ class BlockExecution:
 
 
 class Application(Protocol):
-    """A deterministic state machine driven by committed blocks.
-
-    Implementations also provide the classmethods
-    `from_genesis(genesis) -> Self` and
-    `load(items: Iterable[tuple[bytes, bytes]], app_hash: bytes, height: int) -> Self`
-    (the state as the key/value pairs the node stored).
-    """
+    """A deterministic state machine driven by committed blocks."""
 
     name: str
 
@@ -150,6 +146,10 @@ class Application(Protocol):
 
     def members(self) -> frozenset[bytes]:
         """The node ids allowed to connect, as committed (empty: anyone may connect)."""
+        ...
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """The committed state as key/value pairs (what the node stores at genesis)."""
         ...
 
 
@@ -199,7 +199,7 @@ def results_hash(results: Sequence[TxResult]) -> bytes:
 
 
 def _expanded_root(results: Sequence[TxResult]) -> bytes:
-    """results_hash for results that barely repeat: every leaf, each distinct pair once."""
+    """results_hash for results that barely repeat: every leaf, hashed once per run."""
     level: list[bytes] = []
     prev: TxResult | None = None
     leaf = b""
@@ -208,7 +208,7 @@ def _expanded_root(results: Sequence[TxResult]) -> bytes:
             leaf = _result_leaf(r)
             prev = r
         level.append(leaf)
-    return root_memo(level)
+    return merkle.root_from_leaf_hashes(level)
 
 
 # Below this many results per run on average, expanding the runs is cheaper.
@@ -250,31 +250,3 @@ class _RunTree:
             node = merkle.inner_hash(self.uniform(leaf, k), self.uniform(leaf, count - k))
             self.memo[key] = node
         return node
-
-
-def root_memo(level: list[bytes]) -> bytes:
-    """merkle.root_from_leaf_hashes, computing each distinct (left, right) pair once."""
-    if len(level) <= 1:
-        return merkle.root_from_leaf_hashes(level)
-    memo: dict[bytes, bytes] = {}
-    while len(level) > 1:
-        nxt: list[bytes] = []
-        for i in range(0, len(level) - 1, 2):
-            pair = level[i] + level[i + 1]
-            h = memo.get(pair)
-            if h is None:
-                h = merkle.inner_hash(level[i], level[i + 1])
-                memo[pair] = h
-            nxt.append(h)
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
-
-
-def app_from_genesis(genesis: Genesis) -> Application:
-    """The built-in application that genesis names, in its initial state."""
-    from consensus.apps import app_class
-
-    app: Application = app_class(genesis.app).from_genesis(genesis)
-    return app

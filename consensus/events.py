@@ -263,8 +263,10 @@ Action = (
 
 # ---------------------------------------------------------------- encoding
 
-_TAG_PROPOSAL = 1
-_TAG_VOTE = 2
+# A proposal's and a vote's record is also their message on the wire (node/messages.py
+# takes these tags and this layout from here), so the bytes that arrive are those logged.
+TAG_PROPOSAL_RECEIVED = 1
+TAG_VOTE_RECEIVED = 2
 _TAG_TIMEOUT = 3
 _TAG_VALIDATED = 4
 _TAG_BUILT = 5
@@ -277,9 +279,9 @@ def event_to_obj(event: Event) -> list[Any]:
     """The msgpack-ready array of an event: a tag, then its fields in declaration order."""
     match event:
         case ProposalReceived(proposal, block):
-            return [_TAG_PROPOSAL, proposal.to_obj(), block.to_obj()]
+            return [TAG_PROPOSAL_RECEIVED, proposal.to_obj(), block.to_obj()]
         case VoteReceived(vote):
-            return [_TAG_VOTE, vote.to_obj()]
+            return [TAG_VOTE_RECEIVED, vote.to_obj()]
         case TimeoutFired(height, round, step):
             return [_TAG_TIMEOUT, height, round, int(step)]
         case BlockValidated(block_hash, valid, reason):
@@ -304,9 +306,14 @@ def read_event(r: Reader) -> Event:
         raise DecodeError(f"event: retired or unknown tag {tag}")
     if n != fields:
         raise DecodeError(f"event {tag}: expected an array of {fields} fields")
-    if tag == _TAG_PROPOSAL:
+    return read_event_fields(r, tag)
+
+
+def read_event_fields(r: Reader, tag: int) -> Event:
+    """The fields of an event tagged `tag`, once its array header and tag are read."""
+    if tag == TAG_PROPOSAL_RECEIVED:
         return ProposalReceived(Proposal.read(r), Block.read(r))
-    if tag == _TAG_VOTE:
+    if tag == TAG_VOTE_RECEIVED:
         return VoteReceived(Vote.read(r))
     if tag == _TAG_TIMEOUT:
         return TimeoutFired(
@@ -333,8 +340,8 @@ def read_event(r: Reader) -> Event:
 
 # Array length (tag included) of each event kind, as event_to_obj writes it.
 _EVENT_FIELDS = {
-    _TAG_PROPOSAL: 3,
-    _TAG_VOTE: 2,
+    TAG_PROPOSAL_RECEIVED: 3,
+    TAG_VOTE_RECEIVED: 2,
     _TAG_TIMEOUT: 4,
     _TAG_VALIDATED: 4,
     _TAG_BUILT: 4,

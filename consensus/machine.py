@@ -52,6 +52,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from consensus.config import ConsensusConfig
 from consensus.crypto import verify
 from consensus.events import (
     Action,
@@ -90,7 +91,6 @@ from consensus.votes import HeightVotes
 __all__ = [
     "ROUNDS_AHEAD_MAX",
     "VOTE_HASHES_PER_VALIDATOR_MAX",
-    "ConsensusConfig",
     "ConsensusMachine",
     "MachineState",
 ]
@@ -103,30 +103,6 @@ ROUNDS_AHEAD_MAX = 32
 # held blocks, enough for every polka a correct process could have seen.
 VOTE_HASHES_PER_VALIDATOR_MAX = 3
 _NOT_VOTING = (Step.NEW_HEIGHT, Step.COMMIT)  # steps with no vote to cast
-
-
-@dataclass(frozen=True, slots=True)
-class ConsensusConfig:
-    """Timeouts, growing linearly with the round so that rounds eventually last long enough."""
-
-    timeout_propose_ms: int = 3000
-    timeout_propose_delta_ms: int = 500
-    timeout_prevote_ms: int = 1000
-    timeout_prevote_delta_ms: int = 500
-    timeout_precommit_ms: int = 1000
-    timeout_precommit_delta_ms: int = 500
-    timeout_commit_ms: int = 1000
-    # Start the next height as soon as the block is applied (simulator, benchmarks).
-    skip_timeout_commit: bool = False
-
-    def propose_ms(self, round: int) -> int:
-        return self.timeout_propose_ms + round * self.timeout_propose_delta_ms
-
-    def prevote_ms(self, round: int) -> int:
-        return self.timeout_prevote_ms + round * self.timeout_prevote_delta_ms
-
-    def precommit_ms(self, round: int) -> int:
-        return self.timeout_precommit_ms + round * self.timeout_precommit_delta_ms
 
 
 @dataclass(frozen=True, slots=True)

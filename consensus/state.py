@@ -15,6 +15,7 @@ from typing import Any
 from consensus.app import results_hash
 from consensus.codec import DecodeError, Reader, decode_with, encode
 from consensus.crypto import HASH_BYTES
+from consensus.genesis import ConsensusParams, Genesis
 from consensus.proposer import ProposerSchedule
 from consensus.types import (
     APP_HASH_BYTES_MAX,
@@ -23,8 +24,6 @@ from consensus.types import (
     SMALL_FIELD_BYTES_MAX,
     TIME_MS_MAX,
     VALIDATORS_MAX,
-    ConsensusParams,
-    Genesis,
     ValidatorSet,
 )
 

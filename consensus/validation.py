@@ -482,17 +482,7 @@ class _Stream:
     def data_root(self) -> bytes:
         """The Merkle root of every transaction, from the chunks' subtree roots."""
         assert self.next == len(self.raw) and self.malformed is None
-        peaks = self.peaks
-        if self.tail_root is None:
-            if not peaks:
-                return merkle.root_from_leaf_hashes([])
-            node = peaks[-1][1]
-            peaks = peaks[:-1]
-        else:
-            node = self.tail_root
-        for _, root in reversed(peaks):
-            node = _sha256(b"\x01" + root + node).digest()
-        return node
+        return _join_peaks(self.peaks, self.tail_root)
 
     def __iter__(self) -> Iterator[Transaction]:
         n = len(self.raw)
@@ -543,22 +533,14 @@ class _Stream:
         if not cached:
             help_now()
         if len(chunk) == size:
-            self._push(size, _subtree_root(leaves))
+            _push_peak(self.peaks, size, merkle.root_from_leaf_hashes(leaves))
         else:
-            self.tail_root = _subtree_root(leaves)
+            self.tail_root = merkle.root_from_leaf_hashes(leaves)
         following = self.next
         self.size = (
             min(2 * size, CHUNK_TXS_MAX, following & -following) if cached else CHUNK_TXS_MIN
         )
         return txs, cached
-
-    def _push(self, size: int, root: bytes) -> None:
-        peaks = self.peaks
-        while peaks and peaks[-1][0] == size:
-            _, left = peaks.pop()
-            root = _sha256(b"\x01" + left + root).digest()
-            size *= 2
-        peaks.append((size, root))
 
     def _decode(
         self, chunk: Sequence[bytes], start: int, hits: list[CachedTx | None]
@@ -695,17 +677,31 @@ _BYTES = {bytes}
 _INT = {int}
 
 
-def _subtree_root(level: list[bytes]) -> bytes:
-    """merkle.root_from_leaf_hashes, inlined for the hot path (same RFC 6962 shape)."""
-    sha256 = _sha256
-    while len(level) > 1:
-        odd = level[-1] if len(level) % 2 else None
-        level = [
-            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
-        ]
-        if odd is not None:
-            level.append(odd)
-    return level[0] if level else merkle.root_from_leaf_hashes(level)
+def _push_peak(peaks: list[tuple[int, bytes]], size: int, root: bytes) -> None:
+    """Add the root of the next `size` leaves, a power of two aligned on its size.
+
+    `peaks` holds (leaves, root) of complete subtrees of the RFC 6962 tree,
+    sizes strictly decreasing: equal neighbours merge, as in a binary counter.
+    """
+    while peaks and peaks[-1][0] == size:
+        _, left = peaks.pop()
+        root = merkle.inner_hash(left, root)
+        size *= 2
+    peaks.append((size, root))
+
+
+def _join_peaks(peaks: list[tuple[int, bytes]], tail_root: bytes | None) -> bytes:
+    """merkle.root of all the leaves: the peaks, then a last chunk shorter than its size."""
+    if tail_root is None:
+        if not peaks:
+            return merkle.root_from_leaf_hashes([])
+        node = peaks[-1][1]
+        peaks = peaks[:-1]
+    else:
+        node = tail_root
+    for _, root in reversed(peaks):
+        node = merkle.inner_hash(root, node)
+    return node
 
 
 def _run_pass(

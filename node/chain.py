@@ -22,21 +22,14 @@ from dataclasses import dataclass
 
 import trio
 
-from consensus.app import Application, TxResult, app_from_genesis
-from consensus.apps import app_class
+from apps import app_class
+from consensus.app import TxResult
 from consensus.codec import DecodeError, decode, encode
+from consensus.genesis import Genesis, GenesisError
 from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
-from consensus.types import (
-    TIME_MS_MAX,
-    Block,
-    Commit,
-    DuplicateVoteEvidence,
-    Genesis,
-    GenesisError,
-    Transaction,
-)
+from consensus.types import TIME_MS_MAX, Block, Commit, DuplicateVoteEvidence, Transaction
 from consensus.validation import (
     BlockInvalid,
     Reason,
@@ -92,21 +85,20 @@ class Chain:
         self.store = store
         self.verifier = verifier
         self.lock = trio.Lock()
+        app_cls = app_class(genesis)
         state = store.load_state()
         if state is None:
             try:
-                app = app_from_genesis(genesis)
+                app = app_cls.from_genesis(genesis)
             except ValueError as e:
                 raise GenesisError(f"genesis.json: {e}") from None
             state = ChainState.from_genesis(genesis, app.app_hash)
-            store.init_genesis(state, dict(app.items()))  # type: ignore[attr-defined]
+            store.init_genesis(state, dict(app.items()))
         else:
             _check_same_chain(genesis, store, state)
-            app = app_class(genesis.app).load(
-                store.iter_app_state(), state.app_hash, state.last_height
-            )
+            app = app_cls.load(store.iter_app_state(), state.app_hash, state.last_height)
         store.record_genesis_hash(genesis.hash)
-        self.app: Application = app
+        self.app = app
         self.state = state
         self._validated: dict[bytes, ValidatedBlock] = {}
 

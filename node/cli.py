@@ -25,8 +25,9 @@ from pathlib import Path
 import trio
 
 import node
+from apps import APPS
 from consensus.crypto import PrivateKey
-from consensus.types import APPS, GenesisError
+from consensus.genesis import GenesisError
 from node.config import ConfigError, load_config
 from node.home import (
     DEFAULT_ACCOUNTS,
@@ -164,7 +165,7 @@ def _add_init(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--chain-id", default=DEFAULT_CHAIN_ID, help="chain id (default: %(default)s)")
     p.add_argument("--moniker", default=None, help="node name (default: the host name)")
     p.add_argument(
-        "--app", choices=APPS, default="ledger", help="application (default: %(default)s)"
+        "--app", choices=tuple(APPS), default="ledger", help="application (default: %(default)s)"
     )
     p.add_argument(
         "--force",
@@ -220,7 +221,7 @@ def _add_testnet(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="funded client accounts to create (default: %(default)s)",
     )
     p.add_argument(
-        "--app", choices=APPS, default="ledger", help="application (default: %(default)s)"
+        "--app", choices=tuple(APPS), default="ledger", help="application (default: %(default)s)"
     )
     p.add_argument(
         "--force",

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from consensus.apps.ledger import member_tx, transfer_tx
+from apps.ledger import member_tx, transfer_tx
 from consensus.crypto import PrivateKey
 from consensus.types import Transaction
 from node.config import load_config

@@ -8,7 +8,8 @@ unparsable `host:port` addresses and malformed peer strings, each as a
 default, so a config file only needs the keys an operator changes.
 
 Each setting is declared once, as a dataclass field whose metadata carries
-its documentation and its parser; the loader, the commented writer
+its documentation and its parser (the consensus timeouts, declared in
+consensus/config.py, carry their range); the loader, the commented writer
 (`render_config`) and the reference in docs/OPERATIONS.md all follow from
 those declarations.
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from consensus import config as consensus_config
 from consensus.types import TX_BYTES_MAX
 from node.storage import MAP_BYTES_DEFAULT
 
@@ -455,42 +457,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ConsensusConfig:
+class ConsensusConfig(consensus_config.ConsensusConfig):
+    """The machine's timeouts (declared, with their ranges, in consensus/config.py) and the
+    node's own consensus settings; the daemon hands it to the machine as it is."""
+
     doc: ClassVar[str] = (
         "Consensus timeouts. A round r waits timeout_X_ms + r * timeout_X_delta_ms, "
         "so timeouts grow until the network is fast enough to decide."
     )
 
-    timeout_propose_ms: int = field(
-        default=3000, metadata=_meta(_integer(1, 3_600_000), "Wait for the round's proposal.")
-    )
-    timeout_propose_delta_ms: int = field(
-        default=500,
-        metadata=_meta(_integer(0, 3_600_000), "Added to timeout_propose_ms per round."),
-    )
-    timeout_prevote_ms: int = field(
-        default=1000,
-        metadata=_meta(_integer(1, 3_600_000), "Wait after +2/3 prevotes for anything."),
-    )
-    timeout_prevote_delta_ms: int = field(
-        default=500,
-        metadata=_meta(_integer(0, 3_600_000), "Added to timeout_prevote_ms per round."),
-    )
-    timeout_precommit_ms: int = field(
-        default=1000,
-        metadata=_meta(_integer(1, 3_600_000), "Wait after +2/3 precommits for anything."),
-    )
-    timeout_precommit_delta_ms: int = field(
-        default=500,
-        metadata=_meta(_integer(0, 3_600_000), "Added to timeout_precommit_ms per round."),
-    )
-    timeout_commit_ms: int = field(
-        default=1000,
-        metadata=_meta(
-            _integer(0, 3_600_000),
-            "Pause after a commit before the next height, to gather late precommits.",
-        ),
-    )
     create_empty_blocks: bool = field(
         default=True,
         metadata=_meta(
@@ -663,11 +638,21 @@ class Config:
 
 
 def _settings(cls: type) -> Iterator[dataclasses.Field[Any]]:
-    return (f for f in dataclasses.fields(cls) if "kind" in f.metadata)
+    """The fields read from config.toml: those with a kind, or a range (consensus/config.py)."""
+    return (f for f in dataclasses.fields(cls) if _is_setting(f))
 
 
 def _sections(cls: type) -> Iterator[dataclasses.Field[Any]]:
-    return (f for f in dataclasses.fields(cls) if "kind" not in f.metadata)
+    return (f for f in dataclasses.fields(cls) if not _is_setting(f))
+
+
+def _is_setting(f: dataclasses.Field[Any]) -> bool:
+    return "kind" in f.metadata or "range" in f.metadata
+
+
+def _kind(f: dataclasses.Field[Any]) -> _Kind:
+    kind: _Kind = f.metadata["kind"] if "kind" in f.metadata else _integer(*f.metadata["range"])
+    return kind
 
 
 def _section_type(f: dataclasses.Field[Any]) -> type:
@@ -683,7 +668,7 @@ def _build(cls: type, table: dict[str, Any], file: Path, prefix: str) -> Any:
     for key, raw in table.items():
         name = f"{prefix}{key}"
         if key in settings:
-            kind: _Kind = settings[key].metadata["kind"]
+            kind = _kind(settings[key])
             try:
                 values[key] = kind.parse(raw)
             except ValueError:
@@ -773,7 +758,7 @@ def save_config(path: Path | str, config: Config) -> None:
 def _render_settings(obj: Any) -> list[str]:
     lines: list[str] = []
     for f in _settings(type(obj)):
-        kind: _Kind = f.metadata["kind"]
+        kind = _kind(f)
         lines += _comment(f.metadata["doc"])
         lines.append(f"# Expected: {kind.expected}. Default: {_default_text(f, kind)}.")
         lines.append(f"{f.name} = {kind.render(getattr(obj, f.name))}")
@@ -802,11 +787,11 @@ def reference_rows() -> list[tuple[str, str, str, str]]:
     """(key, default, expected, doc) for every setting, for the operations manual."""
     rows: list[tuple[str, str, str, str]] = []
     for f in _settings(Config):
-        kind = f.metadata["kind"]
+        kind = _kind(f)
         rows.append((f.name, _default_text(f, kind), kind.expected, f.metadata["doc"]))
     for section in _sections(Config):
         for f in _settings(_section_type(section)):
-            kind = f.metadata["kind"]
+            kind = _kind(f)
             key = f"{section.name}.{f.name}"
             rows.append((key, _default_text(f, kind), kind.expected, f.metadata["doc"]))
     return rows

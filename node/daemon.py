@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from consensus.crypto import PrivateKey
-from consensus.machine import ConsensusConfig
-from consensus.types import Genesis
+from consensus.genesis import Genesis
 from network import Network
 from node.config import Config, load_config
 from node.home import HomeLock, HomePaths, load_genesis_file
@@ -248,15 +247,7 @@ def build_services(node: Node) -> list[Service]:
     consensus = ConsensusService(
         res,
         DriverConfig(
-            consensus=ConsensusConfig(
-                timeout_propose_ms=c.timeout_propose_ms,
-                timeout_propose_delta_ms=c.timeout_propose_delta_ms,
-                timeout_prevote_ms=c.timeout_prevote_ms,
-                timeout_prevote_delta_ms=c.timeout_prevote_delta_ms,
-                timeout_precommit_ms=c.timeout_precommit_ms,
-                timeout_precommit_delta_ms=c.timeout_precommit_delta_ms,
-                timeout_commit_ms=c.timeout_commit_ms,
-            ),
+            consensus=c,
             watch_heights=c.doppelganger_heights,
             watch_halt_s=c.doppelganger_halt_ms / 1000,
             blocksync=cfg.blocksync.enabled,

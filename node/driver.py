@@ -597,17 +597,8 @@ class Driver:
         machine = self.machine
         if machine is None:
             return
-        payload = self._encode_own(event)
-        self._wal.append(payload)
+        self._wal.append(encode_event(event))
         self._perform(machine.step(event), out)
-
-    @staticmethod
-    def _encode_own(event: Event) -> bytes:
-        if isinstance(event, VoteReceived):
-            return encode_message(VoteMsg(event.vote))  # the WAL's layout is the wire's
-        if isinstance(event, ProposalReceived):
-            return encode_message(ProposalMsg(event.proposal, event.block))
-        return encode_event(event)
 
     def on_validated(self, block_hash: bytes, valid: bool, reason: str, now: float) -> list[Effect]:
         self._now = now

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from consensus.machine import ConsensusConfig
+from consensus.config import ConsensusConfig
 from consensus.types import Block, Commit, DuplicateVoteEvidence, VoteType
 from network import Misbehaviour as PeerFault
 from node.signstate import SignStep

@@ -25,8 +25,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+from apps import APPS, app_class
 from consensus.crypto import PrivateKey
-from consensus.types import APPS, CHAIN_ID_BYTES_MAX, Genesis, GenesisValidator
+from consensus.genesis import Genesis, GenesisValidator
+from consensus.types import CHAIN_ID_BYTES_MAX
 from node.config import (
     MONIKER_CHARS_MAX,
     Address,
@@ -301,14 +303,20 @@ def lock_home(paths: HomePaths) -> HomeLock:
 
 
 def load_genesis_file(path: Path) -> Genesis:
-    """Read genesis.json; GenesisError from parsing propagates, a missing file is HomeError."""
+    """Read genesis.json, naming an application this node has.
+
+    GenesisError from parsing or for an unknown app propagates; a missing
+    file is HomeError.
+    """
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise HomeError(f"{path}: no such file (run `archipelago init`)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise HomeError(f"{path}: cannot read: {e}") from None
-    return Genesis.from_json(text)
+    genesis = Genesis.from_json(text)
+    app_class(genesis)
+    return genesis
 
 
 def _refuse_existing(paths: HomePaths, force: bool) -> None:

@@ -51,7 +51,7 @@ import httpx
 import trio
 import trio_websocket
 
-from consensus.apps.ledger import transfer_tx
+from apps.ledger import transfer_tx
 from consensus.codec import encode
 from consensus.crypto import PrivateKey
 from consensus.types import tx_id

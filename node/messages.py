@@ -14,6 +14,14 @@ from typing import Any
 
 from consensus.codec import DecodeError, Reader, decode_with, encode
 from consensus.crypto import ADDRESS_BYTES, SIGNATURE_BYTES
+from consensus.events import (
+    TAG_PROPOSAL_RECEIVED,
+    TAG_VOTE_RECEIVED,
+    ProposalReceived,
+    VoteReceived,
+    event_to_obj,
+    read_event_fields,
+)
 from consensus.types import (
     BLOCK_BYTES_MAX,
     HEIGHT_MAX,
@@ -34,9 +42,10 @@ TX_BATCH_TXS_MAX = 10_000
 # Blocks a peer may ask for in one request, and we answer with at most.
 BLOCKS_PER_REQUEST_MAX = 16
 
-# Consensus channel
-TAG_PROPOSAL = 1
-TAG_VOTE = 2
+# Consensus channel. A proposal and a vote are sent as the WAL records them:
+# the layout is consensus/events.py's, written there once.
+TAG_PROPOSAL = TAG_PROPOSAL_RECEIVED
+TAG_VOTE = TAG_VOTE_RECEIVED
 TAG_STATUS = 3
 TAG_DECIDED = 4
 TAG_VOTER_STATE = 5
@@ -51,15 +60,9 @@ TAG_SYNC_NONE = 23
 TAG_TXS = 30
 
 
-@dataclass(frozen=True, slots=True)
-class ProposalMsg:
-    proposal: Proposal
-    block: Block
-
-
-@dataclass(frozen=True, slots=True)
-class VoteMsg:
-    vote: Vote
+# The consensus events themselves: a decoded proposal or vote is stepped as it is.
+ProposalMsg = ProposalReceived
+VoteMsg = VoteReceived
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +167,8 @@ Message = (
 
 def to_obj(msg: Message) -> list[Any]:
     match msg:
-        case ProposalMsg(p, b):
-            return [TAG_PROPOSAL, p.to_obj(), b.to_obj()]
-        case VoteMsg(v):
-            return [TAG_VOTE, v.to_obj()]
+        case ProposalReceived() | VoteReceived():
+            return event_to_obj(msg)
         case StatusMsg(h, r):
             return [TAG_STATUS, h, r]
         case VoterStateMsg(address, h, state, until, signature):
@@ -254,10 +255,10 @@ def _read_message(r: Reader) -> Message:
     n = r.array("message", count_max=6)
     tag = r.integer("message.tag", 0, 127)
     assert n == _KINDS[tag][0]
-    if tag == TAG_PROPOSAL:
-        return ProposalMsg(Proposal.read(r), Block.read(r))
-    if tag == TAG_VOTE:
-        return VoteMsg(Vote.read(r))
+    if tag in (TAG_PROPOSAL, TAG_VOTE):
+        event = read_event_fields(r, tag)
+        assert isinstance(event, ProposalReceived | VoteReceived)
+        return event
     if tag == TAG_STATUS:
         return StatusMsg(
             r.integer("status.height", 0, HEIGHT_MAX), r.integer("status.round", 0, ROUND_MAX)

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 import trio
 
 from consensus.crypto import PrivateKey
+from consensus.genesis import Genesis
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
-from consensus.types import Block, Commit, Genesis
+from consensus.types import Block, Commit
 from network import Network, NetworkConfig, PeerAddress
 from node.chain import Applied, Chain, decode_result, now_ms, worker_threads
 from node.config import Config

@@ -59,18 +59,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consensus.apps.kvstore import set_tx
+from apps.kvstore import set_tx
 from consensus.codec import DecodeError, encode
+from consensus.config import ConsensusConfig
 from consensus.crypto import PrivateKey, sha256
-from consensus.machine import ConsensusConfig, ConsensusMachine
+from consensus.genesis import Genesis, GenesisValidator
+from consensus.machine import ConsensusMachine
 from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.types import (
     Block,
     Commit,
     CommitSig,
-    Genesis,
-    GenesisValidator,
     Proposal,
     Transaction,
     Validator,

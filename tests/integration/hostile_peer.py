@@ -1232,7 +1232,7 @@ async def transfer_load(
     Best effort: a node that does not answer (frozen, restarting) costs a
     request, never the test. Yields counters {"accepted": n, "failed": n}.
     """
-    from consensus.apps.ledger import transfer_tx
+    from apps.ledger import transfer_tx
 
     counts = {"accepted": 0, "failed": 0}
     nonces: dict[int, int] = {}

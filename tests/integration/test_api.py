@@ -26,19 +26,12 @@ import trio
 from starlette.routing import Route, WebSocketRoute
 from trio_websocket import open_websocket_url
 
+from apps.ledger import transfer_tx
 from consensus import merkle
-from consensus.apps.ledger import transfer_tx
 from consensus.codec import encode
 from consensus.crypto import PrivateKey
-from consensus.types import (
-    Commit,
-    Genesis,
-    Header,
-    Transaction,
-    Validator,
-    ValidatorSet,
-    tx_id,
-)
+from consensus.genesis import Genesis
+from consensus.types import Commit, Header, Transaction, Validator, ValidatorSet, tx_id
 from node.config import load_config
 from node.rpc import RpcServer
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import trio
 
-from consensus.types import Genesis
+from consensus.genesis import Genesis
 from node.config import Address, Peer, load_config
 from node.daemon import EXIT_SHUTDOWN_TIMEOUT
 from node.home import HomePaths, init_home
@@ -387,6 +387,14 @@ def test_start_with_a_bad_genesis_is_a_one_line_error(home: Path) -> None:
     genesis["chain_id"] = 7
     (home / "genesis.json").write_text(json.dumps(genesis))
     assert_one_line_error(run_cli("start", "--home", home), "chain_id")
+
+
+def test_start_with_an_unknown_app_is_a_one_line_error(home: Path) -> None:
+    """A genesis naming an app this node does not have: exit 2 naming the known ones."""
+    genesis = json.loads((home / "genesis.json").read_text())
+    genesis["app"] = "bank"
+    (home / "genesis.json").write_text(json.dumps(genesis))
+    assert_one_line_error(run_cli("start", "--home", home), "app", "ledger, kvstore", "'bank'")
 
 
 # ---------------------------------------------------------------- start: running

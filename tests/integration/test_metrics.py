@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from consensus.apps.ledger import transfer_tx
+from apps.ledger import transfer_tx
 from consensus.crypto import PrivateKey
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from consensus.apps.ledger import transfer_tx
+from apps.ledger import transfer_tx
 from consensus.crypto import PrivateKey
 
 

@@ -30,7 +30,7 @@ from trio_websocket import open_websocket_url
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from consensus.apps.kvstore import VALUE_BYTES_MAX, set_tx
+from apps.kvstore import VALUE_BYTES_MAX, set_tx
 from node.events import SUBSCRIPTION_EVENTS_MAX
 from node.keys import load_key
 

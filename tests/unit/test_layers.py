@@ -7,7 +7,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
-    "consensus": {"node", "network", "trio", "socket", "asyncio", "os", "time", "random", "select"},
+    "consensus": {
+        "apps",
+        "node",
+        "network",
+        "trio",
+        "socket",
+        "asyncio",
+        "os",
+        "time",
+        "random",
+        "select",
+    },
+    "apps": {"node", "network", "trio", "socket", "asyncio", "os", "time", "random", "select"},
     "network": {"node"},
 }
 

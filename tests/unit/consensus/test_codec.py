@@ -260,9 +260,64 @@ def mutated(draw: st.DrawFn, data: bytes) -> bytes:
     return bytes(raw)
 
 
+def _int_forms(n: int) -> list[bytes]:
+    """Every msgpack encoding of the integer n >= 0; the first is the canonical one."""
+    forms = [msgpack.packb(n)]
+    if n < 128:
+        forms.append(bytes([n]))
+    for marker, bits in ((0xCC, 8), (0xCD, 16), (0xCE, 32), (0xCF, 64)):
+        if n < 1 << bits:
+            forms.append(bytes([marker]) + n.to_bytes(bits // 8, "big"))
+    for marker, bits in ((0xD0, 8), (0xD1, 16), (0xD2, 32), (0xD3, 64)):
+        if n < 1 << (bits - 1):
+            forms.append(bytes([marker]) + n.to_bytes(bits // 8, "big"))
+    return list(dict.fromkeys(forms))
+
+
+def _bin_forms(b: bytes) -> list[bytes]:
+    """msgpack encodings of the bytes b: the canonical bin first, wider bins, then strs."""
+    n = len(b)
+    forms = [msgpack.packb(b, use_bin_type=True)]
+    for marker, size in ((0xC4, 1), (0xC5, 2), (0xC6, 4)):
+        if n < 1 << (8 * size):
+            forms.append(bytes([marker]) + n.to_bytes(size, "big") + b)
+    if n < 32:
+        forms.append(bytes([0xA0 | n]) + b)
+    forms.append(b"\xda" + n.to_bytes(2, "big") + b)
+    return list(dict.fromkeys(forms))
+
+
+@st.composite
+def re_encoded(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """A transaction with each part written in any msgpack form it has, and whether every
+    part took its canonical form; sometimes with a field missing or one field too many."""
+    tx = draw(valid_txs)
+    header = draw(st.sampled_from([b"\x94", b"\xdc\x00\x04", b"\xdd\x00\x00\x00\x04"]))
+    parts = [header]
+    canonical = header == b"\x94"
+    for forms in (
+        _bin_forms(tx.sender),
+        _int_forms(tx.nonce),
+        _bin_forms(tx.payload),
+        _bin_forms(tx.signature),
+    ):
+        i = draw(st.integers(0, len(forms) - 1))
+        parts.append(forms[i])
+        canonical = canonical and i == 0
+    arity = draw(st.sampled_from(["exact", "exact", "missing", "extra"]))
+    if arity == "missing":
+        del parts[draw(st.integers(1, 4))]
+        canonical = False
+    elif arity == "extra":
+        parts.append(draw(st.sampled_from([b"\x00", b"\xc0", b"\xc4\x00", b"\x90"])))
+        canonical = False
+    return b"".join(parts), canonical
+
+
 tx_bytes = st.one_of(
     valid_txs.map(Transaction.encode),
     valid_txs.map(Transaction.encode).flatmap(mutated),
+    re_encoded().map(lambda r: r[0]),
     tx_like,
     st.binary(max_size=120),
 )
@@ -277,6 +332,17 @@ def test_transaction_decoders_agree(t: bytes) -> None:
     assert single_decode(t) == expected
     got = chunk_decode((t,))
     assert got == (None if expected is None else [expected])
+
+
+@settings(max_examples=500, deadline=None)
+@given(re_encoded())
+def test_only_the_canonical_form_of_a_transaction_decodes(case: tuple[bytes, bool]) -> None:
+    """Wider ints and bins, a str for a bin, a wider array header, a missing or extra field:
+    both decoders refuse each, and accept the canonical form, to the same value."""
+    t, canonical = case
+    expected = single_decode(t)
+    assert (expected is not None) == canonical
+    assert chunk_decode((t,)) == (None if expected is None else [expected])
 
 
 @settings(max_examples=300, deadline=None)

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from consensus.apps.kvstore import KVStore, set_tx
+from apps.kvstore import KVStore, set_tx
+from consensus.config import ConsensusConfig
 from consensus.crypto import PrivateKey, sha256
 from consensus.events import (
     Action,
@@ -36,20 +37,12 @@ from consensus.events import (
     decode_event,
     encode_event,
 )
-from consensus.machine import ConsensusConfig, ConsensusMachine
+from consensus.genesis import Genesis, GenesisValidator
+from consensus.machine import ConsensusMachine
 from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
-from consensus.types import (
-    Block,
-    Commit,
-    CommitSig,
-    Genesis,
-    GenesisValidator,
-    Proposal,
-    Vote,
-    VoteType,
-)
+from consensus.types import Block, Commit, CommitSig, Proposal, Vote, VoteType
 from consensus.validation import (
     BlockInvalid,
     Reason,

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
+from apps.ledger import transfer_tx
 from consensus import crypto, merkle, sigverify
-from consensus.apps.ledger import transfer_tx
 from consensus.crypto import PrivateKey
 from consensus.sigverify import SignatureCache, SignatureVerifier, verify_detached
 

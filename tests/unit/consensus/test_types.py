@@ -25,12 +25,12 @@ from consensus.events import (
     decode_event,
     encode_event,
 )
+from consensus.genesis import ConsensusParams
 from consensus.state import ChainState
 from consensus.types import (
     Block,
     Commit,
     CommitSig,
-    ConsensusParams,
     DecodeError,
     DuplicateVoteEvidence,
     Header,

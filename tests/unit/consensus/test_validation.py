@@ -11,17 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import consensus.sigverify as sigverify
+from apps.ledger import Ledger, transfer_tx
 from consensus.app import BlockExecution, ValidatorUpdate, results_hash
-from consensus.apps.ledger import Ledger, transfer_tx
 from consensus.crypto import PrivateKey
+from consensus.genesis import ConsensusParams, Genesis, GenesisValidator
 from consensus.types import (
     Block,
     Commit,
     CommitSig,
-    ConsensusParams,
     DuplicateVoteEvidence,
-    Genesis,
-    GenesisValidator,
     Header,
     Transaction,
     Vote,

@@ -16,21 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from consensus.apps.kvstore import KVStore
+from apps.kvstore import KVStore
+from consensus.config import ConsensusConfig
 from consensus.crypto import PrivateKey, sha256
-from consensus.machine import ConsensusConfig
+from consensus.genesis import Genesis, GenesisValidator
 from consensus.state import ChainState
-from consensus.types import (
-    Block,
-    Commit,
-    CommitSig,
-    Genesis,
-    GenesisValidator,
-    Proposal,
-    Vote,
-    VoteType,
-    vote_sign_bytes,
-)
+from consensus.types import Block, Commit, CommitSig, Proposal, Vote, VoteType, vote_sign_bytes
 from consensus.validation import build_block, next_chain_state
 from network import BLOCKSYNC
 from network import Misbehaviour as PeerFault

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from consensus.apps.ledger import Ledger, transfer_tx
+from apps.ledger import Ledger, transfer_tx
 from consensus.crypto import PrivateKey
+from consensus.genesis import Genesis, GenesisValidator
 from consensus.sigverify import SignatureVerifier
-from consensus.types import Genesis, GenesisValidator, Transaction, tx_id
+from consensus.types import Transaction, tx_id
 from node.mempool import Mempool, MempoolError, MempoolLimits
 
 CHAIN = "mempool-test"

@@ -15,20 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from consensus.config import ConsensusConfig
 from consensus.crypto import PrivateKey, sha256
-from consensus.machine import ConsensusConfig
+from consensus.genesis import Genesis, GenesisValidator
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
-from consensus.types import (
-    Block,
-    Commit,
-    CommitSig,
-    Genesis,
-    GenesisValidator,
-    Vote,
-    VoteType,
-    vote_sign_bytes,
-)
+from consensus.types import Block, Commit, CommitSig, Vote, VoteType, vote_sign_bytes
 from node import wal as wal_module
 from node.chain import Chain
 from node.driver import Driver

@@ -1,4 +1,4 @@
-"""The built-in applications, selected by genesis `app`, and the rules they share.
+"""The rules the built-in applications share.
 
 Both `ledger` and `kvstore` order each sender's transactions with a nonce
 (the next nonce must be used, so a signed transaction can never be replayed)
@@ -24,7 +24,6 @@ __all__ = [
     "CODE_INSUFFICIENT_FUNDS",
     "CODE_UNAUTHORIZED",
     "AddressMemo",
-    "app_class",
     "apply_member_update",
     "apply_validator_update",
 ]
@@ -207,14 +206,3 @@ def parse_address(text: Any, what: str) -> bytes:
     if len(address) != ADDRESS_BYTES:
         raise ValueError(f"{what}: expected a {ADDRESS_BYTES}-byte address in hex")
     return address
-
-
-def app_class(name: str) -> Any:
-    """The class of the built-in application `name` ("ledger" or "kvstore")."""
-    from consensus.apps.kvstore import KVStore
-    from consensus.apps.ledger import Ledger
-
-    classes: dict[str, Any] = {"ledger": Ledger, "kvstore": KVStore}
-    if name not in classes:
-        raise ValueError(f"unknown application {name!r}")
-    return classes[name]

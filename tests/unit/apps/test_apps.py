@@ -6,27 +6,24 @@ from typing import Any
 
 import pytest
 
-from consensus import merkle
-from consensus.app import (
-    TX_OK,
-    TxResult,
-    app_from_genesis,
-    chain_app_hash,
-    genesis_app_hash,
-    results_hash,
-)
-from consensus.apps import (
+from apps import app_class
+from apps.common import (
     CODE_BAD_NONCE,
     CODE_BAD_PAYLOAD,
     CODE_BAD_VALIDATOR_UPDATE,
     CODE_INSUFFICIENT_FUNDS,
     CODE_UNAUTHORIZED,
 )
-from consensus.apps.kvstore import KVStore, set_tx
-from consensus.apps.ledger import Ledger, transfer_payload, transfer_tx, validator_tx
+from apps.kvstore import KVStore, set_tx
+from apps.ledger import Ledger, transfer_payload, transfer_tx, validator_tx
+from consensus.app import (
+    chain_app_hash,
+    genesis_app_hash,
+)
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
-from consensus.types import Genesis, GenesisValidator, Header, Transaction
+from consensus.genesis import Genesis, GenesisError, GenesisValidator
+from consensus.types import Header, Transaction
 
 CHAIN = "apps-test"
 ALICE, BOB, ADMIN = (PrivateKey(bytes([i]) * 32) for i in (11, 12, 13))
@@ -195,10 +192,17 @@ def test_kvstore_set_query_val_and_load() -> None:
     assert dict(loaded.items()) == dict(app.items())
 
 
-def test_app_from_genesis_selects_by_name() -> None:
-    """Genesis `app` picks the implementation; a bad app_state is a ValueError."""
-    assert isinstance(app_from_genesis(_genesis("kvstore", {})), KVStore)
-    assert isinstance(app_from_genesis(_genesis("ledger", {})), Ledger)
+def test_genesis_app_picks_the_registered_class() -> None:
+    """Genesis `app` picks the implementation, an unknown name is one GenesisError naming
+    the known ones, and a bad app_state is a ValueError."""
+    assert isinstance(
+        app_class(_genesis("kvstore", {})).from_genesis(_genesis("kvstore", {})), KVStore
+    )
+    assert isinstance(
+        app_class(_genesis("ledger", {})).from_genesis(_genesis("ledger", {})), Ledger
+    )
+    with pytest.raises(GenesisError, match="expected one of ledger, kvstore, got 'bank'"):
+        app_class(_genesis("bank", {}))
     with pytest.raises(ValueError, match="admin"):
         Ledger.from_genesis(_genesis("ledger", {"admin": "zz"}))
     with pytest.raises(ValueError, match="kvstore"):
@@ -215,26 +219,6 @@ def test_app_hash_is_deterministic_and_chained() -> None:
     other = _ledger()
     e1 = other.execute_block(_header(1), [transfer_tx(ALICE, CHAIN, 0, BOB.address, 2)], ())
     assert e1.app_hash != chain_app_hash(genesis_app_hash(CHAIN, "ledger"), ())
-
-
-@pytest.mark.parametrize("n", [0, 1, 2, 7, 8, 9, 100, 1_025])
-@pytest.mark.parametrize("failures", ["none", "few", "every_other", "distinct"])
-def test_results_hash_is_the_merkle_root_of_the_results(n: int, failures: str) -> None:
-    """The run-length results hash equals merkle.root over every result's encoding."""
-    bad_nonce = TxResult(CODE_BAD_NONCE, "nonce")
-
-    def pick(i: int) -> TxResult:
-        if failures == "few":
-            return bad_nonce if i in (0, 5, n - 1) else TX_OK
-        if failures == "every_other":
-            return bad_nonce if i % 2 else TX_OK
-        if failures == "distinct":
-            return TxResult(CODE_BAD_PAYLOAD, data=i.to_bytes(4, "big"))
-        return TX_OK
-
-    results = [pick(i) for i in range(n)]
-    expected = merkle.root([encode(r.to_obj()) for r in results])
-    assert results_hash(results) == expected
 
 
 def test_remembered_amount_needs_the_transfer_head() -> None:
@@ -295,8 +279,8 @@ def test_member_list_changes_by_set_member_and_survives_load() -> None:
     """The ledger's member list starts from genesis `members`; only the admin changes it, one
     node id per transaction, never to empty; the committed list is in the app state (so in
     the app hash) and survives a reload; kvstore takes the same payload from any signer."""
-    from consensus.apps import CODE_BAD_MEMBER_UPDATE
-    from consensus.apps.ledger import member_tx
+    from apps.common import CODE_BAD_MEMBER_UPDATE
+    from apps.ledger import member_tx
 
     ledger = Ledger.from_genesis(_members_genesis("ledger"))
     assert ledger.members() == {b"\x01" * 20, b"\x02" * 20}
@@ -334,8 +318,6 @@ def test_member_list_changes_by_set_member_and_survives_load() -> None:
 def test_genesis_members_parse_strictly_and_keep_open_chains_hashes() -> None:
     """`members` in genesis.json: distinct 40-hex node ids; a genesis without them has the
     same JSON (and hash) as before the field existed."""
-    from consensus.types import GenesisError
-
     open_chain = _genesis("kvstore", {})
     assert "members" not in open_chain.to_json_obj()
     with_members = _members_genesis("kvstore")

@@ -10,16 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Self
 
-from consensus.app import (
-    TX_OK,
-    BlockExecution,
-    QueryResult,
-    TxResult,
-    ValidatorUpdate,
-    chain_app_hash,
-    genesis_app_hash,
-)
-from consensus.apps import (
+from apps.common import (
     CHECK_VIEW_ENTRIES_MAX,
     CODE_BAD_NONCE,
     CODE_BAD_PAYLOAD,
@@ -36,9 +27,19 @@ from consensus.apps import (
     member_writes,
     validator_writes,
 )
+from consensus.app import (
+    TX_OK,
+    BlockExecution,
+    QueryResult,
+    TxResult,
+    ValidatorUpdate,
+    chain_app_hash,
+    genesis_app_hash,
+)
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
-from consensus.types import DuplicateVoteEvidence, Genesis, Header, Transaction
+from consensus.genesis import Genesis
+from consensus.types import DuplicateVoteEvidence, Header, Transaction
 
 __all__ = ["KEY_BYTES_MAX", "VALUE_BYTES_MAX", "KVStore", "set_tx"]
 

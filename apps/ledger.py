@@ -14,16 +14,7 @@ from typing import Any, Self
 
 import msgpack
 
-from consensus.app import (
-    TX_OK,
-    BlockExecution,
-    QueryResult,
-    TxResult,
-    ValidatorUpdate,
-    chain_app_hash,
-    genesis_app_hash,
-)
-from consensus.apps import (
+from apps.common import (
     CHECK_VIEW_ENTRIES_MAX,
     CODE_BAD_NONCE,
     CODE_BAD_PAYLOAD,
@@ -43,15 +34,19 @@ from consensus.apps import (
     parse_address,
     validator_writes,
 )
+from consensus.app import (
+    TX_OK,
+    BlockExecution,
+    QueryResult,
+    TxResult,
+    ValidatorUpdate,
+    chain_app_hash,
+    genesis_app_hash,
+)
 from consensus.codec import decode, encode
 from consensus.crypto import ADDRESS_BYTES, PrivateKey, address_of
-from consensus.types import (
-    DuplicateVoteEvidence,
-    Genesis,
-    Header,
-    Transaction,
-    ValidatorSet,
-)
+from consensus.genesis import Genesis
+from consensus.types import DuplicateVoteEvidence, Header, Transaction, Validator, ValidatorSet
 
 __all__ = [
     "BALANCE_MAX",
@@ -249,8 +244,6 @@ class Ledger:
         return self._height
 
     def validator_set(self) -> ValidatorSet:
-        from consensus.types import Validator
-
         return ValidatorSet.of(Validator(pk, p) for pk, p in self._validators.items())
 
     # ------------------------------------------------------------ mempool
