@@ -38,9 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import trio
 
-from node.config import ConsensusConfig, MempoolConfig
-from node.home import DEFAULT_TESTNET_CHAIN_ID
-from node.localnet import (
+from devnet.processes import (
     WORKERS_PER_NODE,
     LoadGenerator,
     Localnet,
@@ -54,6 +52,8 @@ from node.localnet import (
     stop_nodes,
     wait_ready,
 )
+from node.config import ConsensusConfig, MempoolConfig
+from node.home import DEFAULT_TESTNET_CHAIN_ID
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # 0 first: what the idle nodes cost (timers, empty blocks, status gossip).

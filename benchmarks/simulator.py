@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.simulator import Faults, run_batch
+from sim import Faults, run_batch
 
 
 def measure(

@@ -57,11 +57,11 @@ DEFAULT_HOME = Path("~/.archipelago")
 DELEGATED: dict[str, tuple[str, str]] = {
     "localnet": (
         "run a local network of validators with optional load and live progress",
-        "node.localnet:main",
+        "devnet.processes:main",
     ),
     "simulate": (
         "run the seeded whole-cluster consensus simulator (see `simulate --help`)",
-        "node.simulator:main",
+        "sim:main",
     ),
 }
 

@@ -23,7 +23,7 @@ from consensus.machine import ConsensusMachine
 from node.driver import Driver
 from node.effects import Effect, Sign
 from node.signstate import SignedRecord
-from node.simulator import ATTACKS, Faults, main, run_batch, simulate
+from sim import ATTACKS, Faults, main, run_batch, simulate
 
 # Seeds that once failed (liveness: an equivocator's polka seen by one honest
 # validator only, before votes were relayed and counted per block). Keep them.

@@ -1,0 +1,1 @@
+"""`archipelago localnet`: node processes, load and a live display (devnet/processes.py)."""
