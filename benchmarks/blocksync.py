@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import trio
 
-from devnet.processes import (
+from devnet import (
     LoadGenerator,
     NodeProcess,
     check_ports_free,

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import trio
 
-from devnet.processes import (
+from devnet import (
     WORKERS_PER_NODE,
     LoadGenerator,
     Localnet,

@@ -57,7 +57,7 @@ DEFAULT_HOME = Path("~/.archipelago")
 DELEGATED: dict[str, tuple[str, str]] = {
     "localnet": (
         "run a local network of validators with optional load and live progress",
-        "devnet.processes:main",
+        "devnet.localnet:main",
     ),
     "simulate": (
         "run the seeded whole-cluster consensus simulator (see `simulate --help`)",
