@@ -7,7 +7,7 @@ in one run on one machine:
     .venv/bin/python benchmarks/blocksync.py [--heights 2000] [--rate-tps 100]
         [--profile-s 20]
 
-1. A 4-validator testnet (`node/localnet.py`'s machinery, consensus timeouts
+1. A 4-validator testnet (`devnet/`'s machinery, consensus timeouts
    as fast as the integration tests use) under paced ledger transfers from
    `LoadGenerator` until the chain reaches `--heights`: the chain's blocks/s
    and tx/s are measured over that build.

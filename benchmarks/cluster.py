@@ -7,7 +7,7 @@ submit-to-commit latency below it, with each node's peak memory.
 
     .venv/bin/python benchmarks/cluster.py [--rates 250,500,1000,...] [--step-s 15]
 
-It uses `archipelago localnet`'s machinery (node/localnet.py): a testnet in a
+It uses `archipelago localnet`'s machinery (devnet/): a testnet in a
 temporary folder, one `archipelago start` process per validator, the paced
 load generator (in this process, never in a node) and each node's block
 stream. For each offered rate, in increasing order: sign the step's
