@@ -22,6 +22,13 @@ Byzantine validators equivocate (each peer gets one of two signed versions)
 or run as twins (two nodes with one key). The adversaries that follow a
 script or attack from outside (sim/scenarios.py) plug in as a `Script` and
 an `Outsider`; sim/checks.py's checker watches every decision.
+
+Over the house's 600 lines, because `Simulation` is one event loop whose
+parts (the queue, the virtual network, and each node's shell performing its
+driver's effects) all read and advance the same clock, random stream and
+checker at every step: split apart, each part would need all of the others.
+What runs beside the loop lives in its own module (checks, faults, scenarios,
+workload, run).
 """
 
 from __future__ import annotations
@@ -138,10 +145,6 @@ class SimNode:
     banned: set[str] = field(default_factory=set)
     alternates: dict[bytes, bytes] = field(default_factory=dict)  # equivocator: payload -> other
     committed: list[bytes] = field(default_factory=list)  # block hashes by height (store mirror)
-
-    @property
-    def height(self) -> int:
-        return 0 if self.chain is None else self.chain.state.last_height
 
 
 # What a queue entry is: its kind.
