@@ -97,7 +97,7 @@ async def poll_status(node: NodeProcess, view: NodeView) -> None:
                 view.mempool_txs = status["mempool"]["txs"]
                 view.mode = status["sync"]["mode"]
             except (httpx.HTTPError, ValueError, KeyError):
-                pass  # shown as stale values; a dead process is reported by watch_process
+                pass  # stale values are shown; Localnet reports a dead process
             await trio.sleep(STATUS_POLL_INTERVAL_S)
 
 
