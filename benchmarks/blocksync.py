@@ -7,7 +7,7 @@ in one run on one machine:
     .venv/bin/python benchmarks/blocksync.py [--heights 2000] [--rate-tps 100]
         [--profile-s 20]
 
-1. A 4-validator testnet (`node/localnet.py`'s machinery, consensus timeouts
+1. A 4-validator testnet (`devnet/`'s machinery, consensus timeouts
    as fast as the integration tests use) under paced ledger transfers from
    `LoadGenerator` until the chain reaches `--heights`: the chain's blocks/s
    and tx/s are measured over that build.
@@ -42,9 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import trio
 
-from node.config import Address, ConsensusConfig, Peer, load_config, save_config
-from node.home import DEFAULT_TESTNET_CHAIN_ID, NodeHome, init_home
-from node.localnet import (
+from devnet import (
     LoadGenerator,
     NodeProcess,
     check_ports_free,
@@ -55,6 +53,8 @@ from node.localnet import (
     stop_nodes,
     wait_ready,
 )
+from node.config import Address, ConsensusConfig, Peer, load_config, save_config
+from node.home import DEFAULT_TESTNET_CHAIN_ID, NodeHome, init_home
 
 VALIDATORS = 4
 POLL_INTERVAL_S = 0.2  # /status polling while measuring (resolution of the timings)

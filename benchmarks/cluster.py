@@ -7,7 +7,7 @@ submit-to-commit latency below it, with each node's peak memory.
 
     .venv/bin/python benchmarks/cluster.py [--rates 250,500,1000,...] [--step-s 15]
 
-It uses `archipelago localnet`'s machinery (node/localnet.py): a testnet in a
+It uses `archipelago localnet`'s machinery (devnet/): a testnet in a
 temporary folder, one `archipelago start` process per validator, the paced
 load generator (in this process, never in a node) and each node's block
 stream. For each offered rate, in increasing order: sign the step's
@@ -38,9 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import trio
 
-from node.config import ConsensusConfig, MempoolConfig
-from node.home import DEFAULT_TESTNET_CHAIN_ID
-from node.localnet import (
+from devnet import (
     WORKERS_PER_NODE,
     LoadGenerator,
     Localnet,
@@ -54,6 +52,8 @@ from node.localnet import (
     stop_nodes,
     wait_ready,
 )
+from node.config import ConsensusConfig, MempoolConfig
+from node.home import DEFAULT_TESTNET_CHAIN_ID
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # 0 first: what the idle nodes cost (timers, empty blocks, status gossip).

@@ -1,6 +1,6 @@
 """Simulator throughput: simulated blocks and virtual seconds per CPU second.
 
-Runs the deterministic cluster simulator (node/simulator.py: every node is
+Runs the deterministic cluster simulator (sim/engine.py: every node is
 the daemon's consensus driver, chain, LMDB store, WAL and sign state, on a
 virtual clock and network) without faults, with network faults, with every
 fault kind (network, crashes, a mass restart, a hostile peer), and under the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.simulator import Faults, run_batch
+from sim import Faults, run_batch
 
 
 def measure(

@@ -52,17 +52,30 @@ EXIT_INTERRUPTED = 130
 HOME_ENV = "ARCHIPELAGO_HOME"
 DEFAULT_HOME = Path("~/.archipelago")
 
-# Commands whose whole argument list belongs to another module's own parser:
-# name -> (help line, "module:function" taking argv and returning an exit code).
-# Imported only when run, so a heavy or optional module costs nothing otherwise.
-DELEGATED: dict[str, tuple[str, str]] = {
+
+def _localnet(argv: list[str]) -> int:
+    from devnet import main  # the tools above node/ load only when their command runs
+
+    return main(argv)
+
+
+def _simulate(argv: list[str]) -> int:
+    from sim import main
+
+    return main(argv)
+
+
+# Commands whose whole argument list belongs to another package's own parser:
+# name -> (help line, function taking argv and returning an exit code). These are
+# the only imports of sim/ and devnet/ under node/ (tests/unit/test_layers.py).
+DELEGATED: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "localnet": (
         "run a local network of validators with optional load and live progress",
-        "node.localnet:main",
+        _localnet,
     ),
     "simulate": (
         "run the seeded whole-cluster consensus simulator (see `simulate --help`)",
-        "node.simulator:main",
+        _simulate,
     ),
 }
 
@@ -85,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in DELEGATED:
-        return _run_delegated(args[0], args[1:])
+        return DELEGATED[args[0]][1](args[1:])
     parser = build_parser()
     ns = parser.parse_args(args)
     handler: Handler | None = getattr(ns, "handler", None)
@@ -384,24 +397,6 @@ def _cmd_version(ns: argparse.Namespace) -> int:
         f"{PROG} {node.__version__} (python {platform.python_version()}, trio {trio.__version__})"
     )
     return EXIT_OK
-
-
-# ---------------------------------------------------------------- delegated commands
-
-
-def _run_delegated(name: str, argv: list[str]) -> int:
-    import importlib
-
-    module_name, _, function_name = DELEGATED[name][1].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        _error(f"{name}: this build does not include {module_name}")
-        return EXIT_FAILURE
-    entry: Callable[[list[str]], int] = getattr(module, function_name)
-    return entry(argv)
 
 
 def _add_client(sub: argparse._SubParsersAction[_Parser]) -> None:

@@ -1,7 +1,7 @@
 """The consensus driver: everything between the network and the pure machine, with no I/O.
 
 The daemon (node/consensus_service.py, a thin trio shell) and the simulator
-(node/simulator.py) run this very class, so every adversarial simulation
+(sim/engine.py) run this very class, so every adversarial simulation
 exercises the node's own logic around the state machine. It reads no clock,
 socket or file: time comes in as `now` (seconds, monotonic), peers' messages
 come in decoded with their bytes, and whatever it wants done goes out as

@@ -2,7 +2,7 @@
 
 The driver (node/driver.py) performs no I/O: each effect here is a request
 the shell performs (node/consensus_service.py in the daemon, the simulator's
-node in node/simulator.py), and most come back as a call on the driver with
+node in sim/engine.py), and most come back as a call on the driver with
 the result. Both shells handle every kind, so this module is their contract.
 """
 

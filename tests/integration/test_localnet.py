@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from node.localnet import LocalnetError, check_ports_free
+from devnet import LocalnetError, check_ports_free
 
 ARCHIPELAGO = Path(sys.executable).parent / "archipelago"
 RUN_TIMEOUT_S = 120  # 20 s of load plus start and stop on a loaded 2-core machine

@@ -1,9 +1,9 @@
 """Whole-cluster simulation of the node's own consensus code: safety and liveness under faults.
 
 Every simulated node runs the daemon's consensus driver, chain, WAL and sign
-state (node/simulator.py); only the clock and the network are virtual. Every
+state (sim/engine.py); only the clock and the network are virtual. Every
 run is deterministic from its seed; a failure message carries the seed and
-each node's state, and `python -m node.simulator --seed-start S --seeds 1`
+each node's state, and `python -m sim --seed-start S --seeds 1`
 reproduces it. The checker is itself tested: code broken on purpose, planted
 here in every node, must be caught: a weak quorum; a lock that is ignored
 (lock-attack); a driver that lets a peer's height claim take it out of
@@ -23,7 +23,7 @@ from consensus.machine import ConsensusMachine
 from node.driver import Driver
 from node.effects import Effect, Sign
 from node.signstate import SignedRecord
-from node.simulator import ATTACKS, Faults, main, run_batch, simulate
+from sim import ATTACKS, Faults, main, run_batch, simulate
 
 # Seeds that once failed (liveness: an equivocator's polka seen by one honest
 # validator only, before votes were relayed and counted per block). Keep them.
