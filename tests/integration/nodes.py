@@ -9,18 +9,23 @@ eventually block the node); every process is SIGKILLed on the way out of
 `wait_for` polls the API until a condition holds or its deadline passes, and
 then fails naming what it waited for and the last value seen.
 
-Test modules load this file by path, once, under one module name (pytest runs
-with --import-mode=importlib, so tests/ is not a package); see `_load_nodes`
-in test_network_node.py::
+Every port a test listens on comes from `free_ports`: no two testnets of one
+test run share a port, whichever modules run together, and a port another
+process holds (another run of these tests, a developer's localnet) is never
+handed out.
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
+Test modules import this one as `from tests.integration import nodes`
+(pytest's importlib mode imports tests/ as a namespace package from the
+rootdir).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -57,7 +62,20 @@ FAST_CONSENSUS = ConsensusConfig(
     timeout_commit_ms=100,
 )
 
+# Ports handed out by `free_ports`: above archipelago's default ports (26600, which
+# test_cli.py starts a node on) and below Linux's ephemeral range (32768 and up, where
+# the kernel picks the local port of every outgoing connection).
+PORTS_FIRST = 27000
+PORTS_END = 32700
+# `archipelago testnet --base-port B`: node i listens on B + 10 i (p2p), + 1 (rpc), + 2
+# (metrics); the other seven are free for a test to move a node to.
+PORTS_PER_NODE = 10
+
 T = TypeVar("T")
+
+# The next port `free_ports` considers. A random start keeps two test runs at the same
+# time (two worktrees) from trying the same ports in the same order.
+_next_port = random.randrange(PORTS_FIRST, PORTS_END)
 
 # Nodes started and not stopped by a test: one that exits on its own fails the
 # waiting test at once (with its log), instead of after the wait's deadline.
@@ -71,6 +89,34 @@ def env() -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
     }
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports, each free to listen on at 127.0.0.1 now.
+
+    Within one test run a port is handed out once, until all of PORTS_FIRST..PORTS_END
+    has been (then the range starts over, and the bind check alone keeps a port that
+    is still in use from being handed out).
+    """
+    global _next_port
+    for _ in range((PORTS_END - PORTS_FIRST) // count):
+        first = _next_port if _next_port + count <= PORTS_END else PORTS_FIRST
+        _next_port = first + count
+        if all(_can_listen(port) for port in range(first, first + count)):
+            return first
+    raise AssertionError(f"no {count} consecutive free ports in {PORTS_FIRST}..{PORTS_END}")
+
+
+def _can_listen(port: int) -> bool:
+    with socket.socket() as s:
+        # As the node's listeners do: a port held only by connections in TIME_WAIT
+        # (a stopped node's) is free to listen on.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -218,11 +264,11 @@ def create_testnet(
     root: Path,
     *,
     validators: int,
-    base_port: int,
     accounts: int = 4,
+    app: str = "ledger",
     consensus: ConsensusConfig = FAST_CONSENSUS,
 ) -> Testnet:
-    """`archipelago testnet` into root, then each config's [consensus] set to `consensus`."""
+    """`archipelago testnet` into root on free ports, then each config's [consensus] set."""
     result = run_cli(
         "testnet",
         "--validators",
@@ -230,9 +276,11 @@ def create_testnet(
         "--output",
         root,
         "--base-port",
-        str(base_port),
+        str(free_ports(PORTS_PER_NODE * validators)),
         "--accounts",
         str(accounts),
+        "--app",
+        app,
     )
     assert result.returncode == 0, result.stderr
     homes = [root / f"node{i}" for i in range(validators)]
@@ -243,8 +291,9 @@ def create_testnet(
     return Testnet(root, [NodeProcess(h) for h in homes], genesis["chain_id"], keys)
 
 
-def add_full_node(net: Testnet, *, name: str, base_port: int) -> NodeProcess:
-    """A non-validator: `archipelago init`, the testnet's genesis, its validators as peers.
+def add_full_node(net: Testnet, *, name: str) -> NodeProcess:
+    """A non-validator on free ports: `archipelago init`, the testnet's genesis, its
+    validators as peers.
 
     Not a member of the network yet: see `admit_member`.
     """
@@ -260,6 +309,7 @@ def add_full_node(net: Testnet, *, name: str, base_port: int) -> NodeProcess:
         peers.append(Peer(json.loads(shown.stdout)["node_id"], listen))
     config = load_config(home / "config.toml")
     consensus = load_config(net.nodes[0].config_path).consensus
+    base_port = free_ports(PORTS_PER_NODE)
     config = replace(
         config,
         p2p=replace(

@@ -9,38 +9,20 @@ of the commit certificates of the watched heights, then signs again; a copy
 of a running validator's key and sign state on another node detects the
 original's votes, refuses to sign (and says why on /status), and the
 network never sees an equivocation.
-
-Ports: 28450..28549.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.config import load_config, save_config
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 TIMEOUT_S = 90  # generous for a loaded 2-core machine; healthy runs take a few seconds
 WATCH_HEIGHTS = 4  # the restarted validator's [consensus] doppelganger_heights
@@ -89,7 +71,7 @@ async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Pat
     heights it watched (at least 4: heights it only caught up on do not count, as they show
     no live votes), logs that the watch passed, and its precommits are in the certificates of
     the heights after the watch."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28450, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     restarted, others = net.validators[3], net.validators[:3]
     _set_doppelganger_heights(restarted.home, WATCH_HEIGHTS)
     async with nodes.running(net), nodes.open_api() as api:
@@ -151,15 +133,13 @@ async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_
     votes during its watch, logs the doppelganger and stops signing: /status shows signing
     false and a sign_state_error naming another instance; the original keeps signing, and no
     node ever records equivocation evidence."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28500, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     original = net.validators[3]
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 4, TIMEOUT_S)
         index = await _validator_index(api, net.validators[0], original.validator_key.address.hex())
         # Made now (and so killed by `running` on the way out, like the validators).
-        twin = await trio.to_thread.run_sync(
-            lambda: nodes.add_full_node(net, name="twin", base_port=28540)
-        )
+        twin = await trio.to_thread.run_sync(lambda: nodes.add_full_node(net, name="twin"))
         (twin.home / "data").mkdir(exist_ok=True)
         shutil.copy2(original.home / "validator_key.json", twin.home / "validator_key.json")
         shutil.copy2(

@@ -8,36 +8,22 @@ running `make run` would.
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
-from node.localnet import LocalnetError, check_ports_free
+from tests.integration import nodes
 
-ARCHIPELAGO = Path(sys.executable).parent / "archipelago"
 RUN_TIMEOUT_S = 120  # 20 s of load plus start and stop on a loaded 2-core machine
 
 
-def _free_base_port() -> int:
-    for _ in range(50):
-        base = random.randrange(30000, 60000, 100)
-        try:
-            check_ports_free(base, 4)
-        except LocalnetError:
-            continue
-        return base
-    raise AssertionError("no free block of ports found")
-
-
-def _env() -> dict[str, str]:
-    drop = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-    return {k: v for k, v in os.environ.items() if k not in drop}
+def _base_port() -> str:
+    """The --base-port of a 4-validator localnet on free ports."""
+    return str(nodes.free_ports(4 * nodes.PORTS_PER_NODE))
 
 
 def _heights(output: str, node: str) -> list[int]:
@@ -49,13 +35,13 @@ def test_localnet_commits_transfers_and_stops_cleanly() -> None:
     transfers are committed and timed, and every node stops with exit code 0."""
     result = subprocess.run(
         [
-            *(str(ARCHIPELAGO), "localnet", "--validators", "4", "--load", "50"),
-            *("--duration", "20", "--base-port", str(_free_base_port())),
+            *(str(nodes.ARCHIPELAGO), "localnet", "--validators", "4", "--load", "50"),
+            *("--duration", "20", "--base-port", _base_port()),
         ],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
-        env=_env(),
+        env=nodes.env(),
         stdin=subprocess.DEVNULL,
     )
     out = result.stdout
@@ -86,13 +72,13 @@ async def test_localnet_stops_on_ctrl_c() -> None:
     prints the summary, and exits 0."""
     process = await trio.lowlevel.open_process(
         [
-            *(str(ARCHIPELAGO), "localnet", "--validators", "4", "--keep"),
-            *("--base-port", str(_free_base_port())),
+            *(str(nodes.ARCHIPELAGO), "localnet", "--validators", "4", "--keep"),
+            *("--base-port", _base_port()),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env=_env(),
+        env=nodes.env(),
     )
     assert process.stdout is not None
     seen = b""
@@ -120,11 +106,11 @@ async def test_localnet_reports_a_node_that_dies() -> None:
     """A validator killed with SIGKILL is reported with its exit code and the tail of its
     log; the rest still stop cleanly, the folder is kept, and the exit code is 1."""
     process = await trio.lowlevel.open_process(
-        [str(ARCHIPELAGO), "localnet", "--validators", "4", "--base-port", str(_free_base_port())],
+        [str(nodes.ARCHIPELAGO), "localnet", "--validators", "4", "--base-port", _base_port()],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env=_env(),
+        env=nodes.env(),
     )
     assert process.stdout is not None
     seen = b""

@@ -5,37 +5,19 @@ agree block for block; transfers sent to different nodes are committed
 exactly once; a validator killed with SIGKILL does not stop the other three,
 and once restarted it catches up by block sync and signs again; a new full
 node syncs the chain from genesis and then follows it.
-
-Ports: 28000..28099 (one testnet per test, 100 apart from other modules).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import trio
 
 from consensus.apps.ledger import transfer_tx
 from consensus.crypto import PrivateKey
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 HEIGHT_TIMEOUT_S = 90  # generous: a loaded 2-core machine; healthy runs take a few seconds
 TRANSFERS_PER_ACCOUNT = 5
@@ -68,7 +50,7 @@ async def test_four_validators_commit_each_transfer_once_and_agree_on_every_bloc
     """4 validators reach height 20; transfers sent to different nodes (each also re-sent to a
     second node) are each committed once, at the same height and index on every node; every
     node shows the same receiver balances, and the same block and app hash at every height."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28000, accounts=4)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=4)
     rng = random.Random(5)
     receivers = [PrivateKey(rng.randbytes(32)).address for _ in net.accounts]
     async with nodes.running(net), nodes.open_api() as api:
@@ -151,7 +133,7 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
     block sync (its /status shows sync mode "blocksync" once a synced block's certificate
     verified, then "consensus") and its own precommits appear again in later commit
     certificates."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28040, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     async with nodes.running(net), nodes.open_api() as api:
         victim, others = net.validators[3], net.validators[:3]
         await api.wait_height(net.validators, 5, HEIGHT_TIMEOUT_S)
@@ -215,13 +197,11 @@ async def test_a_new_full_node_syncs_the_whole_chain_from_genesis_then_follows(
 ) -> None:
     """A non-validator started from the testnet's genesis after height 30 syncs every block
     (same hashes as the validators), leaves block sync, and keeps following new heights."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28080, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 30, HEIGHT_TIMEOUT_S)
         # Made now (and so killed by `running` on the way out, like the validators).
-        full = await trio.to_thread.run_sync(
-            lambda: nodes.add_full_node(net, name="full", base_port=28070)
-        )
+        full = await trio.to_thread.run_sync(lambda: nodes.add_full_node(net, name="full"))
         await trio.to_thread.run_sync(nodes.admit_member, net, full)
         await full.start()
         target = max((await api.wait_height(net.validators, 30, HEIGHT_TIMEOUT_S)).values())

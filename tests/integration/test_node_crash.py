@@ -10,36 +10,18 @@ round, type), as far as anyone can see: every commit certificate every node
 stores, and every block's last commit, hold one signature per (height, round,
 validator), all valid; no node saw equivocation evidence (its metrics) and no
 block carries any. And the victim resumed: it caught up and signs again.
-
-Ports: 28300..28399.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from consensus.types import Commit, ValidatorSet
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 SEED = 3
 KILLS = 5
@@ -70,7 +52,7 @@ async def test_a_validator_killed_repeatedly_never_double_signs_and_resumes(
     node counts equivocation evidence, no block carries any, and the victim catches up and
     its precommits appear in commits after its last restart."""
     rng = random.Random(SEED)
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28300, accounts=0)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=0)
     victim = net.validators[2]
     kill_points: list[int] = []
     async with nodes.running(net), nodes.open_api() as api:
