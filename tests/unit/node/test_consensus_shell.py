@@ -33,8 +33,8 @@ def _home(root: Path) -> Path:
     config = load_config(path)
     config = replace(
         config,
-        p2p=replace(config.p2p, listen=Address("127.0.0.1", 29200)),
-        rpc=replace(config.rpc, listen=Address("127.0.0.1", 29201)),
+        p2p=replace(config.p2p, listen=Address("127.0.0.1", 0)),
+        rpc=replace(config.rpc, listen=Address("127.0.0.1", 0)),
         metrics=replace(config.metrics, enabled=False),
         consensus=replace(config.consensus, doppelganger_halt_ms=HALT_MS),
     )
