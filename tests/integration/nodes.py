@@ -36,6 +36,7 @@ from typing import IO, Any, TypeVar
 
 import httpx
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from consensus.crypto import PrivateKey
 from node.config import Address, ConsensusConfig, Peer, load_config, save_config
@@ -390,6 +391,26 @@ class Api:
         return await self.client.post(
             node.rpc + "/tx", params={"wait": wait}, json={"tx": raw.hex()}
         )
+
+    async def signers(self, node: NodeProcess, height: int) -> set[int]:
+        """The validator indexes in the commit certificate of `height`, as `node` serves it."""
+        body = await self.get(node, f"/commit/{height}")
+        return {s["validator_index"] for s in body["commit"]["signatures"]}
+
+    async def validator_index(self, node: NodeProcess, validator: NodeProcess) -> int:
+        """`validator`'s index in the validator set of height 1, as `node` serves it."""
+        body = await self.get(node, "/validators?height=1")
+        addresses = [v["address"] for v in body["validators"]]
+        return addresses.index(validator.validator_key.address.hex())
+
+    async def metric(self, node: NodeProcess, name: str) -> float:
+        """The sum of the samples named `name` on `node`'s /metrics; fails if there are none."""
+        r = await self.client.get(node.metrics)
+        assert r.status_code == 200, f"GET /metrics on {node.name}: {r.status_code} {r.text}"
+        families = text_string_to_metric_families(r.text)
+        values = [s.value for f in families for s in f.samples if s.name == name]
+        assert values, f"{node.name} does not export {name}"
+        return float(sum(values))
 
     async def account(self, node: NodeProcess, address: bytes) -> tuple[int, int]:
         body = await self.get(node, f"/account/{address.hex()}")

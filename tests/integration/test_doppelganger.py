@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from node.config import load_config, save_config
 from tests.integration import nodes
@@ -40,27 +39,6 @@ def _set_doppelganger_heights(home: Path, heights: int) -> None:
     )
 
 
-async def _signers(api: Any, node: Any, height: int) -> set[int]:
-    body = await api.get(node, f"/commit/{height}")
-    return {s["validator_index"] for s in body["commit"]["signatures"]}
-
-
-async def _validator_index(api: Any, node: Any, address: str) -> int:
-    body = await api.get(node, "/validators?height=1")
-    addresses = [v["address"] for v in body["validators"]]
-    return addresses.index(address)
-
-
-async def _evidence_total(api: Any, node: Any) -> float:
-    r = await api.client.get(node.metrics)
-    assert r.status_code == 200, r.text
-    for family in text_string_to_metric_families(r.text):
-        for sample in family.samples:
-            if sample.name == EVIDENCE_METRIC:
-                return float(sample.value)
-    raise AssertionError(f"{node.name} does not export {EVIDENCE_METRIC}")
-
-
 def _events(node: Any, event: str) -> list[dict[str, Any]]:
     return [e for e in node.log_events() if e.get("event") == event]
 
@@ -76,10 +54,10 @@ async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Pat
     _set_doppelganger_heights(restarted.home, WATCH_HEIGHTS)
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 4, TIMEOUT_S)
-        index = await _validator_index(api, others[0], restarted.validator_key.address.hex())
+        index = await api.validator_index(others[0], restarted)
         # It has signed: its precommit is in a certificate (so its sign state height is > 0).
         top = await api.height(others[0])
-        assert any([index in await _signers(api, others[0], h) for h in range(1, top + 1)])
+        assert any([index in await api.signers(others[0], h) for h in range(1, top + 1)])
         assert _events(restarted, WATCHING_EVENT) == []  # a first start has nothing to watch for
 
         assert await restarted.stop() == 0
@@ -109,7 +87,7 @@ async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Pat
 
         async def signed_after_watch() -> list[int]:
             top = min([await api.height(n) for n in others])
-            return [h for h in range(until, top + 1) if index in await _signers(api, others[0], h)]
+            return [h for h in range(until, top + 1) if index in await api.signers(others[0], h)]
 
         signed = await nodes.wait_for(
             signed_after_watch, bool, TIMEOUT_S, f"a precommit of {restarted.name} after the watch"
@@ -117,12 +95,12 @@ async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Pat
         assert min(signed) >= until
         await api.wait_height(others, until + 2, TIMEOUT_S)
         for h in watched:
-            assert index not in await _signers(api, others[0], h), f"signed while watching {h}"
+            assert index not in await api.signers(others[0], h), f"signed while watching {h}"
         status = await api.status(restarted)
         assert status["validator"]["signing"] is True
         assert status["validator"]["sign_state_error"] == ""
         for n in net.validators:
-            assert await _evidence_total(api, n) == 0, n.name
+            assert await api.metric(n, EVIDENCE_METRIC) == 0, n.name
 
 
 async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_signs(
@@ -137,7 +115,7 @@ async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_
     original = net.validators[3]
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 4, TIMEOUT_S)
-        index = await _validator_index(api, net.validators[0], original.validator_key.address.hex())
+        index = await api.validator_index(net.validators[0], original)
         # Made now (and so killed by `running` on the way out, like the validators).
         twin = await trio.to_thread.run_sync(lambda: nodes.add_full_node(net, name="twin"))
         (twin.home / "data").mkdir(exist_ok=True)
@@ -177,13 +155,13 @@ async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_
             return [
                 h
                 for h in range(from_height + 1, top + 1)
-                if index in await _signers(api, net.validators[0], h)
+                if index in await api.signers(net.validators[0], h)
             ]
 
         await nodes.wait_for(original_signed, bool, TIMEOUT_S, f"a precommit of {original.name}")
         await api.wait_height([*net.validators, twin], from_height + 5, TIMEOUT_S)
         for n in [*net.validators, twin]:
-            assert await _evidence_total(api, n) == 0, n.name
+            assert await api.metric(n, EVIDENCE_METRIC) == 0, n.name
         status = await api.status(twin)
         assert status["validator"]["signing"] is False
         assert not _events(twin, PASSED_EVENT)

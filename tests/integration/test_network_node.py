@@ -33,17 +33,6 @@ async def _headers(api: Any, node: Any, top: int) -> list[tuple[str, str]]:
     return out
 
 
-async def _signers(api: Any, node: Any, height: int) -> set[int]:
-    body = await api.get(node, f"/commit/{height}")
-    return {s["validator_index"] for s in body["commit"]["signatures"]}
-
-
-async def _validator_index(api: Any, node: Any, address: str) -> int:
-    body = await api.get(node, "/validators?height=1")
-    addresses = [v["address"] for v in body["validators"]]
-    return addresses.index(address)
-
-
 async def test_four_validators_commit_each_transfer_once_and_agree_on_every_block(
     tmp_path: Path,
 ) -> None:
@@ -137,7 +126,7 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
     async with nodes.running(net), nodes.open_api() as api:
         victim, others = net.validators[3], net.validators[:3]
         await api.wait_height(net.validators, 5, HEIGHT_TIMEOUT_S)
-        index = await _validator_index(api, others[0], victim.validator_key.address.hex())
+        index = await api.validator_index(others[0], victim)
 
         await victim.kill()
         killed_at = max((await api.wait_height(others, 1, HEIGHT_TIMEOUT_S)).values())
@@ -179,9 +168,7 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
         async def signed_since() -> list[int]:
             top = min([await api.height(n) for n in net.validators])
             return [
-                h
-                for h in range(rejoined_from, top + 1)
-                if index in await _signers(api, others[0], h)
+                h for h in range(rejoined_from, top + 1) if index in await api.signers(others[0], h)
             ]
 
         signed = await nodes.wait_for(
@@ -189,7 +176,7 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
         )
         assert min(signed) >= rejoined_from
         for h in range(killed_at + 3, killed_at + 25):
-            assert index not in await _signers(api, others[0], h)  # it was really down
+            assert index not in await api.signers(others[0], h)  # it was really down
 
 
 async def test_a_new_full_node_syncs_the_whole_chain_from_genesis_then_follows(
