@@ -233,6 +233,10 @@ class NodeProcess:
             out.append(obj if isinstance(obj, dict) else {"event": "", "text": line})
         return out
 
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """The JSON log lines of `event` the node wrote so far."""
+        return [e for e in self.log_events() if e.get("event") == event]
+
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():
             return f"{self.name}: no log"

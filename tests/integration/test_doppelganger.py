@@ -16,7 +16,6 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -39,10 +38,6 @@ def _set_doppelganger_heights(home: Path, heights: int) -> None:
     )
 
 
-def _events(node: Any, event: str) -> list[dict[str, Any]]:
-    return [e for e in node.log_events() if e.get("event") == event]
-
-
 async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Path) -> None:
     """A validator restarted after signing logs that it watches its configured 4 heights (its
     /status says it does not sign meanwhile), is absent from the commit certificates of the
@@ -58,12 +53,12 @@ async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Pat
         # It has signed: its precommit is in a certificate (so its sign state height is > 0).
         top = await api.height(others[0])
         assert any([index in await api.signers(others[0], h) for h in range(1, top + 1)])
-        assert _events(restarted, WATCHING_EVENT) == []  # a first start has nothing to watch for
+        assert restarted.events(WATCHING_EVENT) == []  # a first start has nothing to watch for
 
         assert await restarted.stop() == 0
         await restarted.start()
         watching = await nodes.wait_for(
-            lambda: trio.to_thread.run_sync(_events, restarted, WATCHING_EVENT),
+            lambda: trio.to_thread.run_sync(restarted.events, WATCHING_EVENT),
             bool,
             TIMEOUT_S,
             f"{restarted.name} to log its doppelganger watch",
@@ -76,7 +71,7 @@ async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Pat
             assert status["validator"]["signing"] is False, status["validator"]
             assert status["validator"]["doppelganger_watch"]["until_height"] >= until
         passed = await nodes.wait_for(
-            lambda: trio.to_thread.run_sync(_events, restarted, PASSED_EVENT),
+            lambda: trio.to_thread.run_sync(restarted.events, PASSED_EVENT),
             bool,
             TIMEOUT_S,
             f"{restarted.name} to end its watch",
@@ -141,11 +136,11 @@ async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_
         error = status["validator"]["sign_state_error"]
         assert "another instance" in error, error
         assert any(f["severity"] == "critical" for f in status["diagnosis"]), status["diagnosis"]
-        detected = _events(twin, DETECTED_EVENT)
+        detected = twin.events(DETECTED_EVENT)
         assert len(detected) == 1, detected
         assert detected[0]["height"] >= 1
         # It had watched first: it never reached the point of signing.
-        assert _events(twin, WATCHING_EVENT) and not _events(twin, PASSED_EVENT)
+        assert twin.events(WATCHING_EVENT) and not twin.events(PASSED_EVENT)
 
         # The chain goes on with the original signing; still no evidence anywhere.
         from_height = max([await api.height(n) for n in net.validators])
@@ -164,6 +159,6 @@ async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_
             assert await api.metric(n, EVIDENCE_METRIC) == 0, n.name
         status = await api.status(twin)
         assert status["validator"]["signing"] is False
-        assert not _events(twin, PASSED_EVENT)
+        assert not twin.events(PASSED_EVENT)
         for n in net.validators:
-            assert not _events(n, "equivocation detected"), n.name
+            assert not n.events("equivocation detected"), n.name

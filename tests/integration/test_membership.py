@@ -27,9 +27,7 @@ REFUSED_EVENT = (
 
 
 def _refusals(node: Any, peer: str) -> list[dict[str, Any]]:
-    return [
-        e for e in node.log_events() if e.get("event") == REFUSED_EVENT and e.get("peer") == peer
-    ]
+    return [e for e in node.events(REFUSED_EVENT) if e.get("peer") == peer]
 
 
 async def _peer_ids(api: Any, node: Any) -> set[str]:

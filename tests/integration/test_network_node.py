@@ -156,7 +156,7 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
         )
         assert modes[-1][0] == "consensus", modes
         # The switches are in its log (a /status poll can miss a short block sync phase).
-        changes = [e for e in victim.log_events() if e.get("event") == "mode changed"]
+        changes = victim.events("mode changed")
         into_sync = [e for e in changes if e.get("mode") == "blocksync"]
         assert into_sync and into_sync[0]["height"] < target, changes
         back = [e for e in changes if e.get("mode") == "consensus"]

@@ -114,9 +114,7 @@ async def test_a_validator_killed_repeatedly_never_double_signs_and_resumes(
         for n in net.validators:
             assert await api.metric(n, EVIDENCE_METRIC) == 0, n.name
 
-    refused = [
-        e for e in victim.log_events() if e.get("event") == "refused to sign a conflicting message"
-    ]
+    refused = victim.events("refused to sign a conflicting message")
     assert len(kill_points) == KILLS, kill_points
     assert victim.starts == KILLS + 1, victim.starts
     print(
