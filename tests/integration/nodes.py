@@ -396,6 +396,15 @@ class Api:
             node.rpc + "/tx", params={"wait": wait}, json={"tx": raw.hex()}
         )
 
+    async def headers(self, node: NodeProcess, top: int) -> list[tuple[str, str]]:
+        """(block hash, app hash) of heights 1..top, as `node` serves them."""
+        out = []
+        for h in range(1, top + 1):
+            block = await self.get(node, f"/block/{h}")
+            assert block["header"]["height"] == h, node.name
+            out.append((block["hash"], block["header"]["app_hash"]))
+        return out
+
     async def signers(self, node: NodeProcess, height: int) -> set[int]:
         """The validator indexes in the commit certificate of `height`, as `node` serves it."""
         body = await self.get(node, f"/commit/{height}")

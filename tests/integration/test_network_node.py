@@ -23,16 +23,6 @@ HEIGHT_TIMEOUT_S = 90  # generous: a loaded 2-core machine; healthy runs take a 
 TRANSFERS_PER_ACCOUNT = 5
 
 
-async def _headers(api: Any, node: Any, top: int) -> list[tuple[str, str]]:
-    """(block hash, app hash) of heights 1..top as `node` serves them."""
-    out = []
-    for h in range(1, top + 1):
-        block = await api.get(node, f"/block/{h}")
-        assert block["header"]["height"] == h
-        out.append((block["hash"], block["header"]["app_hash"]))
-    return out
-
-
 async def test_four_validators_commit_each_transfer_once_and_agree_on_every_block(
     tmp_path: Path,
 ) -> None:
@@ -109,10 +99,10 @@ async def test_four_validators_commit_each_transfer_once_and_agree_on_every_bloc
                 assert nonce == TRANSFERS_PER_ACCOUNT
             assert sum([(await api.account(v, a))[0] for a in receivers]) == sum(amounts.values())
 
-        reference = await _headers(api, validators[0], top)
+        reference = await api.headers(validators[0], top)
         assert len(set(reference)) == top  # hashes really differ by height
         for v in validators[1:]:
-            assert await _headers(api, v, top) == reference, v.name
+            assert await api.headers(v, top) == reference, v.name
 
 
 async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_restart(
@@ -203,7 +193,7 @@ async def test_a_new_full_node_syncs_the_whole_chain_from_genesis_then_follows(
         assert synced["validator"]["in_set"] is False
         assert synced["peers"] == 4
         top = synced["latest_height"]
-        assert await _headers(api, full, top) == await _headers(api, net.validators[0], top)
+        assert await api.headers(full, top) == await api.headers(net.validators[0], top)
 
         # Following: new heights arrive at the full node as the validators commit them.
         await api.wait_height([full], top + 10, HEIGHT_TIMEOUT_S)
