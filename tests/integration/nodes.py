@@ -39,7 +39,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from consensus.crypto import PrivateKey
-from node.config import Address, ConsensusConfig, Peer, load_config, save_config
+from node.config import Address, Config, ConsensusConfig, Peer, load_config, save_config
 from node.keys import load_key, node_id
 
 ARCHIPELAGO = Path(sys.executable).parent / "archipelago"
@@ -63,9 +63,10 @@ FAST_CONSENSUS = ConsensusConfig(
     timeout_commit_ms=100,
 )
 
-# Ports handed out by `free_ports`: above archipelago's default ports (26600, which
-# test_cli.py starts a node on) and below Linux's ephemeral range (32768 and up, where
-# the kernel picks the local port of every outgoing connection).
+# Ports handed out by `free_ports`: above the ports archipelago listens on by default
+# (`testnet` from 26600, `init` 26656, 26657 and 26660: a developer's own nodes) and
+# below Linux's ephemeral range (32768 and up, where the kernel picks the local port of
+# every outgoing connection).
 PORTS_FIRST = 27000
 PORTS_END = 32700
 # `archipelago testnet --base-port B`: node i listens on B + 10 i (p2p), + 1 (rpc), + 2
@@ -259,6 +260,17 @@ class Testnet:
         return "\n".join(n.log_tail() for n in self.nodes)
 
 
+def on_free_ports(config: Config) -> Config:
+    """`config` listening on free ports of 127.0.0.1: p2p, rpc + 1, metrics + 2."""
+    base = free_ports(PORTS_PER_NODE)
+    return replace(
+        config,
+        p2p=replace(config.p2p, listen=Address("127.0.0.1", base)),
+        rpc=replace(config.rpc, listen=Address("127.0.0.1", base + 1)),
+        metrics=replace(config.metrics, listen=Address("127.0.0.1", base + 2)),
+    )
+
+
 def set_consensus(home: Path, consensus: ConsensusConfig) -> None:
     path = home / "config.toml"
     config = load_config(path)
@@ -312,19 +324,10 @@ def add_full_node(net: Testnet, *, name: str) -> NodeProcess:
         assert shown.returncode == 0, shown.stderr
         listen = load_config(v.config_path).p2p.listen
         peers.append(Peer(json.loads(shown.stdout)["node_id"], listen))
-    config = load_config(home / "config.toml")
+    config = on_free_ports(load_config(home / "config.toml"))
     consensus = load_config(net.nodes[0].config_path).consensus
-    base_port = free_ports(PORTS_PER_NODE)
     config = replace(
-        config,
-        p2p=replace(
-            config.p2p,
-            listen=Address("127.0.0.1", base_port),
-            persistent_peers=tuple(peers),
-        ),
-        rpc=replace(config.rpc, listen=Address("127.0.0.1", base_port + 1)),
-        metrics=replace(config.metrics, listen=Address("127.0.0.1", base_port + 2)),
-        consensus=consensus,
+        config, p2p=replace(config.p2p, persistent_peers=tuple(peers)), consensus=consensus
     )
     save_config(home / "config.toml", config)
     node = NodeProcess(home)

@@ -24,7 +24,7 @@ import pytest
 import trio
 
 from consensus.types import Genesis
-from node.config import Address, Peer, load_config
+from node.config import Address, Peer, load_config, save_config
 from node.daemon import EXIT_SHUTDOWN_TIMEOUT
 from node.home import HomePaths, init_home
 from node.keys import load_key, node_id
@@ -108,6 +108,8 @@ def _mode(path: Path) -> int:
 def home(tmp_path: Path) -> Path:
     root = tmp_path / "home"
     init_home(root, chain_id="test-chain", moniker="n0")
+    path = root / "config.toml"
+    save_config(path, nodes.on_free_ports(load_config(path)))
     return root
 
 
@@ -376,7 +378,10 @@ def test_start_with_a_bad_genesis_is_a_one_line_error(home: Path) -> None:
 async def test_testnet_node_starts_logs_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
     """`testnet --validators 4`, `start --home node0`: JSON logs, exit 0 within 5 s of a signal."""
     out = tmp_path / "x"
-    result = nodes.run_cli("testnet", "--validators", "4", "--output", out)
+    base = nodes.free_ports(4 * nodes.PORTS_PER_NODE)
+    result = nodes.run_cli(
+        "testnet", "--validators", "4", "--output", out, "--base-port", str(base)
+    )
     assert result.returncode == 0, result.stderr
     home = out / "node0"
     async with daemon(home) as (process, lines):
@@ -384,9 +389,9 @@ async def test_testnet_node_starts_logs_and_stops_cleanly(tmp_path: Path, signum
             started = await lines.until_event("node started")
         assert started["node_id"] == node_id(load_key(home / "node_key.json"))
         assert started["chain_id"] == "archipelago-local"
-        assert started["p2p_listen"] == "127.0.0.1:26600"
-        assert started["rpc_listen"] == "127.0.0.1:26601"
-        assert started["metrics_listen"] == "127.0.0.1:26602"
+        assert started["p2p_listen"] == f"127.0.0.1:{base}"
+        assert started["rpc_listen"] == f"127.0.0.1:{base + 1}"
+        assert started["metrics_listen"] == f"127.0.0.1:{base + 2}"
         assert started["level"] == "info" and started["logger"] == "node.daemon"
         assert started["ts"].endswith("Z")
         process.send_signal(signum)
@@ -529,7 +534,8 @@ async def test_a_store_from_another_genesis_is_refused_and_testnet_force_starts_
     instead of stalling at the old height. `testnet --force` over existing homes writes the new
     chain and deletes the old one's store and WAL, so the node starts from its new genesis."""
     out = tmp_path / "a"
-    result = nodes.run_cli("testnet", "--validators", "1", "--output", out)
+    port = ("--base-port", str(nodes.free_ports(nodes.PORTS_PER_NODE)))
+    result = nodes.run_cli("testnet", "--validators", "1", "--output", out, *port)
     assert result.returncode == 0, result.stderr
     home = out / "node0"
     async with daemon(home) as (process, lines):
@@ -540,7 +546,7 @@ async def test_a_store_from_another_genesis_is_refused_and_testnet_force_starts_
         with trio.fail_after(SHUTDOWN_TIMEOUT_S):
             assert await process.wait() == 0
     other = tmp_path / "b"
-    result = nodes.run_cli("testnet", "--validators", "1", "--output", other)
+    result = nodes.run_cli("testnet", "--validators", "1", "--output", other, *port)
     assert result.returncode == 0, result.stderr
     foreign = other / "node0"
     (foreign / "data").mkdir(exist_ok=True)
@@ -548,7 +554,7 @@ async def test_a_store_from_another_genesis_is_refused_and_testnet_force_starts_
     refused = await trio.to_thread.run_sync(nodes.run_cli, "start", "--home", str(foreign))
     assert_one_line_error(refused, str(foreign / "data" / "store"), "another chain")
 
-    result = nodes.run_cli("testnet", "--validators", "1", "--output", out, "--force")
+    result = nodes.run_cli("testnet", "--validators", "1", "--output", out, "--force", *port)
     assert result.returncode == 0, result.stderr
     assert not (home / "data" / "store").exists() and not (home / "data" / "wal").exists()
     async with daemon(home) as (process, lines):
