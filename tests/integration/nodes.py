@@ -271,12 +271,6 @@ def on_free_ports(config: Config) -> Config:
     )
 
 
-def set_consensus(home: Path, consensus: ConsensusConfig) -> None:
-    path = home / "config.toml"
-    config = load_config(path)
-    save_config(path, replace(config, consensus=consensus))
-
-
 def create_testnet(
     root: Path,
     *,
@@ -302,7 +296,8 @@ def create_testnet(
     assert result.returncode == 0, result.stderr
     homes = [root / f"node{i}" for i in range(validators)]
     for home in homes:
-        set_consensus(home, consensus)
+        config = load_config(home / "config.toml")
+        save_config(home / "config.toml", replace(config, consensus=consensus))
     genesis = json.loads((homes[0] / "genesis.json").read_text())
     keys = [load_key(root / "accounts" / f"account{k}.json") for k in range(accounts)]
     return Testnet(root, [NodeProcess(h) for h in homes], genesis["chain_id"], keys)
