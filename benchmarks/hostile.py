@@ -91,9 +91,7 @@ def log(text: str) -> None:
 
 async def one(name: str, ns: argparse.Namespace, folder: Path) -> dict[str, Any]:
     attack, args, indexes = ATTACKS[name]
-    net = nodes.create_testnet(
-        folder, validators=4, base_port=ns.base_port, accounts=4, consensus=ConsensusConfig()
-    )
+    net = nodes.create_testnet(folder, validators=4, accounts=4, consensus=ConsensusConfig())
     hostile.open_network(net)
     duration_s = 0.0 if name in SINGLE_FRAME else HOLD_S.get(name, ns.duration)
     after: Callable[[], Awaitable[dict[str, Any]]] | None = None
@@ -226,7 +224,6 @@ def main() -> int:
         help="comma-separated, from: " + ", ".join(ATTACKS),
     )
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per flood or hold")
-    parser.add_argument("--base-port", type=int, default=29700)
     parser.add_argument("--table", type=Path, help="only print the table of this run's stdout")
     ns = parser.parse_args()
     if ns.table:

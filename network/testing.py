@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import trio
 import trio.testing
@@ -54,6 +55,21 @@ def address_of_node(net: Network) -> PeerAddress:
     return PeerAddress(net.node_id, host, port)
 
 
+async def start_pair(nursery: trio.Nursery, **overrides: Any) -> tuple[Network, Network]:
+    """A loopback node (`overrides` are NetworkConfig fields) and an honest peer, connected.
+
+    Both run in `nursery`; returns once each lists the other as a peer.
+    """
+    node = loopback_node(**overrides)
+    await nursery.start(node.run)
+    friend = loopback_node(persistent=[address_of_node(node)])
+    await nursery.start(friend.run)
+    with trio.fail_after(10):
+        await node.wait_peers(1)
+        await friend.wait_peers(1)
+    return node, friend
+
+
 def key_id(key: PrivateKey) -> str:
     return node_id_of(key.public_key)
 
@@ -74,11 +90,13 @@ async def connect_raw(
     *,
     key: PrivateKey | None = None,
     chain_id: str = TEST_CHAIN_ID,
+    expected_node_id: str | None = None,
     hello: bool = True,
 ) -> SecureConnection:
     """A hand-driven peer of `net`: handshake done (and HELLO sent), nothing else.
 
-    For tests that play a hostile or broken peer on the real wire protocol.
+    For tests that play a hostile or broken peer on the real wire protocol. The
+    handshake expects `net`'s node id unless `expected_node_id` says another.
     """
     key = key or PrivateKey.generate()
     static_private, static_public = noise.generate_keypair()
@@ -92,7 +110,7 @@ async def connect_raw(
         identity_payload=encode_identity_payload(key, static_public),
         chain_id=chain_id,
         timeout_s=TEST_CONFIG.handshake_timeout_s,
-        expected_node_id=net.node_id,
+        expected_node_id=expected_node_id or net.node_id,
     )
     if hello:
         await conn.send(wire.encode_hello(0))

@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
 import random
@@ -60,7 +59,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import msgpack
@@ -86,6 +84,7 @@ from network.secure import (
     handshake,
     node_id_of,
 )
+from node.config import load_config, save_config
 from node.home import load_genesis_file
 from node.keys import load_key
 from node.messages import (
@@ -1073,18 +1072,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------- one attack, observed
 
 
-def _load_nodes() -> ModuleType:
-    """tests/integration/nodes.py, under the one module name every test module uses."""
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 MB = 1024 * 1024
 # How often the observer polls every node's /status and the target's metrics.
 OBSERVE_INTERVAL_S = 0.25
@@ -1316,7 +1303,6 @@ async def run_attack(
     caller asserts. Raises only if the network is not committing before the
     attack (a spoiled network says nothing about this attack).
     """
-    nodes = _load_nodes()
     honest = [n for n in net.validators if n.running]
     if not await wait_committing(api, honest, HEALTHY_TIMEOUT_S):
         raise AssertionError(f"network not committing before {attack}\n{net.diagnostics()}")
@@ -1368,7 +1354,7 @@ async def run_attack(
         *args,
     ]
     for t in targets:
-        command += ["--target", str(nodes.load_config(t.config_path).p2p.listen)]
+        command += ["--target", str(load_config(t.config_path).p2p.listen)]
     attack_started = trio.current_time()
     async with trio.open_nursery() as nursery:
         for n in honest:
@@ -1376,7 +1362,7 @@ async def run_attack(
         nursery.start_soon(watch_target)
         with trio.move_on_after(duration_s + ATTACKER_GRACE_S):
             result = await trio.run_process(
-                command, capture_stdout=True, capture_stderr=True, check=False, env=nodes.env()
+                command, capture_stdout=True, capture_stderr=True, check=False
             )
             lines = result.stdout.decode().strip().splitlines()
             if result.returncode == 0 and lines:
@@ -1437,12 +1423,11 @@ async def restart_on_new_port(api: Any, node: Any, target: Any) -> dict[str, Any
     an inbound connection from the same IP as the attacker. That is the
     bystander issue 11 item 6 is about.
     """
-    nodes = _load_nodes()
-    config = nodes.load_config(node.config_path)
+    config = load_config(node.config_path)
     listen = config.p2p.listen
     moved = replace(listen, port=listen.port + MOVED_PORT_OFFSET)
     await node.stop()
-    nodes.save_config(node.config_path, replace(config, p2p=replace(config.p2p, listen=moved)))
+    save_config(node.config_path, replace(config, p2p=replace(config.p2p, listen=moved)))
     await node.start()
     started = trio.current_time()
     await api.wait_serving(node)

@@ -9,18 +9,23 @@ eventually block the node); every process is SIGKILLed on the way out of
 `wait_for` polls the API until a condition holds or its deadline passes, and
 then fails naming what it waited for and the last value seen.
 
-Test modules load this file by path, once, under one module name (pytest runs
-with --import-mode=importlib, so tests/ is not a package); see `_load_nodes`
-in test_network_node.py::
+Every port a test listens on comes from `free_ports`: no two testnets of one
+test run share a port, whichever modules run together, and a port another
+process holds (another run of these tests, a developer's localnet) is never
+handed out.
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
+Test modules import this one as `from tests.integration import nodes`
+(pytest's importlib mode imports tests/ as a namespace package from the
+rootdir).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -31,9 +36,10 @@ from typing import IO, Any, TypeVar
 
 import httpx
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from consensus.crypto import PrivateKey
-from node.config import Address, ConsensusConfig, Peer, load_config, save_config
+from node.config import Address, Config, ConsensusConfig, Peer, load_config, save_config
 from node.keys import load_key, node_id
 
 ARCHIPELAGO = Path(sys.executable).parent / "archipelago"
@@ -57,7 +63,21 @@ FAST_CONSENSUS = ConsensusConfig(
     timeout_commit_ms=100,
 )
 
+# Ports handed out by `free_ports`: above the ports archipelago listens on by default
+# (`testnet` from 26600, `init` 26656, 26657 and 26660: a developer's own nodes) and
+# below Linux's ephemeral range (32768 and up, where the kernel picks the local port of
+# every outgoing connection).
+PORTS_FIRST = 27000
+PORTS_END = 32700
+# `archipelago testnet --base-port B`: node i listens on B + 10 i (p2p), + 1 (rpc), + 2
+# (metrics); the other seven are free for a test to move a node to.
+PORTS_PER_NODE = 10
+
 T = TypeVar("T")
+
+# The next port `free_ports` considers. A random start keeps two test runs at the same
+# time (two worktrees) from trying the same ports in the same order.
+_next_port = random.randrange(PORTS_FIRST, PORTS_END)
 
 # Nodes started and not stopped by a test: one that exits on its own fails the
 # waiting test at once (with its log), instead of after the wait's deadline.
@@ -71,6 +91,34 @@ def env() -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
     }
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports, each free to listen on at 127.0.0.1 now.
+
+    Within one test run a port is handed out once, until all of PORTS_FIRST..PORTS_END
+    has been (then the range starts over, and the bind check alone keeps a port that
+    is still in use from being handed out).
+    """
+    global _next_port
+    for _ in range((PORTS_END - PORTS_FIRST) // count):
+        first = _next_port if _next_port + count <= PORTS_END else PORTS_FIRST
+        _next_port = first + count
+        if all(_can_listen(port) for port in range(first, first + count)):
+            return first
+    raise AssertionError(f"no {count} consecutive free ports in {PORTS_FIRST}..{PORTS_END}")
+
+
+def _can_listen(port: int) -> bool:
+    with socket.socket() as s:
+        # As the node's listeners do: a port held only by connections in TIME_WAIT
+        # (a stopped node's) is free to listen on.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -186,6 +234,10 @@ class NodeProcess:
             out.append(obj if isinstance(obj, dict) else {"event": "", "text": line})
         return out
 
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """The JSON log lines of `event` the node wrote so far."""
+        return [e for e in self.log_events() if e.get("event") == event]
+
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():
             return f"{self.name}: no log"
@@ -208,21 +260,26 @@ class Testnet:
         return "\n".join(n.log_tail() for n in self.nodes)
 
 
-def set_consensus(home: Path, consensus: ConsensusConfig) -> None:
-    path = home / "config.toml"
-    config = load_config(path)
-    save_config(path, replace(config, consensus=consensus))
+def on_free_ports(config: Config) -> Config:
+    """`config` listening on free ports of 127.0.0.1: p2p, rpc + 1, metrics + 2."""
+    base = free_ports(PORTS_PER_NODE)
+    return replace(
+        config,
+        p2p=replace(config.p2p, listen=Address("127.0.0.1", base)),
+        rpc=replace(config.rpc, listen=Address("127.0.0.1", base + 1)),
+        metrics=replace(config.metrics, listen=Address("127.0.0.1", base + 2)),
+    )
 
 
 def create_testnet(
     root: Path,
     *,
     validators: int,
-    base_port: int,
     accounts: int = 4,
+    app: str = "ledger",
     consensus: ConsensusConfig = FAST_CONSENSUS,
 ) -> Testnet:
-    """`archipelago testnet` into root, then each config's [consensus] set to `consensus`."""
+    """`archipelago testnet` into root on free ports, then each config's [consensus] set."""
     result = run_cli(
         "testnet",
         "--validators",
@@ -230,21 +287,25 @@ def create_testnet(
         "--output",
         root,
         "--base-port",
-        str(base_port),
+        str(free_ports(PORTS_PER_NODE * validators)),
         "--accounts",
         str(accounts),
+        "--app",
+        app,
     )
     assert result.returncode == 0, result.stderr
     homes = [root / f"node{i}" for i in range(validators)]
     for home in homes:
-        set_consensus(home, consensus)
+        config = load_config(home / "config.toml")
+        save_config(home / "config.toml", replace(config, consensus=consensus))
     genesis = json.loads((homes[0] / "genesis.json").read_text())
     keys = [load_key(root / "accounts" / f"account{k}.json") for k in range(accounts)]
     return Testnet(root, [NodeProcess(h) for h in homes], genesis["chain_id"], keys)
 
 
-def add_full_node(net: Testnet, *, name: str, base_port: int) -> NodeProcess:
-    """A non-validator: `archipelago init`, the testnet's genesis, its validators as peers.
+def add_full_node(net: Testnet, *, name: str) -> NodeProcess:
+    """A non-validator on free ports: `archipelago init`, the testnet's genesis, its
+    validators as peers.
 
     Not a member of the network yet: see `admit_member`.
     """
@@ -258,18 +319,10 @@ def add_full_node(net: Testnet, *, name: str, base_port: int) -> NodeProcess:
         assert shown.returncode == 0, shown.stderr
         listen = load_config(v.config_path).p2p.listen
         peers.append(Peer(json.loads(shown.stdout)["node_id"], listen))
-    config = load_config(home / "config.toml")
+    config = on_free_ports(load_config(home / "config.toml"))
     consensus = load_config(net.nodes[0].config_path).consensus
     config = replace(
-        config,
-        p2p=replace(
-            config.p2p,
-            listen=Address("127.0.0.1", base_port),
-            persistent_peers=tuple(peers),
-        ),
-        rpc=replace(config.rpc, listen=Address("127.0.0.1", base_port + 1)),
-        metrics=replace(config.metrics, listen=Address("127.0.0.1", base_port + 2)),
-        consensus=consensus,
+        config, p2p=replace(config.p2p, persistent_peers=tuple(peers)), consensus=consensus
     )
     save_config(home / "config.toml", config)
     node = NodeProcess(home)
@@ -340,6 +393,35 @@ class Api:
         return await self.client.post(
             node.rpc + "/tx", params={"wait": wait}, json={"tx": raw.hex()}
         )
+
+    async def headers(self, node: NodeProcess, top: int) -> list[tuple[str, str]]:
+        """(block hash, app hash) of heights 1..top, as `node` serves them."""
+        out = []
+        for h in range(1, top + 1):
+            block = await self.get(node, f"/block/{h}")
+            assert block["header"]["height"] == h, node.name
+            out.append((block["hash"], block["header"]["app_hash"]))
+        return out
+
+    async def signers(self, node: NodeProcess, height: int) -> set[int]:
+        """The validator indexes in the commit certificate of `height`, as `node` serves it."""
+        body = await self.get(node, f"/commit/{height}")
+        return {s["validator_index"] for s in body["commit"]["signatures"]}
+
+    async def validator_index(self, node: NodeProcess, validator: NodeProcess) -> int:
+        """`validator`'s index in the validator set of height 1, as `node` serves it."""
+        body = await self.get(node, "/validators?height=1")
+        addresses = [v["address"] for v in body["validators"]]
+        return addresses.index(validator.validator_key.address.hex())
+
+    async def metric(self, node: NodeProcess, name: str) -> float:
+        """The sum of the samples named `name` on `node`'s /metrics; fails if there are none."""
+        r = await self.client.get(node.metrics)
+        assert r.status_code == 200, f"GET /metrics on {node.name}: {r.status_code} {r.text}"
+        families = text_string_to_metric_families(r.text)
+        values = [s.value for f in families for s in f.samples if s.name == name]
+        assert values, f"{node.name} does not export {name}"
+        return float(sum(values))
 
     async def account(self, node: NodeProcess, address: bytes) -> tuple[int, int]:
         body = await self.get(node, f"/account/{address.hex()}")

@@ -8,18 +8,14 @@ leave the node committing; Merkle proofs and commit certificates the API
 serves verify offline with consensus/ alone; the OpenAPI description names
 every route the app serves; the stream delivers every block in order, resumes
 without gap or duplicate, and filters by sender.
-
-Ports: 28100..28199.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any, cast
 
 import trio
@@ -34,29 +30,14 @@ from consensus.genesis import Genesis
 from consensus.types import Commit, Header, Transaction, Validator, ValidatorSet, tx_id
 from node.config import load_config
 from node.rpc import RpcServer
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 TIMEOUT_S = 60  # generous for a loaded 2-core machine; healthy runs take a few seconds
 STREAM_BLOCKS = 50
 
 
-def _single(tmp_path: Path, base_port: int, accounts: int = 2) -> Any:
-    return nodes.create_testnet(
-        tmp_path / "net", validators=1, base_port=base_port, accounts=accounts
-    )
+def _single(tmp_path: Path, accounts: int = 2) -> Any:
+    return nodes.create_testnet(tmp_path / "net", validators=1, accounts=accounts)
 
 
 async def _next_block(ws: Any) -> dict[str, Any]:
@@ -72,7 +53,7 @@ async def test_bad_requests_get_a_4xx_json_error_and_leave_the_node_committing(
     """Malformed JSON, bad hex, bad signature, wrong nonce, oversized tx and body, unknown
     heights and hashes, wrong methods: each answers its 4xx with {"error": "<message>"}; the
     node then still commits blocks and a valid transfer, and logged no handler failure."""
-    net = _single(tmp_path, 28100)
+    net = _single(tmp_path)
     key = net.accounts[0]
     to = PrivateKey(b"\x07" * 32).address
     good = transfer_tx(key, net.chain_id, 0, to, 5)
@@ -152,7 +133,7 @@ async def test_tx_merkle_proof_and_commit_certificate_verify_offline(tmp_path: P
     consensus.merkle against the data_hash of the header from GET /commit/{h}; that header
     hashes to the certified block hash; the commit verifies against the served validator set,
     which is the genesis set. A tampered tx, chain id or validator set fails."""
-    net = _single(tmp_path, 28110, accounts=3)
+    net = _single(tmp_path, accounts=3)
     to = PrivateKey(b"\x09" * 32).address
     raws = [
         transfer_tx(k, net.chain_id, 0, to, 10 + i).encode() for i, k in enumerate(net.accounts)
@@ -207,7 +188,7 @@ async def test_tx_merkle_proof_and_commit_certificate_verify_offline(tmp_path: P
 async def test_openapi_lists_every_route_the_app_serves(tmp_path: Path) -> None:
     """GET /openapi.json on a running node documents exactly the (path, method) pairs of the
     Starlette app's routes (the websocket /stream as a GET), each with responses."""
-    net = _single(tmp_path, 28120, accounts=0)
+    net = _single(tmp_path, accounts=0)
     # The routes are declared in RpcServer.__init__, which reads only config.rpc.
     config = load_config(net.nodes[0].config_path)
     app_routes: set[tuple[str, str]] = set()
@@ -235,7 +216,7 @@ async def test_stream_sends_every_block_in_order_and_resumes_without_gap_or_dupl
     """A websocket client from height 1 receives blocks 1..50 in order, each the block GET
     /block/{h} serves; after closing at a height it reconnects with from_height = the next
     one and receives the following blocks (replayed, then live) with no gap and no repeat."""
-    net = _single(tmp_path, 28130, accounts=0)
+    net = _single(tmp_path, accounts=0)
     async with nodes.running(net), nodes.open_api() as api:
         node = net.nodes[0]
         await api.wait_height([node], 1, TIMEOUT_S)
@@ -271,7 +252,7 @@ async def test_stream_sender_filter_returns_only_that_senders_transactions(
 ) -> None:
     """With ?sender=<address>, each block event lists only that sender's transactions (all of
     them), while tx_count still counts the block's others."""
-    net = _single(tmp_path, 28140, accounts=2)
+    net = _single(tmp_path, accounts=2)
     alice, bob = net.accounts
     to = PrivateKey(b"\x0b" * 32).address
     async with nodes.running(net), nodes.open_api() as api:

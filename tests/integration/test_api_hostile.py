@@ -21,21 +21,16 @@ PROBE_INTERVAL_S. After each attack the test asserts:
 
 Each attack's figures (RSS before, peak and after; the slowest probe) are
 printed as a table row; `pytest -s` shows them.
-
-Ports: 28700..28799.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
-import sys
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -47,20 +42,7 @@ from wsproto.extensions import PerMessageDeflate
 
 from node.http_edge import EdgeLimits
 from node.rpc import API_LIMITS, BODY_READ_TIMEOUT_S, HEX_TX_CHARS_MAX, TXS_PER_REQUEST_MAX
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 TIMEOUT_S = 60  # generous for a loaded 2-core machine
 LIMITS: EdgeLimits = API_LIMITS
@@ -555,7 +537,7 @@ async def test_bodies_declared_huge_or_invalid_never_stop_the_node(tmp_path: Pat
     11) or waiting for the answer (413 with connection: close); a body one byte over the
     limit sent whole gets its 413 every time (issue 15); invalid JSON, hex and msgpack
     bodies at the size limit get their 4xx. The network's invariants hold after each."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28700, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     _print_header()
     async with nodes.running(net), nodes.open_api() as api:
         target = net.validators[1]
@@ -599,7 +581,7 @@ async def test_slow_idle_and_pipelined_connections_are_bounded_and_others_served
     more idle keep-alive connections than the limit, 1 MiB header lines and 20,000 headers,
     thousands of pipelined requests: each attacking connection is closed within its stated
     limit or served in full, and the probe is answered throughout."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28740, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     _print_header()
     async with nodes.running(net), nodes.open_api() as api:
         target = net.validators[1]
@@ -664,7 +646,7 @@ async def test_websocket_abuse_closes_only_the_abuser(tmp_path: Path) -> None:
     """/stream clients that flood frames, send a 1 MiB message or a deflated message that
     inflates to 64 MiB are closed; 300 clients that connect and leave release their
     subscriptions (before, 256 such filled the hub and refused every later client)."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28780, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     _print_header()
     async with nodes.running(net), nodes.open_api() as api:
         target = net.validators[1]

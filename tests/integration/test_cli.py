@@ -9,7 +9,6 @@ files, real signals and a real unix datagram socket for sd_notify.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import socket
@@ -25,38 +24,15 @@ import pytest
 import trio
 
 from consensus.genesis import Genesis
-from node.config import Address, Peer, load_config
+from node.config import Address, Peer, load_config, save_config
 from node.daemon import EXIT_SHUTDOWN_TIMEOUT
 from node.home import HomePaths, init_home
 from node.keys import load_key, node_id
+from tests.integration import nodes
 
-ARCHIPELAGO = Path(sys.executable).parent / "archipelago"
 # Generous bounds for a loaded 2-core machine; the clean-shutdown bound is the requirement's 5 s.
 START_TIMEOUT_S = 20
 SHUTDOWN_TIMEOUT_S = 5
-COMMAND_TIMEOUT_S = 30
-
-
-def _env(**extra: str) -> dict[str, str]:
-    # The test runner itself may run under systemd: never let the daemon
-    # notify the runner's service manager.
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-    }
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(ARCHIPELAGO), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-        env=_env(),
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -108,11 +84,11 @@ async def daemon(
     home: Path, *extra: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[trio.Process, Lines]]:
     process = await trio.lowlevel.open_process(
-        [str(ARCHIPELAGO), "start", "--home", str(home), *extra],
+        [str(nodes.ARCHIPELAGO), "start", "--home", str(home), *extra],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=env if env is not None else _env(),
+        env=env if env is not None else nodes.env(),
     )
     assert process.stderr is not None
     try:
@@ -132,6 +108,8 @@ def _mode(path: Path) -> int:
 def home(tmp_path: Path) -> Path:
     root = tmp_path / "home"
     init_home(root, chain_id="test-chain", moniker="n0")
+    path = root / "config.toml"
+    save_config(path, nodes.on_free_ports(load_config(path)))
     return root
 
 
@@ -142,7 +120,7 @@ def test_version_prints_the_package_version() -> None:
     """`archipelago version` exits 0 and prints the version."""
     import node
 
-    result = run_cli("version")
+    result = nodes.run_cli("version")
     assert result.returncode == 0
     assert result.stdout.startswith(f"archipelago {node.__version__} ")
 
@@ -163,21 +141,21 @@ def test_version_prints_the_package_version() -> None:
 )
 def test_every_command_has_help(command: list[str]) -> None:
     """`--help` on every command exits 0 with a usage line naming that command."""
-    result = run_cli(*command, "--help")
+    result = nodes.run_cli(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: archipelago {' '.join(command)}".rstrip())
 
 
 def test_top_level_help_lists_every_command() -> None:
     """The top-level help lists the built-in and the delegated commands."""
-    out = run_cli("--help").stdout
+    out = nodes.run_cli("--help").stdout
     for name in ("init", "testnet", "start", "keys", "unsafe-reset", "version", "simulate"):
         assert name in out
 
 
 def test_unknown_flag_is_a_usage_error() -> None:
     """A wrong flag exits 2 with one line, no traceback."""
-    assert_one_line_error(run_cli("init", "--colour", "blue"), "unrecognized arguments")
+    assert_one_line_error(nodes.run_cli("init", "--colour", "blue"), "unrecognized arguments")
 
 
 # ---------------------------------------------------------------- init
@@ -186,7 +164,7 @@ def test_unknown_flag_is_a_usage_error() -> None:
 def test_init_creates_the_home_layout(tmp_path: Path) -> None:
     """init writes config, genesis naming this validator, 0600 keys, data/ with a sign state."""
     root = tmp_path / "h"
-    result = run_cli("init", "--home", root, "--chain-id", "my-chain", "--moniker", "alpha")
+    result = nodes.run_cli("init", "--home", root, "--chain-id", "my-chain", "--moniker", "alpha")
     assert result.returncode == 0, result.stderr
     paths = HomePaths(root)
     assert _mode(paths.node_key) == 0o600
@@ -210,11 +188,11 @@ def test_init_twice_refuses_and_keeps_keys_then_force_overwrites(home: Path) -> 
     """A second init exits 2 naming the file and --force, keeping keys; --force replaces them."""
     paths = HomePaths(home)
     before = (paths.node_key.read_bytes(), paths.validator_key.read_bytes())
-    line = assert_one_line_error(run_cli("init", "--home", home), "already exists", "--force")
+    line = assert_one_line_error(nodes.run_cli("init", "--home", home), "already exists", "--force")
     assert str(home) in line
     assert (paths.node_key.read_bytes(), paths.validator_key.read_bytes()) == before
 
-    result = run_cli("init", "--home", home, "--force")
+    result = nodes.run_cli("init", "--home", home, "--force")
     assert result.returncode == 0, result.stderr
     after = (paths.node_key.read_bytes(), paths.validator_key.read_bytes())
     assert after[0] != before[0] and after[1] != before[1]
@@ -227,7 +205,7 @@ def test_init_twice_refuses_and_keeps_keys_then_force_overwrites(home: Path) -> 
 def test_testnet_of_four_has_distinct_ports_and_full_peer_wiring(tmp_path: Path) -> None:
     """Four homes share one genesis; ports are base+10i+{0,1,2}; each node peers with all others."""
     out = tmp_path / "net"
-    result = run_cli("testnet", "--validators", "4", "--output", out, "--base-port", "31000")
+    result = nodes.run_cli("testnet", "--validators", "4", "--output", out, "--base-port", "31000")
     assert result.returncode == 0, result.stderr
     homes = [HomePaths(out / f"node{i}") for i in range(4)]
     configs = [load_config(h.config) for h in homes]
@@ -267,7 +245,7 @@ def test_testnet_with_hosts_listens_and_dials_on_the_given_hosts(tmp_path: Path)
     """With --hosts node i listens on hosts[i], and its peers point at the other hosts."""
     out = tmp_path / "net"
     hosts = ["10.0.0.1", "10.0.0.2", "val-c.internal"]
-    result = run_cli(
+    result = nodes.run_cli(
         "testnet",
         "--validators",
         "3",
@@ -290,7 +268,7 @@ def test_testnet_rejects_a_host_count_mismatch(tmp_path: Path) -> None:
     """--hosts must name one host per validator: exit 2, one line, nothing written."""
     out = tmp_path / "net"
     assert_one_line_error(
-        run_cli("testnet", "--validators", "3", "--output", out, "--hosts", "a,b"), "hosts"
+        nodes.run_cli("testnet", "--validators", "3", "--output", out, "--hosts", "a,b"), "hosts"
     )
     assert not out.exists()
 
@@ -302,11 +280,11 @@ def test_keys_show_prints_ids_and_never_the_private_key(home: Path) -> None:
     """keys show prints node id, validator address and public key (text, --json), no seeds."""
     paths = HomePaths(home)
     node_key, validator_key = load_key(paths.node_key), load_key(paths.validator_key)
-    text = run_cli("keys", "show", "--home", home)
+    text = nodes.run_cli("keys", "show", "--home", home)
     assert text.returncode == 0
     assert node_id(node_key) in text.stdout
     assert validator_key.public_key.hex() in text.stdout
-    as_json = json.loads(run_cli("keys", "show", "--home", home, "--json").stdout)
+    as_json = json.loads(nodes.run_cli("keys", "show", "--home", home, "--json").stdout)
     assert as_json == {
         "node_id": node_id(node_key),
         "validator_address": validator_key.address.hex(),
@@ -319,12 +297,14 @@ def test_keys_show_prints_ids_and_never_the_private_key(home: Path) -> None:
 def test_keys_new_writes_a_private_key_file_once(tmp_path: Path) -> None:
     """keys new writes a loadable 0600 key and prints its address; a rerun refuses to overwrite."""
     path = tmp_path / "client.json"
-    result = run_cli("keys", "new", "--output", path, "--json")
+    result = nodes.run_cli("keys", "new", "--output", path, "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert _mode(path) == 0o600
     assert load_key(path).address.hex() == info["address"]
-    assert_one_line_error(run_cli("keys", "new", "--output", path), str(path), "already exists")
+    assert_one_line_error(
+        nodes.run_cli("keys", "new", "--output", path), str(path), "already exists"
+    )
     assert load_key(path).address.hex() == info["address"]
 
 
@@ -337,7 +317,7 @@ def test_unsafe_reset_wipes_data_and_keeps_keys_and_config(home: Path) -> None:
     (paths.data / "wal" / "000001.log").write_bytes(b"y")
     paths.sign_state.write_text("a record with something signed")
 
-    result = run_cli("unsafe-reset", "--home", home)
+    result = nodes.run_cli("unsafe-reset", "--home", home)
     assert result.returncode == 0, result.stderr
     assert {p.name for p in paths.data.iterdir()} <= {"LOCK", paths.sign_state.name}
     assert paths.sign_state.read_text() != "a record with something signed"
@@ -352,7 +332,7 @@ def test_start_refuses_key_files_readable_by_others(home: Path, which: str) -> N
     """Like ssh, start refuses a key file with group/other bits: exit 2 naming file and chmod."""
     path = home / f"{which}.json"
     path.chmod(0o644)
-    assert_one_line_error(run_cli("start", "--home", home), str(path), f"chmod 600 {path}")
+    assert_one_line_error(nodes.run_cli("start", "--home", home), str(path), f"chmod 600 {path}")
 
 
 @pytest.mark.parametrize(
@@ -371,14 +351,16 @@ def test_start_with_a_bad_config_is_a_one_line_error(
     """Unknown key, wrong type, bad address, bad peer: exit 2, one line naming file and key."""
     config = home / "config.toml"
     config.write_text(config_text)
-    assert_one_line_error(run_cli("start", "--home", home), str(config), repr(key), "expected")
+    assert_one_line_error(
+        nodes.run_cli("start", "--home", home), str(config), repr(key), "expected"
+    )
 
 
 def test_start_without_a_config_file_is_a_one_line_error(home: Path) -> None:
     """A missing config.toml: exit 2 naming the file, no traceback."""
     config = home / "config.toml"
     config.unlink()
-    assert_one_line_error(run_cli("start", "--home", home), str(config))
+    assert_one_line_error(nodes.run_cli("start", "--home", home), str(config))
 
 
 def test_start_with_a_bad_genesis_is_a_one_line_error(home: Path) -> None:
@@ -386,7 +368,7 @@ def test_start_with_a_bad_genesis_is_a_one_line_error(home: Path) -> None:
     genesis = json.loads((home / "genesis.json").read_text())
     genesis["chain_id"] = 7
     (home / "genesis.json").write_text(json.dumps(genesis))
-    assert_one_line_error(run_cli("start", "--home", home), "chain_id")
+    assert_one_line_error(nodes.run_cli("start", "--home", home), "chain_id")
 
 
 def test_start_with_an_unknown_app_is_a_one_line_error(home: Path) -> None:
@@ -394,7 +376,9 @@ def test_start_with_an_unknown_app_is_a_one_line_error(home: Path) -> None:
     genesis = json.loads((home / "genesis.json").read_text())
     genesis["app"] = "bank"
     (home / "genesis.json").write_text(json.dumps(genesis))
-    assert_one_line_error(run_cli("start", "--home", home), "app", "ledger, kvstore", "'bank'")
+    assert_one_line_error(
+        nodes.run_cli("start", "--home", home), "app", "ledger, kvstore", "'bank'"
+    )
 
 
 # ---------------------------------------------------------------- start: running
@@ -404,7 +388,10 @@ def test_start_with_an_unknown_app_is_a_one_line_error(home: Path) -> None:
 async def test_testnet_node_starts_logs_and_stops_cleanly(tmp_path: Path, signum: int) -> None:
     """`testnet --validators 4`, `start --home node0`: JSON logs, exit 0 within 5 s of a signal."""
     out = tmp_path / "x"
-    result = run_cli("testnet", "--validators", "4", "--output", out)
+    base = nodes.free_ports(4 * nodes.PORTS_PER_NODE)
+    result = nodes.run_cli(
+        "testnet", "--validators", "4", "--output", out, "--base-port", str(base)
+    )
     assert result.returncode == 0, result.stderr
     home = out / "node0"
     async with daemon(home) as (process, lines):
@@ -412,9 +399,9 @@ async def test_testnet_node_starts_logs_and_stops_cleanly(tmp_path: Path, signum
             started = await lines.until_event("node started")
         assert started["node_id"] == node_id(load_key(home / "node_key.json"))
         assert started["chain_id"] == "archipelago-local"
-        assert started["p2p_listen"] == "127.0.0.1:26600"
-        assert started["rpc_listen"] == "127.0.0.1:26601"
-        assert started["metrics_listen"] == "127.0.0.1:26602"
+        assert started["p2p_listen"] == f"127.0.0.1:{base}"
+        assert started["rpc_listen"] == f"127.0.0.1:{base + 1}"
+        assert started["metrics_listen"] == f"127.0.0.1:{base + 2}"
         assert started["level"] == "info" and started["logger"] == "node.daemon"
         assert started["ts"].endswith("Z")
         process.send_signal(signum)
@@ -443,7 +430,7 @@ async def test_two_daemons_cannot_share_a_home(home: Path) -> None:
     async with daemon(home) as (process, lines):
         with trio.fail_after(START_TIMEOUT_S):
             await lines.until_event("node started")
-        second = await trio.to_thread.run_sync(run_cli, "start", "--home", str(home))
+        second = await trio.to_thread.run_sync(nodes.run_cli, "start", "--home", str(home))
         assert_one_line_error(second, str(home / "data" / "LOCK"), "another archipelago daemon")
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(SHUTDOWN_TIMEOUT_S):
@@ -455,7 +442,7 @@ async def test_unsafe_reset_refuses_while_the_node_runs(home: Path) -> None:
     async with daemon(home) as (process, lines):
         with trio.fail_after(START_TIMEOUT_S):
             await lines.until_event("node started")
-        result = await trio.to_thread.run_sync(run_cli, "unsafe-reset", "--home", str(home))
+        result = await trio.to_thread.run_sync(nodes.run_cli, "unsafe-reset", "--home", str(home))
         assert_one_line_error(result, "LOCK")
         assert (home / "data" / "sign_state.json").exists()
         process.send_signal(signal.SIGTERM)
@@ -479,7 +466,7 @@ async def test_sd_notify_ready_watchdog_and_stopping(
     else:
         notify_socket = str(tmp_path / "notify.sock")
         await sock.bind(notify_socket)
-    env = _env(NOTIFY_SOCKET=notify_socket, WATCHDOG_USEC="200000")
+    env = {**nodes.env(), "NOTIFY_SOCKET": notify_socket, "WATCHDOG_USEC": "200000"}
     messages: list[list[str]] = []
     with sock:
         async with daemon(home, env=env) as (process, _lines):
@@ -529,7 +516,7 @@ async def test_a_service_that_ignores_cancellation_is_forced_out_after_the_grace
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=_env(),
+        env=nodes.env(),
     )
     assert process.stderr is not None
     lines = Lines(process.stderr)
@@ -557,7 +544,8 @@ async def test_a_store_from_another_genesis_is_refused_and_testnet_force_starts_
     instead of stalling at the old height. `testnet --force` over existing homes writes the new
     chain and deletes the old one's store and WAL, so the node starts from its new genesis."""
     out = tmp_path / "a"
-    result = run_cli("testnet", "--validators", "1", "--output", out)
+    port = ("--base-port", str(nodes.free_ports(nodes.PORTS_PER_NODE)))
+    result = nodes.run_cli("testnet", "--validators", "1", "--output", out, *port)
     assert result.returncode == 0, result.stderr
     home = out / "node0"
     async with daemon(home) as (process, lines):
@@ -568,15 +556,15 @@ async def test_a_store_from_another_genesis_is_refused_and_testnet_force_starts_
         with trio.fail_after(SHUTDOWN_TIMEOUT_S):
             assert await process.wait() == 0
     other = tmp_path / "b"
-    result = run_cli("testnet", "--validators", "1", "--output", other)
+    result = nodes.run_cli("testnet", "--validators", "1", "--output", other, *port)
     assert result.returncode == 0, result.stderr
     foreign = other / "node0"
     (foreign / "data").mkdir(exist_ok=True)
     subprocess.run(["cp", "-a", str(home / "data" / "store"), str(foreign / "data")], check=True)
-    refused = await trio.to_thread.run_sync(run_cli, "start", "--home", str(foreign))
+    refused = await trio.to_thread.run_sync(nodes.run_cli, "start", "--home", str(foreign))
     assert_one_line_error(refused, str(foreign / "data" / "store"), "another chain")
 
-    result = run_cli("testnet", "--validators", "1", "--output", out, "--force")
+    result = nodes.run_cli("testnet", "--validators", "1", "--output", out, "--force", *port)
     assert result.returncode == 0, result.stderr
     assert not (home / "data" / "store").exists() and not (home / "data" / "wal").exists()
     async with daemon(home) as (process, lines):

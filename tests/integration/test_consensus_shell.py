@@ -7,17 +7,12 @@ had passed), and a keyless peer re-sending `sync_status` with a height a million
 pulled its targets out of consensus and, sent to two of them, halted the chain beyond the
 attack. Each test asserts outcomes on the live network: heights advance on every node,
 identical block hashes, /status truthful.
-
-Ports: 28600..28799.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import trio
@@ -26,20 +21,7 @@ from consensus.crypto import PrivateKey, sha256
 from network import BLOCKSYNC, Network, NetworkConfig, PeerAddress
 from node.config import load_config
 from node.messages import SyncStatusMsg, encode_message
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 TIMEOUT_S = 120  # generous for a loaded 2-core machine; healthy runs take seconds
 HALT_MS = 20_000  # [consensus] doppelganger_halt_ms (the default): long enough for the doctor
@@ -52,15 +34,11 @@ def _p2p_port(node: Any) -> int:
     return port
 
 
-async def _hashes(api: Any, node: Any, top: int) -> list[str]:
-    return [(await api.get(node, f"/block/{h}"))["hash"] for h in range(1, top + 1)]
-
-
 async def _same_chain(api: Any, net: Any) -> None:
     top = min([await api.height(n) for n in net.validators])
-    reference = await _hashes(api, net.validators[0], top)
+    reference = await api.headers(net.validators[0], top)
     for n in net.validators[1:]:
-        assert await _hashes(api, n, top) == reference, n.name
+        assert await api.headers(n, top) == reference, n.name
 
 
 async def test_restarting_half_then_all_of_the_validators_resumes_commits(tmp_path: Path) -> None:
@@ -70,9 +48,7 @@ async def test_restarting_half_then_all_of_the_validators_resumes_commits(tmp_pa
     the watch ends after doppelganger_halt_ms without a commit, they cast the votes their
     round is waiting for, and blocks commit again. Then all four at once: the same."""
     consensus = replace(nodes.FAST_CONSENSUS, doppelganger_halt_ms=HALT_MS)
-    net = nodes.create_testnet(
-        tmp_path / "net", validators=4, base_port=28600, accounts=1, consensus=consensus
-    )
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, consensus=consensus)
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 4, TIMEOUT_S)
         for group in (net.validators[2:], net.validators):
@@ -109,7 +85,7 @@ async def test_a_peer_claiming_a_height_far_ahead_changes_nothing(tmp_path: Path
     """A peer without a validator key connects to two validators and tells them, twice a
     second for 15 s, that it holds a million more blocks (and never serves one). Neither
     leaves consensus, every node keeps committing during and after, and the chain is one."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28700, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     victims = net.validators[:2]
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 3, TIMEOUT_S)

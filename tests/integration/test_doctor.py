@@ -6,34 +6,17 @@ it exits 1, names the silent validators and says the chain cannot commit,
 and /status `diagnosis` (what the doctor prints) carries the same findings;
 pointed at a home whose node is not running it exits 1 with a short
 explanation and what to do, never a traceback.
-
-Ports: 28400..28449.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import trio
 
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 TIMEOUT_S = 90  # generous for a loaded 2-core machine; healthy runs take a few seconds
 HEALTHY_TEXT = "No problems found"
@@ -53,7 +36,7 @@ async def test_doctor_on_a_healthy_testnet_then_on_a_halted_one(tmp_path: Path) 
     survivor exits 1, names both stopped validators and says the chain cannot commit; the
     survivor's /status diagnosis has the same critical finding and advice, and its /health
     fails once no block has committed for the configured number of block intervals."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28400, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     async with nodes.running(net), nodes.open_api() as api:
         validators = net.validators
         await api.wait_height(validators, 3, TIMEOUT_S)
@@ -138,13 +121,13 @@ async def test_doctor_on_a_healthy_testnet_then_on_a_halted_one(tmp_path: Path) 
 async def test_doctor_on_a_home_whose_node_is_not_running(tmp_path: Path) -> None:
     """`doctor --home` for a node that is not running exits 1 with one line saying the node
     does not answer at its API address, one line saying what to do, and nothing on stderr."""
-    net = nodes.create_testnet(tmp_path / "net", validators=1, base_port=28440, accounts=1)
-    home = net.validators[0].home
-    result = await _doctor(home)
+    net = nodes.create_testnet(tmp_path / "net", validators=1, accounts=1)
+    node = net.validators[0]
+    result = await _doctor(node.home)
     assert result.returncode == 1, result
     assert result.stderr == "", result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2, result.stdout
-    assert lines[0].startswith("The node is not answering at http://127.0.0.1:28441"), lines
+    assert lines[0].startswith(f"The node is not answering at {node.rpc}"), lines
     assert "-> start it" in lines[1] and "archipelago start --home" in lines[1], lines
     assert "Traceback" not in result.stdout

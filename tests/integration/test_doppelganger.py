@@ -9,38 +9,18 @@ of the commit certificates of the watched heights, then signs again; a copy
 of a running validator's key and sign state on another node detects the
 original's votes, refuses to sign (and says why on /status), and the
 network never sees an equivocation.
-
-Ports: 28450..28549.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from node.config import load_config, save_config
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 TIMEOUT_S = 90  # generous for a loaded 2-core machine; healthy runs take a few seconds
 WATCH_HEIGHTS = 4  # the restarted validator's [consensus] doppelganger_heights
@@ -58,52 +38,27 @@ def _set_doppelganger_heights(home: Path, heights: int) -> None:
     )
 
 
-async def _signers(api: Any, node: Any, height: int) -> set[int]:
-    body = await api.get(node, f"/commit/{height}")
-    return {s["validator_index"] for s in body["commit"]["signatures"]}
-
-
-async def _validator_index(api: Any, node: Any, address: str) -> int:
-    body = await api.get(node, "/validators?height=1")
-    addresses = [v["address"] for v in body["validators"]]
-    return addresses.index(address)
-
-
-async def _evidence_total(api: Any, node: Any) -> float:
-    r = await api.client.get(node.metrics)
-    assert r.status_code == 200, r.text
-    for family in text_string_to_metric_families(r.text):
-        for sample in family.samples:
-            if sample.name == EVIDENCE_METRIC:
-                return float(sample.value)
-    raise AssertionError(f"{node.name} does not export {EVIDENCE_METRIC}")
-
-
-def _events(node: Any, event: str) -> list[dict[str, Any]]:
-    return [e for e in node.log_events() if e.get("event") == event]
-
-
 async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Path) -> None:
     """A validator restarted after signing logs that it watches its configured 4 heights (its
     /status says it does not sign meanwhile), is absent from the commit certificates of the
     heights it watched (at least 4: heights it only caught up on do not count, as they show
     no live votes), logs that the watch passed, and its precommits are in the certificates of
     the heights after the watch."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28450, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     restarted, others = net.validators[3], net.validators[:3]
     _set_doppelganger_heights(restarted.home, WATCH_HEIGHTS)
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 4, TIMEOUT_S)
-        index = await _validator_index(api, others[0], restarted.validator_key.address.hex())
+        index = await api.validator_index(others[0], restarted)
         # It has signed: its precommit is in a certificate (so its sign state height is > 0).
         top = await api.height(others[0])
-        assert any([index in await _signers(api, others[0], h) for h in range(1, top + 1)])
-        assert _events(restarted, WATCHING_EVENT) == []  # a first start has nothing to watch for
+        assert any([index in await api.signers(others[0], h) for h in range(1, top + 1)])
+        assert restarted.events(WATCHING_EVENT) == []  # a first start has nothing to watch for
 
         assert await restarted.stop() == 0
         await restarted.start()
         watching = await nodes.wait_for(
-            lambda: trio.to_thread.run_sync(_events, restarted, WATCHING_EVENT),
+            lambda: trio.to_thread.run_sync(restarted.events, WATCHING_EVENT),
             bool,
             TIMEOUT_S,
             f"{restarted.name} to log its doppelganger watch",
@@ -116,7 +71,7 @@ async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Pat
             assert status["validator"]["signing"] is False, status["validator"]
             assert status["validator"]["doppelganger_watch"]["until_height"] >= until
         passed = await nodes.wait_for(
-            lambda: trio.to_thread.run_sync(_events, restarted, PASSED_EVENT),
+            lambda: trio.to_thread.run_sync(restarted.events, PASSED_EVENT),
             bool,
             TIMEOUT_S,
             f"{restarted.name} to end its watch",
@@ -127,7 +82,7 @@ async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Pat
 
         async def signed_after_watch() -> list[int]:
             top = min([await api.height(n) for n in others])
-            return [h for h in range(until, top + 1) if index in await _signers(api, others[0], h)]
+            return [h for h in range(until, top + 1) if index in await api.signers(others[0], h)]
 
         signed = await nodes.wait_for(
             signed_after_watch, bool, TIMEOUT_S, f"a precommit of {restarted.name} after the watch"
@@ -135,12 +90,12 @@ async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Pat
         assert min(signed) >= until
         await api.wait_height(others, until + 2, TIMEOUT_S)
         for h in watched:
-            assert index not in await _signers(api, others[0], h), f"signed while watching {h}"
+            assert index not in await api.signers(others[0], h), f"signed while watching {h}"
         status = await api.status(restarted)
         assert status["validator"]["signing"] is True
         assert status["validator"]["sign_state_error"] == ""
         for n in net.validators:
-            assert await _evidence_total(api, n) == 0, n.name
+            assert await api.metric(n, EVIDENCE_METRIC) == 0, n.name
 
 
 async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_signs(
@@ -151,15 +106,13 @@ async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_
     votes during its watch, logs the doppelganger and stops signing: /status shows signing
     false and a sign_state_error naming another instance; the original keeps signing, and no
     node ever records equivocation evidence."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28500, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     original = net.validators[3]
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 4, TIMEOUT_S)
-        index = await _validator_index(api, net.validators[0], original.validator_key.address.hex())
+        index = await api.validator_index(net.validators[0], original)
         # Made now (and so killed by `running` on the way out, like the validators).
-        twin = await trio.to_thread.run_sync(
-            lambda: nodes.add_full_node(net, name="twin", base_port=28540)
-        )
+        twin = await trio.to_thread.run_sync(lambda: nodes.add_full_node(net, name="twin"))
         (twin.home / "data").mkdir(exist_ok=True)
         shutil.copy2(original.home / "validator_key.json", twin.home / "validator_key.json")
         shutil.copy2(
@@ -183,11 +136,11 @@ async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_
         error = status["validator"]["sign_state_error"]
         assert "another instance" in error, error
         assert any(f["severity"] == "critical" for f in status["diagnosis"]), status["diagnosis"]
-        detected = _events(twin, DETECTED_EVENT)
+        detected = twin.events(DETECTED_EVENT)
         assert len(detected) == 1, detected
         assert detected[0]["height"] >= 1
         # It had watched first: it never reached the point of signing.
-        assert _events(twin, WATCHING_EVENT) and not _events(twin, PASSED_EVENT)
+        assert twin.events(WATCHING_EVENT) and not twin.events(PASSED_EVENT)
 
         # The chain goes on with the original signing; still no evidence anywhere.
         from_height = max([await api.height(n) for n in net.validators])
@@ -197,15 +150,15 @@ async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_
             return [
                 h
                 for h in range(from_height + 1, top + 1)
-                if index in await _signers(api, net.validators[0], h)
+                if index in await api.signers(net.validators[0], h)
             ]
 
         await nodes.wait_for(original_signed, bool, TIMEOUT_S, f"a precommit of {original.name}")
         await api.wait_height([*net.validators, twin], from_height + 5, TIMEOUT_S)
         for n in [*net.validators, twin]:
-            assert await _evidence_total(api, n) == 0, n.name
+            assert await api.metric(n, EVIDENCE_METRIC) == 0, n.name
         status = await api.status(twin)
         assert status["validator"]["signing"] is False
-        assert not _events(twin, PASSED_EVENT)
+        assert not twin.events(PASSED_EVENT)
         for n in net.validators:
-            assert not _events(n, "equivocation detected"), n.name
+            assert not n.events("equivocation detected"), n.name

@@ -29,40 +29,22 @@ One network serves the whole module (starting one costs seconds of a 2-core
 machine); an attack that leaves it unable to commit fails its own test, and
 the next test starts a fresh one. Attacks that move a node (a restart) or
 that are known to halt the chain run last.
-
-Ports: 28900..28999.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import trio
 
 from node.config import ConsensusConfig
+from tests.integration import hostile_peer as hostile
+from tests.integration import nodes
 
-
-def _load(name: str, filename: str) -> ModuleType:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(filename))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load("archipelago_itest_nodes", "nodes.py")
-hostile = _load("archipelago_itest_hostile_peer", "hostile_peer.py")
-
-BASE_PORT = 28900
 # Memory a target may gain, at its peak, over its RSS before the attack.
 # network/config.py states what the network holds for all peers together
 # with every budget full (about 475 MiB). One attacker of these kinds can
@@ -105,7 +87,7 @@ class Shared:
         folder = self.root / f"net{self.generation}"
         # The default timeouts: what operators run, and what the issue's figures assume.
         self.net = nodes.create_testnet(
-            folder, validators=4, base_port=BASE_PORT, accounts=4, consensus=ConsensusConfig()
+            folder, validators=4, accounts=4, consensus=ConsensusConfig()
         )
         hostile.open_network(self.net)
         return self.net

@@ -8,36 +8,60 @@ running `make run` would.
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import trio
 
-from devnet import LocalnetError, check_ports_free
+from tests.integration import nodes
 
-ARCHIPELAGO = Path(sys.executable).parent / "archipelago"
 RUN_TIMEOUT_S = 120  # 20 s of load plus start and stop on a loaded 2-core machine
 
 
-def _free_base_port() -> int:
-    for _ in range(50):
-        base = random.randrange(30000, 60000, 100)
-        try:
-            check_ports_free(base, 4)
-        except LocalnetError:
-            continue
-        return base
-    raise AssertionError("no free block of ports found")
+def _base_port() -> str:
+    """The --base-port of a 4-validator localnet on free ports."""
+    return str(nodes.free_ports(4 * nodes.PORTS_PER_NODE))
 
 
-def _env() -> dict[str, str]:
-    drop = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-    return {k: v for k, v in os.environ.items() if k not in drop}
+async def _open_localnet(*args: str) -> trio.Process:
+    """`archipelago localnet` of 4 validators on free ports, its output on one pipe."""
+    return await trio.lowlevel.open_process(
+        [
+            str(nodes.ARCHIPELAGO),
+            "localnet",
+            "--validators",
+            "4",
+            "--base-port",
+            _base_port(),
+            *args,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=nodes.env(),
+    )
+
+
+async def _read_until(process: trio.Process, seen: bytes, marker: bytes) -> bytes:
+    """The output so far, read on until it holds `marker` (fails if the output ends first)."""
+    assert process.stdout is not None
+    while marker not in seen:
+        chunk = await process.stdout.receive_some(65536)
+        assert chunk, seen.decode()
+        seen += chunk
+    return seen
+
+
+async def _interrupt(process: trio.Process, seen: bytes) -> tuple[int, str]:
+    """SIGINT (Ctrl-C), then the exit code and the whole output."""
+    assert process.stdout is not None
+    process.send_signal(signal.SIGINT)
+    while chunk := await process.stdout.receive_some(65536):
+        seen += chunk
+    return await process.wait(), seen.decode()
 
 
 def _heights(output: str, node: str) -> list[int]:
@@ -49,13 +73,13 @@ def test_localnet_commits_transfers_and_stops_cleanly() -> None:
     transfers are committed and timed, and every node stops with exit code 0."""
     result = subprocess.run(
         [
-            *(str(ARCHIPELAGO), "localnet", "--validators", "4", "--load", "50"),
-            *("--duration", "20", "--base-port", str(_free_base_port())),
+            *(str(nodes.ARCHIPELAGO), "localnet", "--validators", "4", "--load", "50"),
+            *("--duration", "20", "--base-port", _base_port()),
         ],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
-        env=_env(),
+        env=nodes.env(),
         stdin=subprocess.DEVNULL,
     )
     out = result.stdout
@@ -84,28 +108,10 @@ def test_localnet_commits_transfers_and_stops_cleanly() -> None:
 async def test_localnet_stops_on_ctrl_c() -> None:
     """SIGINT (Ctrl-C) once the network is up stops every node with exit code 0,
     prints the summary, and exits 0."""
-    process = await trio.lowlevel.open_process(
-        [
-            *(str(ARCHIPELAGO), "localnet", "--validators", "4", "--keep"),
-            *("--base-port", str(_free_base_port())),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=_env(),
-    )
-    assert process.stdout is not None
-    seen = b""
+    process = await _open_localnet("--keep")
     with trio.fail_after(RUN_TIMEOUT_S):
-        while b"every node is up" not in seen:
-            chunk = await process.stdout.receive_some(65536)
-            assert chunk, seen.decode()
-            seen += chunk
-        process.send_signal(signal.SIGINT)
-        while chunk := await process.stdout.receive_some(65536):
-            seen += chunk
-        code = await process.wait()
-    out = seen.decode()
+        seen = await _read_until(process, b"", b"every node is up")
+        code, out = await _interrupt(process, seen)
     assert code == 0, out
     for node in ("node0", "node1", "node2", "node3"):
         assert re.search(rf"{node}: height \d+, committed 0 txs, exit code 0", out), out
@@ -119,34 +125,16 @@ async def test_localnet_stops_on_ctrl_c() -> None:
 async def test_localnet_reports_a_node_that_dies() -> None:
     """A validator killed with SIGKILL is reported with its exit code and the tail of its
     log; the rest still stop cleanly, the folder is kept, and the exit code is 1."""
-    process = await trio.lowlevel.open_process(
-        [str(ARCHIPELAGO), "localnet", "--validators", "4", "--base-port", str(_free_base_port())],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=_env(),
-    )
-    assert process.stdout is not None
-    seen = b""
+    process = await _open_localnet()
     with trio.fail_after(RUN_TIMEOUT_S):
-        while b"every node is up" not in seen:
-            chunk = await process.stdout.receive_some(65536)
-            assert chunk, seen.decode()
-            seen += chunk
+        seen = await _read_until(process, b"", b"every node is up")
         folder_match = re.search(rb"folder (\S+)", seen)
         assert folder_match is not None
         folder = Path(folder_match[1].decode())
         victim = int((folder / "node2" / "data" / "LOCK").read_text())
         os.kill(victim, signal.SIGKILL)
-        while b"exited with code" not in seen:
-            chunk = await process.stdout.receive_some(65536)
-            assert chunk, seen.decode()
-            seen += chunk
-        process.send_signal(signal.SIGINT)
-        while chunk := await process.stdout.receive_some(65536):
-            seen += chunk
-        code = await process.wait()
-    out = seen.decode()
+        seen = await _read_until(process, seen, b"exited with code")
+        code, out = await _interrupt(process, seen)
     assert code == 1, out
     assert f"node2 (pid {victim}) exited with code -9; last lines of" in out
     assert '"event": "committed block"' in out  # the tail of node2's JSON log

@@ -5,16 +5,11 @@ that is not a member completes the handshake (it proves its key) and is then
 refused, with one log line per node id, and holds no connection; the admin
 adds a node with a set_member transaction (`archipelago tx member`), after
 which it connects and syncs; removed again, it is disconnected and refused.
-
-Ports: 29300..29349.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import trio
@@ -22,20 +17,7 @@ import trio
 from consensus.crypto import PrivateKey
 from network import Network, NetworkConfig, PeerAddress, node_id_of
 from node.config import load_config
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 TIMEOUT_S = 90
 REFUSED_EVENT = (
@@ -45,9 +27,7 @@ REFUSED_EVENT = (
 
 
 def _refusals(node: Any, peer: str) -> list[dict[str, Any]]:
-    return [
-        e for e in node.log_events() if e.get("event") == REFUSED_EVENT and e.get("peer") == peer
-    ]
+    return [e for e in node.events(REFUSED_EVENT) if e.get("peer") == peer]
 
 
 async def _peer_ids(api: Any, node: Any) -> set[str]:
@@ -58,7 +38,7 @@ async def test_only_members_get_in_and_the_admin_changes_who(tmp_path: Path) -> 
     """Fresh keys dialling every validator are refused after the handshake and logged once
     each; a full node is refused until the admin's set_member commits, then syncs; removed,
     it is dropped and the validators keep committing among themselves."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=29300, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 2, TIMEOUT_S)
         strangers = [PrivateKey.generate() for _ in range(3)]
@@ -91,9 +71,7 @@ async def test_only_members_get_in_and_the_admin_changes_who(tmp_path: Path) -> 
             for stranger_id in ids:
                 assert len(_refusals(v, stranger_id)) == 1  # one line, however often it dials
 
-        full = await trio.to_thread.run_sync(
-            lambda: nodes.add_full_node(net, name="full", base_port=29340)
-        )
+        full = await trio.to_thread.run_sync(lambda: nodes.add_full_node(net, name="full"))
         await full.start()
         await nodes.wait_for(
             lambda: trio.to_thread.run_sync(_refusals, net.validators[0], full.node_id),

@@ -4,37 +4,19 @@ Scraped over HTTP from `[metrics] listen` like Prometheus would, parsed with
 prometheus_client's own exposition parser: the names and help texts follow
 the conventions dashboards and alert rules (deploy/) rely on, and the values
 move with the chain.
-
-Ports: 28200..28299.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from apps.ledger import transfer_tx
 from consensus.crypto import PrivateKey
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 TIMEOUT_S = 60  # generous for a loaded 2-core machine; healthy runs take a few seconds
 DEFAULT_PREFIXES = ("process_", "python_")  # prometheus_client's own collectors
@@ -66,7 +48,7 @@ def _sum(values: dict[str, float], name: str) -> float:
 async def test_metrics_follow_the_naming_conventions(tmp_path: Path) -> None:
     """Every family has HELP text and a TYPE; names start with archipelago_ (besides the
     process_/python_ defaults); every counter's exposed name ends in _total."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28200, accounts=0)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=0)
     async with nodes.running(net), nodes.open_api() as api:
         node = net.nodes[0]
         await api.wait_height(net.nodes, 2, TIMEOUT_S)
@@ -102,7 +84,7 @@ async def test_metric_values_move_as_blocks_commit(tmp_path: Path) -> None:
     """Between two scrapes the height gauge grows with /status, the committed-transactions
     counter grows by the transfers committed, the peers gauge says 3 (the other validators),
     this node is a validator of a set of 4, and no equivocation evidence was seen."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28240, accounts=2)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=2)
     to = PrivateKey(b"\x0c" * 32).address
     async with nodes.running(net), nodes.open_api() as api:
         node = net.nodes[0]

@@ -5,61 +5,22 @@ agree block for block; transfers sent to different nodes are committed
 exactly once; a validator killed with SIGKILL does not stop the other three,
 and once restarted it catches up by block sync and signs again; a new full
 node syncs the chain from genesis and then follows it.
-
-Ports: 28000..28099 (one testnet per test, 100 apart from other modules).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import trio
 
 from apps.ledger import transfer_tx
 from consensus.crypto import PrivateKey
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 HEIGHT_TIMEOUT_S = 90  # generous: a loaded 2-core machine; healthy runs take a few seconds
 TRANSFERS_PER_ACCOUNT = 5
-
-
-async def _headers(api: Any, node: Any, top: int) -> list[tuple[str, str]]:
-    """(block hash, app hash) of heights 1..top as `node` serves them."""
-    out = []
-    for h in range(1, top + 1):
-        block = await api.get(node, f"/block/{h}")
-        assert block["header"]["height"] == h
-        out.append((block["hash"], block["header"]["app_hash"]))
-    return out
-
-
-async def _signers(api: Any, node: Any, height: int) -> set[int]:
-    body = await api.get(node, f"/commit/{height}")
-    return {s["validator_index"] for s in body["commit"]["signatures"]}
-
-
-async def _validator_index(api: Any, node: Any, address: str) -> int:
-    body = await api.get(node, "/validators?height=1")
-    addresses = [v["address"] for v in body["validators"]]
-    return addresses.index(address)
 
 
 async def test_four_validators_commit_each_transfer_once_and_agree_on_every_block(
@@ -68,7 +29,7 @@ async def test_four_validators_commit_each_transfer_once_and_agree_on_every_bloc
     """4 validators reach height 20; transfers sent to different nodes (each also re-sent to a
     second node) are each committed once, at the same height and index on every node; every
     node shows the same receiver balances, and the same block and app hash at every height."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28000, accounts=4)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=4)
     rng = random.Random(5)
     receivers = [PrivateKey(rng.randbytes(32)).address for _ in net.accounts]
     async with nodes.running(net), nodes.open_api() as api:
@@ -138,10 +99,10 @@ async def test_four_validators_commit_each_transfer_once_and_agree_on_every_bloc
                 assert nonce == TRANSFERS_PER_ACCOUNT
             assert sum([(await api.account(v, a))[0] for a in receivers]) == sum(amounts.values())
 
-        reference = await _headers(api, validators[0], top)
+        reference = await api.headers(validators[0], top)
         assert len(set(reference)) == top  # hashes really differ by height
         for v in validators[1:]:
-            assert await _headers(api, v, top) == reference, v.name
+            assert await api.headers(v, top) == reference, v.name
 
 
 async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_restart(
@@ -151,11 +112,11 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
     block sync (its /status shows sync mode "blocksync" once a synced block's certificate
     verified, then "consensus") and its own precommits appear again in later commit
     certificates."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28040, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     async with nodes.running(net), nodes.open_api() as api:
         victim, others = net.validators[3], net.validators[:3]
         await api.wait_height(net.validators, 5, HEIGHT_TIMEOUT_S)
-        index = await _validator_index(api, others[0], victim.validator_key.address.hex())
+        index = await api.validator_index(others[0], victim)
 
         await victim.kill()
         killed_at = max((await api.wait_height(others, 1, HEIGHT_TIMEOUT_S)).values())
@@ -185,7 +146,7 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
         )
         assert modes[-1][0] == "consensus", modes
         # The switches are in its log (a /status poll can miss a short block sync phase).
-        changes = [e for e in victim.log_events() if e.get("event") == "mode changed"]
+        changes = victim.events("mode changed")
         into_sync = [e for e in changes if e.get("mode") == "blocksync"]
         assert into_sync and into_sync[0]["height"] < target, changes
         back = [e for e in changes if e.get("mode") == "consensus"]
@@ -197,9 +158,7 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
         async def signed_since() -> list[int]:
             top = min([await api.height(n) for n in net.validators])
             return [
-                h
-                for h in range(rejoined_from, top + 1)
-                if index in await _signers(api, others[0], h)
+                h for h in range(rejoined_from, top + 1) if index in await api.signers(others[0], h)
             ]
 
         signed = await nodes.wait_for(
@@ -207,7 +166,7 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
         )
         assert min(signed) >= rejoined_from
         for h in range(killed_at + 3, killed_at + 25):
-            assert index not in await _signers(api, others[0], h)  # it was really down
+            assert index not in await api.signers(others[0], h)  # it was really down
 
 
 async def test_a_new_full_node_syncs_the_whole_chain_from_genesis_then_follows(
@@ -215,13 +174,11 @@ async def test_a_new_full_node_syncs_the_whole_chain_from_genesis_then_follows(
 ) -> None:
     """A non-validator started from the testnet's genesis after height 30 syncs every block
     (same hashes as the validators), leaves block sync, and keeps following new heights."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28080, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 30, HEIGHT_TIMEOUT_S)
         # Made now (and so killed by `running` on the way out, like the validators).
-        full = await trio.to_thread.run_sync(
-            lambda: nodes.add_full_node(net, name="full", base_port=28070)
-        )
+        full = await trio.to_thread.run_sync(lambda: nodes.add_full_node(net, name="full"))
         await trio.to_thread.run_sync(nodes.admit_member, net, full)
         await full.start()
         target = max((await api.wait_height(net.validators, 30, HEIGHT_TIMEOUT_S)).values())
@@ -236,7 +193,7 @@ async def test_a_new_full_node_syncs_the_whole_chain_from_genesis_then_follows(
         assert synced["validator"]["in_set"] is False
         assert synced["peers"] == 4
         top = synced["latest_height"]
-        assert await _headers(api, full, top) == await _headers(api, net.validators[0], top)
+        assert await api.headers(full, top) == await api.headers(net.validators[0], top)
 
         # Following: new heights arrive at the full node as the validators commit them.
         await api.wait_height([full], top + 10, HEIGHT_TIMEOUT_S)

@@ -10,36 +10,16 @@ round, type), as far as anyone can see: every commit certificate every node
 stores, and every block's last commit, hold one signature per (height, round,
 validator), all valid; no node saw equivocation evidence (its metrics) and no
 block carries any. And the victim resumed: it caught up and signs again.
-
-Ports: 28300..28399.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from consensus.types import Commit, ValidatorSet
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 SEED = 3
 KILLS = 5
@@ -47,19 +27,11 @@ KILLS = 5
 # are start-up, then about one line per committed block.
 KILL_AFTER_LINES_MAX = 40
 TIMEOUT_S = 90  # generous for a loaded 2-core machine; healthy runs take a few seconds
+EVIDENCE_METRIC = "archipelago_consensus_byzantine_evidence_total"
 
 
 async def _lines_since_start(node: Any, start_offset: int) -> int:
     return len(node.log_events()) - start_offset
-
-
-async def _evidence_total(api: Any, node: Any) -> float:
-    r = await api.client.get(node.metrics)
-    assert r.status_code == 200
-    for family in text_string_to_metric_families(r.text):
-        if family.name == "archipelago_consensus_byzantine_evidence":
-            return float(sum(s.value for s in family.samples if s.name.endswith("_total")))
-    raise AssertionError(f"{node.name}: no archipelago_consensus_byzantine_evidence_total")
 
 
 async def test_a_validator_killed_repeatedly_never_double_signs_and_resumes(
@@ -70,15 +42,13 @@ async def test_a_validator_killed_repeatedly_never_double_signs_and_resumes(
     node counts equivocation evidence, no block carries any, and the victim catches up and
     its precommits appear in commits after its last restart."""
     rng = random.Random(SEED)
-    net = nodes.create_testnet(tmp_path / "net", validators=4, base_port=28300, accounts=0)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=0)
     victim = net.validators[2]
     kill_points: list[int] = []
     async with nodes.running(net), nodes.open_api() as api:
         for n in net.validators:
             await api.wait_serving(n)
-        validators_body = await api.get(net.validators[0], "/validators?height=1")
-        addresses = [v["address"] for v in validators_body["validators"]]
-        index = addresses.index(victim.validator_key.address.hex())
+        index = await api.validator_index(net.validators[0], victim)
 
         offset = 0  # log lines written before the victim's current life
         for _ in range(KILLS):
@@ -100,8 +70,7 @@ async def test_a_validator_killed_repeatedly_never_double_signs_and_resumes(
             top = min([await api.height(n) for n in net.validators])
             out = []
             for h in range(last_start + 1, top + 1):
-                body = await api.get(net.validators[0], f"/commit/{h}")
-                if index in {s["validator_index"] for s in body["commit"]["signatures"]}:
+                if index in await api.signers(net.validators[0], h):
                     out.append(h)
             return out
 
@@ -143,11 +112,9 @@ async def test_a_validator_killed_repeatedly_never_double_signs_and_resumes(
         assert signed_after, f"no precommit by {victim.name} above {last_start} (top {top})"
 
         for n in net.validators:
-            assert await _evidence_total(api, n) == 0, n.name
+            assert await api.metric(n, EVIDENCE_METRIC) == 0, n.name
 
-    refused = [
-        e for e in victim.log_events() if e.get("event") == "refused to sign a conflicting message"
-    ]
+    refused = victim.events("refused to sign a conflicting message")
     assert len(kill_points) == KILLS, kill_points
     assert victim.starts == KILLS + 1, victim.starts
     print(

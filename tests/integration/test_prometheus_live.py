@@ -12,19 +12,14 @@ timeout_commit into the certificate they propose.
 Needs the `prometheus` server from Debian's `prometheus` package (the one that
 brings promtool): skipped with that reason when missing, a failure in CI
 (ARCHIPELAGO_REQUIRE_PROMTOOL=1, set by .ci/run).
-
-Ports: 29100..29149.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -32,20 +27,7 @@ import pytest
 import trio
 
 from node.config import ConsensusConfig, load_config
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -56,7 +38,6 @@ pytestmark = pytest.mark.skipif(
     PROMETHEUS is None,
     reason="prometheus not installed (apt-get install prometheus); CI runs this test",
 )
-PROMETHEUS_PORT = 29140
 OBSERVE_S = 30.0  # evaluations every second: a pending alert would show within a few
 TIMEOUT_S = 90
 # The default timeouts (timeout_commit 1 s): the late precommits have a production-like
@@ -81,7 +62,7 @@ scrape_configs:
 
 
 async def _query(client: httpx.AsyncClient, expr: str) -> list[dict[str, Any]]:
-    r = await client.get(f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/query", params={"query": expr})
+    r = await client.get("/api/v1/query", params={"query": expr})
     r.raise_for_status()
     result: list[dict[str, Any]] = r.json()["data"]["result"]
     return result
@@ -92,10 +73,9 @@ async def test_validators_missing_stays_silent_on_a_healthy_network(tmp_path: Pa
     shipped rules: every node's certificates carry all four signatures (the metric's maximum
     over the window is 0 on every node) and ArchipelagoValidatorsMissing is neither pending
     nor firing."""
-    net = nodes.create_testnet(
-        tmp_path / "net", validators=4, base_port=29100, accounts=1, consensus=CONSENSUS
-    )
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, consensus=CONSENSUS)
     targets = [str(load_config(v.config_path).metrics.listen) for v in net.validators]
+    prometheus = f"127.0.0.1:{nodes.free_ports(1)}"
     prom_dir = tmp_path / "prometheus"
     prom_dir.mkdir()
     shutil.copy(RULES, prom_dir / "alerts.yml")
@@ -108,13 +88,13 @@ async def test_validators_missing_stays_silent_on_a_healthy_network(tmp_path: Pa
                 PROMETHEUS,
                 f"--config.file={prom_dir / 'prometheus.yml'}",
                 f"--storage.tsdb.path={prom_dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+                f"--web.listen-address={prometheus}",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
-            async with httpx.AsyncClient(timeout=10) as client:
+            async with httpx.AsyncClient(base_url=f"http://{prometheus}", timeout=10) as client:
 
                 async def up() -> list[dict[str, Any]] | None:
                     try:
@@ -136,7 +116,7 @@ async def test_validators_missing_stays_silent_on_a_healthy_network(tmp_path: Pa
                 )
                 assert len(worst) == 4, worst
                 assert {s["value"][1] for s in worst} == {"0"}, worst
-                r = await client.get(f"http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/alerts")
+                r = await client.get("/api/v1/alerts")
                 alerts = [a["labels"]["alertname"] for a in r.json()["data"]["alerts"]]
                 assert "ArchipelagoValidatorsMissing" not in alerts, alerts
         finally:

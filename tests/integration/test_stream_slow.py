@@ -10,19 +10,15 @@ each carry a 16 KiB kvstore write, so every block is tens of KiB of JSON and
 the kernel's socket buffers hold only a few dozen of them. Once the node has
 committed more blocks than the buffers plus the queue can hold, the client
 reads what was sent and must find every block in order, then the close.
-
-Ports: 28550..28599.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import json
 import socket
-import sys
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import trio
@@ -31,25 +27,11 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from apps.kvstore import VALUE_BYTES_MAX, set_tx
+from node.config import load_config
 from node.events import SUBSCRIPTION_EVENTS_MAX
-from node.keys import load_key
-
-
-def _load_nodes() -> ModuleType:
-    name = "archipelago_itest_nodes"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("nodes.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-nodes = _load_nodes()
+from tests.integration import nodes
 
 TIMEOUT_S = 120  # generous for a loaded 2-core machine; a healthy run takes about 20 s
-BASE_PORT = 28550
 # One validator and no pause after a commit: blocks as fast as the node can make them.
 STREAM_CONSENSUS = replace(nodes.FAST_CONSENSUS, timeout_commit_ms=0)
 CLIENT_RCVBUF_BYTES = 4096  # the slow client's receive buffer (the kernel doubles it)
@@ -60,29 +42,6 @@ SUBSCRIBE_SLACK_BLOCKS = 16  # blocks the node may commit between our handshake 
 TXS_PER_BLOCK = 2  # 16 KiB writes submitted per committed block
 READ_BYTES_MAX = 1 << 16
 WS_CLOSE_TOO_SLOW = 1008
-
-
-def _kvstore_testnet(root: Path) -> Any:
-    """One validator running the kvstore app (create_testnet builds ledger testnets)."""
-    result = nodes.run_cli(
-        "testnet",
-        "--validators",
-        "1",
-        "--output",
-        root,
-        "--base-port",
-        str(BASE_PORT),
-        "--accounts",
-        "1",
-        "--app",
-        "kvstore",
-    )
-    assert result.returncode == 0, result.stderr
-    home = root / "node0"
-    nodes.set_consensus(home, STREAM_CONSENSUS)
-    genesis = json.loads((home / "genesis.json").read_text())
-    key = load_key(root / "accounts" / "account0.json")
-    return nodes.Testnet(root, [nodes.NodeProcess(home)], genesis["chain_id"], [key])
 
 
 def _send_buffer_max_bytes() -> int:
@@ -147,10 +106,19 @@ async def test_a_client_that_never_reads_is_closed_with_1008_and_others_keep_eve
     client on the same node receives every block in order throughout, and the node keeps
     committing after the disconnect."""
     assert SUBSCRIPTION_EVENTS_MAX == 512
-    net = await trio.to_thread.run_sync(_kvstore_testnet, tmp_path / "net")
+    net = await trio.to_thread.run_sync(
+        functools.partial(
+            nodes.create_testnet,
+            tmp_path / "net",
+            validators=1,
+            accounts=1,
+            app="kvstore",
+            consensus=STREAM_CONSENSUS,
+        )
+    )
     validator = net.validators[0]
     key = net.accounts[0]
-    port = BASE_PORT + 1
+    port = load_config(validator.config_path).rpc.listen.port
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height([validator], 2, TIMEOUT_S)
         start = await api.height(validator) + 1

@@ -28,6 +28,7 @@ from consensus.types import (
     Transaction,
 )
 from consensus.validation import _decode_chunk
+from tests.strategies import mutated
 
 # ---------------------------------------------------------------- Reader
 
@@ -237,27 +238,6 @@ scalars = st.one_of(
 tx_like = st.lists(st.one_of(scalars, st.lists(scalars, max_size=3)), min_size=3, max_size=5).map(
     lambda fields: msgpack.packb(fields, use_bin_type=True)
 )
-
-
-@st.composite
-def mutated(draw: st.DrawFn, data: bytes) -> bytes:
-    """One edit of `data`: flip, truncate, extend, insert, delete, or a container header."""
-    raw = bytearray(data)
-    op = draw(st.sampled_from(["flip", "truncate", "extend", "insert", "delete", "header"]))
-    i = draw(st.integers(0, max(len(raw) - 1, 0)))
-    if op == "flip" and raw:
-        raw[i] ^= draw(st.integers(1, 255))
-    elif op == "truncate":
-        raw = raw[:i]
-    elif op == "extend":
-        raw += draw(st.binary(min_size=1, max_size=8))
-    elif op == "insert":
-        raw[i:i] = draw(st.binary(min_size=1, max_size=4))
-    elif op == "delete":
-        del raw[i : i + draw(st.integers(1, 4))]
-    else:
-        raw[i : i + 1] = draw(st.sampled_from([b"\x90", b"\x91", b"\x94", b"\xdc\x00\x04"]))
-    return bytes(raw)
 
 
 def _int_forms(n: int) -> list[bytes]:

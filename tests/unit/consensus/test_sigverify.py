@@ -90,21 +90,8 @@ def test_close_is_idempotent_and_stops_threads() -> None:
     assert not any(t.is_alive() for t in v._pool)
 
 
-def test_help_paces_the_caller_and_finish_verifies_the_rest(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_help_paces_the_caller_and_finish_verifies_the_rest(verified: list[bytes]) -> None:
     """help() verifies here only while the queue outlasts the caller's steps; none is lost."""
-    from consensus import sigverify
-
-    calls: list[bytes] = []
-    real = sigverify._verify_detached
-
-    def counting(sig: bytes, msg: bytes, n: int, pk: bytes) -> int:
-        calls.append(sig)
-        return int(real(sig, msg, n, pk))
-
-    monkeypatch.setattr(sigverify, "_verify_detached", counting)
-    monkeypatch.setattr(sigverify, "_verify_chunk", None)  # count every call, in Python
     items = _items(24)
     bad = {5, 17}
     for i in bad:
@@ -114,13 +101,13 @@ def test_help_paces_the_caller_and_finish_verifies_the_rest(
         vpass = v.open_pass()
         vpass.submit([(i, pk, msg, sig) for i, (pk, msg, sig) in enumerate(items)])
         vpass.help(steps_left=100)  # 24 queued < 100 steps left: the pool's share
-        assert calls == []
+        assert verified == []
         vpass.help(steps_left=10)  # the queue outlasts the caller: it verifies some
-        assert len(calls) == sigverify.HELP_ITEMS
+        assert len(verified) == sigverify.HELP_ITEMS
         vpass.help_now()
-        assert len(calls) == 2 * sigverify.HELP_ITEMS
+        assert len(verified) == 2 * sigverify.HELP_ITEMS
         assert vpass.finish() == bad
-    assert sorted(calls) == sorted(sig for _, _, sig in items)
+    assert sorted(verified) == sorted(sig for _, _, sig in items)
 
 
 def test_help_until_empty_verifies_everything_queued() -> None:

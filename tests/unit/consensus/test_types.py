@@ -42,6 +42,7 @@ from consensus.types import (
     VoteType,
     precommit_sign_bytes,
 )
+from tests.strategies import mutated
 
 KEYS = [PrivateKey(bytes([i]) * 32) for i in range(1, 5)]
 CHAIN = "test-chain"
@@ -545,29 +546,6 @@ events = st.one_of(
     st.builds(CommitReceived, blocks(), commits()),
     st.builds(StartHeight, heights),
 )
-
-
-@st.composite
-def mutated(draw: st.DrawFn, data: bytes) -> bytes:
-    """One edit of `data`: flip, truncate, extend, insert, delete, or a container header."""
-    raw = bytearray(data)
-    op = draw(st.sampled_from(["flip", "truncate", "extend", "insert", "delete", "header"]))
-    i = draw(st.integers(0, max(len(raw) - 1, 0)))
-    if op == "flip" and raw:
-        raw[i] ^= draw(st.integers(1, 255))
-    elif op == "truncate":
-        raw = raw[:i]
-    elif op == "extend":
-        raw += draw(st.binary(min_size=1, max_size=8))
-    elif op == "insert":
-        raw[i:i] = draw(st.binary(min_size=1, max_size=4))
-    elif op == "delete":
-        del raw[i : i + draw(st.integers(1, 4))]
-    else:
-        raw[i : i + 1] = draw(
-            st.sampled_from([b"\x90", b"\x91", b"\x92", b"\xc0", b"\xdc\x00\x02"])
-        )
-    return bytes(raw)
 
 
 def _outcome(decoder: Any, data: bytes) -> Any:

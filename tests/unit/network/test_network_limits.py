@@ -25,6 +25,7 @@ from network.testing import (
     eventually,
     key_id,
     loopback_node,
+    start_pair,
 )
 
 MIB = 1024 * 1024
@@ -52,17 +53,6 @@ async def _send_until_refused(conn: SecureConnection, data: bytes, piece_bytes: 
     return sent
 
 
-async def _pair(nursery: trio.Nursery, **overrides: object) -> tuple[Network, Network]:
-    node = loopback_node(**overrides)
-    await nursery.start(node.run)
-    friend = loopback_node(persistent=[address_of_node(node)])
-    await nursery.start(friend.run)
-    with trio.fail_after(10):
-        await node.wait_peers(1)
-        await friend.wait_peers(1)
-    return node, friend
-
-
 # -- decode amplification -----------------------------------------------------------
 
 
@@ -78,7 +68,7 @@ async def test_decode_bomb_is_refused_from_its_envelope() -> None:
     body = b"\x92\x03\xdd" + count.to_bytes(4, "big") + b"\x90" * count
     frame = len(body).to_bytes(4, "big") + body
     async with trio.open_nursery() as nursery:
-        node, friend = await _pair(nursery)
+        node, friend = await start_pair(nursery)
         key = PrivateKey.generate()
         conn = await connect_raw(node, key=key)
         tracemalloc.start()
@@ -105,7 +95,7 @@ async def test_batch_of_too_many_payloads_is_refused_before_it_is_buffered() -> 
     count = wire.BATCH_PAYLOADS_MAX + 1
     body = b"\x93\x01\x01\xdd" + count.to_bytes(4, "big") + b"\xc4\x01x" * count
     async with trio.open_nursery() as nursery:
-        node, _ = await _pair(nursery)
+        node, _ = await start_pair(nursery)
         key = PrivateKey.generate()
         conn = await connect_raw(node, key=key)
         await _send_until_refused(conn, len(body).to_bytes(4, "big") + body, 4096)
@@ -117,7 +107,7 @@ async def test_batch_of_too_many_payloads_is_refused_before_it_is_buffered() -> 
 async def test_many_tiny_payloads_travel_in_batches_within_the_limit() -> None:
     """10,000 gossiped 8-byte payloads (more than one batch may hold) all arrive, in order."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _pair(nursery)
+        node, friend = await start_pair(nursery)
         payloads = [b"tx%06d" % i for i in range(10_000)]
         for payload in payloads:
             assert node.gossip(MEMPOOL, payload)
@@ -204,7 +194,7 @@ async def test_ping_flood_without_reading_is_dropped() -> None:
     (50: a second flood bans it). Nothing it sent is buffered for it.
     """
     async with trio.open_nursery() as nursery:
-        node, _ = await _pair(nursery)
+        node, _ = await start_pair(nursery)
         key = PrivateKey.generate()
         conn = await connect_raw(node, key=key)
         pings = b"".join(wire.encode_ping(n) for n in range(10_000))
@@ -519,7 +509,7 @@ async def test_inbox_is_bounded_in_bytes_and_readers_wait() -> None:
     """With a 256 KiB inbox the node holds at most 256 KiB of payloads; the rest waits in TCP."""
     config = {"frame_bytes_max": 256 * 1024, "write_bytes_max": 64 * 1024}
     async with trio.open_nursery() as nursery:
-        node, friend = await _pair(
+        node, friend = await start_pair(
             nursery, inbox_bytes_max=256 * 1024, large_frames_bytes_max=256 * 1024, **config
         )
         payloads = [bytes([i]) * 60_000 for i in range(20)]
@@ -588,7 +578,7 @@ def test_send_budget_counts_a_shared_payload_once() -> None:
 async def test_unsolicited_pongs_close_the_connection() -> None:
     """A PONG that answers none of the node's PINGs is a flood: the connection is closed."""
     async with trio.open_nursery() as nursery:
-        node, _ = await _pair(nursery)
+        node, _ = await start_pair(nursery)
         conn = await connect_raw(node)
         await conn.send(wire.encode_pong(1))
         await _closed_by_node(conn)

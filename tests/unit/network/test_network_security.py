@@ -11,20 +11,16 @@ import trio
 from consensus.crypto import PrivateKey
 from network import CONSENSUS, HandshakeError, Misbehaviour, Network, noise
 from network.errors import ConnectionClosed
-from network.secure import SecureConnection, encode_identity_payload, handshake
-from network.testing import TEST_CHAIN_ID, address_of_node, eventually, key_id, loopback_node
-
-
-async def _good_pair(nursery: trio.Nursery, **overrides: object) -> tuple[Network, Network]:
-    """The node under test and one honest peer connected to it."""
-    node = loopback_node(**overrides)
-    await nursery.start(node.run)
-    friend = loopback_node(persistent=[address_of_node(node)])
-    await nursery.start(friend.run)
-    with trio.fail_after(10):
-        await node.wait_peers(1)
-        await friend.wait_peers(1)
-    return node, friend
+from network.secure import encode_identity_payload, handshake
+from network.testing import (
+    TEST_CHAIN_ID,
+    address_of_node,
+    connect_raw,
+    eventually,
+    key_id,
+    loopback_node,
+    start_pair,
+)
 
 
 async def _still_serves(node: Network, friend: Network, tag: bytes) -> None:
@@ -35,29 +31,6 @@ async def _still_serves(node: Network, friend: Network, tag: bytes) -> None:
         assert friend.send(node.node_id, CONSENSUS, b"to-node-" + tag)
         assert (await node.inbox.receive()).payload == b"to-node-" + tag
     assert {p.node_id for p in node.peers()} == {friend.node_id}
-
-
-async def _client(
-    node: Network,
-    *,
-    key: PrivateKey | None = None,
-    chain_id: str = TEST_CHAIN_ID,
-    expected: str | None = None,
-) -> SecureConnection:
-    """A hand-driven peer that completes the handshake with `node`."""
-    key = key or PrivateKey.generate()
-    static_private, static_public = noise.generate_keypair()
-    stream = await trio.open_tcp_stream(*node.listen_address)
-    return await handshake(
-        stream,
-        initiator=True,
-        identity=key,
-        static_private=static_private,
-        identity_payload=encode_identity_payload(key, static_public),
-        chain_id=chain_id,
-        timeout_s=5,
-        expected_node_id=expected or node.node_id,
-    )
 
 
 async def _read_until_closed(stream: trio.abc.ReceiveStream, timeout_s: float = 60.0) -> None:
@@ -73,7 +46,7 @@ async def _read_until_closed(stream: trio.abc.ReceiveStream, timeout_s: float = 
 async def test_handshake_success_identifies_both_sides() -> None:
     """Both sides learn the other's node id, direction and address after the handshake."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery)
+        node, friend = await start_pair(nursery)
         (seen_by_node,) = node.peers()
         (seen_by_friend,) = friend.peers()
         assert (seen_by_node.node_id, seen_by_node.direction) == (friend.node_id, "inbound")
@@ -91,9 +64,9 @@ async def test_wrong_chain_id_fails_the_handshake() -> None:
     abandoned handshake: nothing it checked failed, and nobody is blamed.
     """
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery)
+        node, friend = await start_pair(nursery)
         with pytest.raises(HandshakeError):
-            await _client(node, chain_id="another-chain")
+            await connect_raw(node, hello=False, chain_id="another-chain")
         await eventually(lambda: node.statistics().handshakes_abandoned == 1)
         assert node.statistics().handshake_failures == 0
         await _still_serves(node, friend, b"1")
@@ -103,9 +76,9 @@ async def test_wrong_chain_id_fails_the_handshake() -> None:
 async def test_wrong_node_id_is_dropped_by_the_dialler() -> None:
     """A dialler that expects another node id drops the connection and never registers it."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery)
+        node, friend = await start_pair(nursery)
         with pytest.raises(HandshakeError, match="expected"):
-            await _client(node, expected="ab" * 20)
+            await connect_raw(node, hello=False, expected_node_id="ab" * 20)
         impostor_address = address_of_node(node)
         wrong = type(impostor_address)("cd" * 20, impostor_address.host, impostor_address.port)
         dialler = loopback_node(persistent=[wrong])
@@ -119,7 +92,7 @@ async def test_wrong_node_id_is_dropped_by_the_dialler() -> None:
 async def test_bad_identity_signature_is_refused() -> None:
     """A handshake payload whose signature does not sign the Noise static key is refused."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery)
+        node, friend = await start_pair(nursery)
         key = PrivateKey.generate()
         static_private, _ = noise.generate_keypair()
         _, other_static_public = noise.generate_keypair()
@@ -144,7 +117,7 @@ async def test_bad_identity_signature_is_refused() -> None:
 async def test_tampered_handshake_message_is_refused() -> None:
     """Flipping a bit in handshake message 3 makes the node refuse the connection."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery)
+        node, friend = await start_pair(nursery)
         key = PrivateKey.generate()
         static_private, static_public = noise.generate_keypair()
         state = noise.HandshakeState(
@@ -169,9 +142,9 @@ async def test_tampered_handshake_message_is_refused() -> None:
 async def test_tampered_transport_message_closes_without_ban() -> None:
     """A corrupted transport ciphertext closes the connection; the id is not banned."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery)
+        node, friend = await start_pair(nursery)
         key = PrivateKey.generate()
-        conn = await _client(node, key=key)
+        conn = await connect_raw(node, hello=False, key=key)
         wire_bytes = bytearray(conn._send_cipher.seal(b"\x00\x00\x00\x03\x93\x01\x01"))
         wire_bytes[-1] ^= 1
         await conn.stream.send_all(bytes(wire_bytes))
@@ -185,7 +158,7 @@ async def test_tampered_transport_message_closes_without_ban() -> None:
 async def test_truncated_handshake_is_dropped() -> None:
     """A client that sends half of handshake message 1 and closes is dropped, blaming nobody."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery)
+        node, friend = await start_pair(nursery)
         stream = await trio.open_tcp_stream(*node.listen_address)
         await stream.send_all(b"\x00\x20" + bytes(16))
         await stream.send_eof()
@@ -199,7 +172,7 @@ async def test_truncated_handshake_is_dropped() -> None:
 async def test_silent_peer_times_out(autojump_clock: trio.testing.MockClock) -> None:
     """A client that connects and sends nothing is closed after handshake_timeout_s."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery, handshake_timeout_s=5.0)
+        node, friend = await start_pair(nursery, handshake_timeout_s=5.0)
         stream = await trio.open_tcp_stream(*node.listen_address)
         start = trio.current_time()
         await _read_until_closed(stream)
@@ -213,7 +186,7 @@ async def test_silent_peer_times_out(autojump_clock: trio.testing.MockClock) -> 
 async def test_random_bytes_before_handshake_close_without_banning_the_ip() -> None:
     """Random bytes instead of a handshake are counted and closed; 127.0.0.1 stays usable."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery)
+        node, friend = await start_pair(nursery)
         noise_bytes = random.Random(7).randbytes(4096)
         stream = await trio.open_tcp_stream(*node.listen_address)
         await stream.send_all(noise_bytes)
@@ -246,7 +219,7 @@ async def test_repeated_garbage_from_one_ip_bans_the_ip_at_the_threshold(
     first new connection may start a handshake, the next is closed unread.
     """
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery, handshake_failures_ip_ban=3)
+        node, friend = await start_pair(nursery, handshake_failures_ip_ban=3)
         for _ in range(3):
             stream = await trio.open_tcp_stream(*node.listen_address)
             await stream.send_all(b"\xff\xff")
@@ -267,9 +240,9 @@ async def test_repeated_garbage_from_one_ip_bans_the_ip_at_the_threshold(
 async def test_frame_header_claiming_4_gib_bans_without_allocating() -> None:
     """An authenticated peer announcing a 4 GiB frame is dropped and banned, allocating nothing."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery)
+        node, friend = await start_pair(nursery)
         key = PrivateKey.generate()
-        conn = await _client(node, key=key)
+        conn = await connect_raw(node, hello=False, key=key)
         tracemalloc.start()
         try:
             await conn.send(b"\xff\xff\xff\xff")
@@ -283,7 +256,7 @@ async def test_frame_header_claiming_4_gib_bans_without_allocating() -> None:
         assert stats.peers_banned == 1
         assert stats.disconnects["oversized_message"] == 1
         # The banned id is refused when it comes back.
-        conn = await _client(node, key=key)
+        conn = await connect_raw(node, hello=False, key=key)
         await _read_until_closed(conn.stream)
         assert node.statistics().connections_rejected["banned"] == 1
         await _still_serves(node, friend, b"9")
@@ -293,9 +266,9 @@ async def test_frame_header_claiming_4_gib_bans_without_allocating() -> None:
 async def test_malformed_frame_after_handshake_bans() -> None:
     """Random bytes inside the encrypted stream (bad msgpack) ban the authenticated sender."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery)
+        node, friend = await start_pair(nursery)
         key = PrivateKey.generate()
-        conn = await _client(node, key=key)
+        conn = await connect_raw(node, hello=False, key=key)
         body = b"\xc1" * 20  # 0xc1 is never valid msgpack
         await conn.send(len(body).to_bytes(4, "big") + body)
         await _read_until_closed(conn.stream)
@@ -310,7 +283,7 @@ async def test_reported_misbehaviour_disconnects_and_bans(
 ) -> None:
     """report_misbehaviour closes the peer, refuses it for ban_duration_s, then lets it back."""
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery, ban_duration_s=100.0)
+        node, friend = await start_pair(nursery, ban_duration_s=100.0)
         node.report_misbehaviour(friend.node_id, Misbehaviour.INVALID_SIGNATURE)
         ban_ends = trio.current_time() + 100.0
         assert node.is_banned(friend.node_id)
@@ -331,7 +304,7 @@ async def test_idle_peer_is_dropped(autojump_clock: trio.testing.MockClock) -> N
     async with trio.open_nursery() as nursery:
         node = loopback_node(idle_timeout_s=20.0, ping_interval_s=5.0)
         await nursery.start(node.run)
-        conn = await _client(node)
+        conn = await connect_raw(node, hello=False)
         start = trio.current_time()
         await _read_until_closed(conn.stream)
         assert 20.0 <= trio.current_time() - start < 21.0
@@ -344,10 +317,10 @@ async def test_unsolicited_pex_answer_is_a_protocol_violation() -> None:
     from network import wire
 
     async with trio.open_nursery() as nursery:
-        node, friend = await _good_pair(nursery)
+        node, friend = await start_pair(nursery)
         key = PrivateKey.generate()
         for _ in range(2):
-            conn = await _client(node, key=key)
+            conn = await connect_raw(node, hello=False, key=key)
             frames = (
                 wire.encode_hello(0)
                 + wire.encode_batch(False, wire.PEX, [wire.encode_pex_addresses([])]) * 2
