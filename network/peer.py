@@ -42,6 +42,10 @@ for (malformed or oversized frame, protocol violation) are reported to the
 host as misbehaviour; an authentication failure of a transport message is
 not, because an on-path attacker can cause it (see network.service), and
 neither are timeouts, which a slow honest link can cause.
+
+It is longer than the house's 600 lines on purpose: one connection's
+reader, writer, rate limits and memory reservations share its state and
+invariants, and split apart each half would reach into the other.
 """
 
 from __future__ import annotations

@@ -91,6 +91,10 @@ interval with up to `pex_addresses_max` addresses of its connected peers
 port from HELLO). Addresses go into a bounded address book, and the node
 dials from it while it has fewer than `outbound_peers_max` outbound peers.
 An unsolicited answer is a protocol violation.
+
+It is longer than the house's 600 lines on purpose: the network's one
+object (dialling, accepting, handshakes, admission, bans, gossip, PEX)
+owns the peer table that all of them change.
 """
 
 from __future__ import annotations
