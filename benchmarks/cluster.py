@@ -19,6 +19,14 @@ the peak RSS (VmHWM) of each node. Steps stop once committed tx/s has not
 grown by SATURATION_GAIN_MIN for two steps; a last step then offers half the
 saturated rate to measure latency there.
 
+The bound: every node verifies every transaction's signature once (at
+admission), so the cluster cannot commit more than the machine's all-core
+Ed25519 verification rate divided by the number of nodes. That ceiling is
+measured in the same run (benchmarks/validation.py's compiled chunk loop on
+every core, best of a few rounds), before the nodes start and after they
+stop; the larger of the two counts, so the ratio is not flattered by a busy
+minute.
+
 Writes benchmarks/results/cluster.md (table) and cluster.png (plot, with
 matplotlib); readable lines on stderr; the last stdout line is JSON.
 """
@@ -38,6 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import trio
 
+from benchmarks.validation import Item, _loop_chunk, _loop_detached, threads_rate
+from consensus.crypto import PrivateKey
+from consensus.sigverify import _verify_chunk
 from node.config import ConsensusConfig, MempoolConfig
 from node.home import DEFAULT_TESTNET_CHAIN_ID
 from node.localnet import (
@@ -61,6 +72,8 @@ DEFAULT_RATES = (0, 250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 60
 SATURATION_GAIN_MIN = 0.05  # committed tx/s must grow this much over the best to count
 DRAIN_TIMEOUT_S = 15.0  # after a step, how long sampled transactions may take to land
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+CEILING_SIGNATURES = 20_000  # per round: about half a second of verification on 2 cores
+CEILING_ROUNDS = 3
 
 
 def log(text: str) -> None:
@@ -82,6 +95,19 @@ class Step:
     peak_rss_mb_max: float  # the largest VmHWM among the nodes
     peak_rss_mb: tuple[float, ...]
     loadavg_1m: float
+
+
+def verify_ceiling() -> float:
+    """All-core Ed25519 verifications per second on this machine now (best of the rounds)."""
+    keys = [PrivateKey(bytes([i + 1]) * 32) for i in range(16)]
+    items: list[Item] = []
+    for i in range(CEILING_SIGNATURES):
+        key = keys[i % len(keys)]
+        msg = i.to_bytes(8, "big") * 16
+        items.append((key.public_key, msg, key.sign(msg)))
+    loop = _loop_chunk if _verify_chunk is not None else _loop_detached
+    cores = len(os.sched_getaffinity(0))
+    return max(threads_rate(items, cores, loop) for _ in range(CEILING_ROUNDS))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -238,6 +264,9 @@ def write_table(path: Path, result: dict[str, object], meta: dict[str, object]) 
         f"mempool txs_max {meta['mempool_txs_max']}, "
         f"{meta['step_s']} s measured per step after {meta['warmup_s']} s warm-up. {meta['date']}.",
         "",
+        f"Signature ceiling (all cores, before and after): {meta['ceiling_sig_per_s']} sig/s; "
+        f"bound (ceiling / validators): {meta['bound_tps']} tx/s.",
+        "",
         "| offered target tx/s | offered tx/s | committed tx/s | p50 latency s | p99 latency s "
         "| samples | rejected (full) | load gen CPU % | nodes CPU % | peak RSS MB (max node) "
         "| load avg |",
@@ -329,10 +358,21 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     log(f"cluster benchmark: {meta}")
+    ceilings = [verify_ceiling()]
+    log(f"signature ceiling before the nodes start: {ceilings[0]:.0f} sig/s")
     with tempfile.TemporaryDirectory(prefix="archipelago-cluster-") as tmp:
         result = trio.run(benchmark, ns, Path(tmp))
+    ceilings.append(verify_ceiling())
+    log(f"signature ceiling after the nodes stop: {ceilings[1]:.0f} sig/s")
     sat: Step = result["saturation"]  # type: ignore[assignment]
     half: Step = result["half"]  # type: ignore[assignment]
+    bound = max(ceilings) / ns.validators
+    log(
+        f"bound (ceiling / {ns.validators} nodes): {bound:.0f} tx/s; saturation "
+        f"{sat.committed_tps:.0f} tx/s = {sat.committed_tps / bound:.2f} of it"
+    )
+    meta["ceiling_sig_per_s"] = [round(c) for c in ceilings]
+    meta["bound_tps"] = round(bound)
     if not ns.no_write:
         RESULTS.mkdir(exist_ok=True)
         write_table(RESULTS / "cluster.md", result, meta)
@@ -344,6 +384,9 @@ def main() -> int:
         "validators": ns.validators,
         "saturation_committed_tps": sat.committed_tps,
         "saturation_offered_tps": sat.offered_tps,
+        "ceiling_sig_per_s": meta["ceiling_sig_per_s"],
+        "bound_tps": round(bound),
+        "saturation_over_bound": round(sat.committed_tps / bound, 3),
         "half_load_tps": half.target_tps,
         "half_load_p50_s": half.latency_p50_s,
         "half_load_p99_s": half.latency_p99_s,

@@ -158,8 +158,6 @@ NEXT_HEIGHT_ROUNDS = 4
 # many blocks).
 SYNC_WINDOW_CONSENSUS_BLOCKS = 16
 SYNC_WINDOW_BLOCKS = 128
-# Payloads of peers' proposals kept for relaying them unchanged (by digest).
-PROPOSAL_PAYLOADS_MAX = 16
 
 
 # Timer kinds on the driver's heap.
@@ -207,7 +205,9 @@ class Driver:
         self._seq = itertools.count()
         self._now = now
         self._sender: str | None = None  # peer whose message is being stepped
-        self._payloads: dict[bytes, bytes] = {}  # proposal signature -> bytes as received
+        # The input being stepped and its bytes (as received, or as logged): the
+        # machine relays that very event, and the relay sends these bytes.
+        self._stepping: tuple[Event, bytes] | None = None
         self._next: dict[
             tuple[int, int, bytes], tuple[ProposalReceived | VoteReceived, bytes, str]
         ] = {}
@@ -303,7 +303,6 @@ class Driver:
             )
         self.machine = machine
         self.own_messages = []
-        self._payloads.clear()
         self._height_since = self._now
         self._timers = [t for t in self._timers if t[2] != _TIMEOUT and t[2] != _START]
         heapq.heapify(self._timers)
@@ -495,18 +494,17 @@ class Driver:
         machine = self.machine
         assert machine is not None
         # A proposal's and a vote's WAL record is their wire message, byte for byte.
-        self._wal.append(payload or encode_event(event))
-        if isinstance(event, ProposalReceived):
-            if len(self._payloads) >= PROPOSAL_PAYLOADS_MAX:
-                self._payloads.clear()
-            self._payloads[event.proposal.signature] = payload
+        payload = payload or encode_event(event)
+        self._wal.append(payload)
         self._sender = peer
         self._caught_up = isinstance(event, CommitReceived)
+        self._stepping = (event, payload)
         try:
             self._perform(machine.step(event), out)
         finally:
             self._sender = None
             self._caught_up = False
+            self._stepping = None
 
     def _keep_next(
         self, peer: str, event: ProposalReceived | VoteReceived, payload: bytes, out: list[Effect]
@@ -541,7 +539,11 @@ class Driver:
             return
         payload = self._encode_own(event)
         self._wal.append(payload)
-        self._perform(machine.step(event), out)
+        self._stepping = (event, payload)
+        try:
+            self._perform(machine.step(event), out)
+        finally:
+            self._stepping = None
 
     @staticmethod
     def _encode_own(event: Event) -> bytes:
@@ -710,12 +712,13 @@ class Driver:
 
     def _broadcast(self, action: Broadcast, out: list[Effect]) -> None:
         message = action.message
-        if isinstance(message, VoteReceived):
+        stepping = self._stepping
+        if stepping is not None and stepping[0] is message:
+            payload = stepping[1]  # the bytes that arrived, or that the WAL holds
+        elif isinstance(message, VoteReceived):
             payload = encode_message(VoteMsg(message.vote))
         else:
-            payload = self._payloads.pop(message.proposal.signature, b"") or encode_message(
-                ProposalMsg(message.proposal, message.block)
-            )
+            payload = encode_message(ProposalMsg(message.proposal, message.block))
         out.append(Gossip(CONSENSUS, payload, self._sender))
         if self._is_ours(message) and len(self.own_messages) < OWN_MESSAGES_MAX:
             self.own_messages.append(payload)
