@@ -669,6 +669,10 @@ class Block:
         assert self._encoded is not None
         return self._encoded
 
+    def release_encoding(self) -> None:
+        """Let go of the kept encoding (once it is stored); `encode` would make it again."""
+        object.__setattr__(self, "_encoded", None)
+
     def body_error(self) -> str | None:
         """Why the body (txs, last commit, evidence) is not the one the header names, or None.
 

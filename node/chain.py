@@ -206,10 +206,14 @@ class Chain:
         self.store.save_block(
             block, commit, validated.tx_ids, results, dict(execution.writes), new_state
         )
+        block_bytes = len(block.encode())
+        # The bytes are stored now; a committed block may wait in stream subscribers'
+        # queues (node/events.py) for a while, without a second copy of itself.
+        block.release_encoding()
         committed = CommittedBlock(
             block, commit, tuple((r.code, r.log) for r in execution.tx_results), validated.txs
         )
-        return Applied(committed, validated.tx_ids, len(block.encode()), validated, new_state)
+        return Applied(committed, validated.tx_ids, block_bytes, validated, new_state)
 
     def finish(self, applied: Applied) -> None:
         """Move the application and the state to the stored height (on the event loop)."""

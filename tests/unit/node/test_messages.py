@@ -134,7 +134,7 @@ def test_a_proposals_signature_is_read_without_its_block() -> None:
 def test_block_messages_and_events_splice_the_blocks_own_bytes() -> None:
     """A message or WAL record that carries a block is byte for byte the generic msgpack
     encoding of its fields, though it splices the block's bytes in (made once per block);
-    and a block decoded from a message holds the bytes that arrived as its encoding."""
+    and a decoded block holds the bytes that arrived as its encoding until it lets them go."""
     from consensus.events import (
         BlockBuilt,
         CommitReceived,
@@ -173,4 +173,7 @@ def test_block_messages_and_events_splice_the_blocks_own_bytes() -> None:
             assert encode_event(event) == encode(event_to_obj(event))
         assert block.encode() is block.encode()  # made once
         arrived = bytes(bytearray(block.encode()))  # another object, equal bytes
-        assert Block.decode(arrived).encode() is arrived
+        received = Block.decode(arrived)
+        assert received.encode() is arrived
+        received.release_encoding()  # once stored
+        assert received.encode() == arrived and received.encode() is not arrived
