@@ -163,7 +163,8 @@ def test_block_messages_and_events_splice_the_blocks_own_bytes() -> None:
             assert data == encode(to_obj(msg))
             decoded = decode_message(data)
             assert decoded == msg
-            carried = decoded.block  # type: ignore[union-attr]
+            assert isinstance(decoded, ProposalMsg | DecidedMsg | SyncBlockMsg)
+            carried = decoded.block
             assert carried.encode() == block.encode() and carried.encode() in data
         for event in (
             ProposalReceived(proposal, block),
