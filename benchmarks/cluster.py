@@ -19,6 +19,14 @@ the peak RSS (VmHWM) of each node. Steps stop once committed tx/s has not
 grown by SATURATION_GAIN_MIN for two steps; a last step then offers half the
 saturated rate to measure latency there.
 
+The bound: every node verifies every transaction's signature once (at
+admission), so the cluster cannot commit more than the machine's all-core
+Ed25519 verification rate divided by the number of nodes. That ceiling is
+measured in the same run (benchmarks/validation.py's compiled chunk loop on
+every core, best of a few rounds), before the nodes start and after they
+stop; the larger of the two counts, so the ratio is not flattered by a busy
+minute.
+
 Writes benchmarks/results/cluster.md (table) and cluster.png (plot, with
 matplotlib); readable lines on stderr; the last stdout line is JSON.
 """
@@ -38,6 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import trio
 
+from benchmarks.validation import Item, _loop_chunk, _loop_detached, threads_rate
+from consensus.crypto import PrivateKey
+from consensus.sigverify import _verify_chunk
 from devnet import (
     WORKERS_PER_NODE,
     LoadGenerator,
@@ -61,6 +72,12 @@ DEFAULT_RATES = (0, 250, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000, 60
 SATURATION_GAIN_MIN = 0.05  # committed tx/s must grow this much over the best to count
 DRAIN_TIMEOUT_S = 15.0  # after a step, how long sampled transactions may take to land
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+# The pause after a commit: the node ships 1,000 ms (room for late precommits on
+# WAN links); on loopback 100 ms gathers them all, and a client's latency is
+# about 1.5 block intervals (issue 12: p50 0.36 s instead of 1.0 s at half load).
+TIMEOUT_COMMIT_MS = 100
+CEILING_SIGNATURES = 20_000  # per round: about half a second of verification on 2 cores
+CEILING_ROUNDS = 3
 
 
 def log(text: str) -> None:
@@ -82,6 +99,19 @@ class Step:
     peak_rss_mb_max: float  # the largest VmHWM among the nodes
     peak_rss_mb: tuple[float, ...]
     loadavg_1m: float
+
+
+def verify_ceiling() -> float:
+    """All-core Ed25519 verifications per second on this machine now (best of the rounds)."""
+    keys = [PrivateKey(bytes([i + 1]) * 32) for i in range(16)]
+    items: list[Item] = []
+    for i in range(CEILING_SIGNATURES):
+        key = keys[i % len(keys)]
+        msg = i.to_bytes(8, "big") * 16
+        items.append((key.public_key, msg, key.sign(msg)))
+    loop = _loop_chunk if _verify_chunk is not None else _loop_detached
+    cores = len(os.sched_getaffinity(0))
+    return max(threads_rate(items, cores, loop) for _ in range(CEILING_ROUNDS))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -238,6 +268,9 @@ def write_table(path: Path, result: dict[str, object], meta: dict[str, object]) 
         f"mempool txs_max {meta['mempool_txs_max']}, "
         f"{meta['step_s']} s measured per step after {meta['warmup_s']} s warm-up. {meta['date']}.",
         "",
+        f"Signature ceiling (all cores, before and after): {meta['ceiling_sig_per_s']} sig/s; "
+        f"bound (ceiling / validators): {meta['bound_tps']} tx/s.",
+        "",
         "| offered target tx/s | offered tx/s | committed tx/s | p50 latency s | p99 latency s "
         "| samples | rejected (full) | load gen CPU % | nodes CPU % | peak RSS MB (max node) "
         "| load avg |",
@@ -309,7 +342,13 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=4.0, help="seconds before measuring")
     parser.add_argument("--accounts", type=int, default=1024)
     parser.add_argument("--workers-per-node", type=int, default=WORKERS_PER_NODE)
-    parser.add_argument("--timeout-commit-ms", type=int, default=None, help="default: the node's")
+    parser.add_argument(
+        "--timeout-commit-ms",
+        type=int,
+        default=TIMEOUT_COMMIT_MS,
+        help=f"the nodes' pause after a commit (default {TIMEOUT_COMMIT_MS}; "
+        f"the node ships {ConsensusConfig().timeout_commit_ms})",
+    )
     parser.add_argument("--mempool-txs-max", type=int, default=None, help="default: the node's")
     parser.add_argument("--base-port", type=int, default=28800)
     parser.add_argument("--no-write", action="store_true", help="do not write results/")
@@ -321,18 +360,28 @@ def main() -> int:
         "loadavg_start": round(os.getloadavg()[0], 2),
         "validators": ns.validators,
         "accounts": ns.accounts,
-        "timeout_commit_ms": ns.timeout_commit_ms
-        or f"default ({ConsensusConfig().timeout_commit_ms})",
+        "timeout_commit_ms": ns.timeout_commit_ms,
         "mempool_txs_max": ns.mempool_txs_max or f"default ({MempoolConfig().txs_max})",
         "step_s": ns.step_s,
         "warmup_s": ns.warmup_s,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     log(f"cluster benchmark: {meta}")
+    ceilings = [verify_ceiling()]
+    log(f"signature ceiling before the nodes start: {ceilings[0]:.0f} sig/s")
     with tempfile.TemporaryDirectory(prefix="archipelago-cluster-") as tmp:
         result = trio.run(benchmark, ns, Path(tmp))
+    ceilings.append(verify_ceiling())
+    log(f"signature ceiling after the nodes stop: {ceilings[1]:.0f} sig/s")
     sat: Step = result["saturation"]  # type: ignore[assignment]
     half: Step = result["half"]  # type: ignore[assignment]
+    bound = max(ceilings) / ns.validators
+    log(
+        f"bound (ceiling / {ns.validators} nodes): {bound:.0f} tx/s; saturation "
+        f"{sat.committed_tps:.0f} tx/s = {sat.committed_tps / bound:.2f} of it"
+    )
+    meta["ceiling_sig_per_s"] = [round(c) for c in ceilings]
+    meta["bound_tps"] = round(bound)
     if not ns.no_write:
         RESULTS.mkdir(exist_ok=True)
         write_table(RESULTS / "cluster.md", result, meta)
@@ -344,6 +393,9 @@ def main() -> int:
         "validators": ns.validators,
         "saturation_committed_tps": sat.committed_tps,
         "saturation_offered_tps": sat.offered_tps,
+        "ceiling_sig_per_s": meta["ceiling_sig_per_s"],
+        "bound_tps": round(bound),
+        "saturation_over_bound": round(sat.committed_tps / bound, 3),
         "half_load_tps": half.target_tps,
         "half_load_p50_s": half.latency_p50_s,
         "half_load_p99_s": half.latency_p99_s,

@@ -353,6 +353,19 @@ _REASON_FIELD_BYTES_MAX = REASON_BYTES_MAX * 4
 
 
 def encode_event(event: Event) -> bytes:
+    """The canonical encoding; a carried block's own bytes are spliced in, not made again.
+
+    An array of up to 15 fields is a fixarray header followed by each field's
+    encoding, and every tag is a positive fixint, so splicing gives exactly
+    `encode(event_to_obj(event))` (a test pins this).
+    """
+    match event:
+        case ProposalReceived(proposal, block):
+            return bytes((0x93, TAG_PROPOSAL_RECEIVED)) + proposal.encode() + block.encode()
+        case BlockBuilt(height, round, block):
+            return bytes((0x94, _TAG_BUILT)) + encode(height) + encode(round) + block.encode()
+        case CommitReceived(block, commit):
+            return bytes((0x93, _TAG_COMMIT)) + block.encode() + commit.encode()
     return encode(event_to_obj(event))
 
 

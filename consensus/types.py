@@ -629,6 +629,9 @@ class Block:
     _body: tuple[str | None] | None = field(
         default=None, init=False, repr=False, compare=False, hash=False
     )
+    # The canonical encoding, once made or received: every message, WAL record
+    # and store entry that carries the block splices these bytes in.
+    _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     @property
     def height(self) -> int:
@@ -661,7 +664,15 @@ class Block:
         return cls(header, txs, last_commit, evidence)
 
     def encode(self) -> bytes:
-        return encode(self.to_obj())
+        """The canonical encoding, made at most once per block object."""
+        if self._encoded is None:
+            object.__setattr__(self, "_encoded", encode(self.to_obj()))
+        assert self._encoded is not None
+        return self._encoded
+
+    def release_encoding(self) -> None:
+        """Let go of the kept encoding (once it is stored); `encode` would make it again."""
+        object.__setattr__(self, "_encoded", None)
 
     def body_error(self) -> str | None:
         """Why the body (txs, last commit, evidence) is not the one the header names, or None.
@@ -690,10 +701,16 @@ class Block:
 
     @classmethod
     def decode(cls, data: bytes, *, bytes_max: int = BLOCK_BYTES_MAX) -> Block:
-        """The block whose canonical encoding is `data`; DecodeError for anything else."""
-        return decode_with(
+        """The block whose canonical encoding is `data`; DecodeError for anything else.
+
+        The block keeps `data` itself as its encoding (the canonical check
+        proved them equal), so what is stored or relayed is what arrived.
+        """
+        block = decode_with(
             data, cls.read, cls.encode, bytes_max=bytes_max, field_bytes_max=TX_BYTES_MAX
         )
+        object.__setattr__(block, "_encoded", bytes(data))
+        return block
 
 
 def data_hash(txs: Iterable[bytes]) -> bytes:

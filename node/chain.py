@@ -195,14 +195,17 @@ class Chain:
         execution = validated.execution
         new_state = next_chain_state(self.state, validated)
         results = [encode_result(r) for r in execution.tx_results]
-        block_bytes = block.encode()
         self.store.save_block(
-            block, block_bytes, commit, results, dict(execution.writes), new_state
+            block, commit, validated.tx_ids, results, dict(execution.writes), new_state
         )
+        block_bytes = len(block.encode())
+        # The bytes are stored now; a committed block may wait in stream subscribers'
+        # queues (node/events.py) for a while, without a second copy of itself.
+        block.release_encoding()
         committed = CommittedBlock(
             block, commit, tuple((r.code, r.log) for r in execution.tx_results), validated.txs
         )
-        return Applied(committed, validated.tx_ids, len(block_bytes), validated, new_state)
+        return Applied(committed, validated.tx_ids, block_bytes, validated, new_state)
 
     def finish(self, applied: Applied) -> None:
         """Move the application and the state to the stored height (on the event loop)."""

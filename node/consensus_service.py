@@ -98,7 +98,7 @@ class FairInbox:
         self.per_peer_bytes_max = per_peer_bytes_max
         self.total_max = total_max
         self.total_bytes_max = total_bytes_max
-        self._queues: dict[str, collections.deque[tuple[Message, bytes]]] = {}
+        self._queues: dict[str, collections.deque[tuple[Message, bytes, bytes]]] = {}
         self._bytes_by_peer: dict[str, int] = {}
         self._order: collections.deque[str] = collections.deque()  # peers with messages
         self.count = 0
@@ -107,7 +107,8 @@ class FairInbox:
     def __bool__(self) -> bool:
         return bool(self._order)
 
-    def put(self, peer: str, msg: Message, payload: bytes) -> bool:
+    def put(self, peer: str, msg: Message, payload: bytes, digest: bytes = b"") -> bool:
+        """Queue `msg` with its bytes and their SHA-256 (`digest`, b"" if not computed)."""
         size = len(payload)
         queue = self._queues.get(peer)
         if (
@@ -121,7 +122,7 @@ class FairInbox:
             queue = self._queues[peer] = collections.deque()
         if not queue:
             self._order.append(peer)
-        queue.append((msg, payload))
+        queue.append((msg, payload, digest))
         self._bytes_by_peer[peer] = self._bytes_by_peer.get(peer, 0) + size
         self.count += 1
         self.bytes += size
@@ -136,13 +137,13 @@ class FairInbox:
         self.bytes -= self._bytes_by_peer.pop(peer)
         self._order.remove(peer)
 
-    def take(self) -> tuple[str, Message, bytes] | None:
-        """The next message, round-robin over the peers that have one."""
+    def take(self) -> tuple[str, Message, bytes, bytes] | None:
+        """The next message with its bytes and digest, round-robin over the peers."""
         if not self._order:
             return None
         peer = self._order.popleft()
         queue = self._queues[peer]
-        msg, payload = queue.popleft()
+        msg, payload, digest = queue.popleft()
         size = len(payload)
         self.count -= 1
         self.bytes -= size
@@ -152,7 +153,7 @@ class FairInbox:
         else:
             del self._queues[peer]
             del self._bytes_by_peer[peer]
-        return peer, msg, payload
+        return peer, msg, payload, digest
 
 
 class ConsensusService:
@@ -182,13 +183,16 @@ class ConsensusService:
         self._last_round = 0
         self._txs_arrived = False
         self.dropped_events = 0
+        # The peer message being handled, its bytes and their digest: the driver
+        # relays those very bytes, and the network need not hash them again.
+        self._handling: tuple[bytes, bytes] = (b"", b"")
         res.metrics.add_source(self._pulled_samples)
 
     # ------------------------------------------------------------ inbox
 
     def submit_from_peer(self, peer: str, msg: Message, payload: bytes, digest: bytes) -> bool:
         """Queue one decoded peer message; False (dropped, counted) when its share is full."""
-        if not self.inbox.put(peer, msg, payload):
+        if not self.inbox.put(peer, msg, payload, digest):
             self.dropped_events += 1
             if digest:
                 self.res.net.forget(digest)  # another copy may be delivered, and taken
@@ -232,12 +236,17 @@ class ConsensusService:
                 await self._perform(driver.on_time(now))
             item = self.inbox.take()
             if item is not None:
-                peer, msg, payload = item
+                peer, msg, payload, digest = item
                 if isinstance(msg, ProposalMsg | DecidedMsg) and len(msg.block.txs) > 64:
                     # Hashing a large block's body (tens of ms) happens off the event
                     # loop; the block remembers the answer for the driver's check.
                     await trio.to_thread.run_sync(msg.block.body_error)
-                await self._perform(driver.on_message(peer, msg, payload, trio.current_time()))
+                self._handling = (payload, digest)
+                try:
+                    effects = driver.on_message(peer, msg, payload, trio.current_time())
+                    await self._perform(effects)
+                finally:
+                    self._handling = (b"", b"")
             if driver.mode != self._mode:
                 self._mode = driver.mode
                 log.info(
@@ -267,7 +276,9 @@ class ConsensusService:
                 for p in peers:
                     net.send(p, channel, payload)
             case Gossip(channel, payload, exclude):
-                net.gossip(channel, payload, exclude_peer=exclude)
+                handling, digest = self._handling
+                known = digest if payload is handling and digest else None
+                net.gossip(channel, payload, exclude_peer=exclude, digest=known)
             case Penalise(peer, fault, detail):
                 log.warning("peer message refused", peer=peer, fault=fault.value, detail=detail)
                 net.report_misbehaviour(peer, fault)

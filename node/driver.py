@@ -158,8 +158,6 @@ NEXT_HEIGHT_ROUNDS = 4
 # many blocks).
 SYNC_WINDOW_CONSENSUS_BLOCKS = 16
 SYNC_WINDOW_BLOCKS = 128
-# Payloads of peers' proposals kept for relaying them unchanged (by digest).
-PROPOSAL_PAYLOADS_MAX = 16
 
 
 # Timer kinds on the driver's heap.
@@ -214,7 +212,9 @@ class Driver:
         self._seq = itertools.count()
         self._now = now
         self._sender: str | None = None  # peer whose message is being stepped
-        self._payloads: dict[bytes, bytes] = {}  # proposal signature -> bytes as received
+        # The input being stepped and its bytes (as received, or as logged): the
+        # machine relays that very event, and the relay sends these bytes.
+        self._stepping: tuple[Event, bytes] | None = None
         self._next: dict[
             tuple[int, int, bytes], tuple[ProposalReceived | VoteReceived, bytes, str]
         ] = {}
@@ -311,7 +311,6 @@ class Driver:
             )
         self.machine = machine
         self.own_messages = []
-        self._payloads.clear()
         self._height_since = self._now
         self._timers = [t for t in self._timers if t[2] != _TIMEOUT and t[2] != _START]
         heapq.heapify(self._timers)
@@ -553,18 +552,17 @@ class Driver:
             if self.waiting_for_txs:
                 self._start_held(out)
         # A proposal's and a vote's WAL record is their wire message, byte for byte.
-        self._wal.append(payload or encode_event(event))
-        if isinstance(event, ProposalReceived):
-            if len(self._payloads) >= PROPOSAL_PAYLOADS_MAX:
-                self._payloads.clear()
-            self._payloads[event.proposal.signature] = payload
+        payload = payload or encode_event(event)
+        self._wal.append(payload)
         self._sender = peer
         self._caught_up = isinstance(event, CommitReceived)
+        self._stepping = (event, payload)
         try:
             self._perform(machine.step(event), out)
         finally:
             self._sender = None
             self._caught_up = False
+            self._stepping = None
 
     def _keep_next(
         self, peer: str, event: ProposalReceived | VoteReceived, payload: bytes, out: list[Effect]
@@ -597,8 +595,13 @@ class Driver:
         machine = self.machine
         if machine is None:
             return
-        self._wal.append(encode_event(event))
-        self._perform(machine.step(event), out)
+        payload = encode_event(event)
+        self._wal.append(payload)
+        self._stepping = (event, payload)
+        try:
+            self._perform(machine.step(event), out)
+        finally:
+            self._stepping = None
 
     def on_validated(self, block_hash: bytes, valid: bool, reason: str, now: float) -> list[Effect]:
         self._now = now
@@ -759,12 +762,13 @@ class Driver:
 
     def _broadcast(self, action: Broadcast, out: list[Effect]) -> None:
         message = action.message
-        if isinstance(message, VoteReceived):
+        stepping = self._stepping
+        if stepping is not None and stepping[0] is message:
+            payload = stepping[1]  # the bytes that arrived, or that the WAL holds
+        elif isinstance(message, VoteReceived):
             payload = encode_message(VoteMsg(message.vote))
         else:
-            payload = self._payloads.pop(message.proposal.signature, b"") or encode_message(
-                ProposalMsg(message.proposal, message.block)
-            )
+            payload = encode_message(ProposalMsg(message.proposal, message.block))
         out.append(Gossip(CONSENSUS, payload, self._sender))
         if self._is_ours(message) and len(self.own_messages) < OWN_MESSAGES_MAX:
             self.own_messages.append(payload)

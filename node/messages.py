@@ -191,7 +191,24 @@ def to_obj(msg: Message) -> list[Any]:
 
 
 def encode_message(msg: Message) -> bytes:
+    """The canonical encoding; a carried block's own bytes are spliced in, not made again.
+
+    An array of up to 15 fields is a fixarray header followed by each field's
+    encoding, and every tag is a positive fixint, so splicing gives exactly
+    `encode(to_obj(msg))` (a test pins this).
+    """
+    match msg:
+        case ProposalMsg(p, b):
+            return _fixarray(3, TAG_PROPOSAL) + p.encode() + b.encode()
+        case DecidedMsg(b, c):
+            return _fixarray(3, TAG_DECIDED) + b.encode() + c.encode()
+        case SyncBlockMsg(b, c):
+            return _fixarray(3, TAG_SYNC_BLOCK) + b.encode() + c.encode()
     return encode(to_obj(msg))
+
+
+def _fixarray(fields: int, tag: int) -> bytes:
+    return bytes((_FIXARRAY | fields, tag))
 
 
 def stored_block_message(tag: int, block_bytes: bytes, commit_bytes: bytes) -> bytes:
@@ -202,7 +219,7 @@ def stored_block_message(tag: int, block_bytes: bytes, commit_bytes: bytes) -> b
     encoded again (a test pins this against `encode_message`).
     """
     assert tag in (TAG_DECIDED, TAG_SYNC_BLOCK)
-    return b"\x93" + bytes([tag]) + block_bytes + commit_bytes
+    return _fixarray(3, tag) + block_bytes + commit_bytes
 
 
 def decode_message(data: bytes) -> Message:

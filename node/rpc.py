@@ -57,6 +57,7 @@ from node.mempool import MempoolError
 from node.openapi import OPENAPI
 from node.resources import Resources, TooManyWaiters
 from node.status import StatusView
+from node.storage import BlockStore
 
 if TYPE_CHECKING:
     from node.metrics import Metrics
@@ -98,6 +99,31 @@ def _hex_param(text: str, what: str, length: int | None = None) -> bytes:
     if length is not None and len(value) != length:
         raise HTTPException(400, f"{what} must be {length} bytes ({2 * length} hex characters)")
     return value
+
+
+def _committed_tx_json(store: BlockStore, txid: bytes) -> dict[str, Any] | None:
+    """A committed transaction as GET /tx shows it, with its proof (None: not committed)."""
+    record = store.load_tx(txid)
+    if record is None:
+        return None
+    block = record.block
+    proof = merkle.prove(block.txs, record.index)
+    code, log_text = decode_result(record.result)
+    out = tx_json(record.tx, Transaction.decode(record.tx))
+    out.update(
+        status="committed",
+        height=record.height,
+        index=record.index,
+        result={"code": code, "log": log_text},
+        proof={
+            "index": proof.index,
+            "total": proof.total,
+            "aunts": [a.hex() for a in proof.aunts],
+            "data_hash": block.header.data_hash.hex(),
+            "block_hash": block.hash.hex(),
+        },
+    )
+    return out
 
 
 class TooManyItems(DecodeError):
@@ -286,29 +312,13 @@ class RpcServer:
 
     async def get_tx(self, request: Request) -> Response:
         txid = _hex_param(request.path_params["hash"], "hash", 32)
-        record = self.res.store.load_tx(txid)
-        if record is None:
+        # Decoding the block and hashing its transactions for the proof take
+        # milliseconds on a large block: not on the event loop.
+        out = await trio.to_thread.run_sync(_committed_tx_json, self.res.store, txid)
+        if out is None:
             if txid in self.res.mempool:
                 return JSONResponse({"hash": txid.hex(), "status": "pending"})
             raise HTTPException(404, "transaction not found")
-        block = self.res.store.load_block(record.height)
-        assert block is not None, "tx index points at a missing block"
-        proof = merkle.prove(block.txs, record.index)
-        code, log_text = decode_result(record.result)
-        out = tx_json(record.tx, Transaction.decode(record.tx))
-        out.update(
-            status="committed",
-            height=record.height,
-            index=record.index,
-            result={"code": code, "log": log_text},
-            proof={
-                "index": proof.index,
-                "total": proof.total,
-                "aunts": [a.hex() for a in proof.aunts],
-                "data_hash": block.header.data_hash.hex(),
-                "block_hash": block.hash.hex(),
-            },
-        )
         return JSONResponse(out)
 
     async def get_account(self, request: Request) -> Response:

@@ -61,7 +61,6 @@ from consensus.types import (
     Block,
     Commit,
     ValidatorSet,
-    tx_id,
 )
 from node.durable import fsync_directory
 
@@ -140,12 +139,16 @@ def _h(height: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class TxRecord:
-    """Where a committed transaction is, its bytes and the application's result."""
+    """Where a committed transaction is, its bytes, the application's result and its block.
+
+    The block, decoded once for the record, is what a Merkle proof is made from.
+    """
 
     height: int
     index: int
     tx: bytes
     result: bytes
+    block: Block
 
 
 def open_store(path: str | os.PathLike[str], *, map_bytes: int = MAP_BYTES_DEFAULT) -> BlockStore:
@@ -218,30 +221,32 @@ class BlockStore:
     def save_block(
         self,
         block: Block,
-        block_bytes: bytes,
         seen_commit: Commit,
+        tx_ids: Sequence[bytes],
         tx_results: Sequence[bytes],
         app_writes: Mapping[bytes, bytes | None],
         state: ChainState,
     ) -> None:
         """Commit block `h` and everything that changes with it, atomically and durably.
 
-        `block_bytes` is `block.encode()` (already at hand from the network);
-        `seen_commit` is the certificate this node saw for it; `tx_results` one
-        per transaction; `app_writes` the application's state changes (None
-        deletes a key); `state` the chain state after h, whose `next_validators`
-        is the set for h + 2. When this returns, all of it survives power loss;
-        if it raises, none of it was written.
+        The stored bytes are `block.encode()`: for a block that arrived, the
+        bytes that arrived; for one built here, its encoding made once.
+        `seen_commit` is the certificate this node saw for it; `tx_ids` the
+        transactions' ids, in order (the validation core hashed them once);
+        `tx_results` one per transaction; `app_writes` the application's state
+        changes (None deletes a key); `state` the chain state after h, whose
+        `next_validators` is the set for h + 2. When this returns, all of it
+        survives power loss; if it raises, none of it was written.
         """
         height = block.height
-        if block_bytes != block.encode():
-            raise StorageConflictError("block_bytes is not the block's encoding")
+        block_bytes = block.encode()
         if len(block_bytes) > BLOCK_BYTES_MAX:
             raise StorageLimitError(f"block of {len(block_bytes)} bytes over {BLOCK_BYTES_MAX}")
         if (seen_commit.height, seen_commit.block_hash) != (height, block.hash):
             raise StorageConflictError("seen commit is not for this block")
         if len(tx_results) != len(block.txs):
             raise StorageConflictError(f"{len(tx_results)} results for {len(block.txs)} txs")
+        assert len(tx_ids) == len(block.txs), "one id per transaction"
         for r in tx_results:
             if len(r) > TX_RESULT_BYTES_MAX:
                 raise StorageLimitError(f"tx result over {TX_RESULT_BYTES_MAX} bytes")
@@ -255,7 +260,7 @@ class BlockStore:
                 if current is None:
                     raise StorageConflictError(f"{self.path}: not initialised (init_genesis)")
                 self._check_extends(current, block, state)
-                self._put_block(txn, block, block_bytes, seen_commit, tx_results)
+                self._put_block(txn, block, block_bytes, seen_commit, tx_ids, tx_results)
                 self._put_valset(txn, height + 2, state.next_validators, current.next_validators)
                 self._apply_app_writes(txn, app_writes)
                 txn.put(b"state", state_bytes, db=self._db["meta"])
@@ -281,6 +286,7 @@ class BlockStore:
         block: Block,
         block_bytes: bytes,
         seen_commit: Commit,
+        tx_ids: Sequence[bytes],
         tx_results: Sequence[bytes],
     ) -> None:
         height = block.height
@@ -291,9 +297,9 @@ class BlockStore:
         if block.last_commit is not None:
             txn.put(_h(height - 1), block.last_commit.encode(), db=self._db["commits"])
         tx_index, tx_res = self._db["tx_index"], self._db["tx_results"]
-        for index, (tx, result) in enumerate(zip(block.txs, tx_results, strict=True)):
+        for index, (txid, result) in enumerate(zip(tx_ids, tx_results, strict=True)):
             # The first inclusion of identical bytes is the one a client asks about.
-            txn.put(tx_id(tx), encode([height, index]), db=tx_index, overwrite=False)
+            txn.put(txid, encode([height, index]), db=tx_index, overwrite=False)
             txn.put(key + _U32.pack(index), result, db=tx_res)
 
     def _put_valset(
@@ -414,7 +420,7 @@ class BlockStore:
         result = self.load_tx_result(height, index)
         if block is None or index >= len(block.txs) or result is None:
             raise StorageCorruptError(f"{self.path}: tx index points at missing {height}/{index}")
-        return TxRecord(height, index, block.txs[index], result)
+        return TxRecord(height, index, block.txs[index], result, block)
 
     def load_tx_result(self, height: int, index: int) -> bytes | None:
         return self._get("tx_results", _h(height) + _U32.pack(index))

@@ -43,6 +43,7 @@ from consensus.types import (
     data_hash,
     evidence_hash,
     proposal_sign_bytes,
+    tx_id,
     vote_sign_bytes,
 )
 from node import wal
@@ -184,7 +185,7 @@ def run_height(
     )
     app_writes: dict[bytes, bytes | None] = {b"height": encode(height)}
     app_writes[f"acct/{height % 50:02d}".encode()] = block.hash
-    store.save_block(block, block.encode(), commit, results, app_writes, new_state)
+    store.save_block(block, commit, [tx_id(t) for t in block.txs], results, app_writes, new_state)
     out(f"COMMIT {height} {block.hash.hex()}")
     w.mark_height_end(height)
 

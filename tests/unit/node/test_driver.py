@@ -203,6 +203,32 @@ def test_a_swapped_body_is_refused_and_the_genuine_proposal_is_relayed_as_receiv
     assert node.records() == before + 1
 
 
+def test_each_message_is_relayed_as_the_very_bytes_logged(node: Node) -> None:
+    """A peer's proposal and vote are relayed as the objects that arrived, and our own
+    prevote as the object the WAL logged: nothing is encoded again for the network (whose
+    seen-cache digest of a received payload then travels with it, in the shell)."""
+    a = block(b"a")
+    genuine = proposal_msg(a)
+    effects = node.receive(genuine)
+    [relayed] = gossiped(effects)
+    assert relayed is genuine
+    effects = node.driver.on_validated(a.hash, True, "", node.now)
+    request = next(e for e in effects if isinstance(e, Sign))
+    signature = ME.sign(request.sign_bytes)
+    [own] = gossiped(node.driver.on_signed(request, signature, None, node.now))
+    assert list(node.wal.replay_from_last_height())[-1] == own
+    assert own in node.driver.own_messages
+    sent = decode_message(own)
+    assert isinstance(sent, VoteMsg) and (sent.vote.block_hash, sent.vote.signature) == (
+        a.hash,
+        signature,
+    )
+    other = next(k for k in KEYS if k not in (ME, proposer_key(0)))
+    vote = vote_msg(other, VoteType.PREVOTE, 0, a.hash)
+    [relayed] = gossiped(node.receive(vote))
+    assert relayed is vote
+
+
 def test_forged_decided_blocks_are_the_senders_fault(node: Node) -> None:
     """A decided message whose certificate nobody signed, or whose block is not the one its
     certificate names, is penalised and logs nothing."""

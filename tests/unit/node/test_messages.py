@@ -129,3 +129,52 @@ def test_a_proposals_signature_is_read_without_its_block() -> None:
     for bad in (head, b"", body[:1], b"\x93\x01\x90"):
         with pytest.raises(DecodeError):
             peek_proposal(bad)
+
+
+def test_block_messages_and_events_splice_the_blocks_own_bytes() -> None:
+    """A message or WAL record that carries a block is byte for byte the generic msgpack
+    encoding of its fields, though it splices the block's bytes in (made once per block);
+    and a decoded block holds the bytes that arrived as its encoding until it lets them go."""
+    from consensus.events import (
+        BlockBuilt,
+        CommitReceived,
+        ProposalReceived,
+        encode_event,
+        event_to_obj,
+    )
+    from consensus.types import Block, Commit, CommitSig, Header, Proposal
+    from node.messages import DecidedMsg, ProposalMsg, SyncBlockMsg, to_obj
+
+    h32 = b"\x02" * 32
+    first = Block(
+        Header("c", 1, 5, b"", b"", h32, h32, h32, h32, h32, h32, b"\x03" * 20), (b"tx",), None
+    )
+    commit = Commit(1, 0, first.hash, (CommitSig(0, b"\x04" * 64),))
+    header = Header("c", 2, 6, first.hash, commit.hash, h32, h32, h32, h32, h32, h32, b"\x03" * 20)
+    second = Block(header, tuple(bytes([i]) * 300 for i in range(20)), commit)
+    for block in (first, second):
+        proposal = Proposal.create(KEY, "c", block.height, 70_000, -1, block.hash)
+        for msg in (
+            ProposalMsg(proposal, block),
+            DecidedMsg(block, commit),
+            SyncBlockMsg(block, commit),
+        ):
+            data = encode_message(msg)
+            assert data == encode(to_obj(msg))
+            decoded = decode_message(data)
+            assert decoded == msg
+            assert isinstance(decoded, ProposalMsg | DecidedMsg | SyncBlockMsg)
+            carried = decoded.block
+            assert carried.encode() == block.encode() and carried.encode() in data
+        for event in (
+            ProposalReceived(proposal, block),
+            BlockBuilt(block.height, 300, block),
+            CommitReceived(block, commit),
+        ):
+            assert encode_event(event) == encode(event_to_obj(event))
+        assert block.encode() is block.encode()  # made once
+        arrived = bytes(bytearray(block.encode()))  # another object, equal bytes
+        received = Block.decode(arrived)
+        assert received.encode() is arrived
+        received.release_encoding()  # once stored
+        assert received.encode() == arrived and received.encode() is not arrived
