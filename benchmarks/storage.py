@@ -208,7 +208,7 @@ def run_blockstore(directory: Path, blocks: list[BlockWrite]) -> float:
 def fsync_latencies(directory: Path, count: int) -> dict[str, float]:
     """Median and p99 ms of one WAL append+sync and one durable sign-state update."""
     key = PrivateKey(b"\x02" * 32)
-    w = wal.open(directory / "wal")
+    w = wal.open_wal(directory / "wal")
     ss = SignState.create(directory / "sign_state.json")
     wal_ms, sign_ms = [], []
     for height in range(1, count + 1):

@@ -44,7 +44,6 @@ from consensus.types import Block, Commit, CommitSig, Transaction, precommit_sig
 from consensus.validation import (
     ChainState,
     build_block,
-    decode_and_validate,
     validate_block,
     verify_commit,
 )
@@ -281,8 +280,13 @@ def main() -> None:
     with SignatureVerifier(threads=best_threads) as v:
         encoded = block.encode()
         sec = best_seconds(
-            lambda: decode_and_validate(
-                encoded, state, app, v, now_ms=now, expected_proposer=proposer
+            lambda: validate_block(
+                Block.decode(encoded, bytes_max=state.params.block_bytes_max),
+                state,
+                app,
+                v,
+                now_ms=now,
+                expected_proposer=proposer,
             ),
             args.repeat,
         )

@@ -63,7 +63,6 @@ __all__ = [
     "Reason",
     "ValidatedBlock",
     "build_block",
-    "decode_and_validate",
     "next_chain_state",
     "validate_block",
     "verify_commit",
@@ -177,34 +176,6 @@ def build_block(
         proposer_address=proposer_address,
     )
     return Block(header, tuple(txs), last_commit, tuple(evidence))
-
-
-def decode_and_validate(
-    data: bytes,
-    state: ChainState,
-    app: Application,
-    verifier: SignatureVerifier,
-    *,
-    now_ms: int,
-    expected_proposer: bytes,
-    validators_at: Callable[[int], ValidatorSet | None] | None = None,
-) -> ValidatedBlock:
-    """Decode a block received as bytes and validate it; BlockInvalid for anything wrong."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise BlockInvalid(Reason.MALFORMED, "block", "expected bytes")
-    if len(data) > state.params.block_bytes_max:
-        raise BlockInvalid(
-            Reason.BLOCK_TOO_LARGE,
-            "block",
-            f"{len(data)} bytes, limit {state.params.block_bytes_max}",
-        )
-    try:
-        block = Block.decode(bytes(data), bytes_max=state.params.block_bytes_max)
-    except DecodeError as e:
-        raise BlockInvalid(Reason.MALFORMED, "block", str(e)) from None
-    return _validate(
-        block, state, app, verifier, now_ms, expected_proposer, validators_at, len(data)
-    )
 
 
 def validate_block(

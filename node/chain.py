@@ -16,7 +16,6 @@ committing another block on the same application.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,7 +38,8 @@ from consensus.validation import (
     validate_block,
     verify_commit,
 )
-from node.events import CommittedBlock
+from node.clock import now_ms
+from node.hub import CommittedBlock
 from node.storage import BlockStore
 
 # Room in a block for everything but transactions: header, last commit (80 bytes
@@ -47,10 +47,6 @@ from node.storage import BlockStore
 BLOCK_OVERHEAD_BYTES = 16 * 1024
 COMMIT_SIG_BYTES = 80
 VALIDATED_CACHE_BLOCKS_MAX = 8  # proposals of one height kept validated (one per round seen)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def encode_result(result: TxResult) -> bytes:
@@ -200,7 +196,7 @@ class Chain:
         )
         block_bytes = len(block.encode())
         # The bytes are stored now; a committed block may wait in stream subscribers'
-        # queues (node/events.py) for a while, without a second copy of itself.
+        # queues (node/hub.py) for a while, without a second copy of itself.
         block.release_encoding()
         committed = CommittedBlock(
             block, commit, tuple((r.code, r.log) for r in execution.tx_results), validated.txs

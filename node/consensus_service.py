@@ -29,7 +29,7 @@ import trio
 from consensus.types import Block, Commit
 from consensus.validation import BlockInvalid
 from network import BLOCKSYNC, CONSENSUS
-from node.chain import now_ms
+from node.clock import now_ms
 from node.driver import Driver
 from node.effects import (
     AnnounceVoterState,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.chain import now_ms
+from node.clock import now_ms
 from node.messages import VOTER_CATCHING_UP, VOTER_NOT_SIGNING, VOTER_WATCHING
 
 if TYPE_CHECKING:

@@ -24,18 +24,18 @@ from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
 from consensus.types import Block, Commit
 from network import Network, NetworkConfig, PeerAddress
-from node.chain import Applied, Chain, decode_result, now_ms, worker_threads
+from node.chain import Applied, Chain, decode_result, worker_threads
+from node.clock import now_ms
 from node.config import Config
-from node.events import CommittedBlock, EventHub
 from node.home import HomePaths
+from node.hub import CommittedBlock, EventHub
 from node.keys import node_id
 from node.logging import get_logger
 from node.mempool import Candidate, Mempool, MempoolError, MempoolLimits
 from node.metrics import Metrics, network_samples, sigcache_samples
 from node.signstate import SignState, SignStateError
 from node.storage import BlockStore, open_store
-from node.wal import WAL
-from node.wal import open as open_wal
+from node.wal import WAL, open_wal
 
 if TYPE_CHECKING:
     from consensus.app import TxResult
@@ -64,6 +64,7 @@ class Resources:
         self.paths = paths
         self.config = config
         self.genesis = genesis
+        self.genesis_hash = genesis.hash  # JSON of the whole genesis: made once
         self.node_key = node_key
         self.node_id = node_id(node_key)
         self.validator_key = validator_key

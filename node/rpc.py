@@ -42,7 +42,6 @@ from consensus.codec import DecodeError
 from consensus.types import Transaction, tx_id
 from node import __version__
 from node.chain import decode_result
-from node.events import CommittedBlock, Subscription, TooManySubscribers
 from node.http_edge import (
     CONNECTION_STATE_KEY,
     EdgeLimits,
@@ -51,6 +50,7 @@ from node.http_edge import (
     open_edge_listeners,
     serve_edge,
 )
+from node.hub import CommittedBlock, Subscription, TooManySubscribers
 from node.jsonview import block_json, commit_json, query_json, tx_json
 from node.logging import get_logger
 from node.mempool import MempoolError

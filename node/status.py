@@ -13,7 +13,7 @@ import trio
 
 from network import CHANNEL_NAMES
 from node import __version__
-from node.chain import now_ms
+from node.clock import now_ms
 from node.consensus_service import ConsensusService
 from node.doctor import DISK_FREE_CRITICAL_BYTES, diagnose
 from node.resources import Resources
@@ -41,7 +41,7 @@ class StatusView:
         out: dict[str, Any] = {
             "node_id": res.node_id,
             "chain_id": state.chain_id,
-            "genesis_hash": res.genesis.hash.hex(),
+            "genesis_hash": res.genesis_hash.hex(),
             "moniker": res.config.moniker,
             "version": __version__,
             "latest_height": state.last_height,

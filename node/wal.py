@@ -180,7 +180,7 @@ def _file_name(seq: int) -> str:
     return f"{seq:016d}{_SUFFIX}"
 
 
-def open(
+def open_wal(
     path: str | os.PathLike[str],
     *,
     file_bytes_max: int = FILE_BYTES_MAX,
@@ -192,7 +192,7 @@ def open(
 
 
 class WAL:
-    """An open write-ahead log; see the module docstring. Create with `wal.open`."""
+    """An open write-ahead log; see the module docstring. Create with `open_wal`."""
 
     def __init__(
         self,

@@ -90,7 +90,7 @@ from node.messages import (
 )
 from node.signstate import DoubleSignRefused, SignState, SignStateError
 from node.storage import open_store
-from node.wal import open as open_wal
+from node.wal import open_wal
 from sim.checks import LIVENESS_BOUND_MS, Checker, NodeReport, RunResult, liveness_failure
 from sim.faults import SCRIPTED_MODES, Faults
 from sim.workload import CHAIN_ID, POWER_MAX, Workload, corrupted, validator_keys

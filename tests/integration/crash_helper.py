@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--heights", type=int, default=0, help="stop after this many (0: never)")
     args = parser.parse_args()
     ss = SignState.load(args.home / "sign_state.json")
-    w = wal.open(
+    w = wal.open_wal(
         args.home / "wal", file_bytes_max=64 * 1024, files_max=4, record_bytes_max=32 * 1024
     )
     store = open_store(args.home / "store", map_bytes=STORE_MAP_BYTES)

@@ -105,7 +105,7 @@ def check_files(home: Path, released: Released, pubkey: bytes, valset: Validator
     for hrs, (sign_bytes, sig) in released.sigs.items():
         assert verify(pubkey, sign_bytes, sig), f"bad signature at {hrs}"
     if (home / "wal").exists():
-        w = wal.open(home / "wal", **WAL_LIMITS)
+        w = wal.open_wal(home / "wal", **WAL_LIMITS)
         assert all(isinstance(r, bytes) for r in w.replay_from_last_height())
         w.close()
     if not (home / "store").exists():

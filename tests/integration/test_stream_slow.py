@@ -28,7 +28,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 
 from apps.kvstore import VALUE_BYTES_MAX, set_tx
 from node.config import load_config
-from node.events import SUBSCRIPTION_EVENTS_MAX
+from node.hub import SUBSCRIPTION_EVENTS_MAX
 from tests.integration import nodes
 
 TIMEOUT_S = 120  # generous for a loaded 2-core machine; a healthy run takes about 20 s

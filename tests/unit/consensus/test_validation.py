@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import consensus.sigverify as sigverify
 from apps.ledger import Ledger, transfer_tx
 from consensus.app import BlockExecution, ValidatorUpdate, results_hash
+from consensus.codec import DecodeError
 from consensus.crypto import PrivateKey
 from consensus.genesis import ConsensusParams, Genesis, GenesisValidator
 from consensus.types import (
@@ -33,7 +34,6 @@ from consensus.validation import (
     Reason,
     ValidatedBlock,
     build_block,
-    decode_and_validate,
     next_chain_state,
     validate_block,
     verify_commit,
@@ -152,20 +152,6 @@ def test_valid_block_executes_transfers_and_leaves_committed_state(chain: Chain)
     assert balance == b"\x92\xce\x00\x0f\x42\x4a\x01"  # [1_000_010, 1] canonical
 
 
-def test_decode_and_validate_matches_validate_block(chain: Chain) -> None:
-    """Validating a block's bytes gives the same execution as validating the Block."""
-    b = chain.block([chain.tx(3).encode(), chain.tx(4).encode()])
-    from_bytes = decode_and_validate(
-        b.encode(),
-        chain.state,
-        chain.app,
-        chain.verifier,
-        now_ms=chain.time_ms + 1_000,
-        expected_proposer=chain.proposer,
-    )
-    assert from_bytes.execution == chain.validate(b).execution
-
-
 def test_chain_advances_and_validators_follow_updates(chain: Chain) -> None:
     """next_chain_state shifts the sets one height and applies the app's updates at h + 2."""
     vb = chain.advance([chain.tx(1).encode()])
@@ -194,33 +180,28 @@ def test_verify_commit_accepts_quorum_and_names_bad_signature(chain: Chain) -> N
 # ---------------------------------------------------------------- one test per reason
 
 
-def test_malformed_bytes(chain: Chain) -> None:
-    """Bytes that are not a block are MALFORMED."""
+def test_malformed(chain: Chain) -> None:
+    """Something that is not a Block is MALFORMED."""
     with pytest.raises(BlockInvalid) as info:
-        decode_and_validate(
-            b"\x94\x00", chain.state, chain.app, chain.verifier, now_ms=0, expected_proposer=b""
+        validate_block(
+            b"\x94\x00",  # type: ignore[arg-type]
+            chain.state,
+            chain.app,
+            chain.verifier,
+            now_ms=0,
+            expected_proposer=b"",
         )
     assert info.value.reason is Reason.MALFORMED
 
 
 def test_block_too_large(chain: Chain) -> None:
-    """A block over params.block_bytes_max is rejected, as a Block and as bytes."""
+    """A block over params.block_bytes_max is rejected."""
     b = chain.block([chain.tx(1).encode() for _ in range(3)])
     size = len(b.encode())
     state = dataclasses.replace(
         chain.state, params=dataclasses.replace(chain.state.params, block_bytes_max=size - 1)
     )
     reject(chain, b, Reason.BLOCK_TOO_LARGE, state=state)
-    with pytest.raises(BlockInvalid) as info:
-        decode_and_validate(
-            b.encode(),
-            state,
-            chain.app,
-            chain.verifier,
-            now_ms=T0 * 2,
-            expected_proposer=chain.proposer,
-        )
-    assert info.value.reason is Reason.BLOCK_TOO_LARGE
     ok = dataclasses.replace(state, params=dataclasses.replace(state.params, block_bytes_max=size))
     chain.validate(b, state=ok)  # exactly at the limit is fine: the size is computed exactly
 
@@ -537,6 +518,21 @@ def test_cache_is_per_chain(chain: Chain) -> None:
 
 # ---------------------------------------------------------------- fuzzing
 
+
+def _decode_and_validate(chain: Chain, data: bytes, now_ms: int = T0 * 2) -> ValidatedBlock:
+    """A block as the node takes it from a peer: decoded within the chain's size limit
+    (node/messages.py), then validated."""
+    block = Block.decode(data, bytes_max=chain.state.params.block_bytes_max)
+    return validate_block(
+        block,
+        chain.state,
+        chain.app,
+        chain.verifier,
+        now_ms=now_ms,
+        expected_proposer=chain.proposer,
+    )
+
+
 _FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -544,17 +540,11 @@ _FUZZ = settings(
 
 @_FUZZ
 @given(data=st.binary(max_size=600))
-def test_random_bytes_raise_only_block_invalid(chain: Chain, data: bytes) -> None:
-    """Arbitrary bytes never make validation raise anything but BlockInvalid."""
-    with pytest.raises(BlockInvalid):
-        decode_and_validate(
-            data,
-            chain.state,
-            chain.app,
-            chain.verifier,
-            now_ms=T0 * 2,
-            expected_proposer=chain.proposer,
-        )
+def test_random_bytes_raise_only_decode_error_or_block_invalid(chain: Chain, data: bytes) -> None:
+    """Arbitrary bytes, as the node takes a block (decode, then validate), never raise
+    anything but DecodeError or BlockInvalid."""
+    with pytest.raises((DecodeError, BlockInvalid)):
+        _decode_and_validate(chain, data)
 
 
 @_FUZZ
@@ -568,7 +558,7 @@ def test_random_bytes_raise_only_block_invalid(chain: Chain, data: bytes) -> Non
 def test_mutated_blocks_raise_only_block_invalid(
     chain: Chain, edits: list[tuple[int, int, str]]
 ) -> None:
-    """A valid block with bytes flipped, inserted or deleted: only ever BlockInvalid or valid."""
+    """A valid block with bytes flipped, inserted or deleted: only ever refused or valid."""
     b = chain.block([chain.tx(1).encode(), chain.tx(2).encode()])
     chain.nonces[1] -= 1
     chain.nonces[2] -= 1
@@ -582,15 +572,8 @@ def test_mutated_blocks_raise_only_block_invalid(
         elif kind == "d" and i < len(data):
             del data[i]
     try:
-        vb = decode_and_validate(
-            bytes(data),
-            chain.state,
-            chain.app,
-            chain.verifier,
-            now_ms=chain.time_ms + 1_000,
-            expected_proposer=chain.proposer,
-        )
-    except BlockInvalid:
+        vb = _decode_and_validate(chain, bytes(data), now_ms=chain.time_ms + 1_000)
+    except (DecodeError, BlockInvalid):
         return
     assert vb.block.encode() == bytes(data)
 

@@ -17,14 +17,14 @@ def records(n: int, size: int = 20, tag: str = "r") -> list[bytes]:
 
 def test_replay_yields_records_after_last_height_end(tmp_path: Path) -> None:
     """Replay starts after the last end-of-height marker, in append order, across reopen."""
-    w = wal.open(tmp_path / "wal")
+    w = wal.open_wal(tmp_path / "wal")
     for r in records(3, tag="h1-"):
         w.append(r)
     w.mark_height_end(1)
     for r in records(4, tag="h2-"):
         w.append(r)
     w.close()
-    w = wal.open(tmp_path / "wal")
+    w = wal.open_wal(tmp_path / "wal")
     assert w.recovery is None
     assert w.last_height_end == 1
     assert list(w.replay_from_last_height()) == records(4, tag="h2-")
@@ -33,21 +33,21 @@ def test_replay_yields_records_after_last_height_end(tmp_path: Path) -> None:
 
 def test_fresh_wal_replays_everything_and_empty_records(tmp_path: Path) -> None:
     """Without any marker replay yields every record, including empty ones."""
-    with wal.open(tmp_path / "wal") as w:
+    with wal.open_wal(tmp_path / "wal") as w:
         assert w.last_height_end is None
         assert list(w.replay_from_last_height()) == []
         w.append(b"")
         w.append(b"x")
-    with wal.open(tmp_path / "wal") as w:
+    with wal.open_wal(tmp_path / "wal") as w:
         assert list(w.replay_from_last_height()) == [b"", b"x"]
 
 
 def test_marker_at_end_replays_nothing(tmp_path: Path) -> None:
     """Right after a height ends there is nothing to replay."""
-    with wal.open(tmp_path / "wal") as w:
+    with wal.open_wal(tmp_path / "wal") as w:
         w.append(b"a")
         w.mark_height_end(7)
-    with wal.open(tmp_path / "wal") as w:
+    with wal.open_wal(tmp_path / "wal") as w:
         assert w.last_height_end == 7
         assert list(w.replay_from_last_height()) == []
 
@@ -55,7 +55,7 @@ def test_marker_at_end_replays_nothing(tmp_path: Path) -> None:
 def test_every_truncation_point_recovers_a_prefix(tmp_path: Path) -> None:
     """Cutting the file at any byte (a torn write) reopens cleanly and replays a prefix."""
     src = tmp_path / "src"
-    with wal.open(src) as w:
+    with wal.open_wal(src) as w:
         w.mark_height_end(1)
         for r in records(6):
             w.append(r)
@@ -66,7 +66,7 @@ def test_every_truncation_point_recovers_a_prefix(tmp_path: Path) -> None:
         d = tmp_path / f"cut{cut}"
         d.mkdir()
         (d / "0000000000000001.wal").write_bytes(data[:cut])
-        w = wal.open(d)
+        w = wal.open_wal(d)
         got = list(w.replay_from_last_height())
         assert got == expected[: len(got)]
         frame = HEADER_BYTES + 1 + 20
@@ -74,19 +74,19 @@ def test_every_truncation_point_recovers_a_prefix(tmp_path: Path) -> None:
         assert (w.recovery is None) == ((cut - marker_end) % frame == 0)
         w.append(b"after")
         w.close()
-        assert list(wal.open(d).replay_from_last_height()) == [*got, b"after"]
+        assert list(wal.open_wal(d).replay_from_last_height()) == [*got, b"after"]
 
 
 def test_garbage_tail_is_truncated_and_reported(tmp_path: Path) -> None:
     """Zeros or random bytes after the last frame (power loss) are cut off and reported."""
     d = tmp_path / "wal"
-    with wal.open(d) as w:
+    with wal.open_wal(d) as w:
         w.append(b"kept")
     f = d / "0000000000000001.wal"
     good_size = f.stat().st_size
     with f.open("ab") as out:
         out.write(b"\x00" * 3000 + os.urandom(500))
-    w = wal.open(d)
+    w = wal.open_wal(d)
     assert w.recovery is not None
     assert w.recovery.offset == good_size
     assert w.recovery.bytes_dropped == 3500
@@ -98,7 +98,7 @@ def test_garbage_tail_is_truncated_and_reported(tmp_path: Path) -> None:
 def test_damage_before_a_completed_height_is_an_error(tmp_path: Path) -> None:
     """A flipped byte in a record followed by a valid marker is corruption, not a tail."""
     d = tmp_path / "wal"
-    with wal.open(d) as w:
+    with wal.open_wal(d) as w:
         w.append(b"a" * 50)
         w.mark_height_end(1)
         w.append(b"b" * 50)
@@ -107,14 +107,14 @@ def test_damage_before_a_completed_height_is_an_error(tmp_path: Path) -> None:
     data[HEADER_BYTES + 10] ^= 0xFF
     f.write_bytes(bytes(data))
     with pytest.raises(WALCorruptError, match="completed height"):
-        wal.open(d)
+        wal.open_wal(d)
     assert f.stat().st_size == len(data)  # nothing truncated
 
 
 def test_damage_after_last_marker_drops_the_rest_of_the_height(tmp_path: Path) -> None:
     """Damage after the last marker is tail: dropped with any intact frames after it."""
     d = tmp_path / "wal"
-    with wal.open(d) as w:
+    with wal.open_wal(d) as w:
         w.mark_height_end(1)
         for r in records(3):
             w.append(r)
@@ -123,7 +123,7 @@ def test_damage_after_last_marker_drops_the_rest_of_the_height(tmp_path: Path) -
     second = HEADER_BYTES + 9 + HEADER_BYTES + 21
     data[second + HEADER_BYTES + 3] ^= 0x01
     f.write_bytes(bytes(data))
-    w = wal.open(d)
+    w = wal.open_wal(d)
     assert w.recovery is not None
     assert w.recovery.valid_records_dropped == 1
     assert list(w.replay_from_last_height()) == records(1)
@@ -133,7 +133,7 @@ def test_damage_after_last_marker_drops_the_rest_of_the_height(tmp_path: Path) -
 def test_rotation_keeps_a_bounded_number_of_files(tmp_path: Path) -> None:
     """Files rotate at file_bytes_max; at most files_max stay; replay spans files."""
     d = tmp_path / "wal"
-    w = wal.open(d, file_bytes_max=512, files_max=3, record_bytes_max=100)
+    w = wal.open_wal(d, file_bytes_max=512, files_max=3, record_bytes_max=100)
     height = 0
     for i in range(200):
         w.append(f"rec{i}".encode().ljust(60, b"-"))
@@ -147,7 +147,7 @@ def test_rotation_keeps_a_bounded_number_of_files(tmp_path: Path) -> None:
         w.append(r)
     w.close()
     assert len(list(d.glob("*.wal"))) == 3
-    w = wal.open(d, file_bytes_max=512, files_max=3, record_bytes_max=100)
+    w = wal.open_wal(d, file_bytes_max=512, files_max=3, record_bytes_max=100)
     assert w.last_height_end == 20
     assert list(w.replay_from_last_height()) == tail
     w.close()
@@ -155,7 +155,7 @@ def test_rotation_keeps_a_bounded_number_of_files(tmp_path: Path) -> None:
 
 def test_one_height_larger_than_all_files_is_refused(tmp_path: Path) -> None:
     """Appends that would push the last height's records out of the WAL raise WALFullError."""
-    w = wal.open(tmp_path / "wal", file_bytes_max=256, files_max=2, record_bytes_max=100)
+    w = wal.open_wal(tmp_path / "wal", file_bytes_max=256, files_max=2, record_bytes_max=100)
     w.mark_height_end(1)
     with pytest.raises(WALFullError):
         for _ in range(100):
@@ -166,7 +166,7 @@ def test_one_height_larger_than_all_files_is_refused(tmp_path: Path) -> None:
 def test_damage_in_a_sealed_file_is_an_error(tmp_path: Path) -> None:
     """An older (fsync'd) file with a bad frame is never silently truncated."""
     d = tmp_path / "wal"
-    with wal.open(d, file_bytes_max=256, files_max=8, record_bytes_max=100) as w:
+    with wal.open_wal(d, file_bytes_max=256, files_max=8, record_bytes_max=100) as w:
         w.mark_height_end(1)
         for r in records(20, size=60):
             w.append(r)
@@ -175,31 +175,31 @@ def test_damage_in_a_sealed_file_is_an_error(tmp_path: Path) -> None:
     data[-5] ^= 0xFF
     first.write_bytes(bytes(data))
     with pytest.raises(WALCorruptError, match="checksum"):
-        wal.open(d, file_bytes_max=256, files_max=8, record_bytes_max=100)
+        wal.open_wal(d, file_bytes_max=256, files_max=8, record_bytes_max=100)
     # With a marker in a later file, open succeeds and the damage is past replay's start.
     data[-5] ^= 0xFF
     first.write_bytes(bytes(data))
-    with wal.open(d, file_bytes_max=256, files_max=8, record_bytes_max=100) as w:
+    with wal.open_wal(d, file_bytes_max=256, files_max=8, record_bytes_max=100) as w:
         w.mark_height_end(2)
         w.append(b"next")
     data[-5] ^= 0xFF
     first.write_bytes(bytes(data))
-    with wal.open(d, file_bytes_max=256, files_max=8, record_bytes_max=100) as w:
+    with wal.open_wal(d, file_bytes_max=256, files_max=8, record_bytes_max=100) as w:
         assert list(w.replay_from_last_height()) == [b"next"]
 
 
 def test_second_open_is_refused_while_locked(tmp_path: Path) -> None:
     """Two writers on one WAL would interleave frames; the lock refuses the second."""
-    w = wal.open(tmp_path / "wal")
+    w = wal.open_wal(tmp_path / "wal")
     with pytest.raises(WALError, match="in use"):
-        wal.open(tmp_path / "wal")
+        wal.open_wal(tmp_path / "wal")
     w.close()
-    wal.open(tmp_path / "wal").close()
+    wal.open_wal(tmp_path / "wal").close()
 
 
 def test_limits_and_height_order_are_enforced(tmp_path: Path) -> None:
     """Oversized records and non-increasing markers are rejected with WALError."""
-    w = wal.open(tmp_path / "wal", file_bytes_max=4096, record_bytes_max=1000)
+    w = wal.open_wal(tmp_path / "wal", file_bytes_max=4096, record_bytes_max=1000)
     with pytest.raises(WALError, match="exceeds"):
         w.append(b"x" * 1001)
     w.mark_height_end(5)
