@@ -103,3 +103,55 @@ def test_precommits_rebuilt_from_a_served_certificate_do_not_end_block_sync(
         f"{len(stale_signs)} long-decided heights {sorted(set(stale_signs))[:5]}..."
     )
     assert stale_signs == [], f"signed for {len(stale_signs)} long-decided heights"
+
+
+def test_precommits_rebuilt_from_a_served_certificate_do_not_keep_a_lagging_node_voting(
+    tmp_path: Path,
+    chain: Certified,  # noqa: F811
+) -> None:
+    """A validator 400 heights behind, in consensus mode, fetches its first blocks (the
+    16-block consensus window) from an honest server and must switch to block sync: peers
+    are far ahead. A keyless peer sends it, at each height, two precommits (half the
+    power: over a third, short of a decision) of the height it works on, rebuilt from
+    that block's certificate. They prove nothing about the tip, yet the victim stays in
+    consensus mode for the whole catch-up."""
+    victim = _driver(tmp_path / "w", chain.states[0], KEYS[3].address, can_sign=True)
+    now = 0.0
+    entered_blocksync = False
+
+    def replay() -> list[list[Effect]]:
+        last = victim.state.last_height
+        if victim.mode != "consensus" or last >= HEIGHTS:
+            return []
+        votes = _rebuilt_precommits(chain.commits[last], chain)[:2]
+        return [victim.on_message(REPLAYER, vote, b"", now) for vote in votes]
+
+    def run(effects: list[Effect]) -> None:
+        nonlocal entered_blocksync
+        queue = collections.deque([effects])
+        while queue:
+            for e in queue.popleft():
+                if isinstance(e, Send) and e.peer == SERVER:
+                    msg = decode_message(e.payload)
+                    if isinstance(msg, SyncRequestMsg):
+                        for h in range(msg.height, min(HEIGHTS, msg.height + msg.count - 1) + 1):
+                            served = SyncBlockMsg(chain.blocks[h - 1], chain.commits[h - 1])
+                            queue.append(victim.on_message(SERVER, served, b"", now))
+                elif isinstance(e, VerifySynced):
+                    queue.append(victim.on_synced(e.block, e.commit, e.peer, None, now))
+                elif isinstance(e, Apply):
+                    queue.append(victim.on_applied(e.block, chain.states[e.block.height], now))
+                    entered_blocksync |= victim.mode == "blocksync"
+                    queue.extend(replay())
+
+    run(victim.start(now))
+    run(replay())
+    while now < 60 and victim.state.last_height < HEIGHTS:
+        now = round(now + 0.1, 1)
+        run(victim.on_message(SERVER, SyncStatusMsg(1, HEIGHTS), b"", now))
+        run(victim.on_time(now))
+    assert entered_blocksync, (
+        f"never left consensus mode while {HEIGHTS} heights behind: replayed precommits of "
+        f"each height it worked on counted as proof of the tip (reached "
+        f"{victim.state.last_height} in {now:.1f} s)"
+    )
