@@ -1,0 +1,39 @@
+"""Review: a malformed home file is one line on stderr, never a traceback.
+
+`Genesis.from_json` turns JSONDecodeError into GenesisError but not the
+RecursionError that `json.loads` raises on deeply nested input (the API's
+JSON bodies already catch it: node/rpc.py). tomllib raises RecursionError the
+same way for config.toml. Run with PYTHONPATH set to this worktree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.integration import nodes
+from tests.integration.test_cli import assert_one_line_error, home  # noqa: F401  (fixture)
+
+NESTING = 100_000
+
+
+def test_start_with_a_deeply_nested_genesis_is_a_one_line_error(
+    home: Path,  # noqa: F811
+) -> None:
+    """genesis.json holding an array nested 100,000 deep (valid JSON): exit 2 with one
+    line naming genesis.json, not a RecursionError traceback."""
+    genesis = json.loads((home / "genesis.json").read_text())
+    text = json.dumps(genesis)
+    nested = "[" * NESTING + "]" * NESTING
+    (home / "genesis.json").write_text(text[:-1] + ', "app_state_x": ' + nested + "}")
+    assert_one_line_error(nodes.run_cli("start", "--home", home))
+
+
+def test_start_with_a_deeply_nested_config_is_a_one_line_error(
+    home: Path,  # noqa: F811
+) -> None:
+    """config.toml holding an array nested 100,000 deep: exit 2 with one line naming
+    config.toml, not a RecursionError traceback."""
+    config = home / "config.toml"
+    config.write_text("x = " + "[" * NESTING + "]" * NESTING + "\n" + config.read_text())
+    assert_one_line_error(nodes.run_cli("start", "--home", home), "config.toml")
