@@ -145,7 +145,8 @@ def test_precommits_rebuilt_from_a_served_certificate_do_not_keep_a_lagging_node
                     queue.extend(replay())
 
     run(victim.start(now))
-    run(replay())
+    for effects in replay():
+        run(effects)
     while now < 60 and victim.state.last_height < HEIGHTS:
         now = round(now + 0.1, 1)
         run(victim.on_message(SERVER, SyncStatusMsg(1, HEIGHTS), b"", now))

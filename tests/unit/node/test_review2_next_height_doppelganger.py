@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from consensus.types import VoteType
 from node.effects import StopSigning
 from tests.unit.node.test_driver import (
     ME,
     Node,
-    VoteType,
     _state_after,
     block,
     vote_msg,
