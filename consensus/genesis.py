@@ -110,6 +110,8 @@ class Genesis:
             obj = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise GenesisError(f"not valid JSON: {e}") from None
+        except RecursionError:
+            raise GenesisError("not valid JSON: nested too deeply") from None
         return cls.from_json_obj(obj)
 
     @classmethod

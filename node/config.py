@@ -701,6 +701,8 @@ def parse_config(text: str, file: Path | str = CONFIG_FILE_NAME) -> Config:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"valid TOML ({e})") from None
+    except RecursionError:
+        raise ConfigError(file, "", "valid TOML (nested too deeply)") from None
     config: Config = _build(Config, table, file, "")
     _check_consistency(config, file)
     return config

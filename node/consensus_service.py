@@ -237,9 +237,14 @@ class ConsensusService:
             item = self.inbox.take()
             if item is not None:
                 peer, msg, payload, digest = item
-                if isinstance(msg, ProposalMsg | DecidedMsg) and len(msg.block.txs) > 64:
+                if (
+                    isinstance(msg, ProposalMsg | DecidedMsg)
+                    and len(msg.block.txs) > 64
+                    and msg.block.height == driver.state.last_height + 1
+                ):
                     # Hashing a large block's body (tens of ms) happens off the event
-                    # loop; the block remembers the answer for the driver's check.
+                    # loop; the block remembers the answer for the driver's check. A
+                    # block of another height is not hashed: the driver has no use for it.
                     await trio.to_thread.run_sync(msg.block.body_error)
                 self._handling = (payload, digest)
                 try:

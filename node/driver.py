@@ -342,7 +342,10 @@ class Driver:
         self._next.clear()
         for (h, _, _), (event, payload, peer) in pending:
             if h == height and self.mode == "consensus":
-                self._on_peer_consensus(peer, event, payload, out)
+                if isinstance(event, VoteReceived):
+                    self._on_vote(peer, event.vote, payload, out)  # our key's: a doppelganger
+                else:
+                    self._on_peer_consensus(peer, event, payload, out)
 
     def _replay_records(self, height: int) -> list[Event]:
         """The WAL's records of `height` (written after the last completed height)."""
@@ -962,8 +965,9 @@ class Driver:
         with over a third of the power vote on it, we are at the chain's tip, whatever
         anyone claims, and leave block sync (the kept votes go to that height's machine)."""
         height = self.state.last_height + 1
-        if vote.height != height:
-            return
+        if vote.height != height or vote.validator_address == self.validator_address:
+            return  # our own key's votes prove nothing to us (kept, they would skip the
+            # doppelganger check; see _enter_height)
         checker = self._next_checker
         if checker is None or checker.height != height:
             s = self.state
@@ -983,12 +987,23 @@ class Driver:
             )
 
     def _tip_proven(self, machine: ConsensusMachine | None = None) -> bool:
-        """Whether validators with over a third of the power (one honest at least) voted on
-        the height after ours (kept votes), or on `machine`'s height: proof, not a claim,
-        that the chain's tip is there."""
+        """Whether validators with over a third of the power (one honest at least) prevoted
+        on the height after ours (kept votes), or on `machine`'s height: evidence, not a
+        claim, that the chain's tip is there.
+
+        Prevotes only: a height's certificate, which block sync serves to anyone,
+        carries its precommits, so precommits of a decided height can be replayed
+        by any peer. (Prevotes recorded live can be replayed too; that slows a
+        lagging node's catch-up, it cannot stop it: see docs/PROTOCOL.md 10.)
+        """
         height = self.state.last_height + 1
         validators = self.state.validators
-        voters = {key[2][1:] for key in self._next if key[0] == height and key[2]}
+        voters = {
+            key[2][1:]
+            for key in self._next
+            if key[0] == height and key[2][:1] == bytes([VoteType.PREVOTE])
+        }
+        voters.discard(self.validator_address)
         power = sum(
             validators[i].power for a in voters if (i := validators.index_of(a)) is not None
         )
@@ -996,7 +1011,11 @@ class Driver:
             return True
         if machine is None:
             return False
-        senders: set[int] = set().union(*(rv.senders for rv in machine.votes.rounds.values()))
+        own = machine.validators.index_of(self.validator_address)
+        senders: set[int] = set().union(
+            *(rv.prevotes.first for rv in machine.votes.rounds.values())
+        )
+        senders.discard(-1 if own is None else own)
         return machine.validators.has_one_honest(sum(machine.validators[i].power for i in senders))
 
     def _after_synced_block(self) -> None:

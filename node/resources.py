@@ -273,12 +273,21 @@ class Resources:
         """
         out: list[tuple[bytes, TxResult] | MempoolError] = []
         screened: list[tuple[int, Candidate]] = []
+        batch_ids: set[bytes] = set()
         for raw in raws:
             try:
-                screened.append((len(out), self.mempool.screen(raw)))
-                out.append(_PENDING)
+                c = self.mempool.screen(raw)
             except MempoolError as e:
                 out.append(e)
+                continue
+            if c.txid in batch_ids:
+                # A copy within the batch: refused before its signature costs anything.
+                self.metrics.mempool_rejected.labels("duplicate").inc()
+                out.append(MempoolError("duplicate", "transaction repeated in the batch"))
+                continue
+            batch_ids.add(c.txid)
+            screened.append((len(out), c))
+            out.append(_PENDING)
         if screened:
             items = [(c.txid, c.tx, c.raw) for _, c in screened]
             oks = await trio.to_thread.run_sync(

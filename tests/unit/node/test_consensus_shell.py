@@ -46,7 +46,7 @@ def _home(root: Path, **consensus: Any) -> Path:
     return root
 
 
-async def _run_until(node: Node, height: int) -> int:
+async def _run_until(node: Node, height: int) -> float:
     """Run the node until its chain reaches `height`; return the virtual seconds it took."""
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)

@@ -114,7 +114,7 @@ class Node:
     def __init__(
         self, tmp: Path, me: PrivateKey = ME, last_signed: SignedRecord | None = None
     ) -> None:
-        self.wal: WAL = wal_module.open(tmp / "wal")
+        self.wal: WAL = wal_module.open_wal(tmp / "wal")
         self.now = 0.0
         self.driver = Driver(
             state=STATE,

@@ -102,7 +102,7 @@ def _driver(tmp: Path, state: ChainState, me: bytes, *, can_sign: bool) -> Drive
         validator_address=me,
         can_sign=can_sign,
         last_signed=None,
-        wal=wal_module.open(tmp),
+        wal=wal_module.open_wal(tmp),
         config=CONFIG,
         validators_at=lambda h: None,
         now=0.0,

@@ -1,12 +1,9 @@
-"""Review: a decided block of a height the node is not at is hashed before it is ignored.
+"""A decided block of a height the node is not at is ignored before it is hashed.
 
-The consensus task hashes the body of every ProposalMsg or DecidedMsg with over
-64 transactions in a worker thread (`Block.body_error`) before the driver sees
-the message; the driver then ignores a DecidedMsg whose height is not the one
-it works on, without blaming the sender (an honest peer's may be late). A
-keyless peer can therefore have the node hash blocks of any height it makes
-up (up to the chain's block size, at its 64 MiB/s receive rate), for nothing.
-The height is known before any hashing: the check belongs first.
+The consensus task hashes the body of a ProposalMsg or DecidedMsg with over 64
+transactions in a worker thread (`Block.body_error`) before the driver sees
+it, only when the block is for the height the node works on: a keyless peer
+cannot have the node hash blocks of heights it makes up.
 """
 
 from __future__ import annotations

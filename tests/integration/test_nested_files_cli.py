@@ -1,9 +1,8 @@
-"""Review: a malformed home file is one line on stderr, never a traceback.
+"""A malformed home file is one line on stderr, never a traceback.
 
-`Genesis.from_json` turns JSONDecodeError into GenesisError but not the
-RecursionError that `json.loads` raises on deeply nested input (the API's
-JSON bodies already catch it: node/rpc.py). tomllib raises RecursionError the
-same way for config.toml. Run with PYTHONPATH set to this worktree.
+genesis.json and config.toml nested deeply enough to make the parsers raise
+RecursionError are refused like any other malformed file: exit 2, one line
+naming the file (the API's JSON bodies are handled the same way, node/rpc.py).
 """
 
 from __future__ import annotations

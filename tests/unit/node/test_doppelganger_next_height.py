@@ -1,11 +1,9 @@
-"""Review: a vote of our own key kept for the next height escapes doppelganger detection.
+"""A vote of our own key kept for the next height is checked for a doppelganger.
 
-Votes on the height after ours are verified and kept (in consensus mode, and
-since today in block sync mode too, where they also prove the tip). When the
-height begins they are stepped straight into its machine (`_enter_height` ->
-`_on_peer_consensus`), not through `_on_vote`, so a vote signed with this
-validator's key by another instance is counted as if it were ours, and this
-node does not stop signing: it may then sign a conflicting vote (equivocation).
+Votes on the height after ours are verified and kept; when the height begins
+they go through `Driver._on_vote` like any vote, so a vote signed with this
+validator's key by another instance stops this node signing, whether it came
+before or during the height.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Review: votes replayed from a past height are no proof that the chain's tip is there.
+"""Votes replayed from a past height are no proof that the chain's tip is there.
 
 A commit certificate holds the precommit signatures of its height, and a vote's
 sign bytes are (chain id, type, height, round, block hash): anyone who fetched a
 block and its certificate by block sync (served to any peer) can rebuild those
-precommits, validly signed, without any key. The driver takes over a third of
-the power voting on height last + 1 as proof that it is at the tip, so a keyless
-peer replaying them ends block sync at any height, however far the chain is.
+precommits, validly signed, without any key. So only prevotes count as evidence
+of the tip (`Driver._tip_proven`), and precommits rebuilt from certificates
+neither end block sync nor keep a lagging node out of it.
 """
 
 from __future__ import annotations

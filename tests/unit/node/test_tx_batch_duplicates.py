@@ -1,11 +1,9 @@
-"""Review: one gossiped batch holding one valid transaction many times.
+"""One gossiped batch holding one valid transaction many times costs one signature check.
 
-A keyless peer may relay a transaction batch (a TxsMsg of up to 10,000
-transactions) that repeats one validly signed transaction: the cheap screen
-looks only at the mempool, not at the batch, so every copy passes it, and the
-verifier checks every copy's signature before the second copy is refused as a
-duplicate (a refusal that costs the sender nothing). One frame then buys
-thousands of Ed25519 verifications on the threads block validation uses.
+A peer may relay a transaction batch (a TxsMsg of up to 10,000 transactions)
+that repeats one validly signed transaction; copies within the batch are
+refused as duplicates before any signature is verified, so one frame cannot
+buy thousands of Ed25519 verifications on the threads block validation uses.
 """
 
 from __future__ import annotations
