@@ -192,7 +192,7 @@ async def test_openapi_lists_every_route_the_app_serves(tmp_path: Path) -> None:
     # The routes are declared in RpcServer.__init__, which reads only config.rpc.
     config = load_config(net.nodes[0].config_path)
     app_routes: set[tuple[str, str]] = set()
-    for route in RpcServer(cast(Any, SimpleNamespace(config=config))).app.routes:
+    for route in RpcServer(cast(Any, SimpleNamespace(config=config)), cast(Any, None)).app.routes:
         if isinstance(route, WebSocketRoute):
             app_routes.add((route.path, "get"))
         else:
