@@ -26,6 +26,7 @@ from consensus.app import Application, TxResult
 from consensus.codec import DecodeError
 from consensus.sigverify import SignatureVerifier
 from consensus.types import Transaction, tx_id
+from consensus.validation import decode_txs
 
 # Committed ids remembered to refuse replays before decoding; a little over one
 # full block of the default size limit (20,000 txs) at 32-byte keys: ~3 MB.
@@ -114,6 +115,57 @@ class Mempool:
         except DecodeError as e:
             raise self._reject("malformed", f"malformed transaction: {e}") from None
         return Candidate(raw, txid, tx)
+
+    def screen_many(self, raws: Sequence[bytes]) -> list[Candidate | MempoolError]:
+        """`screen` for each of `raws`, in order, with the survivors decoded in one pass.
+
+        Returns what `screen` would return or raise for each, and reports
+        the refusals in the same order; the bulk decoder accepts exactly
+        what Transaction.decode accepts (tests pin the two), and a batch
+        it refuses is decoded one at a time to tell which ones are malformed.
+        """
+        limits = self.limits
+        entries = self._entries
+        committed = self._committed
+        room_txs = len(entries) < limits.txs_max
+        bytes_left = limits.bytes_max - self.bytes
+        tx_bytes_max = limits.tx_bytes_max
+        out: list[Candidate | MempoolError | None] = []
+        todo: list[tuple[int, bytes, bytes]] = []  # (position, raw, id) still to decode
+        for raw in raws:
+            size = len(raw)
+            if size > tx_bytes_max:
+                out.append(
+                    MempoolError("too_large", f"transaction is {size} bytes, limit {tx_bytes_max}")
+                )
+                continue
+            txid = tx_id(raw)
+            if txid in entries:
+                out.append(MempoolError("duplicate", "transaction already in the mempool"))
+            elif txid in committed:
+                out.append(MempoolError("committed", "transaction already committed"))
+            elif not room_txs or size > bytes_left:
+                out.append(MempoolError("full", "mempool is full, retry later"))
+            else:
+                todo.append((len(out), raw, txid))
+                out.append(None)
+        txs = decode_txs([raw for _, raw, _ in todo])
+        if txs is not None:
+            for (i, raw, txid), tx in zip(todo, txs, strict=True):
+                out[i] = Candidate(raw, txid, tx)
+        else:
+            for i, raw, txid in todo:
+                try:
+                    out[i] = Candidate(raw, txid, Transaction.decode(raw))
+                except DecodeError as e:
+                    out[i] = MempoolError("malformed", f"malformed transaction: {e}")
+        done: list[Candidate | MempoolError] = []
+        for r in out:
+            assert r is not None
+            if isinstance(r, MempoolError):
+                self._on_reject(r.reason)
+            done.append(r)
+        return done
 
     def _check_room(self, txid: bytes, size: int) -> None:
         if txid in self._entries:

@@ -272,12 +272,12 @@ class Resources:
         """
         out: list[tuple[bytes, TxResult] | MempoolError] = []
         screened: list[tuple[int, Candidate]] = []
-        for raw in raws:
-            try:
-                screened.append((len(out), self.mempool.screen(raw)))
+        for r in self.mempool.screen_many(raws):
+            if isinstance(r, MempoolError):
+                out.append(r)
+            else:
+                screened.append((len(out), r))
                 out.append(_PENDING)
-            except MempoolError as e:
-                out.append(e)
         if screened:
             items = [(c.txid, c.tx, c.raw) for _, c in screened]
             oks = await trio.to_thread.run_sync(
