@@ -13,6 +13,8 @@ validation core.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -270,6 +272,19 @@ class Resources:
         Returns, in order, each one's (id, result) or the refusal. Admitted
         ones are queued for gossip to every peer but `origin`.
         """
+        return (await self.mempool_add_batches([(origin, raws)]))[0]
+
+    async def mempool_add_batches(
+        self, batches: Sequence[tuple[str | None, Sequence[bytes]]]
+    ) -> list[list[tuple[bytes, TxResult] | MempoolError]]:
+        """`mempool_add_batch` for several (origin, transactions), in one verification pass.
+
+        The same outcomes as admitting the batches one after the other: they
+        are screened and admitted in that order (`admit` checks duplicates and
+        room again), and a transaction in several batches has its signature
+        checked once. One thread hand-off and one parallel pass for all.
+        """
+        raws = [raw for _, txs in batches for raw in txs]
         out: list[tuple[bytes, TxResult] | MempoolError] = []
         screened: list[tuple[int, Candidate]] = []
         for r in self.mempool.screen_many(raws):
@@ -278,22 +293,28 @@ class Resources:
             else:
                 screened.append((len(out), r))
                 out.append(_PENDING)
+        ends = list(itertools.accumulate(len(txs) for _, txs in batches))
         if screened:
-            items = [(c.txid, c.tx, c.raw) for _, c in screened]
+            unique: dict[bytes, Candidate] = {}
+            for _, c in screened:
+                unique.setdefault(c.txid, c)
+            items = [(c.txid, c.tx, c.raw) for c in unique.values()]
             oks = await trio.to_thread.run_sync(
                 self.verifier.verify_txs, items, self.genesis.chain_id
             )
-            admitted: list[bytes] = []
-            for (i, c), ok in zip(screened, oks, strict=True):
+            ok_by_id = dict(zip(unique, oks, strict=True))
+            admitted: list[list[bytes]] = [[] for _ in batches]
+            for i, c in screened:
                 try:
-                    out[i] = (c.txid, self.mempool.admit(c, ok))
-                    admitted.append(c.raw)
+                    out[i] = (c.txid, self.mempool.admit(c, ok_by_id[c.txid]))
+                    admitted[bisect.bisect_right(ends, i)].append(c.raw)
                 except MempoolError as e:
                     out[i] = e
-            if admitted:
-                self.queue_gossip(admitted, origin=origin)
+            for (origin, _), txs in zip(batches, admitted, strict=True):
+                if txs:
+                    self.queue_gossip(txs, origin=origin)
         self._mempool_metrics()
-        return out
+        return [out[end - len(txs) : end] for (_, txs), end in zip(batches, ends, strict=True)]
 
     def _mempool_metrics(self) -> None:
         self.metrics.mempool_txs.set(len(self.mempool))
