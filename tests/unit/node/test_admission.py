@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from consensus.sigverify import SignatureVerifier
 from node.mempool import Candidate, Mempool, MempoolError
+from node.metrics import Metrics
 from node.resources import Resources
 from tests.strategies import mutated
 from tests.unit.node.test_mempool import ALICE, BOB, CHAIN, _pool, _tx
@@ -97,3 +98,13 @@ def test_batches_admitted_together_as_one_after_the_other(
     assert fast.mempool.reap(bytes_max=1 << 20, txs_max=100) == slow.mempool.reap(
         bytes_max=1 << 20, txs_max=100
     )
+
+
+def test_refusals_are_counted_by_reason() -> None:
+    """The refusal counter (its children looked up once) exports one sample per reason."""
+    res: Any = SimpleNamespace(metrics=Metrics(), _rejected_children={})
+    for reason in ("duplicate", "duplicate", "full"):
+        Resources._count_rejected(res, reason)
+    exposition = res.metrics.exposition().decode()
+    assert 'archipelago_mempool_rejected_txs_total{reason="duplicate"} 2.0' in exposition
+    assert 'archipelago_mempool_rejected_txs_total{reason="full"} 1.0' in exposition
