@@ -52,10 +52,13 @@ TX_BATCHES_QUEUED_MAX = 16
 TX_BATCHES_PER_PEER_MAX = 2
 TX_BATCHES_BYTES_MAX = 64 * 1024 * 1024
 # Queued batches admitted together, in one thread hand-off and one parallel
-# signature pass, while their transactions add up to at most this (a larger
-# single batch goes alone): bounds the event loop's screening and admission
-# stretch per pass to about 4,096 x ~10 us.
+# signature pass, while their transactions add up to at most TX_INGEST_TXS_MAX
+# and their bytes to TX_INGEST_BYTES_MAX (a larger single batch goes alone, as
+# before): bounds the event loop's screening and admission stretch per pass to
+# about 4,096 x ~10 us, and the bytes in flight to one frame's worth, as when
+# batches went one at a time.
 TX_INGEST_TXS_MAX = 4096
+TX_INGEST_BYTES_MAX = 16 * 1024 * 1024
 # Payloads larger than this (a block) are decoded in a worker thread, so that
 # the event loop keeps its turn every few milliseconds meanwhile.
 DECODE_ON_LOOP_BYTES_MAX = 256 * 1024
@@ -163,11 +166,16 @@ class Reactor:
                 self._batches_ready = trio.Event()
                 await self._batches_ready.wait()
             taken: list[tuple[str, tuple[bytes, ...]]] = []
-            count = 0
+            count = taken_bytes = 0
             while self._batches and (
-                not taken or count + len(self._batches[0][1]) <= TX_INGEST_TXS_MAX
+                not taken
+                or (
+                    count + len(self._batches[0][1]) <= TX_INGEST_TXS_MAX
+                    and taken_bytes + self._batches[0][2] <= TX_INGEST_BYTES_MAX
+                )
             ):
                 peer, txs, size = self._batches.popleft()
+                taken_bytes += size
                 self._batches_bytes -= size
                 self._queued_by_peer[peer] -= 1
                 if not self._queued_by_peer[peer]:
