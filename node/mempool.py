@@ -11,6 +11,11 @@ committed transactions leave the pool and the rest are checked again against
 the new state (`recheck`), in order, so a transaction made invalid by the
 block is dropped instead of being proposed.
 
+Batches (a client's `POST /txs`, peers' gossip) are screened with
+`screen_many`, which decodes the batch in one pass with the validation core's
+bulk decoder: per transaction that decode was the largest Python cost of
+admission after the signature.
+
 Limits: `txs_max` and `bytes_max` (reject when full, reason "full"),
 `tx_bytes_max` per transaction, and a bounded memory of recently committed
 ids (`COMMITTED_IDS_MAX`) so a replayed transaction is refused cheaply.
