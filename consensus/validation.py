@@ -63,6 +63,7 @@ __all__ = [
     "Reason",
     "ValidatedBlock",
     "build_block",
+    "decode_txs",
     "next_chain_state",
     "validate_block",
     "verify_commit",
@@ -593,6 +594,21 @@ def _transactions(
         _set_signature(tx, signature)
         append(tx)
     return out
+
+
+def decode_txs(raws: Sequence[bytes]) -> list[Transaction] | None:
+    """Every one of `raws` decoded in one pass if all are canonical transactions, else None.
+
+    For the mempool's admitted batches: the same bulk decoder as block
+    validation, so it accepts exactly what Transaction.decode accepts (a
+    caller that gets None decodes one at a time to learn which one failed).
+    """
+    if not raws:
+        return []
+    columns = _decode_chunk(raws)
+    if columns is None:
+        return None
+    return _transactions(*columns)
 
 
 def _decode_chunk(chunk: Sequence[bytes]) -> _TxColumns | None:

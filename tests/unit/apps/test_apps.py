@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apps import app_class
 from apps.common import (
@@ -24,6 +26,7 @@ from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis, GenesisError, GenesisValidator
 from consensus.types import Header, Transaction
+from tests.strategies import mutated
 
 CHAIN = "apps-test"
 ALICE, BOB, ADMIN = (PrivateKey(bytes([i]) * 32) for i in (11, 12, 13))
@@ -326,3 +329,59 @@ def test_genesis_members_parse_strictly_and_keep_open_chains_hashes() -> None:
         obj = open_chain.to_json_obj() | {"members": bad}
         with pytest.raises(GenesisError, match="members"):
             Genesis.from_json_obj(obj)
+
+
+# ---------------------------------------------------------------- check_tx, two ways
+
+_RICH = PrivateKey(bytes([14]) * 32)  # an account near the balance limit, to refuse credits
+_KEYS = (ALICE, BOB, _RICH)
+_AMOUNT_FORMS = (
+    b"\x00",
+    b"\x01",
+    b"\x7f",
+    b"\xcc\x80",
+    b"\xcc\x05",  # non-minimal: the general rules refuse it
+    b"\xcd\x01\x00",
+    b"\xce\x00\x01\x00\x00",
+    b"\xcf\x7f\xff\xff\xff\xff\xff\xff\xff",
+    b"\xcf\xff\xff\xff\xff\xff\xff\xff\xff",
+    b"\xff",
+    b"",
+)
+
+
+@st.composite
+def _check_txs(draw: st.DrawFn) -> Transaction:
+    """Transfers between the three accounts (to oneself too), with any amount form and
+    nonces around the right ones, their mutations, and other payloads."""
+    sender = draw(st.sampled_from(_KEYS)).public_key
+    nonce = draw(st.integers(0, 4))
+    to = draw(st.sampled_from([k.address for k in _KEYS] + [b"\x07" * 20]))
+    head = b"\x93\xa8transfer\xc4\x14" + to
+    payload = draw(
+        st.one_of(
+            st.sampled_from(_AMOUNT_FORMS).map(lambda a: head + a),
+            st.integers(1, 150).map(lambda a: transfer_payload(to, a)),
+            st.integers(1, 150).map(lambda a: transfer_payload(to, a)).flatmap(mutated),
+            st.binary(max_size=40),
+        )
+    )
+    return Transaction(sender, nonce, payload, b"\x00" * 64)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_check_txs(), max_size=30))
+def test_check_tx_fast_path_is_the_general_rules(txs: list[Transaction]) -> None:
+    """check_tx's inline transfer check gives the general rules' result for every
+    transaction, and leaves the same mempool view (entries and their order)."""
+    state = {
+        "accounts": {
+            ALICE.address.hex(): 100,
+            BOB.address.hex(): 5,
+            _RICH.address.hex(): 2**63 - 1 - 60,
+        }
+    }
+    fast, general = (Ledger.from_genesis(_genesis("ledger", state)) for _ in range(2))
+    for tx in txs:
+        assert fast.check_tx(tx) == general._check_tx_generally(tx)
+        assert list(fast._check.items()) == list(general._check.items())

@@ -27,7 +27,7 @@ from consensus.types import (
     Header,
     Transaction,
 )
-from consensus.validation import _decode_chunk
+from consensus.validation import _decode_chunk, decode_txs
 from tests.strategies import mutated
 
 # ---------------------------------------------------------------- Reader
@@ -332,6 +332,15 @@ def test_chunk_is_accepted_only_if_every_transaction_is(chunk: list[bytes]) -> N
     each = [single_decode(t) for t in chunk]
     got = chunk_decode(tuple(chunk))
     assert got == (None if None in each else each)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(tx_bytes, max_size=8))
+def test_decode_txs_is_transaction_decode_for_each(raws: list[bytes]) -> None:
+    """The mempool's batch decoder gives Transaction.decode's values, in order, or None
+    when any one of them is refused (then the mempool decodes them one by one)."""
+    each = [single_decode(t) for t in raws]
+    assert decode_txs(raws) == (None if None in each else each)
 
 
 def test_fields_straddling_two_transactions_are_refused() -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apps.ledger import Ledger, transfer_tx
 from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis, GenesisValidator
 from consensus.sigverify import SignatureVerifier
 from consensus.types import Transaction, tx_id
-from node.mempool import Mempool, MempoolError, MempoolLimits
+from node.mempool import Candidate, Mempool, MempoolError, MempoolLimits
+from tests.strategies import mutated
 
 CHAIN = "mempool-test"
 ALICE = PrivateKey(b"\x01" * 32)
@@ -135,3 +138,52 @@ def test_signature_verified_at_admission_is_cached() -> None:
     pool.add(raw)
     assert tx_id(raw) in pool.verifier.cache
     assert Transaction.decode(raw).sender == ALICE.public_key
+
+
+# ---------------------------------------------------------------- screen_many, pinned to screen
+
+_SIGNED = [_tx(key, n, amount) for key in (ALICE, BOB) for n in range(3) for amount in (1, 7)]
+
+
+@st.composite
+def _batches(draw: st.DrawFn) -> list[bytes]:
+    """Valid transfers, their mutations, repeats and oversized blobs, in any order."""
+    one = st.one_of(
+        st.sampled_from(_SIGNED),
+        st.sampled_from(_SIGNED).flatmap(lambda raw: mutated(raw)),
+        st.binary(max_size=200),
+        st.just(b"\x00" * 1025),
+    )
+    return draw(st.lists(one, max_size=12))
+
+
+def _outcome(r: Candidate | MempoolError) -> tuple[object, ...]:
+    if isinstance(r, MempoolError):
+        return ("refused", r.reason, r.message)
+    return ("screened", r.raw, r.txid, r.tx)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=_batches(), admitted=st.integers(0, 4), txs_max=st.sampled_from([3, 100]))
+def test_screen_many_is_screen_for_each(batch: list[bytes], admitted: int, txs_max: int) -> None:
+    """The batch screen (one-pass decode) gives what `screen` gives one by one: the same
+    candidates and refusals, reasons and messages, reported in the same order, over
+    valid, mutated, duplicate, committed, oversized and over-capacity transactions."""
+    pools = [_pool(txs_max=txs_max, bytes_max=4 * len(_SIGNED[0])) for _ in range(2)]
+    for pool in pools:
+        for raw in [_tx(ALICE, n) for n in range(admitted)]:
+            try:
+                pool.add(raw)
+            except MempoolError:
+                pass
+        pool.update([tx_id(_SIGNED[0])])
+        pool.rejected.clear()  # type: ignore[attr-defined]
+    slow: list[Candidate | MempoolError] = []
+    for raw in batch:
+        try:
+            slow.append(pools[0].screen(raw))
+        except MempoolError as e:
+            slow.append(e)
+    fast = pools[1].screen_many(batch)
+    assert list(map(_outcome, fast)) == list(map(_outcome, slow))
+    assert pools[1].rejected == pools[0].rejected  # type: ignore[attr-defined]
