@@ -837,7 +837,7 @@ class Simulation:
             liveness = liveness_failure([n.name for n in behind], target, self.heal_ms)
         idle = None
         if self.mempools is not None:
-            idle = self.mempools.report()
+            idle = self.mempools.report(self.heal_ms)
             late = None if checker.violations else self.mempools.late(self.heal_ms)
             if late is not None:
                 liveness = late if liveness is None else f"{liveness}; {late}"

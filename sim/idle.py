@@ -50,7 +50,8 @@ class Burst:
 @dataclass(frozen=True, slots=True)
 class IdleReport:
     bursts: int
-    burst_delay_ms_max: int  # arrival to the commit of its last transaction (first honest node)
+    # From a burst's arrival, or the heal if later, to the first honest commit of its last tx.
+    burst_delay_ms_max: int
     idle_blocks: int  # empty blocks after the heal while no burst was open (follow-ups too)
     violation: str | None  # an empty block while idle that was no follow-up
 
@@ -172,8 +173,10 @@ class Mempools:
                 )
         return None
 
-    def report(self) -> IdleReport:
-        delays = [t - b.at_ms for b in self.bursts if (t := self._commit_ms(b)) is not None]
+    def report(self, heal_ms: int) -> IdleReport:
+        delays = [
+            t - max(b.at_ms, heal_ms) for b in self.bursts if (t := self._commit_ms(b)) is not None
+        ]
         return IdleReport(
             len(self.bursts), max(delays, default=0), self.idle_blocks, self.violation
         )
