@@ -291,9 +291,7 @@ def test_idle_mode_catches_a_driver_that_ignores_peers_while_waiting() -> None:
     never committed, with the seed; the real driver commits it on the same seeds."""
     seeds = range(0, 8)
     faults = Faults.everything()
-    broken = run_batch(
-        4, 1, seeds, 5, faults, idle=True, driver_class=IgnoresPeersWhileIdleDriver
-    )
+    broken = run_batch(4, 1, seeds, 5, faults, idle=True, driver_class=IgnoresPeersWhileIdleDriver)
     assert broken.liveness_failures, broken.summary()
     failure = broken.liveness_failures[0]
     assert failure.liveness_failure is not None and "not committed" in failure.liveness_failure
