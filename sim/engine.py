@@ -788,9 +788,7 @@ class Simulation:
         if self.mempools is not None:
             deadline = max(self.heal_ms, self.mempools.bursts[-1].at_ms) + LIVENESS_BOUND_MS
         while (
-            self.queue
-            and not self.checker.violations
-            and not (self._done() and self.now >= self.heal_ms)
+            self.queue and not self._violated() and not (self._done() and self.now >= self.heal_ms)
         ):
             at, _, kind, index, epoch, payload = heapq.heappop(self.queue)
             if at > deadline:
@@ -828,17 +826,23 @@ class Simulation:
                 self._perform(node, payload())
         return self._result()
 
+    def _violated(self) -> bool:
+        """A safety violation, or an idle mode one: either ends the run at once."""
+        idle = self.mempools is not None and self.mempools.violation is not None
+        return idle or bool(self.checker.violations)
+
     def _result(self) -> RunResult:
         liveness = None
         target = self._target()
         behind = [n for n in self.nodes if n.honest and len(n.committed) < target]
         checker = self.checker
-        if behind and not checker.violations:  # a safety violation ends the run early
+        ended_early = self._violated()
+        if behind and not ended_early:
             liveness = liveness_failure([n.name for n in behind], target, self.heal_ms)
         idle = None
         if self.mempools is not None:
             idle = self.mempools.report(self.heal_ms)
-            late = None if checker.violations else self.mempools.late(self.heal_ms)
+            late = None if ended_early else self.mempools.late(self.heal_ms)
             if late is not None:
                 liveness = late if liveness is None else f"{liveness}; {late}"
         honest_blocks = min((len(n.committed) for n in self.nodes if n.honest), default=0)

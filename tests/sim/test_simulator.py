@@ -300,6 +300,22 @@ def test_idle_mode_catches_a_driver_that_ignores_peers_while_waiting() -> None:
     assert real.ok, real.summary()
 
 
+class NeverWaitsDriver(Driver):
+    """Broken on purpose: starts every height at once, as if create_empty_blocks were true."""
+
+    def _holds_start(self, height: int, now: float) -> bool:
+        return False
+
+
+def test_idle_mode_catches_a_driver_that_never_waits() -> None:
+    """A driver that ignores create_empty_blocks = false makes empty blocks while no
+    transaction waits: the idle check reports the first one, with the seed, and ends the run."""
+    batch = run_batch(4, 1, range(0, 3), 5, Faults.none(), idle=True, driver_class=NeverWaitsDriver)
+    assert len(batch.idle_failures) == 3 and not batch.liveness_failures, batch.summary()
+    assert "idle_failures=3 " in batch.summary()
+    assert "seed 0 (" in batch.summary() and "  idle: height " in batch.summary()
+
+
 def test_single_validator_under_default_faults() -> None:
     """One validator, no Byzantine: a partition has nobody to split; crashes and replays still."""
     result = simulate(0, validators=1, byzantine=0, heights=3, faults=Faults(window_ms=2_000))
