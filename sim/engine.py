@@ -21,7 +21,10 @@ which makes restarted validators run their doppelganger watch; up to f
 Byzantine validators equivocate (each peer gets one of two signed versions)
 or run as twins (two nodes with one key). The adversaries that follow a
 script or attack from outside (sim/scenarios.py) plug in as a `Script` and
-an `Outsider`; sim/checks.py's checker watches every decision.
+an `Outsider`; sim/checks.py's checker watches every decision. In idle mode
+every driver runs with create_empty_blocks = false and bursts of client
+transactions reach each node's mempool model (sim/idle.py's `Mempools`,
+drawing from its own random stream).
 
 Over the house's 600 lines, because `Simulation` is one event loop whose
 parts (the queue, the virtual network, and each node's shell performing its
