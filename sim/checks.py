@@ -11,7 +11,9 @@ records a violation of:
 - no false blame: no honest node penalises another honest node;
 - liveness (`liveness_failure`, at the end): every honest node reaches the
   target height within `LIVENESS_BOUND_MS` of virtual time after the last
-  fault healed.
+  fault healed;
+- in idle mode (sim/idle.py, its `IdleReport`): every burst of transactions
+  committed in time, and no empty block while idle but the follow-ups.
 
 A run stops at its first violation, and its report prints the seed and
 every node's state, so that `archipelago simulate --seed-start S --seeds 1`
@@ -26,6 +28,7 @@ from typing import Any
 
 from consensus.types import Block, Commit
 from network import Misbehaviour as PeerFault
+from sim.idle import IdleReport
 from sim.workload import CHAIN_ID
 
 LIVENESS_BOUND_MS = 120_000
@@ -74,10 +77,19 @@ class RunResult:
     attack_armed: bool  # scripted scenarios: their premise held (see sim/scenarios.py)
     chain_digest: bytes  # SHA-256 over every honest node's committed block hashes
     nodes: tuple[NodeReport, ...]
+    idle: IdleReport | None = None  # idle mode's bursts and idle blocks (None: not that mode)
+
+    @property
+    def idle_violation(self) -> str | None:
+        return None if self.idle is None else self.idle.violation
 
     @property
     def ok(self) -> bool:
-        return not self.safety_violations and self.liveness_failure is None
+        return (
+            not self.safety_violations
+            and self.liveness_failure is None
+            and self.idle_violation is None
+        )
 
     def describe(self) -> str:
         attack = f", attack {self.attack}" if self.attack else ""
@@ -85,6 +97,8 @@ class RunResult:
         lines += [f"  safety: {v}" for v in self.safety_violations]
         if self.liveness_failure:
             lines.append(f"  liveness: {self.liveness_failure}")
+        if self.idle_violation:
+            lines.append(f"  idle: {self.idle_violation}")
         lines += [f"  {n}" for n in self.nodes]
         return "\n".join(lines)
 
@@ -103,8 +117,12 @@ class BatchResult:
         return [r for r in self.results if r.liveness_failure is not None]
 
     @property
+    def idle_failures(self) -> list[RunResult]:
+        return [r for r in self.results if r.idle_violation is not None]
+
+    @property
     def ok(self) -> bool:
-        return not self.safety_failures and not self.liveness_failures
+        return all(r.ok for r in self.results)
 
     def summary(self) -> str:
         s = self.seeds
@@ -124,6 +142,14 @@ class BatchResult:
             f"penalties={sum(r.penalties for r in rs)} "
             f"virtual_s={sum(r.virtual_ms for r in rs) / 1000:.1f}"
         )
+        idle = [r.idle for r in rs if r.idle is not None]
+        if idle:
+            line += (
+                f" idle_failures={len(self.idle_failures)} "
+                f"bursts={sum(i.bursts for i in idle)} "
+                f"burst_delay_ms_max={max(i.burst_delay_ms_max for i in idle)} "
+                f"idle_blocks={sum(i.idle_blocks for i in idle)}"
+            )
         failed = [r for r in rs if not r.ok]
         return "\n".join([line, *(r.describe() for r in failed)])
 

@@ -21,7 +21,10 @@ which makes restarted validators run their doppelganger watch; up to f
 Byzantine validators equivocate (each peer gets one of two signed versions)
 or run as twins (two nodes with one key). The adversaries that follow a
 script or attack from outside (sim/scenarios.py) plug in as a `Script` and
-an `Outsider`; sim/checks.py's checker watches every decision.
+an `Outsider`; sim/checks.py's checker watches every decision. In idle mode
+every driver runs with create_empty_blocks = false and bursts of client
+transactions reach each node's mempool model (sim/idle.py's `Mempools`,
+drawing from its own random stream).
 
 Over the house's 600 lines, because `Simulation` is one event loop whose
 parts (the queue, the virtual network, and each node's shell performing its
@@ -33,6 +36,7 @@ workload, run).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import random
@@ -93,6 +97,7 @@ from node.storage import open_store
 from node.wal import open_wal
 from sim.checks import LIVENESS_BOUND_MS, Checker, NodeReport, RunResult, liveness_failure
 from sim.faults import SCRIPTED_MODES, Faults
+from sim.idle import Mempools
 from sim.workload import CHAIN_ID, POWER_MAX, Workload, corrupted, validator_keys
 
 # Fast timeouts keep virtual runs short; they still grow per round, as in production.
@@ -115,6 +120,7 @@ SIM_DRIVER = DriverConfig(
     fallback_lag_heights=3,
     decided_heights_behind_max=2,
 )
+SIM_IDLE_DRIVER = dataclasses.replace(SIM_DRIVER, create_empty_blocks=False)
 VALIDATION_DELAY_MS_MAX = 5
 SEEN_ENTRIES_MAX = 4096  # per node, as the network's seen-cache (oldest evicted)
 HEIGHTS_AFTER_HEAL = 2  # heights every honest node must commit after the last fault healed
@@ -147,7 +153,7 @@ class SimNode:
 
 
 # What a queue entry is: its kind.
-DELIVER, TIMER, RESULT, CRASH, RESTART, PARTITION, SCRIPT, ATTACK = range(8)
+DELIVER, TIMER, RESULT, CRASH, RESTART, PARTITION, SCRIPT, ATTACK, TXS = range(9)
 
 
 class Script(Protocol):
@@ -199,9 +205,13 @@ class Simulation:
         root: Path,
         make_script: Callable[[Simulation, bool], Script],
         make_outsider: Callable[[Simulation, str], Outsider],
+        *,
+        idle: bool = False,
     ) -> None:
         """`make_script(sim, amnesia)` plays a scripted mode's Byzantine validator;
-        `make_outsider(sim, attack)` runs the seed's hostile-peer attack."""
+        `make_outsider(sim, attack)` runs the seed's hostile-peer attack; `idle`:
+        drivers with create_empty_blocks = false and bursts of transactions
+        (sim/idle.py)."""
         assert 0 <= 3 * byzantine < validators or validators == 1
         self.seed = seed
         self.rng = random.Random(seed)
@@ -209,6 +219,9 @@ class Simulation:
         self.driver_class = driver_class
         self.root = root
         self.keys = validator_keys(validators)
+        self.mempools: Mempools | None = None
+        if idle:
+            self.mempools = Mempools(seed, validators + byzantine)  # twins add up to f nodes
         self.byzantine_mode = byzantine_mode or self.rng.choice(("equivocate", "twins"))
         if byzantine == 0:
             self.byzantine_mode = "none"
@@ -296,15 +309,19 @@ class Simulation:
             return
         node.wal = open_wal(node.home / "wal")
         node.sign_state = SignState.load(node.home / "sign_state.json")
+        mempools = self.mempools
         node.driver = self.driver_class(
             state=node.chain.state,
             validator_address=node.key.address,
             can_sign=True,
             last_signed=node.sign_state.last,
             wal=node.wal,
-            config=SIM_DRIVER,
+            config=SIM_DRIVER if mempools is None else SIM_IDLE_DRIVER,
             validators_at=store.load_validators,
             now=self.now / 1000,
+            txs_waiting=(lambda: True)
+            if mempools is None
+            else (lambda: mempools.holds(node.index)),
         )
 
     def _stored_hashes(self, node: SimNode) -> list[bytes]:
@@ -625,6 +642,8 @@ class Simulation:
                     self.checker.on_apply_failed(node.name, block.height, e)
                 driver.on_apply_failed(block.height)
                 return []
+            if self.mempools is not None:
+                self.mempools.committed(node.index, block, self.now, self.heal_ms, node.honest)
             if node.honest:
                 self.checker.on_commit(node.name, block, commit, state_before, applied.validated)
                 if driver.mode == "blocksync" or not _decided_here(driver, block):
@@ -651,15 +670,26 @@ class Simulation:
     # ------------------------------------------------------------ blocks
 
     def _build(self, node: SimNode, request: Build) -> Block:
+        """The proposer's block: seed-chosen transactions, or (idle mode) its mempool's."""
         assert node.chain is not None
         chain = node.chain
-        return chain.build(
-            txs=self.workload.txs(chain, 0),
+        mempools = self.mempools
+        ids: tuple[int, ...] = ()
+        if mempools is None:
+            txs = self.workload.txs(chain, 0)
+        else:
+            ids = mempools.take(node.index)
+            txs = self.workload.txs(chain, len(ids), len(ids)) if ids else []
+        block = chain.build(
+            txs=txs,
             evidence=request.evidence,
             time_ms=self.now,
             proposer_address=node.key.address,
             last_commit=request.last_commit,
         )
+        if mempools is not None:
+            mempools.carry(block, ids)
+        return block
 
     def build_block(self, node: SimNode, height: int, *, corrupt: bool = False) -> Block:
         """A block of the node's next height outside its driver (Byzantine variants, scripts)."""
@@ -711,6 +741,23 @@ class Simulation:
             self.push(self.rng.randint(0, 500), ATTACK, 0, 0, None)
         self.heal_ms = max(self.heal_ms, f.window_ms)
 
+    def _plan_bursts(self) -> None:
+        """Idle mode: enough bursts for the target height, the last one after the heal."""
+        if self.mempools is None:
+            return
+        honest = [n.index for n in self.nodes if n.honest]
+        arrivals = self.mempools.plan(
+            honest, len(self.nodes), self.heal_ms, max(2, (self.heights + 1) // 2)
+        )
+        for at, node, burst in arrivals:
+            self.push(at, TXS, node, 0, burst)
+
+    def _txs_arrive(self, node: SimNode, burst: int) -> None:
+        """A burst reached the node's mempool, as the mempool reactor would hand it on."""
+        assert self.mempools is not None
+        if self.mempools.arrive(node.index, burst) and node.driver is not None:
+            self._perform(node, node.driver.on_txs(self.now / 1000))
+
     # ------------------------------------------------------------ the run
 
     def _target(self) -> int:
@@ -728,20 +775,23 @@ class Simulation:
 
     def _done(self) -> bool:
         target = self._target()
+        if self.mempools is not None and not self.mempools.all_committed(self.now):
+            return False
         return all(len(n.committed) >= target for n in self.nodes if n.honest)
 
     def run(self) -> RunResult:
         self._plan_faults()
+        self._plan_bursts()
         if self.script is not None:
             self.script.plan()
         for node in self.nodes:
             if not node.scripted:
                 self._start(node)
         deadline = self.heal_ms + LIVENESS_BOUND_MS
+        if self.mempools is not None:
+            deadline = max(self.heal_ms, self.mempools.bursts[-1].at_ms) + LIVENESS_BOUND_MS
         while (
-            self.queue
-            and not self.checker.violations
-            and not (self._done() and self.now >= self.heal_ms)
+            self.queue and not self._violated() and not (self._done() and self.now >= self.heal_ms)
         ):
             at, _, kind, index, epoch, payload = heapq.heappop(self.queue)
             if at > deadline:
@@ -764,6 +814,8 @@ class Simulation:
             elif kind == DELIVER:
                 sender, data, gossip = payload
                 self._deliver(node, sender, data, gossip)
+            elif kind == TXS:
+                self._txs_arrive(node, payload)
             elif epoch != node.epoch or node.driver is None:
                 continue  # a timer or result from before a crash
             elif kind == TIMER:
@@ -777,13 +829,25 @@ class Simulation:
                 self._perform(node, payload())
         return self._result()
 
+    def _violated(self) -> bool:
+        """A safety violation, or an idle mode one: either ends the run at once."""
+        idle = self.mempools is not None and self.mempools.violation is not None
+        return idle or bool(self.checker.violations)
+
     def _result(self) -> RunResult:
         liveness = None
         target = self._target()
         behind = [n for n in self.nodes if n.honest and len(n.committed) < target]
         checker = self.checker
-        if behind and not checker.violations:  # a safety violation ends the run early
+        ended_early = self._violated()
+        if behind and not ended_early:
             liveness = liveness_failure([n.name for n in behind], target, self.heal_ms)
+        idle = None
+        if self.mempools is not None:
+            idle = self.mempools.report(self.heal_ms)
+            late = None if ended_early else self.mempools.late(self.heal_ms)
+            if late is not None:
+                liveness = late if liveness is None else f"{liveness}; {late}"
         honest_blocks = min((len(n.committed) for n in self.nodes if n.honest), default=0)
         return RunResult(
             self.seed,
@@ -804,6 +868,7 @@ class Simulation:
             self.script is not None and self.script.armed,
             sha256(b"".join(h for n in self.nodes if n.honest for h in n.committed)),
             tuple(_report(n) for n in self.nodes),
+            idle,
         )
 
     def close(self) -> None:

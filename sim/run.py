@@ -32,14 +32,17 @@ def simulate(
     driver_class: type[Driver] = Driver,
     machine_class: type[ConsensusMachine] | None = None,
     equal_power: bool = False,
+    idle: bool = False,
 ) -> RunResult:
     """One run.
 
     `byzantine_mode` is one of MODES (None: "equivocate" or "twins", chosen by
     the seed); the scripted modes need 4 validators and 1 Byzantine and bring
     their own faults and equal powers. `driver_class` and `machine_class`
-    plant other code in every node (the checker's own tests). Raises
-    ValueError for a cluster that breaks n > 3f or an unknown mode.
+    plant other code in every node (the checker's own tests). `idle` runs every
+    driver with create_empty_blocks = false and bursts of transactions between
+    idle gaps (sim/idle.py); not with the scripted modes. Raises ValueError for
+    a cluster that breaks n > 3f or an unknown mode.
     """
     if validators < 1 or not (0 <= 3 * byzantine < validators or validators == 1):
         raise ValueError("need validators >= 1 and 3 * byzantine < validators")
@@ -47,6 +50,8 @@ def simulate(
         raise ValueError(f"unknown mode {byzantine_mode!r}, expected one of {', '.join(MODES)}")
     if byzantine_mode in SCRIPTED_MODES and (validators, byzantine) != (4, 1):
         raise ValueError(f"{byzantine_mode} runs 4 validators with 1 Byzantine")
+    if idle and byzantine_mode in SCRIPTED_MODES:
+        raise ValueError(f"{byzantine_mode} has no idle mode")
     if machine_class is not None:
         driver_class = type("PlantedDriver", (driver_class,), {"machine_class": machine_class})
     shm = Path("/dev/shm")
@@ -65,6 +70,7 @@ def simulate(
             Path(tmp),
             LockAttack,
             Attacker,
+            idle=idle,
         )
         try:
             return sim.run()
@@ -83,6 +89,7 @@ def run_batch(
     driver_class: type[Driver] = Driver,
     machine_class: type[ConsensusMachine] | None = None,
     equal_power: bool = False,
+    idle: bool = False,
 ) -> BatchResult:
     """One run per seed; see BatchResult.summary() for the one-line report."""
     results = tuple(
@@ -96,6 +103,7 @@ def run_batch(
             driver_class=driver_class,
             machine_class=machine_class,
             equal_power=equal_power,
+            idle=idle,
         )
         for seed in seeds
     )
@@ -121,11 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--mode", choices=MODES, default=None)
     parser.add_argument("--equal-power", action="store_true", help="power 1 for every validator")
+    parser.add_argument(
+        "--no-empty-blocks",
+        action="store_true",
+        help="create_empty_blocks = false, transactions in bursts between idle gaps",
+    )
     args = parser.parse_args(argv)
     if args.validators < 1 or not 0 <= 3 * args.byzantine < args.validators:
         parser.error("need validators >= 1 and 3 * byzantine < validators")
     if args.mode in SCRIPTED_MODES and (args.validators, args.byzantine) != (4, 1):
         parser.error(f"--mode {args.mode} needs --validators 4 --byzantine 1")
+    if args.no_empty_blocks and args.mode in SCRIPTED_MODES:
+        parser.error(f"--mode {args.mode} has no --no-empty-blocks")
     seeds = range(args.seed_start, args.seed_start + args.seeds)
     if args.no_faults:
         faults = Faults.none()
@@ -141,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         faults,
         byzantine_mode=args.mode,
         equal_power=args.equal_power,
+        idle=args.no_empty_blocks,
     )
     print(batch.summary())
     return 0 if batch.ok else 1

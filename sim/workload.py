@@ -50,9 +50,10 @@ class Workload:
         self.bad = bad  # indexes of the Byzantine validators in `keys`
         self.clients = client_keys()
 
-    def txs(self, chain: Chain, txs_min: int) -> list[bytes]:
+    def txs(self, chain: Chain, txs_min: int, txs_max: int = BLOCK_TXS_MAX) -> list[bytes]:
+        """txs_min..txs_max client writes (and maybe one validator change before them)."""
         rng = self.rng
-        count = rng.randint(txs_min, BLOCK_TXS_MAX)
+        count = rng.randint(txs_min, txs_max)
         change = None
         if count and rng.random() < VALIDATOR_CHANGE_PROBABILITY:
             change = self._validator_change(chain)

@@ -9,7 +9,9 @@ here in every node, must be caught: a weak quorum; a lock that is ignored
 (lock-attack); a driver that lets a peer's height claim take it out of
 consensus and returns without its WAL (amnesia-attack, and a halt under
 false claims: issue 10, bugs 1 and 2); a driver that starts signing after its
-doppelganger watch without the round's missed steps (issue 10, bug 3).
+doppelganger watch without the round's missed steps (issue 10, bug 3); a
+driver that waits for transactions (create_empty_blocks = false) although a
+peer started the height (idle mode).
 """
 
 from __future__ import annotations
@@ -259,6 +261,61 @@ def test_mass_restart_catches_a_driver_that_skips_the_missed_steps() -> None:
     assert real.ok, real.summary()
 
 
+def test_idle_mode_batch_with_every_fault() -> None:
+    """create_empty_blocks = false on every node, transactions in bursts between idle gaps,
+    every fault kind, 1 Byzantine of 4: safe, every burst committed in time, and after the
+    heal no empty block while idle but the follow-up of a block with transactions."""
+    batch = run_batch(4, 1, range(900, 930), 5, Faults.everything(), idle=True)
+    assert batch.ok, batch.summary()
+    for r in batch.results:
+        assert r.idle is not None and r.idle.bursts >= 3
+        assert r.idle.idle_blocks >= 1  # a follow-up block, then the chain waited
+    assert sum(r.txs_committed for r in batch.results) > 100
+    assert "idle_failures=0 bursts=" in batch.summary()
+
+
+class IgnoresPeersWhileIdleDriver(Driver):
+    """Broken on purpose: a held height starts on its own mempool's transactions only, never
+    on a peer's proposal or vote of that height."""
+
+    def _step_peer(self, peer: str, event: Event, payload: bytes, out: list[Effect]) -> None:
+        waiting, started = self.waiting_for_txs, self._peer_started
+        self.waiting_for_txs = False
+        super()._step_peer(peer, event, payload, out)
+        self.waiting_for_txs, self._peer_started = waiting, started
+
+
+def test_idle_mode_catches_a_driver_that_ignores_peers_while_waiting() -> None:
+    """Bursts that reach only some mempools (gossip lost) halt a chain of drivers that wait
+    for their own transactions: nodes without them never join. The checker reports the burst
+    never committed, with the seed; the real driver commits it on the same seeds."""
+    seeds = range(0, 8)
+    faults = Faults.everything()
+    broken = run_batch(4, 1, seeds, 5, faults, idle=True, driver_class=IgnoresPeersWhileIdleDriver)
+    assert broken.liveness_failures, broken.summary()
+    failure = broken.liveness_failures[0]
+    assert failure.liveness_failure is not None and "not committed" in failure.liveness_failure
+    assert f"seed {failure.seed} (" in broken.summary()
+    real = run_batch(4, 1, seeds, 5, faults, idle=True)
+    assert real.ok, real.summary()
+
+
+class NeverWaitsDriver(Driver):
+    """Broken on purpose: starts every height at once, as if create_empty_blocks were true."""
+
+    def _holds_start(self, height: int, now: float) -> bool:
+        return False
+
+
+def test_idle_mode_catches_a_driver_that_never_waits() -> None:
+    """A driver that ignores create_empty_blocks = false makes empty blocks while no
+    transaction waits: the idle check reports the first one, with the seed, and ends the run."""
+    batch = run_batch(4, 1, range(0, 3), 5, Faults.none(), idle=True, driver_class=NeverWaitsDriver)
+    assert len(batch.idle_failures) == 3 and not batch.liveness_failures, batch.summary()
+    assert "idle_failures=3 " in batch.summary()
+    assert "seed 0 (" in batch.summary() and "  idle: height " in batch.summary()
+
+
 def test_single_validator_under_default_faults() -> None:
     """One validator, no Byzantine: a partition has nobody to split; crashes and replays still."""
     result = simulate(0, validators=1, byzantine=0, heights=3, faults=Faults(window_ms=2_000))
@@ -272,6 +329,7 @@ def test_bad_arguments_raise() -> None:
         {"validators": 3, "byzantine": 1},
         {"byzantine_mode": "chaos"},
         {"validators": 7, "byzantine": 2, "byzantine_mode": "lock-attack"},
+        {"byzantine_mode": "lock-attack", "idle": True},
     ):
         with pytest.raises(ValueError):
             simulate(0, **kwargs)
@@ -285,3 +343,7 @@ def test_command_line(capsys: object) -> None:
     assert main(["--mode", "amnesia-attack", "--seeds", "2", "--heights", "2"]) == 0
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     assert out.startswith("runs=2 seeds=0..1 safety_violations=0 liveness_failures=0")
+    assert main(["--no-empty-blocks", "--seeds", "2", "--heights", "2"]) == 0
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert out.startswith("runs=2 seeds=0..1 safety_violations=0 liveness_failures=0")
+    assert " idle_failures=0 bursts=" in out
