@@ -962,7 +962,7 @@ class Driver:
 
     def _on_vote_syncing(self, peer: str, vote: Vote, payload: bytes, out: list[Effect]) -> None:
         """In block sync, verified votes on the height after ours are kept: once validators
-        with over a third of the power vote on it, we are at the chain's tip, whatever
+        with over a third of the power prevote on it, we are at the chain's tip, whatever
         anyone claims, and leave block sync (the kept votes go to that height's machine)."""
         height = self.state.last_height + 1
         if vote.height != height or vote.validator_address == self.validator_address:
@@ -983,7 +983,7 @@ class Driver:
         self._keep_next(peer, VoteReceived(vote), payload, out)
         if self._tip_proven():
             self._leave_sync(
-                f"validators with over a third of the power vote on height {height}", out
+                f"validators with over a third of the power prevote on height {height}", out
             )
 
     def _tip_proven(self, machine: ConsensusMachine | None = None) -> bool:
@@ -1021,9 +1021,9 @@ class Driver:
     def _after_synced_block(self) -> None:
         """A certified block came by sync: if peers are far ahead, stop voting and fetch.
 
-        Claims alone decide nothing when there is proof that we are at the tip:
-        over a third of the power voted with us on the height just synced (a
-        peer merely served it before our own decision), or on the next one.
+        Claims alone decide nothing when there is evidence that we are at the tip:
+        over a third of the power prevoted on the height just synced (a peer
+        merely served it before our own decision), or on the next one.
         """
         lag = self.sync.peer_max(self._now) - self.state.last_height
         machine = self.machine
