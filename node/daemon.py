@@ -28,7 +28,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import trio
 
@@ -36,13 +36,19 @@ from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis
 from network import Network
 from node.config import Config, load_config
+from node.consensus_service import ConsensusService
+from node.effects import DriverConfig
+from node.gossip import MempoolGossip
 from node.home import HomeLock, HomePaths, load_genesis_file
 from node.keys import load_key, node_id
 from node.logging import get_logger
+from node.loopwatch import LoopWatch
+from node.metrics_server import MetricsServer
+from node.reactor import Reactor
+from node.resources import Resources
+from node.rpc import RpcServer
 from node.sdnotify import Notifier
-
-if TYPE_CHECKING:
-    from node.resources import Resources
+from node.status import StatusView
 
 log = get_logger(__name__)
 
@@ -230,16 +236,6 @@ def build_services(node: Node) -> list[Service]:
     and gives each service what it uses; none holds another but through its
     constructor, and a service that must stop the node calls `node.request_stop`.
     """
-    from node.consensus_service import ConsensusService
-    from node.effects import DriverConfig
-    from node.gossip import MempoolGossip
-    from node.loopwatch import LoopWatch
-    from node.metrics_server import MetricsServer
-    from node.reactor import Reactor
-    from node.resources import Resources
-    from node.rpc import RpcServer
-    from node.status import StatusView
-
     res = Resources(node.paths, node.config, node.genesis, node.node_key, node.validator_key)
     node.resources = res
     cfg = node.config
