@@ -359,14 +359,16 @@ class Driver:
                 events.append(event)
         return events
 
-    def _checker_for_next(self) -> ConsensusMachine:
-        """A machine of height + 1, used only to verify next-height messages before keeping them."""
+    def _checker_for_next(self, ahead: int = 2) -> ConsensusMachine:
+        """A machine of height last + `ahead` (1 or 2), used only to verify that height's
+        messages before keeping them."""
         s = self.state
+        validators = s.next_validators if ahead == 2 else s.validators
         return self.machine_class(
             chain_id=self.chain_id,
-            height=s.last_height + 2,
-            validators=s.next_validators,
-            schedule=s.schedule.advance(s.next_validators),
+            height=s.last_height + ahead,
+            validators=validators,
+            schedule=s.schedule.advance(validators) if ahead == 2 else s.schedule,
             own_address=None,
             config=self.config.consensus,
         )
@@ -970,16 +972,8 @@ class Driver:
             # doppelganger check; see _enter_height)
         checker = self._next_checker
         if checker is None or checker.height != height:
-            s = self.state
             self._next.clear()
-            self._next_checker = self.machine_class(
-                chain_id=self.chain_id,
-                height=height,
-                validators=s.validators,
-                schedule=s.schedule,
-                own_address=None,
-                config=self.config.consensus,
-            )
+            self._next_checker = self._checker_for_next(ahead=1)
         self._keep_next(peer, VoteReceived(vote), payload, out)
         if self._tip_proven():
             self._leave_sync(
