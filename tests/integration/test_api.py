@@ -18,9 +18,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 import trio
 from starlette.routing import Route, WebSocketRoute
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionRejected, open_websocket_url
 
 from apps.ledger import transfer_tx
 from consensus import merkle
@@ -261,7 +262,8 @@ async def test_stream_sender_filter_returns_only_that_senders_transactions(
     tmp_path: Path,
 ) -> None:
     """With ?sender=<address>, each block event lists only that sender's transactions (all of
-    them), while tx_count still counts the block's others."""
+    them), while tx_count still counts the block's others. A bad filter refuses the handshake
+    with a 400 and a JSON error."""
     net = _single(tmp_path, accounts=2)
     alice, bob = net.accounts
     to = PrivateKey(b"\x0b" * 32).address
@@ -288,6 +290,12 @@ async def test_stream_sender_filter_returns_only_that_senders_transactions(
         async with open_websocket_url(url) as ws:
             while not seen or seen[-1]["height"] < top:
                 seen.append(await _next_block(ws))
+        for bad in ("sender=", "sender=abcd", "from_height=0", "from_height=01"):
+            with pytest.raises(ConnectionRejected) as refused:
+                async with open_websocket_url(f"{node.ws}/stream?{bad}"):
+                    pass
+            assert refused.value.status_code == 400, bad
+            assert refused.value.body is not None and b'"error"' in refused.value.body, bad
     streamed = [tx for event in seen for tx in event["txs"]]
     assert {tx["hash"] for tx in streamed} == mine
     assert {tx["sender_address"] for tx in streamed} == {alice.address.hex()}
