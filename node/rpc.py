@@ -1,7 +1,11 @@
 """The HTTP JSON API and websocket stream on `[rpc] listen` (Starlette on Hypercorn's trio worker).
 
 Clients are untrusted: every handler validates its input and answers a bad
-request with a 4xx and a JSON body `{"error": "..."}`; the handlers only read
+request with a 4xx and a JSON body `{"error": "..."}`: 400 when the request
+does not follow /openapi.json (node/openapi.py states every format and limit
+checked here, exactly), 422 when it does but the protocol or the application
+refuses its content (a transaction that does not decode or fails its checks);
+docs/PROTOCOL.md section 12 lists every status. The handlers only read
 the store or hand a transaction to the mempool through the node's `Resources`, so a bad
 request changes nothing. Request bodies are capped by `request_body_bytes_max`
 before they are read whole (413) and must arrive within BODY_READ_TIMEOUT_S
