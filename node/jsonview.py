@@ -65,7 +65,11 @@ def vote_json(v: Vote) -> dict[str, Any]:
 
 
 def evidence_json(e: DuplicateVoteEvidence) -> dict[str, Any]:
-    return {"vote_a": vote_json(e.vote_a), "vote_b": vote_json(e.vote_b)}
+    return {
+        "vote_a": vote_json(e.vote_a),
+        "vote_b": vote_json(e.vote_b),
+        "encoded": e.encode().hex(),
+    }
 
 
 def tx_json(raw: bytes, tx: Transaction | None = None) -> dict[str, Any]:
@@ -81,17 +85,19 @@ def tx_json(raw: bytes, tx: Transaction | None = None) -> dict[str, Any]:
     return out
 
 
-def block_json(b: Block, *, include_txs: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def block_json(b: Block) -> dict[str, Any]:
+    """A block with its canonical encoding (`encoded`) and its header's (`header_encoded`:
+    its SHA-256 is the block hash)."""
+    return {
         "hash": b.hash.hex(),
         "header": header_json(b.header),
+        "header_encoded": b.header.encode().hex(),
         "tx_count": len(b.txs),
         "last_commit": None if b.last_commit is None else commit_json(b.last_commit),
         "evidence": [evidence_json(e) for e in b.evidence],
+        "txs": [tx_json(raw) for raw in b.txs],
+        "encoded": b.encode().hex(),
     }
-    if include_txs:
-        out["txs"] = [tx_json(raw) for raw in b.txs]
-    return out
 
 
 def query_json(path: str, result: QueryResult) -> dict[str, Any]:

@@ -1,7 +1,11 @@
 """The HTTP JSON API and websocket stream on `[rpc] listen` (Starlette on Hypercorn's trio worker).
 
 Clients are untrusted: every handler validates its input and answers a bad
-request with a 4xx and a JSON body `{"error": "..."}`; the handlers only read
+request with a 4xx and a JSON body `{"error": "..."}`: 400 when the request
+does not follow /openapi.json (node/openapi.py states every format and limit
+checked here, exactly), 422 when it does but the protocol or the application
+refuses its content (a transaction that does not decode or fails its checks);
+docs/PROTOCOL.md section 12 lists every status. The handlers only read
 the store or hand a transaction to the mempool through the node's `Resources`, so a bad
 request changes nothing. Request bodies are capped by `request_body_bytes_max`
 before they are read whole (413) and must arrive within BODY_READ_TIMEOUT_S
@@ -26,7 +30,9 @@ subscription at once.
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -39,7 +45,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from consensus import merkle
 from consensus.codec import DecodeError
-from consensus.types import Transaction, tx_id
+from consensus.types import HEIGHT_MAX, Block, Transaction, tx_id
 from node import __version__
 from node.chain import decode_result
 from node.http_edge import (
@@ -51,7 +57,7 @@ from node.http_edge import (
     serve_edge,
 )
 from node.hub import CommittedBlock, Subscription, TooManySubscribers
-from node.jsonview import block_json, commit_json, query_json, tx_json
+from node.jsonview import block_json, commit_json, header_json, query_json, tx_json
 from node.logging import get_logger
 from node.mempool import MempoolError
 from node.openapi import OPENAPI
@@ -65,6 +71,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 HEX_TX_CHARS_MAX = 2 * 64 * 1024  # a hex-encoded transaction; the mempool's own limit is tighter
+QUERY_PATH_CHARS_MAX = 64  # an application query's path
+QUERY_DATA_BYTES_MAX = 1024  # an application query's data (the built-in apps' keys: <= 256 bytes)
 STREAM_SENDER_FILTERS_MAX = 16  # sender addresses one stream subscription may filter on
 RENDERED_BLOCKS_MAX = 4  # stream renderings kept (the live block and a few behind)
 TXS_PER_REQUEST_MAX = 10_000  # a batch submission; the body size limit applies too
@@ -77,28 +85,53 @@ API_LIMITS = EdgeLimits()
 BODY_READ_TIMEOUT_S = API_LIMITS.body_timeout_s  # else 408 (and the connection is closed)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+# Parameters are matched exactly as node/openapi.py states them: int() alone would also take
+# "+1", "01", "1_000", " 1" and non-ASCII digits, bytes.fromhex would skip spaces.
+HEIGHT_DIGITS_RE = re.compile(r"[1-9][0-9]{0,18}")
+HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})*")
+# The statuses of a request that follows /openapi.json but whose content the protocol or the
+# application refuses (docs/PROTOCOL.md, section 12): 422, except these.
+_MEMPOOL_STATUS = {"duplicate": 409, "committed": 409, "full": 503}
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _height_digits(text: str, what: str) -> int:
+    if HEIGHT_DIGITS_RE.fullmatch(text) is None:
+        raise HTTPException(400, f"{what} must be a positive decimal integer")
+    return int(text)
 
 
 def _height_param(text: str, what: str = "height") -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise HTTPException(400, f"{what} must be a positive integer") from None
-    if value < 1:
-        raise HTTPException(400, f"{what} must be a positive integer")
+    """A height given as a query parameter: 1..HEIGHT_MAX in decimal digits."""
+    value = _height_digits(text, what)
+    if value > HEIGHT_MAX:
+        raise HTTPException(400, f"{what} must be at most {HEIGHT_MAX}")
     return value
 
 
-def _hex_param(text: str, what: str, length: int | None = None) -> bytes:
-    try:
-        value = bytes.fromhex(text)
-    except ValueError:
-        raise HTTPException(400, f"{what} must be hex") from None
-    if length is not None and len(value) != length:
+def _hex_param(
+    text: str, what: str, length: int | None = None, bytes_max: int | None = None
+) -> bytes:
+    if HEX_RE.fullmatch(text) is None:
+        raise HTTPException(400, f"{what} must be hex (two digits a byte)")
+    if length is not None and len(text) != 2 * length:
         raise HTTPException(400, f"{what} must be {length} bytes ({2 * length} hex characters)")
-    return value
+    if bytes_max is not None and len(text) > 2 * bytes_max:
+        raise HTTPException(400, f"{what} must be at most {bytes_max} bytes")
+    return bytes.fromhex(text)
+
+
+def _mempool_refusal(e: MempoolError) -> JSONResponse:
+    status = _MEMPOOL_STATUS.get(e.reason, 422)
+    return JSONResponse({"error": e.message, "reason": e.reason}, status_code=status)
+
+
+def _block_body(block: Block) -> bytes:
+    """GET /block's JSON, rendered off the event loop (a large block takes milliseconds)."""
+    return json.dumps(block_json(block), separators=(",", ":")).encode()
 
 
 def _committed_tx_json(store: BlockStore, txid: bytes) -> dict[str, Any] | None:
@@ -128,6 +161,29 @@ def _committed_tx_json(store: BlockStore, txid: bytes) -> dict[str, Any] | None:
 
 class TooManyItems(DecodeError):
     """A batch holds more items than its limit."""
+
+
+def _is_octet_stream(request: Request) -> bool:
+    """True for application/octet-stream, False for JSON (or no content type); else 415.
+
+    Checked before the body is read: a refused body is drained (node/http_edge.py).
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/octet-stream":
+        return True
+    if ctype in ("", "application/json"):
+        return False
+    raise HTTPException(415, "content type must be application/json or application/octet-stream")
+
+
+def _json_object(body: bytes | bytearray, refusal: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[...": RecursionError
+        raise HTTPException(400, refusal) from None
+    if not isinstance(obj, dict):
+        raise HTTPException(400, refusal)
+    return obj
 
 
 def _msgpack_byte_strings(data: bytes | bytearray, count_max: int) -> list[bytes]:
@@ -206,6 +262,8 @@ class RpcServer:
                 Route("/account/{address}", self.get_account),
                 Route("/query", self.query),
                 Route("/openapi.json", self.openapi),
+                # Plain HTTP to /stream: 426 (or 400 for bad parameters), and 405 with Allow.
+                Route("/stream", self.stream_without_upgrade, methods=["GET"]),
                 WebSocketRoute("/stream", self.stream),
             ],
             exception_handlers={
@@ -228,7 +286,8 @@ class RpcServer:
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, str(exc.detail))
+        # exc.headers carries the 405's Allow (RFC 9110 requires it) and the 426's Upgrade.
+        return _error(exc.status_code, str(exc.detail), exc.headers)
 
     async def _internal_error(self, request: Request, exc: Exception) -> Response:
         # Starlette re-raises after this answer; http_edge.ContainErrors logs and counts it.
@@ -257,7 +316,8 @@ class RpcServer:
         block = self.res.store.load_block(height)
         if block is None:
             raise HTTPException(404, f"no block at height {height}")
-        return JSONResponse(block_json(block))
+        body = await trio.to_thread.run_sync(_block_body, block)
+        return Response(body, media_type="application/json")
 
     async def get_commit(self, request: Request) -> Response:
         height = self._resolve_height(request.path_params["height"])
@@ -269,7 +329,7 @@ class RpcServer:
         return JSONResponse(
             {
                 "height": height,
-                "header": block_json(block, include_txs=False)["header"],
+                "header": header_json(block.header),
                 "header_encoded": block.header.encode().hex(),
                 "commit": commit_json(commit),
                 "validators_encoded": None if validators is None else validators.encode().hex(),
@@ -282,7 +342,7 @@ class RpcServer:
             if height < 1:
                 raise HTTPException(404, "no block committed yet")
             return height
-        height = _height_param(text)
+        height = _height_digits(text, "height")
         if height > self.res.height:
             raise HTTPException(404, f"height {height} is above the latest {self.res.height}")
         return height
@@ -304,6 +364,7 @@ class RpcServer:
                     {"address": v.address.hex(), "public_key": v.public_key.hex(), "power": v.power}
                     for v in vset
                 ],
+                "encoded": vset.encode().hex(),
             }
         )
 
@@ -324,18 +385,23 @@ class RpcServer:
     async def get_account(self, request: Request) -> Response:
         address = _hex_param(request.path_params["address"], "address", 20)
         result = self.res.chain.app.query("account", address)
-        if not result.ok:
-            raise HTTPException(404 if result.code == 404 else 400, result.log or "query failed")
-        return JSONResponse(query_json("account", result))
+        body = query_json("account", result) if result.ok else {}
+        if "balance" not in body:  # an application without accounts (kvstore)
+            raise HTTPException(404, result.log or "this application has no accounts")
+        return JSONResponse(body)
 
     async def query(self, request: Request) -> Response:
         path = request.query_params.get("path", "")
-        data = _hex_param(request.query_params.get("data", ""), "data")
-        if not path or len(path) > 64:
-            raise HTTPException(400, "path is required (at most 64 characters)")
+        if not 1 <= len(path) <= QUERY_PATH_CHARS_MAX:
+            raise HTTPException(400, f"path: 1 to {QUERY_PATH_CHARS_MAX} characters")
+        data = _hex_param(
+            request.query_params.get("data", ""), "data", bytes_max=QUERY_DATA_BYTES_MAX
+        )
         result = self.res.chain.app.query(path, data)
         if not result.ok:
-            raise HTTPException(404 if result.code == 404 else 400, result.log or "query failed")
+            # The request follows the description; the application does not answer it.
+            status = 404 if result.code == 404 else 422
+            raise HTTPException(status, result.log or "query failed")
         return JSONResponse(query_json(path, result))
 
     # ------------------------------------------------------------ writes
@@ -345,14 +411,7 @@ class RpcServer:
         try:
             txid, check = self.res.mempool_add(raw)
         except MempoolError as e:
-            status = (
-                503
-                if e.reason == "full"
-                else 409
-                if e.reason in ("duplicate", "committed")
-                else 400
-            )
-            return JSONResponse({"error": e.message, "reason": e.reason}, status_code=status)
+            return _mempool_refusal(e)
         body: dict[str, Any] = {
             "hash": txid.hex(),
             "check": {"code": check.code, "log": check.log},
@@ -378,31 +437,29 @@ class RpcServer:
         the canonical msgpack array of encoded transactions. Each is admitted
         on its own; the answer lists every one's hash and outcome in order.
         """
+        octets = _is_octet_stream(request)
         body = await self._read_body(request)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip()
         raws: list[bytes]
-        if ctype == "application/octet-stream":
+        if octets:
+            # Its content is the protocol's encoding, which the description cannot check: 422.
             try:
                 raws = _msgpack_byte_strings(body, TXS_PER_REQUEST_MAX)
-            except TooManyItems as e:
-                raise HTTPException(413, str(e)) from None
             except DecodeError as e:
                 raise HTTPException(
-                    400, f"body must be a msgpack array of transactions: {e}"
+                    422, f"body must be a msgpack array of transactions: {e}"
                 ) from None
         else:
-            try:
-                obj = json.loads(body)
-            except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[...": RecursionError
-                raise HTTPException(400, 'body must be JSON {"txs": ["<hex>", ...]}') from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("txs"), list):
+            obj = _json_object(body, 'body must be JSON {"txs": ["<hex>", ...]}')
+            if not isinstance(obj.get("txs"), list):
                 raise HTTPException(400, 'body must be JSON {"txs": ["<hex>", ...]}')
             if len(obj["txs"]) > TXS_PER_REQUEST_MAX:
-                raise HTTPException(413, f"at most {TXS_PER_REQUEST_MAX} transactions")
+                raise HTTPException(400, f"at most {TXS_PER_REQUEST_MAX} transactions")
             raws = []
             for item in obj["txs"]:
                 if not isinstance(item, str):
                     raise HTTPException(400, "each transaction must be a hex string")
+                if len(item) > HEX_TX_CHARS_MAX:
+                    raise HTTPException(400, f"tx over {HEX_TX_CHARS_MAX} hex characters")
                 raws.append(_hex_param(item, "tx"))
         results: list[dict[str, Any]] = []
         accepted = 0
@@ -438,20 +495,17 @@ class RpcServer:
         raise HTTPException(408, f"request body not received within {BODY_READ_TIMEOUT_S:g} s")
 
     async def _read_tx_request(self, request: Request) -> tuple[bytes, str]:
+        octets = _is_octet_stream(request)
         body = await self._read_body(request)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip()
         wait = request.query_params.get("wait", "check")
-        if ctype == "application/octet-stream":
+        if octets:
             raw = bytes(body)
         else:
-            try:
-                obj = json.loads(body)
-            except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[...": RecursionError
-                raise HTTPException(400, 'body must be JSON {"tx": "<hex>"}') from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("tx"), str):
+            obj = _json_object(body, 'body must be JSON {"tx": "<hex>"}')
+            if not isinstance(obj.get("tx"), str):
                 raise HTTPException(400, 'body must be JSON {"tx": "<hex>"}')
             if len(obj["tx"]) > HEX_TX_CHARS_MAX:
-                raise HTTPException(413, "transaction too large")
+                raise HTTPException(400, f"tx over {HEX_TX_CHARS_MAX} hex characters")
             raw = _hex_param(obj["tx"], "tx")
             wait = obj.get("wait", wait)
         if wait not in ("check", "commit"):
@@ -460,19 +514,30 @@ class RpcServer:
 
     # ------------------------------------------------------------ stream
 
+    async def stream_without_upgrade(self, request: Request) -> Response:
+        """GET /stream without a websocket handshake: its parameters checked, then 426."""
+        self._stream_params(request.query_params.get)
+        raise HTTPException(
+            426,
+            "/stream is a websocket: send the upgrade handshake",
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+
     async def stream(self, ws: WebSocket) -> None:
         """Committed blocks in order from `from_height` (default: the next one), then live."""
+        try:
+            from_height, senders = self._stream_params(ws.query_params.get)
+        except HTTPException as e:
+            # Refused in the handshake, with the same 400 as plain HTTP (ASGI's websocket
+            # denial response, which hypercorn supports).
+            await ws.send_denial_response(_error(e.status_code, str(e.detail)))
+            return
         guard = ws.scope.get("state", {}).get(CONNECTION_STATE_KEY)
         if isinstance(guard, GuardedStream):
             guard.stream_mode()  # the subscription's queue bounds a slow reader from here
         else:
             guard = None
         await ws.accept()
-        try:
-            from_height, senders = self._stream_params(ws)
-        except HTTPException as e:
-            await ws.close(WS_CLOSE_BAD_REQUEST, reason=str(e.detail))
-            return
         try:
             with self.res.hub.subscribe() as sub:
                 async with trio.open_nursery() as nursery:
@@ -486,11 +551,11 @@ class RpcServer:
         except WebSocketDisconnect:
             pass
 
-    def _stream_params(self, ws: WebSocket) -> tuple[int, set[bytes] | None]:
-        text = ws.query_params.get("from_height")
+    def _stream_params(self, param: Callable[[str], str | None]) -> tuple[int, set[bytes] | None]:
+        text = param("from_height")
         from_height = self.res.height + 1 if text is None else _height_param(text, "from_height")
-        sender_text = ws.query_params.get("sender")
-        if not sender_text:
+        sender_text = param("sender")
+        if sender_text is None:
             return from_height, None
         parts = sender_text.split(",")
         if len(parts) > STREAM_SENDER_FILTERS_MAX:
@@ -551,7 +616,8 @@ class RpcServer:
             "hash": block.hash.hex(),
             "time_ms": block.header.time_ms,
             "tx_count": len(block.txs),
-            "header": block_json(block, include_txs=False)["header"],
+            "header": header_json(block.header),
+            "header_encoded": block.header.encode().hex(),
             "txs": txs,
         }
         text = json.dumps(body)

@@ -18,9 +18,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 import trio
 from starlette.routing import Route, WebSocketRoute
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionRejected, open_websocket_url
 
 from apps.ledger import transfer_tx
 from consensus import merkle
@@ -51,8 +52,9 @@ async def test_bad_requests_get_a_4xx_json_error_and_leave_the_node_committing(
     tmp_path: Path,
 ) -> None:
     """Malformed JSON, bad hex, bad signature, wrong nonce, oversized tx and body, unknown
-    heights and hashes, wrong methods: each answers its 4xx with {"error": "<message>"}; the
-    node then still commits blocks and a valid transfer, and logged no handler failure."""
+    heights and hashes, wrong methods and content types, /stream without a handshake: each
+    answers its 4xx with {"error": "<message>"} (a 405 with Allow); the node then still
+    commits blocks and a valid transfer, and logged no handler failure."""
     net = _single(tmp_path)
     key = net.accounts[0]
     to = PrivateKey(b"\x07" * 32).address
@@ -78,11 +80,12 @@ async def test_bad_requests_get_a_4xx_json_error_and_leave_the_node_committing(
         ),
         ("JSON without tx", "POST", "/tx", {"json": {"transaction": "00"}}, 400),
         ("tx not hex", "POST", "/tx", {"json": {"tx": "zz"}}, 400),
-        ("tx not a transaction", "POST", "/tx", {"json": {"tx": "c0ffee"}}, 400),
-        ("bad signature", "POST", "/tx", tx_body(forged.encode()), 400),
-        ("wrong nonce", "POST", "/tx", tx_body(wrong_nonce.encode()), 400),
-        ("oversized tx", "POST", "/tx", tx_body(oversized.encode()), 400),
-        ("tx hex over the limit", "POST", "/tx", {"json": {"tx": too_big_hex}}, 413),
+        # 422: the request follows /openapi.json, the protocol refuses the transaction.
+        ("tx not a transaction", "POST", "/tx", {"json": {"tx": "c0ffee"}}, 422),
+        ("bad signature", "POST", "/tx", tx_body(forged.encode()), 422),
+        ("wrong nonce", "POST", "/tx", tx_body(wrong_nonce.encode()), 422),
+        ("oversized tx", "POST", "/tx", tx_body(oversized.encode()), 422),
+        ("tx hex over the limit", "POST", "/tx", {"json": {"tx": too_big_hex}}, 400),
         (
             "body over 1 MiB",
             "POST",
@@ -95,6 +98,12 @@ async def test_bad_requests_get_a_4xx_json_error_and_leave_the_node_committing(
         ("unknown height: commit", "GET", "/commit/999999", {}, 404),
         ("unknown height: validators", "GET", "/validators?height=999999", {}, 404),
         ("height zero", "GET", "/block/0", {}, 400),
+        ("height with a sign", "GET", "/block/+1", {}, 400),
+        ("hash with a space", "GET", "/tx/" + "00" * 31 + "%2000", {}, 400),
+        ("form content type", "POST", "/tx", {"data": {"tx": "00"}}, 415),
+        ("stream without a handshake", "GET", "/stream", {}, 426),
+        ("stream with a bad from_height", "GET", "/stream?from_height=0", {}, 400),
+        ("wrong method: POST /stream", "POST", "/stream", {}, 405),
         ("height not a number", "GET", "/block/tall", {}, 400),
         ("tx hash not hex", "GET", "/tx/xyz", {}, 400),
         ("tx hash too short", "GET", "/tx/abcd", {}, 400),
@@ -114,6 +123,8 @@ async def test_bad_requests_get_a_4xx_json_error_and_leave_the_node_committing(
             assert r.headers["content-type"].startswith("application/json"), what
             body = r.json()
             assert isinstance(body.get("error"), str) and len(body["error"]) > 3, f"{what}: {body}"
+            if expected == 405:
+                assert r.headers.get("allow"), f"{what}: a 405 names the allowed methods"
         # The refused transactions were not admitted: the account's nonce 0 is still free.
         before = await api.height(node)
         r = await api.submit(node, good.encode(), wait="commit")
@@ -251,7 +262,8 @@ async def test_stream_sender_filter_returns_only_that_senders_transactions(
     tmp_path: Path,
 ) -> None:
     """With ?sender=<address>, each block event lists only that sender's transactions (all of
-    them), while tx_count still counts the block's others."""
+    them), while tx_count still counts the block's others. A bad filter refuses the handshake
+    with a 400 and a JSON error."""
     net = _single(tmp_path, accounts=2)
     alice, bob = net.accounts
     to = PrivateKey(b"\x0b" * 32).address
@@ -278,6 +290,12 @@ async def test_stream_sender_filter_returns_only_that_senders_transactions(
         async with open_websocket_url(url) as ws:
             while not seen or seen[-1]["height"] < top:
                 seen.append(await _next_block(ws))
+        for bad in ("sender=", "sender=abcd", "from_height=0", "from_height=01"):
+            with pytest.raises(ConnectionRejected) as refused:
+                async with open_websocket_url(f"{node.ws}/stream?{bad}"):
+                    pass
+            assert refused.value.status_code == 400, bad
+            assert refused.value.body is not None and b'"error"' in refused.value.body, bad
     streamed = [tx for event in seen for tx in event["txs"]]
     assert {tx["hash"] for tx in streamed} == mine
     assert {tx["sender_address"] for tx in streamed} == {alice.address.hex()}
