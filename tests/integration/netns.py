@@ -23,8 +23,9 @@ interface down or up (`ip link set ... down`), which cuts it from everyone.
 
 The operator's host is the root namespace: one more TAP there, with the
 subnet's first address, through which tests and load generators reach the
-nodes' APIs (unshaped in that direction, shaped like any frame on the way
-back).
+nodes' APIs. Its frames are neither shaped nor partitioned: the delays are
+between the hosts, and a client sits next to the node it uses, so what a
+test or a benchmark measures is the network between validators.
 
 Names and addresses are per run: namespaces `archipelago-<pid>-<n>-h<i>`,
 TAPs `ap<pid hex>x<n>h<i>`, and a /24 of 10.77.0.0/16 that no interface or
@@ -101,7 +102,7 @@ def unavailable() -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class LinkShape:
-    """What a host's link does to every frame the host sends (like netem on its egress)."""
+    """What a host's link does to each frame it sends to another host (netem on its egress)."""
 
     delay_ms: float = 0.0
     loss_pct: float = 0.0
@@ -258,6 +259,11 @@ class Hosts:
                 return third
         raise NetnsUnavailable(f"every /24 of {SUBNET_PREFIX}.0.0/16 is in use")
 
+    @property
+    def wire_pid(self) -> int:
+        assert self._wire is not None
+        return self._wire.pid
+
     def wrapper(self, host: int) -> tuple[str, ...]:
         """The command prefix that runs a program on `host`."""
         return ("ip", "netns", "exec", self.namespaces[host])
@@ -365,6 +371,9 @@ class _Wire:
             )
         return json.dumps(self.counts).encode() + b"\n"
 
+    def _shaped(self, a: int, b: int) -> bool:
+        return self.operator not in (a, b)
+
     def _connected(self, a: int, b: int) -> bool:
         if self.group is None or self.operator in (a, b):
             return True
@@ -384,6 +393,9 @@ class _Wire:
                 continue
             if not self._connected(port, out):
                 self.counts["partitioned"] += 1
+                continue
+            if not self._shaped(port, out):
+                self.send(out, frame)
                 continue
             if shape.loss_pct and self.rng.random() * 100 < shape.loss_pct:
                 self.counts["lost"] += 1

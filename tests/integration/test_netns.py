@@ -84,8 +84,8 @@ async def wait_committed(
         for txhash in hashes:
             for v in validators:
                 body = await api.try_get(v, f"/tx/{txhash}")
-                committed = body is not None and body["status"] == "committed"
-                seen.setdefault(txhash, set()).add(body["height"] if committed else -1)
+                height = -1 if body is None or body["status"] != "committed" else body["height"]
+                seen.setdefault(txhash, set()).add(height)
         return seen
 
     return await nodes.wait_for(
@@ -174,9 +174,9 @@ async def test_a_2_2_partition_halts_commits_and_healing_resumes_them(
         halted = await nodes.wait_for(
             statuses, silent, HEIGHT_TIMEOUT_S, f"{HALTED_MS} ms without a block at every node"
         )
-        hashes = {s["latest_height"]: set() for s in halted}
+        hashes: dict[int, set[str]] = {}
         for s in halted:
-            hashes[s["latest_height"]].add(s["latest_block_hash"])
+            hashes.setdefault(s["latest_height"], set()).add(s["latest_block_hash"])
         assert all(len(h) == 1 for h in hashes.values()), halted  # no fork meanwhile
         stats = hosts.heal()
         assert stats.partitioned > 0, stats
