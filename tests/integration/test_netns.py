@@ -35,8 +35,9 @@ pytestmark = pytest.mark.skipif(
 
 VALIDATORS = 4
 HEIGHT_TIMEOUT_S = 90  # generous: a loaded 2-core machine; healthy runs take a few seconds
-# A cut-off validator redials with backoff and its TCP retransmissions back off too
-# while its link is down; after the heal it needs some of both to rejoin.
+# A cut-off validator keeps its connections (a peer is dropped after idle_timeout_s,
+# 30 s), and while its link is down TCP's retransmission timer backs off (to 10 s
+# seen with `ss`): it rejoins at the first retransmission after the heal.
 CATCH_UP_TIMEOUT_S = 120
 WAN = netns.LinkShape(delay_ms=25)  # one way, per host: 50 ms between two hosts
 LOSSY_WAN = netns.LinkShape(delay_ms=25, loss_pct=1, reorder_pct=5)
