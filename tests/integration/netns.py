@@ -204,10 +204,6 @@ class Hosts:
         global _runs
         if not 1 <= count <= HOSTS_MAX:
             raise ValueError(f"hosts: expected 1..{HOSTS_MAX}, got {count}")
-        reason = unavailable()
-        if reason is not None:
-            raise NetnsUnavailable(reason)
-        remove_stale_namespaces()
         _runs += 1
         pid = os.getpid()
         self.count = count
@@ -221,6 +217,10 @@ class Hosts:
         self.operator_address = ""
 
     def setup(self) -> None:
+        reason = unavailable()
+        if reason is not None:
+            raise NetnsUnavailable(reason)
+        remove_stale_namespaces()
         fds: list[int] = []
         try:
             for tap in [*self._taps, self._operator_tap]:
@@ -284,9 +284,10 @@ class Hosts:
         """Undo `partition`."""
         return self._command({"groups": None})
 
-    def set_link(self, host: int, *, up: bool) -> None:
+    def set_link(self, host: int, *, up: bool) -> WireStatistics:
         """Take `host`'s interface down (it reaches no one, and no one it) or up again."""
         _ip("-n", self.namespaces[host], "link", "set", self._taps[host], "up" if up else "down")
+        return self.statistics()
 
     def statistics(self) -> WireStatistics:
         return self._command({})
