@@ -344,7 +344,7 @@ def open_hosts(count: int, *, seed: int = 0) -> Iterator[Hosts]:
 # ---------------------------------------------------------------------- the wire
 
 
-class _Wire:
+class Wire:
     """The forwarding loop: one port per TAP descriptor, the last one the operator's."""
 
     def __init__(self, fds: list[int], seed: int) -> None:
@@ -462,7 +462,7 @@ def _wire_main(argv: list[str]) -> int:
     seed, *fds = (int(a) for a in argv)
     # The test runner's Ctrl-C is for the runner, which then stops the wire itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _Wire(fds, seed).run(control_fd=0)
+    Wire(fds, seed).run(control_fd=0)
     return 0
 
 
