@@ -86,8 +86,9 @@ async def benchmark(
             nursery.start_soon(load.run)
             for rate in ns.rates:
                 row: dict[str, object] = {"target_tps": rate}
-                for name, delay_ms in (("base", 0.0), ("wan", ns.delay_ms)):
-                    hosts.shape(netns.LinkShape(delay_ms=delay_ms))
+                wan_shape = netns.LinkShape(ns.delay_ms, ns.loss_pct, ns.reorder_pct)
+                for name, shape in (("base", netns.LinkShape()), ("wan", wan_shape)):
+                    hosts.shape(shape)
                     wire0 = cpu_seconds(hosts.wire_pid)
                     t0 = time.perf_counter()
                     step = await run_step(net, load, rate, ns.warmup_s, ns.step_s)
@@ -95,7 +96,7 @@ async def benchmark(
                         100 * (cpu_seconds(hosts.wire_pid) - wire0) / (time.perf_counter() - t0)
                     )
                     log(
-                        f"  {name} ({2 * delay_ms:.0f} ms RTT): {describe(step)}  "
+                        f"  {name} ({2 * shape.delay_ms:.0f} ms RTT): {describe(step)}  "
                         f"wire cpu {wire_pct:.0f}%"
                     )
                     row[name] = step
@@ -131,6 +132,10 @@ def main() -> int:
     parser.add_argument(
         "--delay-ms", type=float, default=DEFAULT_DELAY_MS, help="one way, per host"
     )
+    parser.add_argument("--loss-pct", type=float, default=0.0, help="of frames, per host")
+    parser.add_argument(
+        "--reorder-pct", type=float, default=0.0, help="of frames sent without the delay"
+    )
     parser.add_argument("--step-s", type=float, default=10.0, help="measured seconds per step")
     parser.add_argument("--warmup-s", type=float, default=3.0, help="seconds before measuring")
     parser.add_argument("--accounts", type=int, default=256)
@@ -150,6 +155,8 @@ def main() -> int:
         "benchmark": "netns",
         "validators": VALIDATORS,
         "rtt_ms": 2 * ns.delay_ms,
+        "loss_pct": ns.loss_pct,
+        "reorder_pct": ns.reorder_pct,
         "timeout_commit_ms": ns.timeout_commit_ms,
         "steps": [
             {k: asdict(v) if isinstance(v, Step) else v for k, v in row.items()} for row in rows
