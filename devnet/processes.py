@@ -82,9 +82,12 @@ def make_testnet(
     log_format: str = "json",
     timeout_commit_ms: int | None = None,
     mempool_txs_max: int | None = None,
+    hosts: Sequence[str] | None = None,
 ) -> list[NodeHome]:
     """`archipelago testnet` into `folder`, then the few config changes a local run wants."""
-    homes = create_testnet(folder, validators=validators, base_port=base_port, accounts=accounts)
+    homes = create_testnet(
+        folder, validators=validators, base_port=base_port, accounts=accounts, hosts=hosts
+    )
     for home in homes:
         config = load_config(home.paths.config)
         config = replace(config, log=replace(config.log, format=log_format))
@@ -159,11 +162,17 @@ def _proc_status_bytes(pid: int, key: str) -> int | None:
     return None
 
 
-async def start_node(index: int, home: NodeHome, log_path: Path) -> NodeProcess:
-    """Start `archipelago start --home HOME` with its stderr (the log) going to `log_path`."""
+async def start_node(
+    index: int, home: NodeHome, log_path: Path, wrapper: Sequence[str] = ()
+) -> NodeProcess:
+    """Start `archipelago start --home HOME` with its stderr (the log) going to `log_path`.
+
+    `wrapper` is a command prefix to run it under (e.g. `ip netns exec NS`: it must
+    exec the node, so that the process started is the node).
+    """
     log_file = open(log_path, "ab")  # closed in stop_nodes, once the process is gone
     process = await trio.lowlevel.open_process(
-        [*archipelago_command(), "start", "--home", str(home.paths.root)],
+        [*wrapper, *archipelago_command(), "start", "--home", str(home.paths.root)],
         stdin=subprocess.DEVNULL,
         stdout=log_file,
         stderr=log_file,

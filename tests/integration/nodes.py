@@ -49,6 +49,7 @@ START_TIMEOUT_S = 30
 HTTP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.1  # between polls of a condition; never used to wait for an outcome
 STOP_TIMEOUT_S = 10
+LOG_JSON = ("--log-format", "json")  # the nodes' logs are read back by `log_events`
 
 # Consensus timeouts that make a loopback testnet commit several blocks a second
 # while leaving a round enough time on a loaded machine (a missing proposer costs
@@ -139,6 +140,8 @@ class NodeProcess:
     home: Path
     process: trio.Process | None = None
     starts: int = 0
+    # A command prefix the daemon runs under, e.g. `ip netns exec NS` (tests/integration/netns.py).
+    wrapper: tuple[str, ...] = ()
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -183,7 +186,7 @@ class NodeProcess:
         self._close_log()
         self._log = open(self.log_path, "ab")
         self.process = await trio.lowlevel.open_process(
-            [str(ARCHIPELAGO), "start", "--home", str(self.home), "--log-format", "json"],
+            [*self.wrapper, str(ARCHIPELAGO), "start", "--home", str(self.home), *LOG_JSON],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
@@ -278,8 +281,10 @@ def create_testnet(
     accounts: int = 4,
     app: str = "ledger",
     consensus: ConsensusConfig = FAST_CONSENSUS,
+    hosts: Sequence[str] = (),
 ) -> Testnet:
-    """`archipelago testnet` into root on free ports, then each config's [consensus] set."""
+    """`archipelago testnet` into root on free ports (of `hosts`, when given), then each
+    config's [consensus] set."""
     result = run_cli(
         "testnet",
         "--validators",
@@ -292,6 +297,7 @@ def create_testnet(
         str(accounts),
         "--app",
         app,
+        *(["--hosts", ",".join(hosts)] if hosts else []),
     )
     assert result.returncode == 0, result.stderr
     homes = [root / f"node{i}" for i in range(validators)]
