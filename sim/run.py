@@ -15,6 +15,7 @@ order. `--regressions FILE` appends every failing run to FILE
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -143,10 +144,21 @@ def _map_runs(one: Callable[[int], RunResult], seeds: range, jobs: int) -> Itera
     if jobs == 1 or len(seeds) <= 1:
         yield from map(one, seeds)
         return
-    # forkserver: workers start from a clean interpreter, not a fork of a
-    # parent that may hold threads (the signature verifier's) or open stores.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("forkserver")) as pool:
+    # spawn: workers start from a clean interpreter, not a fork of a parent
+    # that may hold threads (the signature verifier's) or open stores; and they
+    # are this process's children, so their CPU time is counted in its
+    # RUSAGE_CHILDREN once the pool is shut down (main's cpu_s_per_run).
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         yield from pool.map(one, seeds, chunksize=JOB_CHUNK_RUNS)
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its reaped children (the workers)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def replay(entry: Regression) -> RunResult:
@@ -259,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         on_result=on_result,
     )
     elapsed = time.monotonic() - started
+    runs = max(1, len(seeds))
     print(batch.summary())
     print(
         f"validators={args.validators} byzantine={args.byzantine} jobs={args.jobs} "
-        f"wall_s={elapsed:.1f} wall_s_per_run={elapsed / max(1, len(seeds)):.3f}"
+        f"wall_s={elapsed:.1f} wall_s_per_run={elapsed / runs:.3f} "
+        f"cpu_s_per_run={_cpu_s() / runs:.3f}"
     )
     return 0 if batch.ok else 1
