@@ -40,8 +40,8 @@ sim: $(STAMP)
 
 # 10,000 seeds each at n = 4, 7, 10 with f = 1, 2, 3 Byzantine, every fault kind
 # and the hostile peer, on both cores; failing runs go to the file the test
-# suite replays. All three sizes run even if one fails. About 5 hours on the
-# 2-core machine (benchmarks/README.md, "Simulator at scale").
+# suite replays. All three sizes run even if one fails. About 2 hours on a
+# quiet 2-core machine, 5 on a busy one (benchmarks/README.md, "Simulator at scale").
 SIM_SCALE_SEEDS ?= 10000
 SIM_JOBS ?= 2
 SIM_REGRESSIONS := tests/sim/regressions.json
