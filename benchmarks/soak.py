@@ -17,16 +17,16 @@ resident memory (VmRSS), open file descriptors (/proc/PID/fd), trio tasks
 (`archipelago_trio_tasks` on its metrics endpoint) and height. Each block's
 header time comes from every node's block stream.
 
-Verdict, over the samples after WARMUP_S (caches, the mempool and
-connections fill first):
+Verdict:
 
-- growth, per node and per figure: the least-squares slope, as % of the
-  first third's mean per hour, above GROWTH_PCT_PER_HOUR_MAX, and the last
-  third's mean above the first third's by more than THIRDS_GROWTH_PCT_MAX %
-  and by more than the figure's GROWTH_ABS_MIN (a real leak shows in all
-  three; noise or one cache filling in one);
-- a stall: two consecutive blocks whose header times are more than
-  STALL_INTERVALS times the median block interval apart;
+- growth, per node and per figure, over the samples after WARMUP_S (caches,
+  the mempool and connections fill first): the least-squares slope, as % of
+  the first third's mean per hour, above GROWTH_PCT_PER_HOUR_MAX, and the
+  last third's mean above the first third's by more than
+  THIRDS_GROWTH_PCT_MAX % and by more than the figure's GROWTH_ABS_MIN (a
+  real leak shows in all three; noise or one cache filling in one);
+- a stall, over the whole soak: two consecutive blocks whose header times
+  are more than STALL_INTERVALS times the median block interval apart;
 - a node that died.
 
 Any of them makes the exit code 1. Writes benchmarks/results/soak.csv (one
