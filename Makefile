@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench sim clean
+.PHONY: run test lint bench sim sim-scale clean
 
 $(STAMP): pyproject.toml consensus/_batchverify.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,20 @@ bench: $(VENV)/.bench
 
 sim: $(STAMP)
 	$(BIN)/archipelago simulate --validators 4 --byzantine 1 --seeds 500
+
+# 10,000 seeds each at n = 4, 7, 10 with f = 1, 2, 3 Byzantine, every fault kind
+# and the hostile peer, on both cores; failing runs go to the file the test
+# suite replays. All three sizes run even if one fails. About 2 hours on a
+# quiet 2-core machine, 5 on a busy one (benchmarks/README.md, "Simulator at scale").
+SIM_SCALE_SEEDS ?= 10000
+SIM_JOBS ?= 2
+SIM_REGRESSIONS := tests/sim/regressions.json
+sim-scale: $(STAMP)
+	rc=0; for nf in 4:1 7:2 10:3; do \
+	  $(BIN)/archipelago simulate --validators $${nf%:*} --byzantine $${nf#*:} \
+	    --seeds $(SIM_SCALE_SEEDS) --jobs $(SIM_JOBS) --progress \
+	    --regressions $(SIM_REGRESSIONS) || rc=1; \
+	done; exit $$rc
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -22,6 +22,12 @@ otherwise idle (trio's own wake-up; recording adds about 1.5 us a tick), and
 less on a working node, whose loop is awake anyway. That is the price of the
 10 ms resolution issue 11 asks for, so it always runs. Time is trio's clock,
 so a test can drive it with `trio.testing.MockClock`.
+
+It also gives the `archipelago_trio_tasks` gauge its count: every task
+under the run's root task, walked at scrape time (never on the probe's tick),
+so a leak of tasks (one per connection or per message that never ends) shows
+as growth in a long run (benchmarks/soak.py). The walk is O(tasks), which the
+node's connection limits bound.
 """
 
 from __future__ import annotations
@@ -69,6 +75,20 @@ class LoopWatch:
         self._now_s = 0
         self.samples = 0
         metrics.event_loop_lag_max.set_function(self.max_lag_s)
+        self._root: trio.lowlevel.Task | None = None
+        metrics.trio_tasks.set_function(self.task_count)
+
+    def task_count(self) -> int:
+        """Tasks alive under the trio run's root task (0 before `run` started)."""
+        if self._root is None:
+            return 0
+        count, stack = 0, [self._root]
+        while stack:
+            task = stack.pop()
+            count += 1
+            for nursery in task.child_nurseries:
+                stack.extend(nursery.child_tasks)
+        return count
 
     def max_lag_s(self) -> float:
         """The largest lag recorded in the window ending at the latest tick."""
@@ -98,6 +118,7 @@ class LoopWatch:
             log.warning("event loop stalled", lag_ms=round(lag_s * 1000))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._root = trio.lowlevel.current_root_task()
         task_status.started()
         tick_s = self._tick_s
         while True:

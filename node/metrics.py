@@ -232,6 +232,11 @@ class Metrics:
             "Largest event-loop lag in the last 15 s (one scrape interval).",
             registry=r,
         )
+        self.trio_tasks = g(
+            f"{_NS}_trio_tasks",
+            "Trio tasks alive in the node's process, counted at scrape time (a leak grows it).",
+            registry=r,
+        )
 
     def add_source(self, source: Callable[[], Iterable[PulledSample]]) -> None:
         """Register figures read at scrape time (network statistics, caches)."""

@@ -5,7 +5,8 @@ checks.py (what must hold after every run, and its reports), faults.py (what
 a seed may make go wrong), scenarios.py (the hostile peer and the scripted
 Byzantine attacks), workload.py (keys and client transactions), idle.py (the
 `--no-empty-blocks` mode: mempools filled by bursts of transactions between
-idle gaps), run.py (one run, a batch, the command). Nothing under
+idle gaps), run.py (one run, a batch on one or more processes, the command),
+regressions.py (failing runs recorded to a file the test suite replays). Nothing under
 consensus/, network/ or node/ imports this package; node/cli.py loads it
 only when `simulate` runs.
 """

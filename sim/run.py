@@ -5,12 +5,24 @@
 it and returns its checked result (sim/checks.py). A failing run's report
 names its seed: `archipelago simulate --seed-start S --seeds 1` (or
 `python -m sim ...`) replays it byte for byte.
+
+A batch may run on several processes (`--jobs`): each run depends on its
+seed only, so the results are the same as on one, and come back in seed
+order. `--regressions FILE` appends every failing run to FILE
+(sim/regressions.py) as soon as it is seen; the test suite replays the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
+import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from multiprocessing import get_context
 from pathlib import Path
 
 from consensus.machine import ConsensusMachine
@@ -18,7 +30,14 @@ from node.driver import Driver
 from sim.checks import BatchResult, RunResult
 from sim.engine import Simulation
 from sim.faults import MODES, SCRIPTED_MODES, Faults
+from sim.regressions import Regression, failure_reason, record_regression
 from sim.scenarios import Attacker, LockAttack
+
+# Runs handed to a worker process at a time: large enough that the pickling
+# round trip is small next to the runs (a 4-validator run takes about 0.4 s),
+# small enough that results (and failures) come back as the batch goes.
+JOB_CHUNK_RUNS = 8
+PROGRESS_EVERY_RUNS = 500  # a line on stderr this often in a batch with --progress
 
 
 def simulate(
@@ -90,24 +109,70 @@ def run_batch(
     machine_class: type[ConsensusMachine] | None = None,
     equal_power: bool = False,
     idle: bool = False,
+    jobs: int = 1,
+    on_result: Callable[[RunResult], None] | None = None,
 ) -> BatchResult:
-    """One run per seed; see BatchResult.summary() for the one-line report."""
-    results = tuple(
-        simulate(
-            seed,
-            validators=validators,
-            byzantine=byzantine,
-            heights=heights,
-            faults=faults,
-            byzantine_mode=byzantine_mode,
-            driver_class=driver_class,
-            machine_class=machine_class,
-            equal_power=equal_power,
-            idle=idle,
-        )
-        for seed in seeds
+    """One run per seed, on `jobs` processes; see BatchResult.summary() for the report.
+
+    `on_result` sees each result as it arrives, in seed order. With jobs > 1
+    the planted classes must be importable by name (module level), as pickle
+    needs.
+    """
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1")
+    one = partial(
+        simulate,
+        validators=validators,
+        byzantine=byzantine,
+        heights=heights,
+        faults=faults,
+        byzantine_mode=byzantine_mode,
+        driver_class=driver_class,
+        machine_class=machine_class,
+        equal_power=equal_power,
+        idle=idle,
     )
-    return BatchResult(seeds, results)
+    results: list[RunResult] = []
+    for result in _map_runs(one, seeds, jobs):
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return BatchResult(seeds, tuple(results))
+
+
+def _map_runs(one: Callable[[int], RunResult], seeds: range, jobs: int) -> Iterator[RunResult]:
+    if jobs == 1 or len(seeds) <= 1:
+        yield from map(one, seeds)
+        return
+    # spawn: workers start from a clean interpreter, not a fork of a parent
+    # that may hold threads (the signature verifier's) or open stores; and they
+    # are this process's children, so their CPU time is counted in its
+    # RUSAGE_CHILDREN once the pool is shut down (main's cpu_s_per_run).
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        yield from pool.map(one, seeds, chunksize=JOB_CHUNK_RUNS)
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its reaped children (the workers)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def replay(entry: Regression) -> RunResult:
+    """Run a recorded regression again (sim/regressions.py)."""
+    return simulate(
+        entry.seed,
+        validators=entry.validators,
+        byzantine=entry.byzantine,
+        heights=entry.heights,
+        faults=entry.faults,
+        byzantine_mode=entry.byzantine_mode,
+        equal_power=entry.equal_power,
+        idle=entry.idle,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +199,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="create_empty_blocks = false, transactions in bursts between idle gaps",
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="worker processes (default 1; results are the same)"
+    )
+    parser.add_argument(
+        "--regressions",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="append every failing run to FILE (a JSON list the test suite replays)",
+    )
+    parser.add_argument(
+        "--progress", action="store_true", help=f"a line on stderr every {PROGRESS_EVERY_RUNS} runs"
+    )
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     if args.validators < 1 or not 0 <= 3 * args.byzantine < args.validators:
         parser.error("need validators >= 1 and 3 * byzantine < validators")
     if args.mode in SCRIPTED_MODES and (args.validators, args.byzantine) != (4, 1):
@@ -148,6 +228,36 @@ def main(argv: list[str] | None = None) -> int:
         faults = Faults()
     else:
         faults = Faults.everything()
+    started = time.monotonic()
+    done = [0]
+
+    def on_result(result: RunResult) -> None:
+        done[0] += 1
+        if not result.ok:
+            print(result.describe(), file=sys.stderr, flush=True)
+            if args.regressions is not None:
+                entry = Regression(
+                    result.seed,
+                    args.validators,
+                    args.byzantine,
+                    args.heights,
+                    faults,
+                    args.mode,
+                    args.equal_power,
+                    args.no_empty_blocks,
+                    why=failure_reason(result),
+                )
+                if record_regression(args.regressions, entry):
+                    print(f"recorded seed {result.seed} in {args.regressions}", file=sys.stderr)
+        if args.progress and done[0] % PROGRESS_EVERY_RUNS == 0:
+            elapsed = time.monotonic() - started
+            print(
+                f"{done[0]}/{len(seeds)} runs, {elapsed:.0f} s, "
+                f"{elapsed / done[0]:.3f} s per run (wall, {args.jobs} jobs)",
+                file=sys.stderr,
+                flush=True,
+            )
+
     batch = run_batch(
         args.validators,
         args.byzantine,
@@ -157,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         byzantine_mode=args.mode,
         equal_power=args.equal_power,
         idle=args.no_empty_blocks,
+        jobs=args.jobs,
+        on_result=on_result,
     )
+    elapsed = time.monotonic() - started
+    runs = max(1, len(seeds))
     print(batch.summary())
+    print(
+        f"validators={args.validators} byzantine={args.byzantine} jobs={args.jobs} "
+        f"wall_s={elapsed:.1f} wall_s_per_run={elapsed / runs:.3f} "
+        f"cpu_s_per_run={_cpu_s() / runs:.3f}"
+    )
     return 0 if batch.ok else 1

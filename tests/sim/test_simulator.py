@@ -17,45 +17,76 @@ peer started the height (idle mode).
 from __future__ import annotations
 
 import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+import sim.run
 from consensus.events import Event
 from consensus.machine import ConsensusMachine
 from node.driver import Driver
 from node.effects import Effect, Sign
 from node.signstate import SignedRecord
-from sim import ATTACKS, Faults, main, run_batch, simulate
+from sim import ATTACKS, Faults, RunResult, main, run_batch, simulate
+from sim.regressions import Regression, load_regressions, record_regression
+from sim.run import replay
 
-# Seeds that once failed (liveness: an equivocator's polka seen by one honest
-# validator only, before votes were relayed and counted per block). Keep them.
-REGRESSION_SEEDS = (1, 2, 3)
-# Crash seeds that once failed, with their faults (4 heights each):
-# 62: a node crashed before logging StartHeight(1) and, restarted, never began
-#     the height (false liveness failure; the node starts it after replay).
-# 117, 121: a crash between applying a block and logging the next height.
-CRASH_REGRESSIONS = (
-    (62, Faults(crashes=4, partitions=0)),
-    (117, Faults(crashes=12, partitions=0)),
-    (121, Faults(crashes=12, partitions=0)),
-)
+# Runs that once failed, replayed here: the fixed regression seeds (an
+# equivocator's polka seen by one honest validator only; crash seeds with their
+# faults) and whatever `archipelago simulate --regressions` recorded at scale
+# (`make sim-scale`). Each entry says why it is there (sim/regressions.py).
+REGRESSIONS_PATH = Path(__file__).with_name("regressions.json")
+REGRESSIONS = load_regressions(REGRESSIONS_PATH)
 
 
-def test_regression_seeds_hold() -> None:
-    """The fixed regression seeds hold, with and without faults, at equal and seeded powers."""
-    for equal_power in (True, False):
-        for faults in (Faults(), Faults.none()):
-            for seed in REGRESSION_SEEDS:
-                result = simulate(seed, heights=5, faults=faults, equal_power=equal_power)
-                assert result.ok, result.describe()
+@pytest.mark.parametrize("entry", REGRESSIONS, ids=[e.name for e in REGRESSIONS])
+def test_regression_seeds_hold(entry: Regression) -> None:
+    """Every recorded regression run is safe and live now (and a crash regression crashed)."""
+    result = replay(entry)
+    assert result.ok, f"{entry.why}\n{result.describe()}"
+    assert result.restarts >= entry.restarts_min
 
 
-def test_crash_regression_seeds_hold() -> None:
-    """The crash regressions: a restart before the first height began; a crash mid-commit."""
-    for seed, faults in CRASH_REGRESSIONS:
-        result = simulate(seed, heights=4, faults=faults)
-        assert result.ok, result.describe()
-        assert result.restarts >= 3
+def test_regression_file_round_trip_and_no_duplicates(tmp_path: Path) -> None:
+    """A failing run recorded twice is written once and reads back equal, faults included."""
+    path = tmp_path / "regressions.json"
+    entry = Regression(5, 7, 2, 3, Faults.everything(), why="planted")
+    assert record_regression(path, entry)
+    assert not record_regression(path, replace(entry, why="again"))
+    assert load_regressions(path) == [entry]
+    assert load_regressions(tmp_path / "absent.json") == []
+
+
+def test_jobs_change_nothing() -> None:
+    """A batch on 2 processes returns what it returns on one, in seed order."""
+    one = run_batch(4, 1, range(900, 904), 3, Faults.everything())
+    two = run_batch(4, 1, range(900, 904), 3, Faults.everything(), jobs=2)
+    assert one == two and one.ok, one.summary()
+
+
+def test_simulate_records_each_failing_seed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`simulate --regressions FILE` writes each failing run to FILE once, with what replays
+    it; the failures come from a machine broken on purpose (a weak quorum) planted in every
+    node, and the same entries replayed on the real machine pass."""
+
+    def broken(seed: int, **options: Any) -> RunResult:
+        return simulate(seed, **{**options, "machine_class": WeakQuorumMachine})
+
+    monkeypatch.setattr(sim.run, "simulate", broken)
+    path = tmp_path / "found.json"
+    argv = ["--seeds", "2", "--heights", "4", "--no-peer-faults", "--regressions", str(path)]
+    assert main(argv) == 1
+    assert main(argv) == 1
+    entries = load_regressions(path)
+    assert [e.seed for e in entries] == [0, 1]
+    assert all(e.faults == Faults() and e.heights == 4 for e in entries)
+    assert all(e.why.startswith(("agreement: ", "validity: ")) for e in entries)
+    monkeypatch.undo()
+    assert all(replay(e).ok for e in entries)
 
 
 def test_batch_with_every_fault_and_one_byzantine_of_four() -> None:

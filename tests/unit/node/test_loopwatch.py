@@ -5,6 +5,7 @@ while is seen as one late tick of about that length, in the histogram and in
 the max gauge; the gauge keeps reporting that stall, however often it is
 read, until it is older than the window, and then reads zero again. Once on
 trio's MockClock (exact), once on the real clock with a real blocking call.
+The task gauge counts the tasks alive: ten more while ten sleep, none after.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from node.metrics import Metrics
 
 MAX_GAUGE = "archipelago_event_loop_lag_max_seconds"
 HISTOGRAM = "archipelago_event_loop_lag_seconds"
+TASKS = "archipelago_trio_tasks"
 
 
 def _sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -62,4 +64,22 @@ async def test_a_blocking_call_shows_on_the_real_clock() -> None:
         await trio.sleep(5 * LOOP_TICK_S)
         assert _sample(metrics, MAX_GAUGE) >= 0.2 - LOOP_TICK_S
         assert _sample(metrics, f"{HISTOGRAM}_count") == watch.samples
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_task_gauge_counts_tasks_alive() -> None:
+    metrics = Metrics()
+    watch = LoopWatch(metrics)
+    assert _sample(metrics, TASKS) == 0.0  # not running yet
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch.run)
+        before = _sample(metrics, TASKS)
+        assert before >= 2  # at least this test's task and the probe
+        async with trio.open_nursery() as sleepers:
+            for _ in range(10):
+                sleepers.start_soon(trio.sleep_forever)
+            await trio.testing.wait_all_tasks_blocked()
+            assert _sample(metrics, TASKS) == before + 10
+            sleepers.cancel_scope.cancel()
+        assert _sample(metrics, TASKS) == before
         nursery.cancel_scope.cancel()
