@@ -24,7 +24,7 @@ from typing import IO
 import httpx
 import trio
 
-from consensus.crypto import PrivateKey
+from consensus.crypto import DEFAULT_SUITE, SUITES, PrivateKey, activate
 from node.config import load_config, save_config
 from node.home import PORT_STRIDE, NodeHome, create_testnet
 from node.keys import load_key
@@ -82,9 +82,17 @@ def make_testnet(
     log_format: str = "json",
     timeout_commit_ms: int | None = None,
     mempool_txs_max: int | None = None,
+    crypto: str = DEFAULT_SUITE.name,
 ) -> list[NodeHome]:
-    """`archipelago testnet` into `folder`, then the few config changes a local run wants."""
-    homes = create_testnet(folder, validators=validators, base_port=base_port, accounts=accounts)
+    """`archipelago testnet` into `folder`, then the few config changes a local run wants.
+
+    The chain's suite also becomes this process's (the load generator hashes
+    the transactions it sends to match them with the committed ones).
+    """
+    homes = create_testnet(
+        folder, validators=validators, base_port=base_port, accounts=accounts, crypto=crypto
+    )
+    activate(SUITES[crypto])
     for home in homes:
         config = load_config(home.paths.config)
         config = replace(config, log=replace(config.log, format=log_format))
