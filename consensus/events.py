@@ -245,6 +245,7 @@ class Fault(Enum):
     BAD_SIGNATURE = "bad_signature"  # not signed by the validator it names
     NOT_A_VALIDATOR = "not_a_validator"  # names no validator of that height
     BLOCK_MISMATCH = "block_mismatch"  # block not the one named, or its body not its header's
+    WRONG_BUILDER = "wrong_builder"  # header names no proposer of a round up to the proposal's
     INVALID_COMMIT = "invalid_commit"  # a certificate that does not verify
     OVERSIZED_BLOCK = "oversized_block"  # over the chain's block_bytes_max
 

@@ -329,9 +329,22 @@ class ConsensusMachine:
             return verdict
         if block.hash != proposal.block_hash or block.body_error() is not None:
             return Fault.BLOCK_MISMATCH
+        if not self._built_by_proposer(block, proposal.round):
+            return Fault.WRONG_BUILDER
         # A second, validly signed proposal for a round is the proposer's fault;
         # whoever relayed it saw it first.
         return proposal.round not in self.proposals
+
+    def _built_by_proposer(self, block: Block, round: int) -> bool:
+        """Whether the header names the proposer of a round up to `round`.
+
+        A block is built by the proposer of the round it is first proposed in,
+        and keeps that header when it is proposed again in a later round (with
+        or without a POL round), so its builder is the proposer of some round up
+        to the one it is proposed in. `round` is bounded by `screen_proposal`.
+        """
+        builder = block.header.proposer_address
+        return any(self.proposer(r).address == builder for r in range(round + 1))
 
     def _check_commit(self, event: CommitReceived) -> Fault | bool:
         commit, block = event.commit, event.block

@@ -184,18 +184,18 @@ def validate_block(
     verifier: SignatureVerifier,
     *,
     now_ms: int,
-    expected_proposer: bytes,
     validators_at: Callable[[int], ValidatorSet | None] | None = None,
 ) -> ValidatedBlock:
     """Validate `block` as the next block after `state`; BlockInvalid names the first fault.
 
-    `now_ms` is the node's clock (for the drift bound), `expected_proposer`
-    the address the proposer rotation chose for this height and round, and
-    `validators_at(height)` the validator set of an earlier height, for
-    evidence (by default only heights `last_height` and `last_height + 1`
-    are known). The application's committed state is not changed.
+    `now_ms` is the node's clock (for the drift bound) and `validators_at(height)`
+    the validator set of an earlier height, for evidence (by default only heights
+    `last_height` and `last_height + 1` are known). The header's proposer must be a
+    validator of the height; which round's proposer it must be depends on the round
+    the block is proposed or committed in, which the state machine checks
+    (`ConsensusMachine.screen`). The application's committed state is not changed.
     """
-    return _validate(block, state, app, verifier, now_ms, expected_proposer, validators_at, None)
+    return _validate(block, state, app, verifier, now_ms, validators_at, None)
 
 
 def verify_commit(
@@ -221,7 +221,6 @@ def _validate(
     app: Application,
     verifier: SignatureVerifier,
     now_ms: int,
-    expected_proposer: bytes,
     validators_at: Callable[[int], ValidatorSet | None] | None,
     encoded_bytes: int | None,
 ) -> ValidatedBlock:
@@ -237,13 +236,13 @@ def _validate(
         raise BlockInvalid(
             Reason.BLOCK_TOO_LARGE, "block", f"{size} bytes, limit {params.block_bytes_max}"
         )
-    _check_header(block, state, now_ms, expected_proposer)
+    _check_header(block, state, now_ms)
     commit_items = _last_commit_items(block, state)
     evidence_items = _evidence_items(block, state, validators_at)
     return _run_pass(block, state, app, verifier, commit_items + evidence_items)
 
 
-def _check_header(block: Block, state: ChainState, now_ms: int, expected_proposer: bytes) -> None:
+def _check_header(block: Block, state: ChainState, now_ms: int) -> None:
     h = block.header
     height = state.last_height + 1
     if h.chain_id != state.chain_id:
@@ -267,8 +266,8 @@ def _check_header(block: Block, state: ChainState, now_ms: int, expected_propose
             "header.time_ms",
             f"{h.time_ms - now_ms} ms ahead, limit {state.params.block_time_drift_ms_max}",
         )
-    if h.proposer_address != expected_proposer:
-        raise BlockInvalid(Reason.WRONG_PROPOSER, "header.proposer_address")
+    if state.validators.index_of(h.proposer_address) is None:
+        raise BlockInvalid(Reason.WRONG_PROPOSER, "header.proposer_address", "not a validator")
     if h.validators_hash != state.validators.hash:
         raise BlockInvalid(Reason.WRONG_VALIDATORS_HASH, "header.validators_hash")
     if h.next_validators_hash != state.next_validators.hash:

@@ -229,6 +229,13 @@ async def _bring_up(
 ) -> Localnet:
     await wait_ready(nodes)
     display.message("localnet: every node is up and has committed a block")
+    for n in nodes:
+        display.message(f"  {n.name}: API {n.url} (try {n.url}/status), home {n.home}")
+    display.message(f"  genesis: {nodes[0].home / 'genesis.json'}")
+    if not ns.keep and ns.output is None:
+        display.message(
+            "  the folder is removed at exit: pass --keep (or --output DIR) to keep the homes"
+        )
     load = None
     if ns.load > 0:
         targets = [(n.rpc_host, n.rpc_port) for n in nodes]

@@ -148,9 +148,8 @@ class Chain:
     def validate(self, block: Block, *, now: int | None = None) -> ValidatedBlock:
         """Validate the next block (cached by hash); raises BlockInvalid.
 
-        The proposer of a block re-proposed in a later round is the one who
-        built it, so the header's proposer must be a validator of this height;
-        that it signed the proposal for its round is the state machine's check.
+        The header's proposer must be a validator of this height; that it is the
+        proposer of the round that built the block is the state machine's check.
         """
         cached = self._validated.get(block.hash)
         if cached is not None:
@@ -161,7 +160,6 @@ class Chain:
             self.app,
             self.verifier,
             now_ms=now_ms() if now is None else now,
-            expected_proposer=block.header.proposer_address,
             validators_at=self.store.load_validators,
         )
         if len(self._validated) >= VALIDATED_CACHE_BLOCKS_MAX:

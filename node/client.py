@@ -1,7 +1,8 @@
 """The client side of the command line: talk to a running node over its HTTP API.
 
-`tx transfer`, `status`, `block` and `doctor` are what an operator or a
-script uses against a node (`--node URL`, default the local node's API).
+`tx transfer`, `tx member`, `tx set-validator`, `status`, `block` and `doctor`
+are what an operator or a script uses against a node (`--node URL`, default
+the local node's API).
 Errors (node unreachable, a refused transaction, a bad flag) are one line on
 stderr and a non-zero exit code, never a traceback.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from apps.ledger import member_tx, transfer_tx
+from apps.ledger import member_tx, transfer_tx, validator_tx
 from consensus.crypto import PrivateKey
 from consensus.types import Transaction
 from node.config import load_config
@@ -96,6 +97,24 @@ def add_commands(sub: Any, add_parser_kwargs: dict[str, Any] | None = None) -> N
     member.add_argument("--no-wait", action="store_true", help="return once admitted")
     member.set_defaults(handler=_cmd_member)
 
+    validator = tx_sub.add_parser(
+        "set-validator",
+        help="add a validator, change its power, or remove it (set_validator)",
+        description="Sign a set_validator transaction with --key (the ledger chain's genesis "
+        "admin: node0's validator_key.json in a testnet) and submit it to --node. The new "
+        "power takes effect two heights after the block that commits it; power 0 removes "
+        "the validator.",
+    )
+    validator.add_argument(
+        "public_key", help="the validator's public key in hex (`keys show --home ITS_HOME`)"
+    )
+    validator.add_argument("--power", required=True, type=int, help="voting power, 0 to remove it")
+    validator.add_argument("--key", required=True, type=Path, help="the admin's key file")
+    validator.add_argument("--nonce", type=int, help="nonce (default: the account's next nonce)")
+    validator.add_argument("--node", default=DEFAULT_NODE, help=f"node API URL ({DEFAULT_NODE})")
+    validator.add_argument("--no-wait", action="store_true", help="return once admitted")
+    validator.set_defaults(handler=_cmd_set_validator)
+
     status = sub.add_parser(
         "status",
         help="show a running node's status",
@@ -146,6 +165,20 @@ def _cmd_member(ns: argparse.Namespace) -> int:
         return _fail("node_id must be 40 hex characters", EXIT_USAGE)
     return _sign_and_submit(
         ns, lambda key, chain_id, nonce: member_tx(key, chain_id, nonce, node_id, not ns.remove)
+    )
+
+
+def _cmd_set_validator(ns: argparse.Namespace) -> int:
+    try:
+        public_key = bytes.fromhex(ns.public_key)
+    except ValueError:
+        public_key = b""
+    if not public_key:
+        return _fail("public_key must be the validator's public key in hex", EXIT_USAGE)
+    if ns.power < 0:
+        return _fail("--power must be 0 (remove) or a positive integer", EXIT_USAGE)
+    return _sign_and_submit(
+        ns, lambda key, chain_id, nonce: validator_tx(key, chain_id, nonce, public_key, ns.power)
     )
 
 

@@ -323,6 +323,13 @@ class ConsensusService:
         driver = self.driver
         sign_state = res.sign_state
         if sign_state is None:
+            # Unreadable since start (this node was a full node then), or stopped.
+            log.error(
+                "no sign state: this validator stops signing",
+                error=res.sign_state_error,
+                path=str(res.paths.sign_state),
+            )
+            driver.stop_signing()
             return []
         try:
             await trio.to_thread.run_sync(res.wal.sync)

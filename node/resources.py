@@ -81,10 +81,12 @@ class Resources:
         self.wal: WAL = open_wal(data / "wal")
         self.sign_state: SignState | None = None
         self.sign_state_error = ""
-        if self.chain.state.validators.index_of(self.validator_address) is not None or (
-            self.genesis.validator_set.index_of(self.validator_address) is not None
-        ):
-            self._load_sign_state()
+        # Every node loads it (init writes one for each): a full node may be made a
+        # validator while it runs, and then signs at once.
+        self._load_sign_state(
+            validator=self.chain.state.validators.index_of(self.validator_address) is not None
+            or self.genesis.validator_set.index_of(self.validator_address) is not None
+        )
         mp = self.config.mempool
         # Refusal reasons are the mempool's few fixed codes: a handful of entries.
         self._rejected_children: dict[str, Counter] = {}
@@ -109,11 +111,15 @@ class Resources:
         self.metrics.add_source(lambda: sigcache_samples(self.verifier.cache))
         self._update_chain_metrics(None)
 
-    def _load_sign_state(self) -> None:
+    def _load_sign_state(self, *, validator: bool) -> None:
+        """Load the sign state; a validator's failure is logged now, a full node's when it
+        is made a validator and cannot sign (ConsensusService)."""
         try:
             self.sign_state = SignState.load(self.paths.sign_state)
         except SignStateError as e:
             self.sign_state_error = str(e)
+            if not validator:
+                return
             log.error(
                 "sign state missing or unreadable: this validator will not sign",
                 error=str(e),

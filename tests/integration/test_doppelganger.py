@@ -66,7 +66,13 @@ async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Pat
         assert len(watching) == 1, watching
         assert watching[0]["heights"] == WATCH_HEIGHTS, watching
         until = watching[0]["until_height"]
-        status = await api.status(restarted)
+        # The watch starts before the API listens: wait for /status to answer.
+        status = await nodes.wait_for(
+            lambda: api.try_get(restarted, "/status"),
+            lambda s: s is not None,
+            TIMEOUT_S,
+            f"{restarted.name}'s API after its restart",
+        )
         if status["latest_height"] < until - 1:  # still watching: /status says so
             assert status["validator"]["signing"] is False, status["validator"]
             assert status["validator"]["doppelganger_watch"]["until_height"] >= until

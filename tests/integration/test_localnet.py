@@ -19,6 +19,8 @@ import trio
 from tests.integration import nodes
 
 RUN_TIMEOUT_S = 120  # 20 s of load plus start and stop on a loaded 2-core machine
+# The admitted transfers a stop may leave uncommitted: the last seconds of load.
+PENDING_AT_STOP_S = 5
 
 
 def _base_port() -> str:
@@ -93,16 +95,22 @@ def test_localnet_commits_transfers_and_stops_cleanly() -> None:
     summary = re.search(r"summary: height \d+, committed (\d+) transactions", out)
     assert summary is not None, out
     committed = int(summary[1])
-    # 50 tx/s for about 20 s, less what is still pending at the stop.
-    assert committed >= 500, out
+    assert committed >= 100, out
     # Refusals are allowed (the load generator retries them); lost connections are not.
     load = re.search(
         r"load: (\d+) submitted, (\d+) admitted, rejected .*, 0 connection errors", out
     )
     assert load is not None, out
-    assert int(load[2]) >= committed
+    # Every admitted transfer is committed but those still pending at the stop: at most
+    # PENDING_AT_STOP_S of the load (a loaded machine commits slowly, but commits).
+    assert int(load[2]) - PENDING_AT_STOP_S * 50 <= committed <= int(load[2]), out
     assert re.search(r"submit-to-commit latency p50 [\d.]+ s, p99 [\d.]+ s", out), out
     assert "removed (pass --keep" in out
+    # Where to reach each node and the genesis, and how to keep the homes, are said.
+    for node in ("node0", "node1", "node2", "node3"):
+        assert re.search(rf"{node}: API http://127\.0\.0\.1:\d+ ", out), out
+    assert re.search(r"genesis: \S+/node0/genesis\.json", out), out
+    assert "pass --keep (or --output DIR) to keep the homes" in out
 
 
 async def test_localnet_stops_on_ctrl_c() -> None:

@@ -34,6 +34,23 @@ async def _peer_ids(api: Any, node: Any) -> set[str]:
     return {p["node_id"] for p in (await api.get(node, "/net_info"))["peers"]}
 
 
+def _set_validator(net: Any, node: Any, power: int) -> None:
+    """`archipelago tx set-validator` by the testnet's admin (node0's validator key)."""
+    admin = net.validators[0]
+    result = nodes.run_cli(
+        "tx",
+        "set-validator",
+        node.validator_key.public_key.hex(),
+        "--power",
+        str(power),
+        "--key",
+        admin.home / "validator_key.json",
+        "--node",
+        admin.rpc,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 async def test_only_members_get_in_and_the_admin_changes_who(tmp_path: Path) -> None:
     """Fresh keys dialling every validator are refused after the handshake and logged once
     each; a full node is refused until the admin's set_member commits, then syncs; removed,
@@ -86,6 +103,33 @@ async def test_only_members_get_in_and_the_admin_changes_who(tmp_path: Path) -> 
             lambda s: s is not None and s["latest_height"] >= top,
             TIMEOUT_S,
             f"the admitted full node synced to {top}",
+        )
+        # The admin makes the member a validator with `tx set-validator`: it is in the set
+        # two heights after the commit and its precommits reach the certificates; power 0
+        # takes it out again.
+        await trio.to_thread.run_sync(lambda: _set_validator(net, full, 10))
+        address = full.validator_key.address.hex()
+        listed = await nodes.wait_for(
+            lambda: api.get(net.validators[1], "/validators"),
+            lambda body: address in [v["address"] for v in body["validators"]],
+            TIMEOUT_S,
+            f"{full.name} in the validator set",
+        )
+        index = [v["address"] for v in listed["validators"]].index(address)
+
+        async def signed_by_it() -> bool:
+            top = await api.height(net.validators[1])
+            body = await api.get(net.validators[1], f"/validators?height={top}")
+            in_set = address in [v["address"] for v in body["validators"]]
+            return in_set and index in await api.signers(net.validators[1], top)
+
+        await nodes.wait_for(signed_by_it, bool, TIMEOUT_S, f"a precommit of {full.name}")
+        await trio.to_thread.run_sync(lambda: _set_validator(net, full, 0))
+        await nodes.wait_for(
+            lambda: api.get(net.validators[1], "/validators"),
+            lambda body: address not in [v["address"] for v in body["validators"]],
+            TIMEOUT_S,
+            f"{full.name} out of the validator set",
         )
         await trio.to_thread.run_sync(lambda: nodes.admit_member(net, full, remove=True))
         for v in net.validators:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from apps.ledger import Ledger, transfer_tx
-from consensus import crypto, merkle
+from consensus import crypto, light, merkle
 from consensus.crypto import (
     DEFAULT_SUITE,
     ED25519_SHA256,
@@ -23,6 +23,7 @@ from consensus.genesis import Genesis, GenesisError, GenesisValidator
 from consensus.sigverify import SignatureVerifier
 from consensus.types import Transaction, tx_id
 from consensus.validation import BlockInvalid, ChainState, Reason, build_block, validate_block
+from tests.unit.consensus import test_light as light_tests  # its chain builder, at import
 
 ALL = pytest.mark.parametrize("suite", list(SUITES.values()), ids=list(SUITES))
 
@@ -182,9 +183,7 @@ def test_an_sm2_chain_validates_its_blocks_and_names_a_bad_signature() -> None:
                 block = build_block(
                     state, raws, time_ms=2_000, proposer_address=validator.address, last_commit=None
                 )
-                return validate_block(
-                    block, state, app, v, now_ms=2_000, expected_proposer=validator.address
-                )
+                return validate_block(block, state, app, v, now_ms=2_000)
 
             validated = validate(txs)
             assert validated.tx_ids == tuple(SM2_SM3.hash(t) for t in txs)  # type: ignore[attr-defined]
@@ -194,3 +193,30 @@ def test_an_sm2_chain_validates_its_blocks_and_names_a_bad_signature() -> None:
             with pytest.raises(BlockInvalid) as info:
                 validate([txs[0], ed.encode()])
             assert (info.value.reason, info.value.tx_index) == (Reason.TX_MALFORMED, 1)
+
+
+def test_the_light_client_follows_an_sm2_chain() -> None:
+    """The light client's checks under sm2-sm3 (SM3 header hashes, SM2 certificates): a
+    chain of real certificates through a changing set is followed, sequentially and by
+    skipping; a flipped signature bit is COMMIT_SIGNATURE."""
+    with using(SM2_SM3):
+        pool = [PrivateKey(SM2_SM3.hash(b"light %d" % i)) for i in range(8)]
+        original = light_tests.POOL
+        light_tests.POOL = pool  # keys_at reads the module's pool
+        try:
+            blocks = light_tests.make_chain(9)
+        finally:
+            light_tests.POOL = original
+        assert len(blocks[0].validators[0].public_key) == 33
+        now, options = 10 * light_tests.BLOCK_MS, light_tests.OPTIONS
+        for h in range(8):
+            light.verify_adjacent(blocks[h], blocks[h + 1], light_tests.CHAIN, now, options)
+        light.verify_skipping(blocks[0], blocks[6], light_tests.CHAIN, now, options)
+        sigs = list(blocks[4].commit.signatures)
+        sigs[1] = dataclasses.replace(sigs[1], signature=bytes(64 * [1]))
+        forged = dataclasses.replace(
+            blocks[4], commit=dataclasses.replace(blocks[4].commit, signatures=tuple(sigs))
+        )
+        with pytest.raises(light.LightError) as info:
+            light.verify_adjacent(blocks[3], forged, light_tests.CHAIN, now, options)
+        assert info.value.check is light.Check.COMMIT_SIGNATURE

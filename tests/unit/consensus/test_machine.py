@@ -79,14 +79,13 @@ def non_proposer_key(rounds: range) -> PrivateKey:
 
 
 def make_block(tag: bytes) -> Block:
-    """A height-1 block from the validation core's builder; `tag` makes it distinct.
+    """A height-1 block built by the proposer of round 0; `tag` makes it distinct.
 
     The machine never looks inside a block (validity is the node's verdict,
     fed back as BlockValidated), so the tag need not be a real transaction.
     """
-    return build_block(
-        STATE, [tag], time_ms=1000, proposer_address=KEYS[0].address, last_commit=None
-    )
+    builder = SCHEDULE.proposer(0).address
+    return build_block(STATE, [tag], time_ms=1000, proposer_address=builder, last_commit=None)
 
 
 def proposal(round: int, block: Block, pol_round: int = -1, key: Any = None) -> ProposalReceived:
@@ -468,6 +467,23 @@ def test_a_body_that_is_not_the_headers_is_the_senders_fault() -> None:
     assert ValidateBlock(A) in actions
 
 
+def test_a_block_built_by_no_proposer_of_its_rounds_is_refused() -> None:
+    """A validly signed proposal whose header names as its builder a validator that was
+    not the proposer of any round up to the proposal's round is WRONG_BUILDER and does not
+    take the round's slot; the proposer of round 0 may build a block proposed in round 1."""
+    me = non_proposer_key(range(2))
+    h = Harness(me)
+    h.start()
+    outsider = next(
+        k.address for k in KEYS if k.address not in {SCHEDULE.proposer(r).address for r in (0, 1)}
+    )
+    forged = build_block(STATE, [b"x"], time_ms=1000, proposer_address=outsider, last_commit=None)
+    assert h.machine.screen(proposal(0, forged)) is Fault.WRONG_BUILDER
+    assert h.feed(proposal(0, forged)) == []
+    assert h.machine.screen(proposal(0, A)) is True
+    assert h.machine.screen(proposal(1, A)) is True  # built by round 0's proposer
+
+
 def test_unknown_validator_is_a_fault_and_other_heights_are_ignored() -> None:
     """A vote naming no validator of the height is refused as a fault; votes for other heights
     are simply not this machine's business."""
@@ -583,9 +599,7 @@ def test_decided_certificate_links_the_next_block_in_the_validation_core() -> No
     proposer = proposer_key(0).address
     block1 = build_block(STATE, [tx], time_ms=1000, proposer_address=proposer, last_commit=None)
     with SignatureVerifier(threads=0) as verifier:
-        checked = validate_block(
-            block1, STATE, app, verifier, now_ms=1000, expected_proposer=proposer
-        )
+        checked = validate_block(block1, STATE, app, verifier, now_ms=1000)
         h = Harness(me)
         h.start()
         h.valid_proposal(0, block1)
@@ -597,12 +611,10 @@ def test_decided_certificate_links_the_next_block_in_the_validation_core() -> No
         block2 = build_block(
             state2, [], time_ms=2000, proposer_address=proposer2, last_commit=commit
         )
-        validated = validate_block(
-            block2, state2, app, verifier, now_ms=2000, expected_proposer=proposer2
-        )
+        validated = validate_block(block2, state2, app, verifier, now_ms=2000)
         assert validated.block_hash == block2.hash
         weak = Commit(1, commit.round, commit.block_hash, commit.signatures[:2])
         cut = build_block(state2, [], time_ms=2000, proposer_address=proposer2, last_commit=weak)
         with pytest.raises(BlockInvalid) as info:
-            validate_block(cut, state2, app, verifier, now_ms=2000, expected_proposer=proposer2)
+            validate_block(cut, state2, app, verifier, now_ms=2000)
         assert info.value.reason is Reason.LAST_COMMIT_NO_QUORUM

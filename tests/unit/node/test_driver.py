@@ -402,7 +402,6 @@ def _state_after(b: Block) -> ChainState:
             app,
             verifier,
             now_ms=b.header.time_ms,
-            expected_proposer=b.header.proposer_address,
         )
     return next_chain_state(STATE, checked)
 
