@@ -12,7 +12,7 @@ from typing import Any
 
 from consensus.app import TxResult, ValidatorUpdate
 from consensus.codec import DecodeError, Reader, decode, decode_with, encode
-from consensus.crypto import ADDRESS_BYTES, PUBLIC_KEY_BYTES, address_of
+from consensus.crypto import ADDRESS_BYTES, active, address_of
 from consensus.types import MEMBERS_MAX, TX_PAYLOAD_BYTES_MAX, VALIDATORS_MAX, VOTING_POWER_MAX
 
 __all__ = [
@@ -129,8 +129,12 @@ def apply_validator_update(
     `changed`, or the failed result. Every accepted sequence leaves 1 to
     VALIDATORS_MAX validators, each with power in 1..VOTING_POWER_MAX.
     """
-    if type(public_key) is not bytes or len(public_key) != PUBLIC_KEY_BYTES:
-        return TxResult(CODE_BAD_VALIDATOR_UPDATE, "public key must be 32 bytes")
+    suite = active()
+    if type(public_key) is not bytes or not suite.public_key_well_formed(public_key):
+        return TxResult(
+            CODE_BAD_VALIDATOR_UPDATE,
+            f"public key must be an {suite.key_type} key of {suite.public_key_bytes} bytes",
+        )
     if type(power) is not int or not 0 <= power <= VOTING_POWER_MAX:
         return TxResult(CODE_BAD_VALIDATOR_UPDATE, f"power must be in 0..{VOTING_POWER_MAX}")
     if update_count >= VALIDATOR_UPDATES_PER_BLOCK_MAX:
@@ -193,7 +197,7 @@ def validator_writes(changed: dict[bytes, int]) -> list[tuple[bytes, bytes | Non
 
 def load_validator(key: bytes, value: bytes, validators: dict[bytes, int]) -> None:
     power = decode(value)
-    assert len(key) == 1 + PUBLIC_KEY_BYTES and type(power) is int and power > 0
+    assert len(key) == 1 + active().public_key_bytes and type(power) is int and power > 0
     validators[key[1:]] = power
 
 

@@ -6,6 +6,7 @@ gossip included: committed transactions per second at saturation and the
 submit-to-commit latency below it, with each node's peak memory.
 
     .venv/bin/python benchmarks/cluster.py [--rates 250,500,1000,...] [--step-s 15]
+    .venv/bin/python benchmarks/cluster.py --crypto sm2-sm3 --rates 0,25,50,100,200
 
 It uses `archipelago localnet`'s machinery (devnet/): a testnet in a
 temporary folder, one `archipelago start` process per validator, the paced
@@ -21,9 +22,10 @@ saturated rate to measure latency there.
 
 The bound: every node verifies every transaction's signature once (at
 admission), so the cluster cannot commit more than the machine's all-core
-Ed25519 verification rate divided by the number of nodes. That ceiling is
-measured in the same run (benchmarks/validation.py's compiled chunk loop on
-every core, best of a few rounds), before the nodes start and after they
+verification rate of the chain's suite (`--crypto`) divided by the number of
+nodes. That ceiling is measured in the same run (benchmarks/validation.py's
+loops on every core: for Ed25519 the compiled chunk loop, else the suite's
+batch call; best of a few rounds), before the nodes start and after they
 stop; the larger of the two counts, so the ratio is not flattered by a busy
 minute.
 
@@ -40,15 +42,16 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import trio
 
-from benchmarks.validation import Item, _loop_chunk, _loop_detached, threads_rate
-from consensus.crypto import PrivateKey
-from consensus.sigverify import _verify_chunk
+from benchmarks.validation import Item, _loop_chunk, _loop_detached, _loop_suite, threads_rate
+from consensus.crypto import DEFAULT_SUITE, ED25519_SHA256, SUITES, PrivateKey, Suite
+from consensus.ed25519 import _verify_chunk
 from devnet import (
     WORKERS_PER_NODE,
     LoadGenerator,
@@ -101,15 +104,18 @@ class Step:
     loadavg_1m: float
 
 
-def verify_ceiling() -> float:
-    """All-core Ed25519 verifications per second on this machine now (best of the rounds)."""
-    keys = [PrivateKey(bytes([i + 1]) * 32) for i in range(16)]
+def verify_ceiling(suite: Suite, signatures: int) -> float:
+    """All-core verifications per second of `suite` on this machine now (best of the rounds)."""
+    keys = [PrivateKey(bytes([i + 1]) * 32, suite) for i in range(16)]
     items: list[Item] = []
-    for i in range(CEILING_SIGNATURES):
+    for i in range(signatures):
         key = keys[i % len(keys)]
         msg = i.to_bytes(8, "big") * 16
         items.append((key.public_key, msg, key.sign(msg)))
-    loop = _loop_chunk if _verify_chunk is not None else _loop_detached
+    if suite != ED25519_SHA256:
+        loop = partial(_loop_suite, suite)
+    else:
+        loop = _loop_chunk if _verify_chunk is not None else _loop_detached
     cores = len(os.sched_getaffinity(0))
     return max(threads_rate(items, cores, loop) for _ in range(CEILING_ROUNDS))
 
@@ -208,6 +214,7 @@ async def benchmark(ns: argparse.Namespace, folder: Path) -> dict[str, object]:
         accounts=ns.accounts,
         timeout_commit_ms=ns.timeout_commit_ms,
         mempool_txs_max=ns.mempool_txs_max,
+        crypto=ns.crypto,
     )
     nodes = await start_nodes(homes, folder)
     try:
@@ -263,7 +270,7 @@ def write_table(path: Path, result: dict[str, object], meta: dict[str, object]) 
         f"Command: `{meta['command']}`",
         "",
         f"Machine: {meta['cpus']} cores (shared), load average at start {meta['loadavg_start']}; "
-        f"{meta['validators']} validators, {meta['accounts']} accounts, "
+        f"{meta['validators']} validators ({meta['crypto']}), {meta['accounts']} accounts, "
         f"timeout_commit_ms {meta['timeout_commit_ms']}, "
         f"mempool txs_max {meta['mempool_txs_max']}, "
         f"{meta['step_s']} s measured per step after {meta['warmup_s']} s warm-up. {meta['date']}.",
@@ -352,12 +359,23 @@ def main() -> int:
     parser.add_argument("--mempool-txs-max", type=int, default=None, help="default: the node's")
     parser.add_argument("--base-port", type=int, default=28800)
     parser.add_argument("--no-write", action="store_true", help="do not write results/")
+    parser.add_argument(
+        "--crypto",
+        choices=tuple(SUITES),
+        default=DEFAULT_SUITE.name,
+        help="the chain's crypto suite (default %(default)s; results go to cluster-SUITE.md "
+        "for another suite)",
+    )
     ns = parser.parse_args()
+    suite = SUITES[ns.crypto]
+    # About half a second of verification on 2 cores per round, whatever the suite.
+    signatures = CEILING_SIGNATURES if suite == ED25519_SHA256 else CEILING_SIGNATURES // 25
     check_ports_free(ns.base_port, ns.validators)
     meta: dict[str, object] = {
         "command": "python benchmarks/cluster.py " + " ".join(sys.argv[1:]),
         "cpus": os.cpu_count(),
         "loadavg_start": round(os.getloadavg()[0], 2),
+        "crypto": suite.name,
         "validators": ns.validators,
         "accounts": ns.accounts,
         "timeout_commit_ms": ns.timeout_commit_ms,
@@ -367,11 +385,11 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     log(f"cluster benchmark: {meta}")
-    ceilings = [verify_ceiling()]
+    ceilings = [verify_ceiling(suite, signatures)]
     log(f"signature ceiling before the nodes start: {ceilings[0]:.0f} sig/s")
     with tempfile.TemporaryDirectory(prefix="archipelago-cluster-") as tmp:
         result = trio.run(benchmark, ns, Path(tmp))
-    ceilings.append(verify_ceiling())
+    ceilings.append(verify_ceiling(suite, signatures))
     log(f"signature ceiling after the nodes stop: {ceilings[1]:.0f} sig/s")
     sat: Step = result["saturation"]  # type: ignore[assignment]
     half: Step = result["half"]  # type: ignore[assignment]
@@ -384,12 +402,14 @@ def main() -> int:
     meta["bound_tps"] = round(bound)
     if not ns.no_write:
         RESULTS.mkdir(exist_ok=True)
-        write_table(RESULTS / "cluster.md", result, meta)
-        if write_plot(RESULTS / "cluster.png", result):
-            log(f"wrote {RESULTS / 'cluster.md'} and {RESULTS / 'cluster.png'}")
+        stem = "cluster" if suite == DEFAULT_SUITE else f"cluster-{suite.name}"
+        write_table(RESULTS / f"{stem}.md", result, meta)
+        if write_plot(RESULTS / f"{stem}.png", result):
+            log(f"wrote {RESULTS / f'{stem}.md'} and {RESULTS / f'{stem}.png'}")
     steps: list[Step] = result["steps"]  # type: ignore[assignment]
     summary = {
         "benchmark": "cluster",
+        "crypto": suite.name,
         "validators": ns.validators,
         "saturation_committed_tps": sat.committed_tps,
         "saturation_offered_tps": sat.offered_tps,

@@ -1,20 +1,24 @@
-"""Block validation throughput against the machine's limit: libsodium verifying on all cores.
+"""Block validation throughput against the machine's limit: the suite verifying on all cores.
 
 Builds one block of `--txs` signed ledger transfers from `--senders` senders
-and prints (on stderr), in one run: the raw ceiling (verifications per second, measured
+on a chain of `--crypto` (ed25519-sha256 by default, or sm2-sm3) and prints
+(on stderr), in one run: the raw ceiling (verifications per second, measured
 here in tight loops with no other work, the fastest of several ways of calling
-libsodium), block validation with a cold signature cache, with a warm one
+the suite's verifier: for Ed25519 several ways into libsodium, for SM2 the
+suite's batch call), block validation with a cold signature cache, with a warm one
 (signatures verified at "mempool admission" first), the commit certificate of
 100 validators, and a naive baseline (one thread, no cache). Each figure is
 the best of `--repeat` runs, so other load on the machine lowers it, never
 raises it. The last line, on stdout, is a JSON object.
 
     python benchmarks/validation.py --txs 10000
+    python benchmarks/validation.py --txs 10000 --crypto sm2-sm3
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -31,15 +35,10 @@ from typing import Any
 import nacl.bindings
 
 from apps.ledger import Ledger, transfer_tx
-from consensus import sigverify
-from consensus.crypto import PrivateKey
+from consensus.crypto import DEFAULT_SUITE, ED25519_SHA256, SUITES, PrivateKey, Suite, activate
+from consensus.ed25519 import VERIFY_ADDRESS, _verify_chunk, _verify_detached
 from consensus.genesis import Genesis, GenesisValidator
-from consensus.sigverify import (
-    VERIFY_ADDRESS,
-    SignatureVerifier,
-    _verify_chunk,
-    _verify_detached,
-)
+from consensus.sigverify import CHUNK_ITEMS, SignatureVerifier
 from consensus.types import Block, Commit, CommitSig, Transaction, precommit_sign_bytes
 from consensus.validation import (
     ChainState,
@@ -63,8 +62,8 @@ def best_cpu_seconds(fn: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def _no_verify(sig: bytes, msg: bytes, n: int, pk: bytes) -> int:
-    return 0
+def _no_verify(items: Any) -> list[int]:
+    return [1] * len(items)
 
 
 def best_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -89,6 +88,14 @@ def _loop_chunk(items: list[Item]) -> None:
     """One call into the compiled loop for the whole share: no Python per signature."""
     assert _verify_chunk is not None
     _verify_chunk(VERIFY_ADDRESS, [(0, pk, msg, sig) for pk, msg, sig in items])
+
+
+def _loop_suite(suite: Suite, items: list[Item]) -> None:
+    """The suite's batch call, a chunk of the verifier's size at a time (any suite)."""
+    tagged = [(0, pk, msg, sig) for pk, msg, sig in items]
+    verify_items = suite.verify_items
+    for start in range(0, len(tagged), CHUNK_ITEMS):
+        verify_items(tagged[start : start + CHUNK_ITEMS])
 
 
 def _loop_open(items: list[Item]) -> None:
@@ -145,7 +152,7 @@ class BenchChain:
     commit: Commit
 
 
-def make_chain(n_txs: int, n_senders: int, n_validators: int) -> BenchChain:
+def make_chain(n_txs: int, n_senders: int, n_validators: int, suite: Suite) -> BenchChain:
     rng = random.Random(7)
     validators = [PrivateKey(rng.randbytes(32)) for _ in range(n_validators)]
     senders = [PrivateKey(rng.randbytes(32)) for _ in range(n_senders)]
@@ -155,6 +162,7 @@ def make_chain(n_txs: int, n_senders: int, n_validators: int) -> BenchChain:
         tuple(GenesisValidator(f"v{i}", k.public_key, 10) for i, k in enumerate(validators)),
         "ledger",
         {"accounts": {k.address.hex(): 10**12 for k in senders}},
+        crypto=suite.name,
     )
     app = Ledger.from_genesis(genesis)
     state = ChainState.from_genesis(genesis, app.app_hash)
@@ -201,12 +209,15 @@ def main() -> None:
     ap.add_argument("--validators", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--crypto", choices=tuple(SUITES), default=DEFAULT_SUITE.name)
     args = ap.parse_args()
     cores = args.cores
+    suite = SUITES[args.crypto]
+    activate(suite)
 
     load_before = os.getloadavg()[0]
     log(f"building {args.txs} transfers from {args.senders} senders ...")
-    chain = make_chain(args.txs, args.senders, args.validators)
+    chain = make_chain(args.txs, args.senders, args.validators, suite)
     app, state, block, txs, commit = chain.app, chain.state, chain.block, chain.txs, chain.commit
     items: list[Item] = [(t.sender, t.sign_bytes(CHAIN_ID), t.signature) for t in txs]
 
@@ -216,10 +227,22 @@ def main() -> None:
     def validate(verifier: SignatureVerifier) -> None:
         validate_block(block, state, app, verifier, now_ms=now)
 
-    # The raw ceiling: several ways of driving libsodium on all cores; the fastest counts.
+    # The raw ceiling: several ways of driving the verifier on all cores; the fastest counts.
     # Rounds interleave the ceiling and cold validation so both meet the same machine load.
     ways: dict[str, float] = {}
+    suite_loop = partial(_loop_suite, suite)
     candidates: list[tuple[str, Callable[[], float]]] = [
+        (
+            f"{suite.name} batch call, {cores} threads",
+            lambda: threads_rate(items, cores, suite_loop),
+        ),
+        (
+            f"{suite.name} batch call, {cores + 1} threads",
+            lambda: threads_rate(items, cores + 1, suite_loop),
+        ),
+        (f"{suite.name} batch call, 1 thread", lambda: threads_rate(items, 1, suite_loop)),
+    ]
+    ed25519_candidates: list[tuple[str, Callable[[], float]]] = [
         (
             f"cffi verify_detached, {cores} threads",
             lambda: threads_rate(items, cores, _loop_detached),
@@ -245,6 +268,8 @@ def main() -> None:
         ),
         ("cffi verify_detached, 1 thread", lambda: threads_rate(items, 1, _loop_detached)),
     ]
+    if suite == ED25519_SHA256:
+        candidates = ed25519_candidates
     results: dict[str, float] = {}
     # Per round, cold validation over the ceiling measured just before it: when
     # other jobs come and go, the median of these is steadier than best/best.
@@ -309,18 +334,14 @@ def main() -> None:
         for s in commit.signatures
     ]
     all_items = items + commit_items
-    verify_us = best_cpu_seconds(lambda: _loop_detached(all_items), 3) / len(all_items) * 1e6
+    loop = _loop_detached if suite == ED25519_SHA256 else suite_loop
+    verify_us = best_cpu_seconds(lambda: loop(all_items), 3) / len(all_items) * 1e6
     with SignatureVerifier(threads=0) as v0:
         single_us = best_cpu_seconds(partial(validate, v0), args.repeat) / n * 1e6
-        real_verify, real_chunk = sigverify._verify_detached, sigverify._verify_chunk
-        # Stub verification out of both paths (per call, and the compiled chunk loop).
-        setattr(sigverify, "_verify_detached", _no_verify)  # noqa: B010 (a Final, for this measure)
-        setattr(sigverify, "_verify_chunk", None)  # noqa: B010
-        try:
-            python_us = best_cpu_seconds(partial(validate, v0), args.repeat) / n * 1e6
-        finally:
-            setattr(sigverify, "_verify_detached", real_verify)  # noqa: B010
-            setattr(sigverify, "_verify_chunk", real_chunk)  # noqa: B010
+    # The same validation with a suite whose verification is stubbed out: its Python alone.
+    stub = dataclasses.replace(suite, verify_items=_no_verify)
+    with SignatureVerifier(threads=0, suite=stub) as v0:
+        python_us = best_cpu_seconds(partial(validate, v0), args.repeat) / n * 1e6
     sigs_per_tx = len(all_items) / n
     interleave_us = single_us - python_us - sigs_per_tx * verify_us
     cpu_bound = verify_us / single_us
@@ -329,7 +350,7 @@ def main() -> None:
     log(
         f"  Python (hashes, decoding, Merkle, ledger, results; no verification): {python_us:.2f} us"
     )
-    log(f"  switching between Python and libsodium (caches): {interleave_us:.2f} us")
+    log(f"  switching between Python and the verifier (caches): {interleave_us:.2f} us")
     log(
         f"  whole validation, one thread: {single_us:.2f} us"
         f" -> cold_ratio bound on the per-call path {cpu_bound:.3f}"
@@ -345,6 +366,7 @@ def main() -> None:
         f"({commit_sigs / commit_sec:.0f} sig/s)"
     )
     report = {
+        "crypto": suite.name,
         "txs": n,
         "senders": args.senders,
         "cores": cores,

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from consensus import merkle
 from consensus.codec import encode
-from consensus.crypto import sha256
+from consensus.crypto import digest
 from consensus.types import DuplicateVoteEvidence, Header, Transaction
 
 __all__ = [
@@ -154,18 +154,18 @@ class Application(Protocol):
 
 
 def chain_app_hash(prev_app_hash: bytes, writes: Sequence[tuple[bytes, bytes | None]]) -> bytes:
-    """SHA-256(prev_app_hash || SHA-256(canonical encoding of the sorted writes)).
+    """H(prev_app_hash || H(canonical encoding of the sorted writes)), H the suite's hash.
 
     O(changes) per block. It commits to the whole history of state changes:
     given a trusted app hash and the blocks' write-sets, anyone can recompute
     every later app hash, so a node's replayed state is checked exactly.
     """
-    return sha256(prev_app_hash + sha256(encode([[k, v] for k, v in writes])))
+    return digest(prev_app_hash + digest(encode([[k, v] for k, v in writes])))
 
 
 def genesis_app_hash(chain_id: str, app: str) -> bytes:
     """The app hash before the first block: bound to the chain and the application."""
-    return sha256(encode(["archipelago/app/v1", chain_id, app]))
+    return digest(encode(["archipelago/app/v1", chain_id, app]))
 
 
 def results_hash(results: Sequence[TxResult]) -> bytes:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consensus.codec import DecodeError
-from consensus.crypto import ADDRESS_BYTES, PUBLIC_KEY_BYTES, sha256
+from consensus.crypto import ADDRESS_BYTES, DEFAULT_SUITE, SUITES, Suite, using
 from consensus.types import (
     BLOCK_BYTES_MAX,
     BLOCK_TXS_MAX,
@@ -58,8 +58,11 @@ class Genesis:
     """The chain's starting point, stored as genesis.json (JSON, for people to read).
 
     `app_state` is opaque here; the application named by `app` interprets it.
-    The genesis hash is SHA-256 of the canonical JSON text (keys sorted, no
-    spaces, UTF-8) so every node can compare that it started from the same file.
+    `crypto` names the chain's suite (consensus/crypto.py); it is written only
+    when it is not the default, so a genesis from before suites existed keeps
+    its text and its hash. The genesis hash is the suite's hash of the
+    canonical JSON text (keys sorted, no spaces, UTF-8) so every node can
+    compare that it started from the same file.
     """
 
     chain_id: str
@@ -70,10 +73,16 @@ class Genesis:
     params: ConsensusParams = ConsensusParams()
     # Node ids (20 bytes each) allowed to connect; empty: anyone may connect.
     members: tuple[bytes, ...] = ()
+    crypto: str = DEFAULT_SUITE.name
+
+    @property
+    def suite(self) -> Suite:
+        return SUITES[self.crypto]
 
     @property
     def validator_set(self) -> ValidatorSet:
-        return ValidatorSet.of(Validator(v.public_key, v.power) for v in self.validators)
+        with using(self.suite):  # ordered by address, which is the suite's hash
+            return ValidatorSet.of(Validator(v.public_key, v.power) for v in self.validators)
 
     def to_json_obj(self) -> dict[str, Any]:
         obj = {
@@ -94,6 +103,8 @@ class Genesis:
         }
         if self.members:  # absent when empty, so an open chain's genesis hash is unchanged
             obj["members"] = [m.hex() for m in self.members]
+        if self.crypto != DEFAULT_SUITE.name:  # absent by default, for the same reason
+            obj["crypto"] = self.crypto
         return obj
 
     def to_json(self) -> str:
@@ -102,7 +113,7 @@ class Genesis:
     @property
     def hash(self) -> bytes:
         text = json.dumps(self.to_json_obj(), sort_keys=True, separators=(",", ":"))
-        return sha256(text.encode())
+        return self.suite.hash(text.encode())
 
     @classmethod
     def from_json(cls, text: str) -> Genesis:
@@ -126,6 +137,7 @@ class Genesis:
             "validators",
             "app_state",
             "members",
+            "crypto",
         }
         unknown = set(obj) - known
         if unknown:
@@ -140,6 +152,10 @@ class Genesis:
         if not app.isprintable() or not 1 <= len(app.encode()) <= APP_NAME_BYTES_MAX:
             raise GenesisError(f"app: expected a name of 1..{APP_NAME_BYTES_MAX} printable bytes")
         params = _params_from(obj.get("consensus_params", {}))
+        crypto = obj.get("crypto", DEFAULT_SUITE.name)
+        if not isinstance(crypto, str) or crypto not in SUITES:
+            raise GenesisError(f"crypto: expected one of {', '.join(SUITES)}, got {crypto!r}")
+        suite = SUITES[crypto]
         raw_validators = _gfield(obj, "validators", list)
         validators: list[GenesisValidator] = []
         for i, v in enumerate(raw_validators):
@@ -151,15 +167,20 @@ class Genesis:
                 pk = bytes.fromhex(_gfield(v, "public_key", str, where))
             except ValueError:
                 raise GenesisError(f"{where}.public_key: expected hex") from None
-            if len(pk) != PUBLIC_KEY_BYTES:
-                raise GenesisError(f"{where}.public_key: expected 32 bytes")
+            if not suite.public_key_well_formed(pk):
+                raise GenesisError(
+                    f"{where}.public_key: not an {suite.key_type} public key "
+                    f"({suite.public_key_bytes} bytes), which crypto {suite.name!r} requires"
+                )
             power = _gfield(v, "power", int, where)
             if not 1 <= power <= VOTING_POWER_MAX:
                 raise GenesisError(f"{where}.power: expected 1..{VOTING_POWER_MAX}")
             validators.append(GenesisValidator(name, pk, power))
         app_state = _gfield(obj, "app_state", dict)
         members = _members_from(obj.get("members", []))
-        genesis = cls(chain_id, time_ms, tuple(validators), app, app_state, params, members)
+        genesis = cls(
+            chain_id, time_ms, tuple(validators), app, app_state, params, members, crypto
+        )
         try:
             genesis.validator_set  # noqa: B018  (checks count and duplicates)
         except DecodeError as e:

@@ -1,28 +1,29 @@
 """Merkle tree over a block's transactions, with inclusion proofs anyone can check offline.
 
-The tree is RFC 6962's (Certificate Transparency): leaf hash
-SHA-256(0x00 || tx_bytes), inner hash SHA-256(0x01 || left || right), a list of
-n > 1 leaves split at the largest power of two strictly below n, and the root
-of no leaves is SHA-256 of the empty string. The distinct leaf and inner
+The tree is RFC 6962's (Certificate Transparency) with the chain's hash H
+(SHA-256 or SM3, consensus/crypto.py): leaf hash H(0x00 || tx_bytes), inner
+hash H(0x01 || left || right), a list of n > 1 leaves split at the largest
+power of two strictly below n, and the root of no leaves is H of the empty
+string. The distinct leaf and inner
 prefixes mean a proof for an inner node can never pass as a proof for a leaf.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-_EMPTY_ROOT = hashlib.sha256(b"").digest()
+from consensus.crypto import HASH_BYTES, active, digest
+
 PROOF_AUNTS_MAX = 64  # a tree of 2**64 leaves is deeper than any block can be
 
 
 def leaf_hash(item: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + item).digest()
+    return digest(b"\x00" + item)
 
 
 def inner_hash(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
+    return digest(b"\x01" + left + right)
 
 
 def _split(n: int) -> int:
@@ -36,15 +37,16 @@ def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
     The validation core calls it for every chunk of a block's transactions,
     so inner_hash is written inline (a call per pair costs 10-15% more).
     """
+    hash_new = active().hash_new
     if not hashes:
-        return _EMPTY_ROOT
+        return bytes(hash_new(b"").digest())
     # Bottom-up pairing gives exactly RFC 6962's split-at-power-of-two shape: an odd
     # node at the end of a level is carried up unchanged.
-    sha256 = hashlib.sha256
     level = list(hashes)
     while len(level) > 1:
         nxt = [
-            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+            hash_new(b"\x01" + level[i] + level[i + 1]).digest()
+            for i in range(0, len(level) - 1, 2)
         ]
         if len(level) % 2:
             nxt.append(level[-1])
@@ -89,7 +91,7 @@ def _root_from_path(node: bytes, index: int, total: int, aunts: list[bytes]) -> 
     if len(sides) != len(aunts):
         return None
     for is_left, aunt in zip(reversed(sides), aunts, strict=True):
-        if len(aunt) != 32:
+        if len(aunt) != HASH_BYTES:
             return None
         node = inner_hash(node, aunt) if is_left else inner_hash(aunt, node)
     return node

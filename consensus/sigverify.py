@@ -1,27 +1,18 @@
-"""Parallel Ed25519 verification on all cores, and the cache of already-verified transactions.
+"""Parallel signature verification on all cores, and the cache of already-verified transactions.
 
 Signature checking is most of the cost of validating a block, so it gets its
-own machinery. Measured on the 2-core target (benchmarks/README.md): libsodium
-releases the GIL inside the C call, so threads calling
-`crypto_sign_verify_detached` reach the same rate as processes without any
-serialisation; calling it through cffi's ABI mode costs 0.35 us per call,
-against 0.45 us through ctypes and a concatenation plus an allocation through
-pynacl's `crypto_sign_open`. The symbol comes from pynacl's own bundled
-libsodium, so no system library is needed.
-
-What holds the GIL is the Python between calls: a pool thread must take the
-GIL back after each call into libsodium, and while the caller runs Python it
-waits. libsodium has no batch call, so consensus/_batchverify.c provides one:
-a C loop over a chunk of signatures with the GIL released for the whole
-chunk (it calls pynacl's libsodium through the address cffi gives; without a
-C compiler at install, the cffi call per signature is used). The caller
-submits chunks as it produces them and, between its own short steps,
-verifies a couple of signatures itself, paced so that the pool still has work
-when the caller's Python is done (VerifyPass.help).
+own machinery. The chain's suite (consensus/crypto.py) verifies a chunk of
+signatures per call with the GIL released (for Ed25519 a compiled loop over
+libsodium, consensus/ed25519.py), so a pool thread takes the GIL back once per
+chunk. What holds the GIL is the Python between calls: while the caller runs
+Python, the pool waits for it after each chunk. So the caller submits chunks
+as it produces them and, between its own short steps, verifies a couple of
+signatures itself, paced so that the pool still has work when the caller's
+Python is done (VerifyPass.help). Measurements: benchmarks/README.md.
 Nothing here reads a clock or the OS: the caller gives the thread count.
 
 The cache remembers transactions whose signature was verified at mempool
-admission, keyed by transaction id (SHA-256 of the encoded transaction), with
+admission, keyed by transaction id (the suite's hash of the encoded transaction), with
 the decoded transaction and its Merkle leaf hash, so block validation neither
 verifies nor decodes them again.
 """
@@ -32,25 +23,20 @@ import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from types import ModuleType
-from typing import Any, Final
-
-import cffi  # type: ignore[import-untyped]
-import nacl._sodium
-import nacl.bindings
+from typing import Any
 
 from consensus import merkle
-from consensus.crypto import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, sha256
+from consensus.crypto import SIGNATURE_BYTES, SigItem, Suite, active
 from consensus.types import Transaction
 
 __all__ = [
     "CACHE_ENTRIES_MAX",
     "CHUNK_ITEMS",
     "CachedTx",
+    "SigItem",
     "SignatureCache",
     "SignatureVerifier",
     "VerifyPass",
-    "verify_detached",
 ]
 
 # Verified transactions remembered. An entry is about 600 bytes (ids, decoded
@@ -70,35 +56,8 @@ CHUNK_ITEMS = 32
 # in all, measured) while its Python bursts stay one step long.
 HELP_ITEMS = 2
 
-_ffi = cffi.FFI()
-_ffi.cdef(
-    "int crypto_sign_verify_detached(const unsigned char *sig, const unsigned char *m,"
-    " unsigned long long mlen, const unsigned char *pk);"
-)
-nacl.bindings.sodium_init()
-_lib = _ffi.dlopen(nacl._sodium.__file__)
-_verify_detached: Final = _lib.crypto_sign_verify_detached
-VERIFY_ADDRESS: Final = int(_ffi.cast("uintptr_t", _verify_detached))
-
-_batchverify: ModuleType | None
-try:  # the compiled chunk loop (consensus/_batchverify.c), built at install when gcc exists
-    from consensus import _batchverify
-except ImportError:  # pragma: no cover - only without a C compiler at install
-    _batchverify = None
-_verify_chunk: Final = None if _batchverify is None else _batchverify.verify_chunk
-
-# (tag, public_key, message, signature); lengths checked before submission
-# because libsodium reads exactly 32 and 64 bytes.
-SigItem = tuple[int, bytes, bytes, bytes]
 # What the cache holds per transaction id: (chain_id, decoded tx, Merkle leaf hash).
 CachedTx = tuple[str, Transaction, bytes]
-
-
-def verify_detached(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """One strict libsodium verification (same acceptance as consensus.crypto.verify)."""
-    if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
-        return False
-    return bool(_verify_detached(signature, message, len(message), public_key) == 0)
 
 
 class SignatureCache:
@@ -170,12 +129,14 @@ class VerifyPass:
         "_queue",
         "_submitted",
         "_threads",
+        "_verify_items",
         "failed",
     )
 
     def __init__(self, verifier: SignatureVerifier) -> None:
         self._queue: queue.SimpleQueue[list[SigItem] | None] = queue.SimpleQueue()
         self._threads = verifier.threads
+        self._verify_items = verifier.suite.verify_items
         self._submitted = 0
         self._done = 0
         self._closed = False
@@ -209,17 +170,10 @@ class VerifyPass:
             assert chunk is not None, "end markers are only queued by finish"
             mine = self._mine = chunk[::-1]  # popped from the end, so in submission order
         take = min(HELP_ITEMS, len(mine))
-        if _verify_chunk is not None:
-            items = mine[-take:]
-            del mine[-take:]
-            results = _verify_chunk(VERIFY_ADDRESS, items)
-            self.failed.extend(it[0] for it, ok in zip(items, results, strict=True) if not ok)
-        else:
-            verify = _verify_detached
-            for _ in range(take):
-                tag, pk, msg, sig = mine.pop()
-                if verify(sig, msg, len(msg), pk) != 0:
-                    self.failed.append(tag)
+        items = mine[-take:]
+        del mine[-take:]
+        results = self._verify_items(items)
+        self.failed.extend(it[0] for it, ok in zip(items, results, strict=True) if not ok)
         if not mine:
             self._chunk_done()
 
@@ -242,16 +196,9 @@ class VerifyPass:
         self.help(0)
 
     def run_chunk(self, chunk: list[SigItem]) -> None:
-        failed = self.failed
-        if _verify_chunk is not None:
-            # One C loop for the chunk: the GIL is taken back once, not per signature.
-            results = _verify_chunk(VERIFY_ADDRESS, chunk)
-            failed.extend(item[0] for item, ok in zip(chunk, results, strict=True) if not ok)
-        else:
-            verify = _verify_detached
-            for tag, pk, msg, sig in chunk:
-                if verify(sig, msg, len(msg), pk) != 0:
-                    failed.append(tag)
+        # One call for the chunk: the GIL is taken back once, not per signature.
+        results = self._verify_items(chunk)
+        self.failed.extend(item[0] for item, ok in zip(chunk, results, strict=True) if not ok)
         self._chunk_done()
 
     def _chunk_done(self) -> None:
@@ -288,9 +235,16 @@ class SignatureVerifier:
     Thread-safe: the mempool, the validation core and block sync may share one.
     """
 
-    def __init__(self, *, threads: int, cache_entries_max: int = CACHE_ENTRIES_MAX) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int,
+        cache_entries_max: int = CACHE_ENTRIES_MAX,
+        suite: Suite | None = None,
+    ) -> None:
         assert threads >= 0
         self.threads = threads
+        self.suite = active() if suite is None else suite  # the chain's
         self.cache = SignatureCache(cache_entries_max)
         self._jobs: queue.SimpleQueue[VerifyPass | None] = queue.SimpleQueue()
         self._pool = [
@@ -317,14 +271,15 @@ class SignatureVerifier:
         """Verify (public key, message, signature) triples on all threads, in one pass."""
         ok = [True] * len(items)
         batch: list[SigItem] = []
+        public_key_bytes = self.suite.public_key_bytes
         for i, (pk, msg, sig) in enumerate(items):
-            if len(pk) != PUBLIC_KEY_BYTES or len(sig) != SIGNATURE_BYTES:
+            if len(pk) != public_key_bytes or len(sig) != SIGNATURE_BYTES:
                 ok[i] = False
             else:
                 batch.append((i, pk, msg, sig))
         if len(batch) <= 1:
-            for i, pk, msg, sig in batch:
-                ok[i] = _verify_detached(sig, msg, len(msg), pk) == 0
+            for (i, *_), good in zip(batch, self.suite.verify_items(batch), strict=True):
+                ok[i] = bool(good)
             return ok
         vpass = VerifyPass(self)
         try:
@@ -338,16 +293,16 @@ class SignatureVerifier:
     def verify_tx(self, tx_id: bytes, tx: Transaction, chain_id: str) -> bool:
         """True if `tx`'s signature is valid on `chain_id`; remembered for block validation.
 
-        `tx_id` must be the id of `tx` (SHA-256 of its encoding): the mempool
+        `tx_id` must be the id of `tx` (the suite's hash of its encoding): the mempool
         has computed it already, and it is checked here when the tx is new.
         """
         entry = self.cache.get(tx_id)
         if entry is not None and entry[0] == chain_id:
             return True
-        if not verify_detached(tx.sender, tx.sign_bytes(chain_id), tx.signature):
+        if not self.suite.verify(tx.sender, tx.sign_bytes(chain_id), tx.signature):
             return False
         encoded = tx.encode()
-        assert sha256(encoded) == tx_id, "tx_id is not the id of tx"
+        assert self.suite.hash(encoded) == tx_id, "tx_id is not the id of tx"
         self.cache.add(tx_id, (chain_id, tx, merkle.leaf_hash(encoded)))
         return True
 

@@ -1,7 +1,8 @@
 """The canonical data types whose bytes every node must agree on.
 
 Each type encodes as a msgpack array of its fields in declaration order
-(consensus/codec.py explains "canonical"), hashes with SHA-256, and decodes
+(consensus/codec.py explains "canonical"), hashes with the chain's suite
+(SHA-256 or SM3, consensus/crypto.py), and decodes
 only from its canonical bytes, raising `DecodeError` for anything else.
 docs/PROTOCOL.md gives the byte-level description; keep the two in step.
 
@@ -28,11 +29,11 @@ from consensus.codec import DecodeError, Reader, decode_with, encode
 from consensus.crypto import (
     ADDRESS_BYTES,
     HASH_BYTES,
-    PUBLIC_KEY_BYTES,
     SIGNATURE_BYTES,
     PrivateKey,
+    active,
     address_of,
-    sha256,
+    digest,
     verify,
 )
 
@@ -159,8 +160,8 @@ class Canonical:
 
     @property
     def hash(self) -> bytes:
-        """SHA-256 of the canonical encoding."""
-        return sha256(self.encode())
+        """The suite's hash of the canonical encoding."""
+        return digest(self.encode())
 
 
 # ---------------------------------------------------------------- transaction
@@ -170,8 +171,9 @@ class Canonical:
 class Transaction(Canonical):
     """A client's signed request; the application gives `payload` its meaning.
 
-    `sender` is the signer's Ed25519 public key, `nonce` orders one sender's
-    transactions. The transaction's id is SHA-256 of its encoding.
+    `sender` is the signer's public key (of the chain's suite), `nonce` orders
+    one sender's transactions. The transaction's id is the suite's hash of its
+    encoding.
     """
 
     BYTES_MAX: ClassVar[int] = TX_BYTES_MAX
@@ -201,7 +203,7 @@ class Transaction(Canonical):
     def read(cls, r: Reader) -> Transaction:
         r.array("tx", length=4)
         return cls(
-            r.binary("tx.sender", length=PUBLIC_KEY_BYTES),
+            r.binary("tx.sender", length=active().public_key_bytes),
             r.integer("tx.nonce", 0, NONCE_MAX),
             r.binary("tx.payload", length_max=TX_PAYLOAD_BYTES_MAX),
             r.binary("tx.signature", length=SIGNATURE_BYTES),
@@ -227,7 +229,7 @@ class Validator:
     def read(cls, r: Reader) -> Validator:
         r.array("validator", length=2)
         return cls(
-            r.binary("validator.public_key", length=PUBLIC_KEY_BYTES),
+            r.binary("validator.public_key", length=active().public_key_bytes),
             r.integer("validator.power", 1, VOTING_POWER_MAX),
         )
 
@@ -555,7 +557,7 @@ class DuplicateVoteEvidence(Canonical):
 
 @dataclass(frozen=True, slots=True)
 class Header(Canonical):
-    """Block header; the block hash is SHA-256 of the header's encoding.
+    """Block header; the block hash is the suite's hash of the header's encoding.
 
     `app_hash` and `last_results_hash` describe the state after executing the
     previous block (execution lags one block, as in Tendermint), so a client
@@ -722,5 +724,5 @@ def evidence_hash(evidence: Iterable[DuplicateVoteEvidence]) -> bytes:
 
 
 def tx_id(tx_bytes: bytes) -> bytes:
-    """A transaction's id: SHA-256 of its encoded bytes."""
-    return sha256(tx_bytes)
+    """A transaction's id: the suite's hash of its encoded bytes."""
+    return digest(tx_bytes)

@@ -24,7 +24,6 @@ spread over files.
 
 from __future__ import annotations
 
-import hashlib
 import operator
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +36,7 @@ import msgpack
 from consensus import merkle
 from consensus.app import Application, BlockExecution, ValidatorUpdate, results_hash
 from consensus.codec import DecodeError, encode
-from consensus.crypto import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
+from consensus.crypto import SIGNATURE_BYTES, active
 from consensus.sigverify import CHUNK_ITEMS, CachedTx, SigItem, SignatureVerifier, VerifyPass
 from consensus.state import ChainState
 from consensus.types import (
@@ -71,7 +70,6 @@ __all__ = [
 
 _NONCE_MAX = 2**64 - 1
 _SIG_FIELD_BYTES = 2 + SIGNATURE_BYTES  # bin8 marker and length, then the signature
-_sha256 = hashlib.sha256
 _Unpacker = msgpack.Unpacker
 # One packer for the canonical re-encoding check; it never releases the GIL mid-call.
 _pack = msgpack.Packer(use_bin_type=True).pack
@@ -442,6 +440,7 @@ class _Stream:
         self.chain_id = chain_id
         self.get_many = verifier.cache.get_many
         self.vpass = vpass
+        self.hash_new = verifier.suite.hash_new  # the chain's: ids and Merkle leaves
         # Sign bytes of a canonical tx are this prefix plus the tx's encoding
         # without its array marker and signature field (see tx_sign_bytes).
         self.sign_prefix = b"\x95" + encode(TAG_TX) + encode(chain_id)
@@ -490,8 +489,8 @@ class _Stream:
             return None
         size = self.size
         chunk = self.raw[start : start + size]
-        sha256 = _sha256
-        ids = [sha256(t).digest() for t in chunk]
+        hash_new = self.hash_new
+        ids = [hash_new(t).digest() for t in chunk]
         hits = self.get_many(ids)
         cached = None not in hits and set(map(_first, hits)) == self.chain_ids  # type: ignore[arg-type]
         help_now = self.vpass.help_now
@@ -542,8 +541,8 @@ class _Stream:
         vpass.help_now()
         txs = _transactions(pks, nonces, payloads, sigs)
         vpass.help_now()
-        sha256 = _sha256
-        return txs, [sha256(b"\x00" + t).digest() for t in chunk]
+        hash_new = self.hash_new
+        return txs, [hash_new(b"\x00" + t).digest() for t in chunk]
 
     def _decode_slowly(
         self, chunk: Sequence[bytes], start: int, hits: list[CachedTx | None]
@@ -649,7 +648,7 @@ def _decode_chunk(chunk: Sequence[bytes]) -> _TxColumns | None:
     pks, nonces, payloads, sigs = fields[0::4], fields[1::4], fields[2::4], fields[3::4]
     if not (
         set(map(type, pks + payloads + sigs)) == _BYTES
-        and set(map(len, pks)) == _PUBLIC_KEY_LENGTH
+        and set(map(len, pks)) == {active().public_key_bytes}
         and set(map(len, sigs)) == _SIGNATURE_LENGTH
         and set(map(type, nonces)) == _INT
         and 0 <= min(nonces)
@@ -662,7 +661,6 @@ def _decode_chunk(chunk: Sequence[bytes]) -> _TxColumns | None:
 
 
 _after_first_byte = operator.itemgetter(slice(1, None))
-_PUBLIC_KEY_LENGTH = {PUBLIC_KEY_BYTES}
 _SIGNATURE_LENGTH = {SIGNATURE_BYTES}
 _BYTES = {bytes}
 _INT = {int}

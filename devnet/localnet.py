@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from consensus.crypto import DEFAULT_SUITE, SUITES
 from devnet.display import Display, NodeView, poll_status, progress_line, render_table, watch_stream
 from devnet.load import LoadGenerator
 from devnet.processes import (
@@ -141,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"funded accounts to spread the load over (default {DEFAULT_LOCALNET_ACCOUNTS})",
     )
     parser.add_argument(
+        "--crypto",
+        choices=tuple(SUITES),
+        default=DEFAULT_SUITE.name,
+        help="the chain's signatures and hashes (default %(default)s)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (homes and logs)"
     )
     parser.add_argument(
@@ -175,10 +182,16 @@ def main(argv: list[str]) -> int:
 async def _run(ns: argparse.Namespace, folder: Path, keep: list[bool]) -> int:
     display = Display(sys.stdout)
     homes = make_testnet(
-        folder, validators=ns.validators, base_port=ns.base_port, accounts=ns.accounts
+        folder,
+        validators=ns.validators,
+        base_port=ns.base_port,
+        accounts=ns.accounts,
+        crypto=ns.crypto,
     )
     chain_id = DEFAULT_TESTNET_CHAIN_ID
-    display.message(f"localnet: {ns.validators} validators, chain {chain_id}, folder {folder}")
+    display.message(
+        f"localnet: {ns.validators} validators, chain {chain_id} ({ns.crypto}), folder {folder}"
+    )
     started = trio.current_time()
     nodes = await start_nodes(homes, folder)
     net: Localnet | None = None

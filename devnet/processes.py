@@ -24,7 +24,7 @@ from typing import IO
 import httpx
 import trio
 
-from consensus.crypto import PrivateKey
+from consensus.crypto import DEFAULT_SUITE, SUITES, PrivateKey, activate
 from node.config import load_config, save_config
 from node.home import PORT_STRIDE, NodeHome, create_testnet
 from node.keys import load_key
@@ -83,11 +83,22 @@ def make_testnet(
     timeout_commit_ms: int | None = None,
     mempool_txs_max: int | None = None,
     hosts: Sequence[str] | None = None,
+    crypto: str = DEFAULT_SUITE.name,
 ) -> list[NodeHome]:
-    """`archipelago testnet` into `folder`, then the few config changes a local run wants."""
+    """`archipelago testnet` into `folder`, then the few config changes a local run wants.
+
+    The chain's suite also becomes this process's (the load generator hashes
+    the transactions it sends to match them with the committed ones).
+    """
     homes = create_testnet(
-        folder, validators=validators, base_port=base_port, accounts=accounts, hosts=hosts
+        folder,
+        validators=validators,
+        base_port=base_port,
+        accounts=accounts,
+        hosts=hosts,
+        crypto=crypto,
     )
+    activate(SUITES[crypto])
     for home in homes:
         config = load_config(home.paths.config)
         config = replace(config, log=replace(config.log, format=log_format))

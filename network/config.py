@@ -72,7 +72,8 @@ class NetworkConfig:
     write_bytes_max: int = 256 * 1024
     # XX is three messages; a peer that cannot finish in this time is gone.
     handshake_timeout_s: float = 10.0
-    # Concurrent handshakes in progress (each costs 3 X25519 + 1 Ed25519 verify).
+    # Concurrent handshakes in progress (each costs 3 X25519 + 1 signature verification
+    # of the chain's suite: about 50 us for Ed25519, 1.3 ms for SM2 through OpenSSL 3.0).
     handshakes_pending_max: int = 64
     # Concurrent handshakes from one source IP, so that one address cannot
     # take every handshake slot with half-open connections.

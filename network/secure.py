@@ -3,10 +3,11 @@
 Why: every connection must prove which node is on the other end and must be
 confidential and tamper-evident. The Noise handshake (network/noise.py) gives
 a shared key and each side's Noise static key; the handshake payload binds the
-static key to the node's long-term Ed25519 identity with a signature, so the
-node id (first 20 bytes of SHA-256 of the identity key, in hex) is
-authenticated. The chain id is the Noise prologue, so nodes of different
-chains fail the handshake instead of talking.
+static key to the node's long-term identity key (of the chain's crypto suite,
+consensus/crypto.py) with a signature, so the node id (the identity key's
+20-byte address, in hex) is authenticated. The Noise handshake's own
+primitives do not depend on the chain's suite. The chain id is the Noise
+prologue, so nodes of different chains fail the handshake instead of talking.
 
 Wire (libp2p-style Noise framing): every Noise message, handshake or
 transport, is preceded by its length as 2 bytes big-endian. After the
@@ -29,13 +30,7 @@ import msgpack
 import trio
 from nacl._sodium import ffi, lib
 
-from consensus.crypto import (
-    PUBLIC_KEY_BYTES,
-    SIGNATURE_BYTES,
-    PrivateKey,
-    address_of,
-    verify,
-)
+from consensus.crypto import SIGNATURE_BYTES, PrivateKey, active, address_of, verify
 from network import noise
 from network.errors import (
     ConnectionClosed,
@@ -68,7 +63,7 @@ _nonce_struct = struct.Struct("<4xQ")
 
 
 def node_id_of(identity_public_key: bytes) -> str:
-    """The node id: hex of the 20-byte address of the Ed25519 identity key."""
+    """The node id: hex of the 20-byte address of the identity key."""
     return address_of(identity_public_key).hex()
 
 
@@ -91,8 +86,9 @@ def verify_identity_payload(payload: bytes, remote_static: bytes) -> bytes:
     if type(value) is not list or len(value) != 2:
         raise HandshakeError("identity payload must be [identity_key, signature]")
     key, signature = value
-    if type(key) is not bytes or len(key) != PUBLIC_KEY_BYTES:
-        raise HandshakeError("identity key must be 32 bytes")
+    public_key_bytes = active().public_key_bytes
+    if type(key) is not bytes or len(key) != public_key_bytes:
+        raise HandshakeError(f"identity key must be {public_key_bytes} bytes")
     if type(signature) is not bytes or len(signature) != SIGNATURE_BYTES:
         raise HandshakeError("identity signature must be 64 bytes")
     if not verify(key, IDENTITY_DOMAIN + remote_static, signature):

@@ -127,6 +127,8 @@ from network.peer import (
 from network.secure import SecureConnection, encode_identity_payload, handshake, node_id_of
 from network.wire import BATCH_OVERHEAD_BYTES, CHANNEL_NAMES, PAYLOAD_OVERHEAD_BYTES, PEX
 
+# The seen-cache's key: the transport's own, like Noise's primitives, so it is
+# SHA-256 whatever the chain's crypto suite (no chain data depends on it).
 _sha256 = hashlib.sha256
 DIGEST_BYTES = 32
 # Payloads from this size are hashed in a worker thread (hashlib releases the

@@ -236,5 +236,5 @@ def _check_same_chain(genesis: Genesis, store: BlockStore, state: ChainState) ->
 
 
 def worker_threads() -> int:
-    """Signature verification threads: one per core (pynacl releases the GIL)."""
+    """Signature verification threads: one per core (the suite's batch call releases the GIL)."""
     return max(1, len(os.sched_getaffinity(0)))

@@ -26,7 +26,7 @@ import trio
 
 import node
 from apps import APPS
-from consensus.crypto import PrivateKey
+from consensus.crypto import DEFAULT_SUITE, SUITES, PrivateKey
 from consensus.genesis import GenesisError
 from node.config import ConfigError, load_config
 from node.home import (
@@ -159,6 +159,15 @@ def _add_home(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_crypto(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--crypto",
+        choices=tuple(SUITES),
+        default=DEFAULT_SUITE.name,
+        help=f"{what} (default: %(default)s)",
+    )
+
+
 def _home(ns: argparse.Namespace) -> Path:
     home: Path | None = ns.home
     return (home if home is not None else _default_home()).expanduser()
@@ -180,6 +189,7 @@ def _add_init(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--app", choices=tuple(APPS), default="ledger", help="application (default: %(default)s)"
     )
+    _add_crypto(p, "the chain's signatures and hashes, fixed in genesis")
     p.add_argument(
         "--force",
         action="store_true",
@@ -190,9 +200,17 @@ def _add_init(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def _cmd_init(ns: argparse.Namespace) -> int:
     moniker = ns.moniker or platform.node() or "node"
-    home = init_home(_home(ns), chain_id=ns.chain_id, moniker=moniker, app=ns.app, force=ns.force)
+    home = init_home(
+        _home(ns),
+        chain_id=ns.chain_id,
+        moniker=moniker,
+        app=ns.app,
+        force=ns.force,
+        crypto=ns.crypto,
+    )
     print(f"initialised {home.paths.root}")
     print(f"  chain_id:          {ns.chain_id}")
+    print(f"  crypto:            {ns.crypto}")
     print(f"  moniker:           {home.moniker}")
     print(f"  node_id:           {home.node_id}")
     print(f"  validator_address: {home.validator_address}")
@@ -236,6 +254,7 @@ def _add_testnet(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--app", choices=tuple(APPS), default="ledger", help="application (default: %(default)s)"
     )
+    _add_crypto(p, "the chain's signatures and hashes, fixed in genesis")
     p.add_argument(
         "--force",
         action="store_true",
@@ -255,6 +274,7 @@ def _cmd_testnet(ns: argparse.Namespace) -> int:
         accounts=ns.accounts,
         app=ns.app,
         force=ns.force,
+        crypto=ns.crypto,
     )
     for home in homes:
         c = home.config
@@ -313,10 +333,12 @@ def _add_keys(sub: argparse._SubParsersAction[_Parser]) -> None:
     show.set_defaults(handler=_cmd_keys_show)
     new = keys.add_parser(
         "new",
-        help="write a new Ed25519 key file (mode 0600)",
-        description="Generate an Ed25519 key and write it to PATH with mode 0600; prints "
-        "its address and public key. Refuses to overwrite unless --force.",
+        help="write a new key file (mode 0600)",
+        description="Generate a key of the chosen crypto suite (an ed25519 key by default, "
+        "an sm2 key for sm2-sm3 chains) and write it to PATH with mode 0600; prints its "
+        "address and public key. Refuses to overwrite unless --force.",
     )
+    _add_crypto(new, "the suite of the chain the key is for")
     new.add_argument("--output", type=Path, required=True, metavar="PATH")
     new.add_argument("--force", action="store_true", help="overwrite an existing file")
     new.add_argument("--json", action="store_true", help="print one JSON object")
@@ -346,7 +368,7 @@ def _cmd_keys_new(ns: argparse.Namespace) -> int:
     path: Path = ns.output
     if path.parent and not path.parent.is_dir():
         raise KeyFileError(path, f"directory {path.parent} does not exist")
-    key = PrivateKey.generate()
+    key = PrivateKey.generate(SUITES[ns.crypto])
     save_key(path, key, overwrite=ns.force)
     info = {"path": str(path), "address": key.address.hex(), "public_key": key.public_key.hex()}
     _print_info(info, as_json=ns.json)

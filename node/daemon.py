@@ -32,7 +32,7 @@ from typing import Protocol
 
 import trio
 
-from consensus.crypto import PrivateKey
+from consensus.crypto import PrivateKey, activate
 from consensus.genesis import Genesis
 from network import Network
 from node.config import Config, load_config
@@ -40,7 +40,7 @@ from node.consensus_service import ConsensusService
 from node.effects import DriverConfig
 from node.gossip import MempoolGossip
 from node.home import HomeLock, HomePaths, load_genesis_file
-from node.keys import load_key, node_id
+from node.keys import check_key_suite, load_key, node_id
 from node.logging import get_logger
 from node.loopwatch import LoopWatch
 from node.metrics_server import MetricsServer
@@ -98,6 +98,10 @@ class Node:
         self.validator_key = validator_key
         self.notifier = notifier if notifier is not None else Notifier.from_environ()
         self.shutdown_grace_ms = shutdown_grace_ms
+        # The chain's suite hashes and verifies everything this process does from here.
+        activate(genesis.suite)
+        for path, key in ((paths.node_key, node_key), (paths.validator_key, validator_key)):
+            check_key_suite(path, key, genesis.suite)
         validators = genesis.validator_set
         self.identity = NodeIdentity(
             node_id=node_id(node_key),

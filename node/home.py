@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from apps import APPS, app_class
-from consensus.crypto import PrivateKey
+from consensus.crypto import DEFAULT_SUITE, SUITES, PrivateKey, Suite
 from consensus.genesis import Genesis, GenesisValidator
 from consensus.types import CHAIN_ID_BYTES_MAX
 from node.config import (
@@ -114,6 +114,12 @@ def check_chain_id(chain_id: str) -> None:
         raise HomeError(f"chain id: expected 1..{CHAIN_ID_BYTES_MAX} printable bytes")
 
 
+def check_crypto(crypto: str) -> Suite:
+    if crypto not in SUITES:
+        raise HomeError(f"crypto: expected one of {', '.join(SUITES)}, got {crypto!r}")
+    return SUITES[crypto]
+
+
 def check_app(app: str) -> None:
     if app not in APPS:
         raise HomeError(f"app: expected one of {', '.join(APPS)}, got {app!r}")
@@ -127,15 +133,17 @@ def init_home(
     app: str = "ledger",
     force: bool = False,
     genesis_time_ms: int | None = None,
+    crypto: str = DEFAULT_SUITE.name,
 ) -> NodeHome:
     """Create a single-validator home: keys, a genesis naming this node, defaults."""
     check_chain_id(chain_id)
     check_app(app)
+    suite = check_crypto(crypto)
     paths = HomePaths(root)
     config = _with_moniker(Config(), moniker)
     _refuse_existing(paths, force)
-    validator_key = PrivateKey.generate()
-    node_key = PrivateKey.generate()
+    validator_key = PrivateKey.generate(suite)
+    node_key = PrivateKey.generate(suite)
     genesis = _genesis(
         chain_id,
         app,
@@ -143,6 +151,7 @@ def init_home(
         accounts={},
         admin=validator_key.address.hex(),
         genesis_time_ms=genesis_time_ms,
+        suite=suite,
     )
     return _write_home(paths, config, genesis, node_key, validator_key, force=force)
 
@@ -158,6 +167,7 @@ def create_testnet(
     app: str = "ledger",
     force: bool = False,
     genesis_time_ms: int | None = None,
+    crypto: str = DEFAULT_SUITE.name,
 ) -> list[NodeHome]:
     """Create `validators` homes `output/node{i}` sharing one genesis, wired to each other.
 
@@ -169,6 +179,7 @@ def create_testnet(
     """
     check_chain_id(chain_id)
     check_app(app)
+    suite = check_crypto(crypto)
     if not 1 <= validators <= TESTNET_VALIDATORS_MAX:
         raise HomeError(f"validators: expected 1..{TESTNET_VALIDATORS_MAX}")
     if not 0 <= accounts <= TESTNET_ACCOUNTS_MAX:
@@ -192,9 +203,9 @@ def create_testnet(
     account_dir = output / "accounts"
     for paths in all_paths:
         _refuse_existing(paths, force)
-    node_keys = [PrivateKey.generate() for _ in range(validators)]
-    validator_keys = [PrivateKey.generate() for _ in range(validators)]
-    account_keys = [PrivateKey.generate() for _ in range(accounts)]
+    node_keys = [PrivateKey.generate(suite) for _ in range(validators)]
+    validator_keys = [PrivateKey.generate(suite) for _ in range(validators)]
+    account_keys = [PrivateKey.generate(suite) for _ in range(accounts)]
     genesis = _genesis(
         chain_id,
         app,
@@ -205,6 +216,7 @@ def create_testnet(
         # A testnet is permissioned: its nodes are the members; others are refused
         # until the admin (node0's validator key) adds them with set_member.
         members=tuple(k.address for k in node_keys),
+        suite=suite,
     )
     peers = [Peer(node_id(k), addr) for k, addr in zip(node_keys, listens, strict=True)]
     homes = []
@@ -372,6 +384,7 @@ def _genesis(
     admin: str,
     genesis_time_ms: int | None,
     members: tuple[bytes, ...] = (),
+    suite: Suite = DEFAULT_SUITE,
 ) -> Genesis:
     app_state: dict[str, Any] = {"accounts": accounts, "admin": admin} if app == "ledger" else {}
     return Genesis(
@@ -383,6 +396,7 @@ def _genesis(
         app=app,
         app_state=app_state,
         members=members,
+        crypto=suite.name,
     )
 
 

@@ -1,4 +1,4 @@
-"""Ed25519 key files: the node's identity, the validator's signing key, client keys.
+"""Key files: the node's identity, the validator's signing key, client keys.
 
 A key file is the only place a private key lives on disk, so this module is
 strict in both directions. Writing is atomic and private from the first byte
@@ -10,10 +10,12 @@ and address really derive from the stored seed.
 
 Format (JSON, one object)::
 
-    {"type": "ed25519", "address": "<hex 20 bytes>",
-     "public_key": "<hex 32 bytes>", "private_key": "<hex 32-byte seed>"}
+    {"type": "ed25519" or "sm2", "address": "<hex 20 bytes>",
+     "public_key": "<hex 32 or 33 bytes>", "private_key": "<hex 32-byte secret>"}
 
-A node id is `address_of(public_key).hex()` of the node key.
+The type names the key's crypto suite (consensus/crypto.py: "ed25519" keys
+belong to ed25519-sha256 chains, "sm2" keys to sm2-sm3 chains); the address
+is derived with that suite's hash. A node id is the node key's address in hex.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from consensus.crypto import PUBLIC_KEY_BYTES, SEED_BYTES, PrivateKey, address_of
+from consensus.crypto import SEED_BYTES, SUITES, PrivateKey, Suite, suite_for_key_type
 from node.durable import fsync_directory, replace_durably, write_new_file
 
-KEY_TYPE = "ed25519"
+KEY_TYPES = tuple(s.key_type for s in SUITES.values())
 KEY_FILE_MODE = 0o600
 # A key file is about 250 bytes; anything far larger is not a key file and is
 # refused before it is read into memory.
@@ -46,12 +48,12 @@ class KeyFileError(Exception):
 
 def node_id(key: PrivateKey) -> str:
     """The node id (hex of the 20-byte address) of a node key."""
-    return address_of(key.public_key).hex()
+    return key.address.hex()
 
 
 def key_to_json(key: PrivateKey) -> str:
     obj = {
-        "type": KEY_TYPE,
+        "type": key.suite.key_type,
         "address": key.address.hex(),
         "public_key": key.public_key.hex(),
         "private_key": key.seed.hex(),
@@ -72,10 +74,15 @@ def load_key(path: Path | str) -> PrivateKey:
     """Read and check a key file; raise KeyFileError naming the file on any problem."""
     path = Path(path)
     obj = _parse(path, _read_private(path))
+    suite = suite_for_key_type(obj["type"])
+    assert suite is not None, "_parse checked the type"
     try:
         seed = _hex_field(obj, "private_key", SEED_BYTES)
-        key = PrivateKey(seed)
-        public_key = _hex_field(obj, "public_key", PUBLIC_KEY_BYTES)
+        try:
+            key = PrivateKey(seed, suite)
+        except ValueError:  # not a secret of this suite (SM2: outside [1, n - 2])
+            raise ValueError(f"private_key: not an {suite.key_type} private key") from None
+        public_key = _hex_field(obj, "public_key", suite.public_key_bytes)
         address = _hex_field(obj, "address", len(key.address))
     except ValueError as e:
         raise KeyFileError(path, str(e)) from None
@@ -86,12 +93,22 @@ def load_key(path: Path | str) -> PrivateKey:
     return key
 
 
-def load_or_generate_key(path: Path | str) -> PrivateKey:
-    """The key at `path`, or a new one written there if the file does not exist."""
+def check_key_suite(path: Path | str, key: PrivateKey, suite: Suite) -> None:
+    """Raise KeyFileError unless `key` belongs to `suite` (the chain's, from genesis)."""
+    if key.suite != suite:
+        raise KeyFileError(
+            path,
+            f"an {key.suite.key_type} key, but the genesis's crypto is {suite.name!r}, "
+            f"which needs {suite.key_type} keys",
+        )
+
+
+def load_or_generate_key(path: Path | str, suite: Suite | None = None) -> PrivateKey:
+    """The key at `path`, or a new one of `suite` written there if the file does not exist."""
     path = Path(path)
     if path.exists():
         return load_key(path)
-    key = PrivateKey.generate()
+    key = PrivateKey.generate(suite)
     save_key(path, key)
     return key
 
@@ -157,8 +174,8 @@ def _parse(path: Path, raw: bytes) -> dict[str, Any]:
         raise KeyFileError(path, "expected a JSON object")
     if set(obj) != _FIELDS:
         raise KeyFileError(path, f"expected exactly the keys {', '.join(sorted(_FIELDS))}")
-    if obj["type"] != KEY_TYPE:
-        raise KeyFileError(path, f"type: expected {KEY_TYPE!r}")
+    if not isinstance(obj["type"], str) or suite_for_key_type(obj["type"]) is None:
+        raise KeyFileError(path, f"type: expected one of {', '.join(map(repr, KEY_TYPES))}")
     return obj
 
 

@@ -29,6 +29,7 @@ block the event loop; it is not safe for concurrent use by several threads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.codec import DecodeError, decode
-from consensus.crypto import SIGNATURE_BYTES, sha256
+from consensus.crypto import SIGNATURE_BYTES
 from consensus.types import HEIGHT_MAX, ROUND_MAX, TAG_PROPOSAL, TAG_VOTE, VoteType
 from node.durable import replace_durably
 
@@ -143,7 +144,10 @@ _EMPTY = SignedRecord(0, 0, SignStep.NONE, b"", b"")
 
 
 def _checksum(fields: dict[str, Any]) -> bytes:
-    return sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
+    # A checksum of this node's own file, not a chain hash: SHA-256 whatever the
+    # chain's crypto suite, so the file format is one.
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).digest()
 
 
 def _int(obj: dict[str, Any], key: str, lo: int, hi: int) -> int:

@@ -39,6 +39,7 @@ an exclusive flock on `LOCK` in the directory enforces it.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import mmap
 import os
 import struct
@@ -47,7 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from consensus.crypto import sha256
 from consensus.types import BLOCK_BYTES_MAX, HEIGHT_MAX
 from node.durable import fsync_directory, write_all
 
@@ -119,7 +119,9 @@ class _BadFrame(Exception):
 
 
 def _checksum(length_bytes: bytes, body: bytes) -> bytes:
-    return sha256(length_bytes + body)[:8]
+    # A checksum of this node's own file, not a chain hash: SHA-256 whatever the
+    # chain's crypto suite, so the WAL format is one.
+    return hashlib.sha256(length_bytes + body).digest()[:8]
 
 
 def encode_frame(kind: int, payload: bytes) -> bytes:

@@ -46,9 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from consensus import crypto
 from consensus.codec import DecodeError
 from consensus.config import ConsensusConfig
-from consensus.crypto import PrivateKey, sha256
+from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis, GenesisValidator
 from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
@@ -246,6 +247,7 @@ class Simulation:
             ),
             app="kvstore",
             app_state={},
+            crypto=crypto.active().name,
         )
         self.nodes: list[SimNode] = []
         for i, key in enumerate(self.keys):
@@ -452,7 +454,7 @@ class Simulation:
         if sender in node.banned:
             return
         if gossip:
-            digest = sha256(payload)
+            digest = crypto.digest(payload)
             if digest in node.seen:
                 return
             if len(node.seen) >= SEEN_ENTRIES_MAX:
@@ -486,7 +488,7 @@ class Simulation:
             targets = self._targets(node, effect.peer)
             self._send_from(node, effect.payload, targets, gossip=False)
         elif isinstance(effect, Gossip):
-            digest = sha256(effect.payload)
+            digest = crypto.digest(effect.payload)
             if node.seen.get(digest) is True:
                 return []
             node.seen[digest] = True
@@ -599,7 +601,7 @@ class Simulation:
                 index,
                 signature,
             )
-            other = b"" if request.block_hash else sha256(self.rng.randbytes(8))
+            other = b"" if request.block_hash else crypto.digest(self.rng.randbytes(8))
             alt_vote = Vote.create(
                 node.key, CHAIN_ID, request.vote_type, request.height, request.round, other, index
             )
@@ -866,7 +868,7 @@ class Simulation:
             self.synced_blocks,
             self.penalties,
             self.script is not None and self.script.armed,
-            sha256(b"".join(h for n in self.nodes if n.honest for h in n.committed)),
+            crypto.digest(b"".join(h for n in self.nodes if n.honest for h in n.committed)),
             tuple(_report(n) for n in self.nodes),
             idle,
         )

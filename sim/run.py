@@ -25,6 +25,7 @@ from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 
+from consensus.crypto import DEFAULT_SUITE, SUITES, using
 from consensus.machine import ConsensusMachine
 from node.driver import Driver
 from sim.checks import BatchResult, RunResult
@@ -52,12 +53,14 @@ def simulate(
     machine_class: type[ConsensusMachine] | None = None,
     equal_power: bool = False,
     idle: bool = False,
+    crypto: str = DEFAULT_SUITE.name,
 ) -> RunResult:
     """One run.
 
     `byzantine_mode` is one of MODES (None: "equivocate" or "twins", chosen by
     the seed); the scripted modes need 4 validators and 1 Byzantine and bring
-    their own faults and equal powers. `driver_class` and `machine_class`
+    their own faults and equal powers. `crypto` names the chain's suite, active
+    in this process for the run. `driver_class` and `machine_class`
     plant other code in every node (the checker's own tests). `idle` runs every
     driver with create_empty_blocks = false and bursts of transactions between
     idle gaps (sim/idle.py); not with the scripted modes. Raises ValueError for
@@ -74,7 +77,7 @@ def simulate(
     if machine_class is not None:
         driver_class = type("PlantedDriver", (driver_class,), {"machine_class": machine_class})
     shm = Path("/dev/shm")
-    with tempfile.TemporaryDirectory(
+    with using(SUITES[crypto]), tempfile.TemporaryDirectory(
         prefix="archipelago-sim-", dir=shm if shm.is_dir() else None
     ) as tmp:
         sim = Simulation(
@@ -111,6 +114,7 @@ def run_batch(
     idle: bool = False,
     jobs: int = 1,
     on_result: Callable[[RunResult], None] | None = None,
+    crypto: str = DEFAULT_SUITE.name,
 ) -> BatchResult:
     """One run per seed, on `jobs` processes; see BatchResult.summary() for the report.
 
@@ -131,6 +135,7 @@ def run_batch(
         machine_class=machine_class,
         equal_power=equal_power,
         idle=idle,
+        crypto=crypto,
     )
     results: list[RunResult] = []
     for result in _map_runs(one, seeds, jobs):
@@ -193,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         help="no hostile peer and no mass restarts (network faults and crashes only)",
     )
     parser.add_argument("--mode", choices=MODES, default=None)
+    parser.add_argument(
+        "--crypto",
+        choices=tuple(SUITES),
+        default=DEFAULT_SUITE.name,
+        help="the chain's signatures and hashes (default %(default)s)",
+    )
     parser.add_argument("--equal-power", action="store_true", help="power 1 for every validator")
     parser.add_argument(
         "--no-empty-blocks",
@@ -269,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         idle=args.no_empty_blocks,
         jobs=args.jobs,
         on_result=on_result,
+        crypto=args.crypto,
     )
     elapsed = time.monotonic() - started
     runs = max(1, len(seeds))

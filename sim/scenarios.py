@@ -15,7 +15,7 @@ import random
 from collections.abc import Sequence
 
 from consensus.codec import DecodeError
-from consensus.crypto import PrivateKey, sha256
+from consensus.crypto import PrivateKey, digest
 from consensus.types import Block, Commit, CommitSig, Proposal, Vote, VoteType
 from node.messages import (
     DecidedMsg,
@@ -123,10 +123,10 @@ class Attacker:
     def _forged_next(self, victim: SimNode, height: int) -> list[bytes]:
         """Proposals and votes for the victim's next height signed with the wrong keys."""
         rng = self.sim.rng
-        stranger = PrivateKey(sha256(b"stranger-%d" % rng.randrange(1 << 30)))
+        stranger = PrivateKey(digest(b"stranger-%d" % rng.randrange(1 << 30)))
         out: list[bytes] = []
         for round_ in range(2):
-            block_hash = sha256(rng.randbytes(8))
+            block_hash = digest(rng.randbytes(8))
             proposal = Proposal.create(stranger, CHAIN_ID, height, round_, -1, block_hash)
             assert victim.chain is not None
             block = victim.chain.store.load_block(max(1, victim.chain.state.last_height))
@@ -137,7 +137,7 @@ class Attacker:
                 VoteType.PREVOTE,
                 height,
                 0,
-                sha256(rng.randbytes(8)),
+                digest(rng.randbytes(8)),
                 validator.address,
                 index,
                 stranger.sign(b"forged"),
@@ -170,7 +170,7 @@ class Attacker:
                         b"",
                         victim.key.address,
                         index,
-                        sha256(b"forged-%d" % r) * 2,
+                        digest(b"forged-%d" % r) * 2,
                     )
                 )
             )

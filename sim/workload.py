@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from apps.kvstore import set_tx
 from consensus.codec import encode
-from consensus.crypto import PrivateKey, sha256
+from consensus.crypto import PrivateKey, digest
 from consensus.types import Block, Transaction, data_hash
 from node.chain import Chain
 
@@ -29,11 +29,11 @@ VALIDATOR_CHANGE_PROBABILITY = 0.2  # per built block: try one ["val", pk, power
 
 
 def validator_keys(count: int) -> list[PrivateKey]:
-    return [PrivateKey(sha256(b"sim-validator-%d" % i)) for i in range(count)]
+    return [PrivateKey(digest(b"sim-validator-%d" % i)) for i in range(count)]
 
 
 def client_keys() -> list[PrivateKey]:
-    return [PrivateKey(sha256(b"sim-client-%d" % i)) for i in range(CLIENTS)]
+    return [PrivateKey(digest(b"sim-client-%d" % i)) for i in range(CLIENTS)]
 
 
 def _client_record(client: int) -> bytes:
@@ -106,5 +106,5 @@ def corrupted(block: Block, rng: random.Random) -> Block:
         txs = (broken, *block.txs[1:])
         header = dataclasses.replace(block.header, data_hash=data_hash(txs))
         return Block(header, txs, block.last_commit, block.evidence)
-    header = dataclasses.replace(block.header, app_hash=sha256(b"not the state"))
+    header = dataclasses.replace(block.header, app_hash=digest(b"not the state"))
     return Block(header, block.txs, block.last_commit, block.evidence)

@@ -38,7 +38,7 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from consensus.crypto import PrivateKey
+from consensus.crypto import DEFAULT_SUITE, PrivateKey
 from node.config import Address, Config, ConsensusConfig, Peer, load_config, save_config
 from node.keys import load_key, node_id
 
@@ -282,9 +282,14 @@ def create_testnet(
     app: str = "ledger",
     consensus: ConsensusConfig = FAST_CONSENSUS,
     hosts: Sequence[str] = (),
+    crypto: str = DEFAULT_SUITE.name,
 ) -> Testnet:
     """`archipelago testnet` into root on free ports (of `hosts`, when given), then each
-    config's [consensus] set."""
+    config's [consensus] set.
+
+    `crypto` is the chain's suite; tests take it from the `crypto` fixture
+    (tests/integration/conftest.py) to run under each suite.
+    """
     result = run_cli(
         "testnet",
         "--validators",
@@ -298,6 +303,8 @@ def create_testnet(
         "--app",
         app,
         *(["--hosts", ",".join(hosts)] if hosts else []),
+        "--crypto",
+        crypto,
     )
     assert result.returncode == 0, result.stderr
     homes = [root / f"node{i}" for i in range(validators)]
@@ -316,9 +323,13 @@ def add_full_node(net: Testnet, *, name: str) -> NodeProcess:
     Not a member of the network yet: see `admit_member`.
     """
     home = net.root / name
-    result = run_cli("init", "--home", home, "--chain-id", net.chain_id, "--moniker", name)
+    genesis = (net.nodes[0].home / "genesis.json").read_text()
+    crypto = json.loads(genesis).get("crypto", DEFAULT_SUITE.name)
+    result = run_cli(
+        "init", "--home", home, "--chain-id", net.chain_id, "--moniker", name, "--crypto", crypto
+    )
     assert result.returncode == 0, result.stderr
-    (home / "genesis.json").write_text((net.nodes[0].home / "genesis.json").read_text())
+    (home / "genesis.json").write_text(genesis)
     peers = []
     for v in net.validators:
         shown = run_cli("keys", "show", "--home", v.home, "--json")

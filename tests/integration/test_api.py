@@ -26,7 +26,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 from apps.ledger import transfer_tx
 from consensus import merkle
 from consensus.codec import encode
-from consensus.crypto import PrivateKey
+from consensus.crypto import DEFAULT_SUITE, SUITES, PrivateKey
 from consensus.genesis import Genesis
 from consensus.types import Commit, Header, Transaction, Validator, ValidatorSet, tx_id
 from node.config import load_config
@@ -37,8 +37,8 @@ TIMEOUT_S = 60  # generous for a loaded 2-core machine; healthy runs take a few 
 STREAM_BLOCKS = 50
 
 
-def _single(tmp_path: Path, accounts: int = 2) -> Any:
-    return nodes.create_testnet(tmp_path / "net", validators=1, accounts=accounts)
+def _single(tmp_path: Path, accounts: int = 2, crypto: str = DEFAULT_SUITE.name) -> Any:
+    return nodes.create_testnet(tmp_path / "net", validators=1, accounts=accounts, crypto=crypto)
 
 
 async def _next_block(ws: Any) -> dict[str, Any]:
@@ -49,13 +49,14 @@ async def _next_block(ws: Any) -> dict[str, Any]:
 
 
 async def test_bad_requests_get_a_4xx_json_error_and_leave_the_node_committing(
-    tmp_path: Path,
+    tmp_path: Path, crypto: str
 ) -> None:
     """Malformed JSON, bad hex, bad signature, wrong nonce, oversized tx and body, unknown
     heights and hashes, wrong methods and content types, /stream without a handshake: each
     answers its 4xx with {"error": "<message>"} (a 405 with Allow); the node then still
-    commits blocks and a valid transfer, and logged no handler failure."""
-    net = _single(tmp_path)
+    commits blocks and a valid transfer, and logged no handler failure. A transfer signed
+    with a key of the other crypto suite is refused too."""
+    net = _single(tmp_path, crypto=crypto)
     key = net.accounts[0]
     to = PrivateKey(b"\x07" * 32).address
     good = transfer_tx(key, net.chain_id, 0, to, 5)
@@ -63,6 +64,8 @@ async def test_bad_requests_get_a_4xx_json_error_and_leave_the_node_committing(
         good.sender, 0, good.payload, bytes([good.signature[0] ^ 1]) + good.signature[1:]
     )
     wrong_nonce = transfer_tx(key, net.chain_id, 7, to, 5)
+    (other_suite,) = (s for name, s in SUITES.items() if name != crypto)
+    foreign = transfer_tx(PrivateKey(b"\x05" * 32, other_suite), net.chain_id, 0, to, 5)
     # Signed, but its payload is over the protocol's 32 KiB: not a transaction at all.
     oversized = Transaction.create(key, net.chain_id, 0, b"\x00" * (40 * 1024))
     too_big_hex = encode([key.public_key, 0, b"\x00" * (80 * 1024), b"\x00" * 64]).hex()
@@ -84,6 +87,7 @@ async def test_bad_requests_get_a_4xx_json_error_and_leave_the_node_committing(
         ("tx not a transaction", "POST", "/tx", {"json": {"tx": "c0ffee"}}, 422),
         ("bad signature", "POST", "/tx", tx_body(forged.encode()), 422),
         ("wrong nonce", "POST", "/tx", tx_body(wrong_nonce.encode()), 422),
+        ("key of the other suite", "POST", "/tx", tx_body(foreign.encode()), 422),
         ("oversized tx", "POST", "/tx", tx_body(oversized.encode()), 422),
         ("tx hex over the limit", "POST", "/tx", {"json": {"tx": too_big_hex}}, 400),
         (
@@ -139,12 +143,14 @@ async def test_bad_requests_get_a_4xx_json_error_and_leave_the_node_committing(
     assert "rpc handler failed" not in events
 
 
-async def test_tx_merkle_proof_and_commit_certificate_verify_offline(tmp_path: Path) -> None:
+async def test_tx_merkle_proof_and_commit_certificate_verify_offline(
+    tmp_path: Path, crypto: str
+) -> None:
     """For each transfer in a multi-tx block: GET /tx/{hash}'s proof verifies with
     consensus.merkle against the data_hash of the header from GET /commit/{h}; that header
     hashes to the certified block hash; the commit verifies against the served validator set,
     which is the genesis set. A tampered tx, chain id or validator set fails."""
-    net = _single(tmp_path, accounts=3)
+    net = _single(tmp_path, accounts=3, crypto=crypto)
     to = PrivateKey(b"\x09" * 32).address
     raws = [
         transfer_tx(k, net.chain_id, 0, to, 10 + i).encode() for i, k in enumerate(net.accounts)

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from consensus.crypto import PrivateKey, sha256
+from consensus.crypto import PrivateKey, digest
 from network import BLOCKSYNC, Network, NetworkConfig, PeerAddress
 from node.config import load_config
 from node.messages import SyncStatusMsg, encode_message
@@ -90,7 +90,7 @@ async def test_a_peer_claiming_a_height_far_ahead_changes_nothing(tmp_path: Path
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 3, TIMEOUT_S)
         liar = Network(
-            identity=PrivateKey(sha256(b"liar")),
+            identity=PrivateKey(digest(b"liar")),
             chain_id=net.chain_id,
             listen=("127.0.0.1", 0),
             persistent_peers=[PeerAddress(v.node_id, "127.0.0.1", _p2p_port(v)) for v in victims],

@@ -24,12 +24,12 @@ TRANSFERS_PER_ACCOUNT = 5
 
 
 async def test_four_validators_commit_each_transfer_once_and_agree_on_every_block(
-    tmp_path: Path,
+    tmp_path: Path, crypto: str
 ) -> None:
     """4 validators reach height 20; transfers sent to different nodes (each also re-sent to a
     second node) are each committed once, at the same height and index on every node; every
     node shows the same receiver balances, and the same block and app hash at every height."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=4)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=4, crypto=crypto)
     rng = random.Random(5)
     receivers = [PrivateKey(rng.randbytes(32)).address for _ in net.accounts]
     async with nodes.running(net), nodes.open_api() as api:
@@ -170,11 +170,11 @@ async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_res
 
 
 async def test_a_new_full_node_syncs_the_whole_chain_from_genesis_then_follows(
-    tmp_path: Path,
+    tmp_path: Path, crypto: str
 ) -> None:
     """A non-validator started from the testnet's genesis after height 30 syncs every block
     (same hashes as the validators), leaves block sync, and keeps following new heights."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, crypto=crypto)
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 30, HEIGHT_TIMEOUT_S)
         # Made now (and so killed by `running` on the way out, like the validators).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consensus import sigverify
+from consensus import ed25519
 
 
 @pytest.fixture
@@ -15,12 +15,12 @@ def verified(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     verified alone, in Python.
     """
     calls: list[bytes] = []
-    real = sigverify._verify_detached
+    real = ed25519._verify_detached
 
     def counting(sig: bytes, msg: bytes, n: int, pk: bytes) -> int:
         calls.append(sig)
         return int(real(sig, msg, n, pk))
 
-    monkeypatch.setattr(sigverify, "_verify_detached", counting)
-    monkeypatch.setattr(sigverify, "_verify_chunk", None)
+    monkeypatch.setattr(ed25519, "_verify_detached", counting)
+    monkeypatch.setattr(ed25519, "_verify_chunk", None)
     return calls

@@ -13,7 +13,7 @@ import pytest
 
 from apps.kvstore import KVStore, set_tx
 from consensus.config import ConsensusConfig
-from consensus.crypto import PrivateKey, sha256
+from consensus.crypto import PrivateKey, digest
 from consensus.events import (
     Action,
     BlockBuilt,
@@ -52,7 +52,7 @@ from consensus.validation import (
 )
 
 CHAIN = "machine-test"
-KEYS = [PrivateKey(sha256(b"machine-key-%d" % i)) for i in range(4)]
+KEYS = [PrivateKey(digest(b"machine-key-%d" % i)) for i in range(4)]
 GENESIS = Genesis(
     CHAIN,
     0,
@@ -490,7 +490,7 @@ def test_unknown_validator_is_a_fault_and_other_heights_are_ignored() -> None:
     me = non_proposer_key(range(1))
     h = Harness(me)
     h.start()
-    stranger = PrivateKey(sha256(b"stranger"))
+    stranger = PrivateKey(digest(b"stranger"))
     v = VoteReceived(Vote.create(stranger, CHAIN, PREVOTE, 1, 1, b"", 0))
     assert h.machine.screen(v) is Fault.NOT_A_VALIDATOR
     assert h.feed(v) == []
@@ -595,7 +595,7 @@ def test_decided_certificate_links_the_next_block_in_the_validation_core() -> No
     """
     me = non_proposer_key(range(1))
     app = KVStore.from_genesis(GENESIS)
-    tx = set_tx(PrivateKey(sha256(b"client")), CHAIN, 0, b"k", b"v").encode()
+    tx = set_tx(PrivateKey(digest(b"client")), CHAIN, 0, b"k", b"v").encode()
     proposer = proposer_key(0).address
     block1 = build_block(STATE, [tx], time_ms=1000, proposer_address=proposer, last_commit=None)
     with SignatureVerifier(threads=0) as verifier:

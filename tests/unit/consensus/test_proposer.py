@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-from consensus.crypto import PrivateKey, sha256
+from consensus.crypto import PrivateKey, digest
 from consensus.proposer import ProposerSchedule
 from consensus.types import Validator, ValidatorSet
 
-KEYS = [PrivateKey(sha256(b"proposer-key-%d" % i)) for i in range(6)]
+KEYS = [PrivateKey(digest(b"proposer-key-%d" % i)) for i in range(6)]
 
 
 def vset(powers: list[int], keys: list[PrivateKey] = KEYS) -> ValidatorSet:

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from apps.ledger import transfer_tx
-from consensus import crypto, merkle, sigverify
+from consensus import crypto, ed25519, merkle, sigverify
 from consensus.crypto import PrivateKey
-from consensus.sigverify import SignatureCache, SignatureVerifier, verify_detached
+from consensus.sigverify import SignatureCache, SignatureVerifier
 
 CHAIN = "sig-test"
 
@@ -34,13 +34,13 @@ def test_verify_many_marks_exactly_the_bad_items(threads: int) -> None:
     assert [i for i, good in enumerate(ok) if not good] == [*sorted(bad), 100, 101]
 
 
-def test_detached_matches_crypto_verify() -> None:
-    """The cffi path accepts and rejects exactly what consensus.crypto.verify does."""
+def test_batch_path_matches_crypto_verify(verified: list[bytes]) -> None:
+    """The per-signature cffi path accepts and rejects exactly what crypto.verify does."""
     pk, msg, sig = _items(1)[0]
     mutants = [sig, sig[:-1] + b"\x00", bytes(64), b"\xff" * 64]
-    for s in mutants:
-        assert verify_detached(pk, msg, s) == crypto.verify(pk, msg, s)
-    assert verify_detached(bytes(32), msg, sig) == crypto.verify(bytes(32), msg, sig)
+    items = [(i, pk, msg, s) for i, s in enumerate(mutants)] + [(9, bytes(32), msg, sig)]
+    expected = [crypto.verify(pk, m, s) for _, pk, m, s in items]
+    assert [bool(ok) for ok in ed25519.verify_items(items)] == expected
 
 
 def test_concurrent_passes_share_one_pool() -> None:
@@ -125,7 +125,7 @@ def test_help_until_empty_verifies_everything_queued() -> None:
 
 def test_compiled_chunk_loop_agrees_with_libsodium() -> None:
     """The compiled loop returns 1 exactly for the items libsodium accepts, 0 for wrong sizes."""
-    if sigverify._verify_chunk is None:
+    if ed25519._verify_chunk is None:
         pytest.skip("built without a C compiler: the cffi path is used instead")
     key = PrivateKey(b"\x09" * 32)
     good = key.sign(b"m")
@@ -136,7 +136,7 @@ def test_compiled_chunk_loop_agrees_with_libsodium() -> None:
         (3, key.public_key[:31], b"m", good),  # short key
         (4, key.public_key, b"m", good[:63]),  # short signature
     ]
-    assert sigverify._verify_chunk(sigverify.VERIFY_ADDRESS, items) == bytes([1, 0, 0, 0, 0])
-    assert sigverify._verify_chunk(sigverify.VERIFY_ADDRESS, []) == b""
+    assert ed25519._verify_chunk(ed25519.VERIFY_ADDRESS, items) == bytes([1, 0, 0, 0, 0])
+    assert ed25519._verify_chunk(ed25519.VERIFY_ADDRESS, []) == b""
     with pytest.raises(TypeError):
-        sigverify._verify_chunk(sigverify.VERIFY_ADDRESS, [(0, "pk", b"m", good)])
+        ed25519._verify_chunk(ed25519.VERIFY_ADDRESS, [(0, "pk", b"m", good)])

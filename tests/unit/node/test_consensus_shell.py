@@ -20,7 +20,7 @@ import trio
 import trio.testing
 
 from consensus.codec import encode
-from consensus.crypto import PrivateKey, sha256
+from consensus.crypto import PrivateKey, digest
 from consensus.types import Transaction
 from node.config import Address, load_config, save_config
 from node.daemon import Node
@@ -106,7 +106,7 @@ async def test_without_empty_blocks_a_height_waits_for_transactions(tmp_path: Pa
         assert view.status()["consensus"]["waiting_for_txs"] is True
         assert view.health() == (True, [])
         tx = Transaction.create(
-            PrivateKey(sha256(b"idle-client")), "shell-test", 0, encode(["set", b"k", b"v"])
+            PrivateKey(digest(b"idle-client")), "shell-test", 0, encode(["set", b"k", b"v"])
         )
         txid, _ = res.mempool_add(tx.encode())
         await _wait_height(node, idle + 2)

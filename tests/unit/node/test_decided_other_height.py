@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from consensus.codec import encode
-from consensus.crypto import PrivateKey, sha256
+from consensus.crypto import PrivateKey, digest
 from consensus.types import Block, Commit, Header, Transaction
 from node.consensus_service import ConsensusService
 from node.daemon import Node
@@ -31,7 +31,7 @@ FAR = 1_000_000
 
 def _made_up_block(header: Header, height: int) -> Block:
     """A block of `height` with TXS well-formed transactions; nothing about it is valid."""
-    client = PrivateKey(sha256(b"made-up"))
+    client = PrivateKey(digest(b"made-up"))
     txs = tuple(
         Transaction.create(client, "shell-test", n, encode(["set", b"k", b"v"])).encode()
         for n in range(TXS)

@@ -18,7 +18,7 @@ import pytest
 
 from apps.kvstore import KVStore
 from consensus.config import ConsensusConfig
-from consensus.crypto import PrivateKey, sha256
+from consensus.crypto import PrivateKey, digest
 from consensus.genesis import Genesis, GenesisValidator
 from consensus.state import ChainState
 from consensus.types import Block, Commit, CommitSig, Proposal, Vote, VoteType, vote_sign_bytes
@@ -55,7 +55,7 @@ from node.syncplan import REQUEST_TIMEOUT_S
 from node.wal import WAL
 
 CHAIN = "driver-test"
-KEYS = [PrivateKey(sha256(b"driver-key-%d" % i)) for i in range(4)]
+KEYS = [PrivateKey(digest(b"driver-key-%d" % i)) for i in range(4)]
 GENESIS = Genesis(
     CHAIN,
     0,
@@ -86,7 +86,7 @@ def block(tag: bytes, state: ChainState = STATE, round: int = 0) -> Block:
     return build_block(
         state,
         [],
-        time_ms=1000 + int.from_bytes(sha256(tag)[:2], "big"),
+        time_ms=1000 + int.from_bytes(digest(tag)[:2], "big"),
         proposer_address=proposer_key(round, state).address,
         last_commit=None,
     )
@@ -252,7 +252,7 @@ def test_forged_decided_blocks_are_the_senders_fault(node: Node) -> None:
 def test_next_height_messages_are_verified_before_they_are_kept(node: Node) -> None:
     """Forged votes for the next height (wrong signature, or carrying our own address) are
     penalised and kept nowhere; genuine ones are kept and counted once the height starts."""
-    forger = PrivateKey(sha256(b"forger"))
+    forger = PrivateKey(digest(b"forger"))
     for k in KEYS:
         index = STATE.validators.index_of(k.address)
         assert index is not None
@@ -348,7 +348,7 @@ def test_late_precommits_complete_the_next_blocks_certificate(tmp_path: Path) ->
     """Precommits for the decided block that arrive after the decision go into the last
     commit the next block is built with, so a healthy network's certificates carry every
     signature. (The node here is a full node: all four precommits come from peers.)"""
-    node = Node(tmp_path, me=PrivateKey(sha256(b"full node")))
+    node = Node(tmp_path, me=PrivateKey(digest(b"full node")))
     a = block(b"a")
     node.receive(proposal_msg(a))
     node.driver.on_validated(a.hash, True, "", node.now)

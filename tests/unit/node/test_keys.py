@@ -128,7 +128,7 @@ def test_load_rejects_a_wrong_address(tmp_path: Path) -> None:
         ('{"type": "ed25519"}', "expected exactly the keys"),
         (
             '{"type": "secp256k1", "address": "", "public_key": "", "private_key": ""}',
-            "type: expected 'ed25519'",
+            "type: expected one of 'ed25519', 'sm2'",
         ),
         (
             '{"type": "ed25519", "address": "", "public_key": "", "private_key": "zz"}',

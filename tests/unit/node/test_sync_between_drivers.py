@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from consensus.config import ConsensusConfig
-from consensus.crypto import PrivateKey, sha256
+from consensus.crypto import PrivateKey, digest
 from consensus.genesis import Genesis, GenesisValidator
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
@@ -48,7 +48,7 @@ from node.messages import (
 from node.storage import open_store
 
 CHAIN = "sync-between-drivers"
-KEYS = [PrivateKey(sha256(b"sync-key-%d" % i)) for i in range(4)]
+KEYS = [PrivateKey(digest(b"sync-key-%d" % i)) for i in range(4)]
 GENESIS = Genesis(
     CHAIN,
     0,
@@ -118,7 +118,7 @@ def test_an_honest_node_catching_up_is_not_cut_off_by_an_honest_server(
     sends only whole requests (never one block each time the window slides by one), so it
     stays under the server's 8 requests a second with a debt of 64, and it catches up."""
     server = _driver(tmp_path / "w1", chain.states[-1], KEYS[0].address, can_sign=False)
-    asker = _driver(tmp_path / "w2", chain.states[0], sha256(b"full")[:20], can_sign=False)
+    asker = _driver(tmp_path / "w2", chain.states[0], digest(b"full")[:20], can_sign=False)
     server.start(0.0)
     asker.start(0.0)
     now = 0.0

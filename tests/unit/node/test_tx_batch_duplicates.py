@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from consensus.codec import encode
-from consensus.crypto import PrivateKey, sha256
+from consensus.crypto import PrivateKey, digest
 from consensus.types import Transaction
 from node.daemon import Node
 from node.resources import Resources
@@ -39,7 +39,7 @@ def test_a_batch_repeating_one_transaction_costs_one_signature_check(tmp_path: P
 
     res.verifier.verify_many = counting  # type: ignore[method-assign]
     raw = Transaction.create(
-        PrivateKey(sha256(b"dup-client")), "shell-test", 0, encode(["set", b"k", b"v"])
+        PrivateKey(digest(b"dup-client")), "shell-test", 0, encode(["set", b"k", b"v"])
     ).encode()
 
     async def main() -> list[Any]:
