@@ -1,0 +1,6 @@
+from collections.abc import Sequence
+
+SYMBOLS: tuple[str, ...]
+
+def init(addresses: tuple[int | None, ...], /) -> None: ...
+def verify_chunk(items: Sequence[tuple[bytes, ...]], /) -> bytes: ...
