@@ -72,6 +72,8 @@ static struct {
     int (*EVP_DigestInit_ex2)(EVP_MD_CTX *, const EVP_MD *, const void *);
     int (*EVP_DigestUpdate)(EVP_MD_CTX *, const void *, size_t);
     int (*EVP_DigestFinal_ex)(EVP_MD_CTX *, unsigned char *, unsigned int *);
+    int (*EVP_Digest)(const void *, size_t, unsigned char *, unsigned int *, const EVP_MD *,
+                      void *);
     void (*ERR_clear_error)(void);
 } C;
 
@@ -82,7 +84,7 @@ static const char *const SYMBOLS[] = {
     "EC_POINT_new", "EC_POINT_free", "EC_POINT_oct2point", "EC_POINT_point2oct",
     "EC_POINT_mul", "EC_POINT_get_affine_coordinates",
     "EVP_MD_fetch", "EVP_MD_free", "EVP_MD_CTX_new", "EVP_MD_CTX_free",
-    "EVP_DigestInit_ex2", "EVP_DigestUpdate", "EVP_DigestFinal_ex",
+    "EVP_DigestInit_ex2", "EVP_DigestUpdate", "EVP_DigestFinal_ex", "EVP_Digest",
     "ERR_clear_error",
 };
 #define N_SYMBOLS (sizeof(SYMBOLS) / sizeof(SYMBOLS[0]))
@@ -297,7 +299,39 @@ fail:
     return NULL;
 }
 
+/* Inputs from this size on are hashed with the GIL released (hashlib's own threshold). */
+#define SM3_GIL_FREE_BYTES 2048
+
+/* sm3(data) -> bytes: the SM3 digest through the digest method fetched once by init(),
+ * so a call costs no method lookup (hashlib.new("sm3") looks the name up each time). */
+static PyObject *sm3_digest(PyObject *self, PyObject *data) {
+    if (group == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "init() was not called");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    unsigned char out[FIELD_BYTES];
+    unsigned int outlen = 0;
+    int ok;
+    if (view.len >= SM3_GIL_FREE_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        ok = C.EVP_Digest(view.buf, (size_t)view.len, out, &outlen, sm3, NULL);
+        Py_END_ALLOW_THREADS
+    } else {
+        ok = C.EVP_Digest(view.buf, (size_t)view.len, out, &outlen, sm3, NULL);
+    }
+    PyBuffer_Release(&view);
+    if (ok != 1 || outlen != FIELD_BYTES) {
+        C.ERR_clear_error();
+        PyErr_SetString(PyExc_RuntimeError, "SM3 failed");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)out, FIELD_BYTES);
+}
+
 static PyMethodDef methods[] = {
+    {"sm3", sm3_digest, METH_O, "sm3(data) -> the 32-byte SM3 digest"},
     {"init", init, METH_VARARGS,
      "init(addresses) -> None: the libcrypto functions named in SYMBOLS, in that order"},
     {"verify_chunk", verify_chunk, METH_O,
