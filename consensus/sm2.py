@@ -184,9 +184,12 @@ try:  # the compiled chunk loop (consensus/_sm2.c), built at install when gcc ex
 except ImportError:  # pragma: no cover - only without a C compiler at install
     _sm2_module = None
 if _sm2_module is not None and _lib is not None:
-    _sm2_module.init(
-        tuple(ctypes.cast(getattr(_lib, n), ctypes.c_void_p).value for n in _sm2_module.SYMBOLS)
-    )
+    try:
+        _sm2_module.init(
+            tuple(ctypes.cast(getattr(_lib, n), ctypes.c_void_p).value for n in _sm2_module.SYMBOLS)
+        )
+    except (AttributeError, RuntimeError) as e:  # pragma: no cover - a libcrypto without SM2
+        _lib, _reason = None, f"libcrypto cannot do SM2 with SM3: {e}"
 _compiled: Final = None if _lib is None else _sm2_module
 _compiled_chunk: Final = None if _compiled is None else _compiled.verify_chunk
 _compiled_sm3: Final[Callable[[bytes], bytes] | None] = None if _compiled is None else _compiled.sm3
