@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench sim sim-scale clean
 
-$(STAMP): pyproject.toml consensus/_batchverify.c
+$(STAMP): pyproject.toml consensus/_batchverify.c consensus/_sm2.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

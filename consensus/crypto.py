@@ -30,7 +30,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from consensus import ed25519, sm2
 
@@ -105,10 +105,6 @@ class Suite:
         )
 
 
-def _sm2_items(items: Sequence[SigItem]) -> list[bool]:
-    return sm2.verify_batch([(pk, msg, sig) for _, pk, msg, sig in items])
-
-
 ED25519_SHA256: Final = Suite(
     name="ed25519-sha256",
     key_type="ed25519",
@@ -129,7 +125,8 @@ SM2_SM3: Final = Suite(
     generate_secret=sm2.generate_secret,
     signer=lambda secret: functools.partial(sm2.sign, secret),
     verify_one=sm2.verify,
-    verify_items=_sm2_items,
+    # verify_chunk reads (tag, public_key, message, signature) items by their last three.
+    verify_items=cast(Callable[[Sequence[SigItem]], Sequence[int]], sm2.verify_chunk),
     public_key_prefixes=frozenset((2, 3)),
 )
 DEFAULT_SUITE: Final = ED25519_SHA256
