@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench sim clean
+.PHONY: run test lint bench sim perturb clean
 
 $(STAMP): pyproject.toml consensus/_batchverify.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ bench: $(VENV)/.bench
 
 sim: $(STAMP)
 	$(BIN)/archipelago simulate --validators 4 --byzantine 1 --seeds 500
+
+# 100 kill -9 rounds on 4 validators, then 10 rounds killing one validator while another
+# is paused on 7 (f = 2: two at once stay within f), each run with one round of every
+# other perturbation; about 15 minutes on a 2-core machine. SEED=N repeats a schedule.
+perturb: $(STAMP)
+	$(BIN)/archipelago perturb --validators 4 --kills 100 --paused-kills 0 $(if $(SEED),--seed $(SEED))
+	$(BIN)/archipelago perturb --validators 7 --kills 0 --paused-kills 10 $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

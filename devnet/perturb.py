@@ -92,8 +92,8 @@ DEFAULT_TIMEOUT_COMMIT_MS = 500  # shorter heights: more blocks under each pertu
 STALL_BLOCK_INTERVALS = 3
 POLL_INTERVAL_S = 0.25  # between /status polls of one node
 STATUS_TIMEOUT_S = 1.0  # a paused node does not answer: give up on this poll after this long
-GAP_S = (0.5, 2.0)  # from a settled network to the perturbation: the seed picks in this range
-DOWN_S = (0.5, 3.0)  # a killed node stays down this long
+GAP_S = (0.3, 1.5)  # from a settled network to the perturbation: the seed picks in this range
+DOWN_S = (0.3, 2.5)  # a killed node stays down this long
 HOLD_S = (2.0, 6.0)  # a pause, partition, skew or full disk lasts this long
 CLOCK_SKEW_MS = (1000, 5000)  # magnitude; the seed picks the sign (the drift bound is 10 s)
 SETTLE_TIMEOUT_S = 120.0  # every node back within SETTLE_LAG_BLOCKS of the tip
@@ -783,21 +783,21 @@ async def _run(ns: argparse.Namespace, counts: dict[str, int], folder: Path) -> 
         f"({STALL_BLOCK_INTERVALS} block intervals of {interval_s:.1f} s), folder {folder}",
         flush=True,
     )
-    net = Network(folder, homes, [])
+    started: list[NodeProcess] = []
+    net: Network | None = None
     try:
         for i, home in enumerate(homes):
-            net.nodes.append(await start_node(i, home, folder / f"node{i}.log"))
-        net.heights = [0] * len(homes)
-        net.answered_s = [float("-inf")] * len(homes)
-        nodes = net.nodes
-        await wait_ready(nodes)
+            started.append(await start_node(i, home, folder / f"node{i}.log"))
+        net = Network(folder, homes, started)
+        await wait_ready(started)
         runner = Runner(net, rng, threshold_s, disk_node, disk_mount)
         results = await _drive(ns, runner, rounds, folder)
         _print_summary(ns, runner, results)
         failed = runner.out.failures or not all(r.passed for r in results)
         return EXIT_FAILURE if failed else EXIT_OK
     finally:
-        await stop_nodes(net.nodes)
+        # A restart replaces a node's entry in net.nodes: stop what runs now.
+        await stop_nodes(net.nodes if net is not None else started)
         if disk_mount is not None:
             _unmount_disk(disk_mount)
 
