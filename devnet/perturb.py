@@ -819,6 +819,7 @@ async def _drive(
             if ns.load > 0:
                 traffic.start_soon(load.run)
             traffic.start_soon(prober.run)
+            aborted = False
             try:
                 for n, kind in enumerate(rounds, 1):
                     elapsed = trio.current_time() - runner.started_s
@@ -834,21 +835,32 @@ async def _drive(
                 await _wait_all_at(runner, net.tip + FINAL_BLOCKS)
             except LocalnetError as e:
                 runner.out.failures.append(str(e))
+                aborted = True
             traffic.cancel_scope.cancel()
-        # The prober is stopped: every height it recorded is at or below every node's height.
-        height_max = min(net.heights)
+        if not aborted:
+            # The prober is stopped; every height it recorded must be reached everywhere
+            # (the node that answered may have been a block ahead of the others).
+            try:
+                await _wait_all_at(runner, max((a.height for a in runner.out.acked), default=0))
+            except LocalnetError as e:
+                runner.out.failures.append(str(e))
+        # A node that died is a failure already; the chain is read from the others.
+        alive = [n for n in net.nodes if n.process.poll() is None]
+        height_max = min((net.heights[n.index] for n in alive), default=0)
         watchers.cancel_scope.cancel()
-    runner.say(f"reading heights 1..{height_max} from {net.size} nodes")
+    if not alive:
+        return [CheckResult("read the chain", False, "no node is running")]
+    runner.say(f"reading heights 1..{height_max} from {len(alive)} nodes")
     read: dict[int, NodeHistory] = {}
 
-    async def read_one(i: int) -> None:
-        read[i] = await read_history(net.nodes[i], height_max)
+    async def read_one(node: NodeProcess) -> None:
+        read[node.index] = await read_history(node, height_max)
 
     async with trio.open_nursery() as readers:
-        for i in range(net.size):
-            readers.start_soon(read_one, i)
-    histories = [read[i] for i in range(net.size)]
-    keys = await read_public_keys(net.nodes[0])
+        for node in alive:
+            readers.start_soon(read_one, node)
+    histories = [read[n.index] for n in alive]
+    keys = await read_public_keys(alive[0])
     load_stats = load.statistics()
     runner.out.notes.append(
         f"load: {load_stats.submitted} submitted, {load_stats.admitted} admitted, "
