@@ -56,6 +56,7 @@ import trio
 
 from apps.ledger import transfer_tx
 from consensus.crypto import PrivateKey
+from consensus.types import tx_id
 from devnet.load import SINK_ADDRESS, TRANSFER_AMOUNT, LoadGenerator
 from devnet.perturb_checks import (
     AckedTx,
@@ -576,24 +577,28 @@ class Prober:
             await trio.sleep(PROBE_INTERVAL_S)
 
     async def _submit(self, http: httpx.AsyncClient, raw: bytes) -> bool:
-        """True once an answer says where `raw` committed (recorded); False to try again."""
+        """True once an answer says where `raw` committed (recorded); False to try again.
+
+        Any answer but 200 (a timeout, "duplicate", "committed", a refused nonce
+        because an earlier attempt committed) is followed by GET /tx on the same
+        node, whose "committed" answer with its height is an acknowledgement too.
+        """
         node = self._target()
+        txid = tx_id(raw).hex()
         try:
             r = await http.post(
                 node.url + "/tx?wait=commit",
                 content=raw,
                 headers={"content-type": "application/octet-stream"},
             )
-            body: dict[str, Any] = r.json()
             if r.status_code == 200:
-                self.out.acked.append(AckedTx(str(body["hash"]), int(body["height"]), node.name))
+                self.out.acked.append(AckedTx(txid, int(r.json()["height"]), node.name))
                 return True
-            if r.status_code == 409 and body.get("reason") == "committed":
-                r = await http.get(f"{node.url}/tx/{body.get('hash', '')}")
-                tx = r.json()
-                if r.status_code == 200 and tx.get("status") == "committed":
-                    self.out.acked.append(AckedTx(str(tx["hash"]), int(tx["height"]), node.name))
-                    return True
+            r = await http.get(f"{node.url}/tx/{txid}")
+            tx: dict[str, Any] = r.json()
+            if r.status_code == 200 and tx.get("status") == "committed":
+                self.out.acked.append(AckedTx(txid, int(tx["height"]), node.name))
+                return True
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             pass  # killed or paused mid-request: the same transaction goes again
         return False

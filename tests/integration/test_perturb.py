@@ -60,7 +60,9 @@ def test_short_run_under_load_passes_every_check() -> None:
     assert catch_up is not None, out
     assert re.search(r"\[PASS\] identical block hashes: \d+ heights on 7 nodes", out), out
     acked = re.search(r"(\d+) acknowledged transactions found on every node", out)
-    assert acked is not None and int(acked[1]) > 0, out
+    # 4 prober accounts, one transaction each at a time, for well over a minute: an account
+    # that stopped at its first unanswered transaction would leave only a handful.
+    assert acked is not None and int(acked[1]) >= 20, out
 
 
 def test_paused_kill_is_refused_when_two_validators_exceed_f() -> None:
