@@ -40,7 +40,8 @@ sim: $(STAMP)
 
 # 100 kill -9 rounds on 4 validators, then 10 rounds killing one validator while another
 # is paused on 7 (f = 2: two at once stay within f), each run with one round of every
-# other perturbation; about 15 minutes on a 2-core machine. SEED=N repeats a schedule.
+# other perturbation. Rounds are sized for under 30 minutes on a quiet 2-core machine; it
+# took 38 with other jobs keeping the load at 30 (docs/OPERATIONS.md). SEED=N repeats a run.
 perturb: $(STAMP)
 	$(BIN)/archipelago perturb --validators 4 --kills 100 --paused-kills 0 $(if $(SEED),--seed $(SEED))
 	$(BIN)/archipelago perturb --validators 7 --kills 0 --paused-kills 10 $(if $(SEED),--seed $(SEED))
