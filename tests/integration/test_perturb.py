@@ -16,7 +16,6 @@ import subprocess
 
 from consensus.crypto import PrivateKey
 from consensus.types import VoteType, vote_sign_bytes
-from devnet.perturb import fault_tolerance, schedule
 from devnet.perturb_checks import (
     AckedTx,
     BlockRecord,
@@ -26,6 +25,7 @@ from devnet.perturb_checks import (
     check_block_hashes,
     check_votes,
 )
+from devnet.perturb_rounds import fault_tolerance, schedule
 from tests.integration import nodes
 
 # 7 rounds of about 12 s each with 7 nodes on a loaded 2-core machine, plus start and reads.
