@@ -442,9 +442,10 @@ class Runner:
         filler.unlink()
         node = self.net.nodes[i]
         if node.process.poll() is not None:
-            tail = " | ".join(node.log_tail(3))
+            lines = node.log_tail(40)  # the traceback's last "...Error: ..." line says why
+            tail = next((x.strip(" |") for x in reversed(lines) if "Error" in x), "no log")
             self.out.notes.append(
-                f"disk-full: node{i} exited with {node.process.returncode} (last log: {tail})"
+                f"disk-full: node{i} exited with {node.process.returncode} (log: {tail})"
             )
             self.say(f"node{i} exited with {node.process.returncode} on the full disk")
             await self.net.kill(i)  # reaps it and closes its log
