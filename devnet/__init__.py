@@ -1,10 +1,12 @@
-"""The local network behind `archipelago localnet` and the cluster benchmarks.
+"""The local network behind `archipelago localnet` and `perturb`, and the cluster benchmarks.
 
 Rooms: processes.py (homes and node processes: start, wait, stop), load.py
 (the transfer load generator and its HTTP/1.1 client), display.py (watching
-the nodes and drawing their progress), localnet.py (the command). Nothing
-under consensus/, network/ or node/ imports this package; node/cli.py loads
-it only when `localnet` runs.
+the nodes and drawing their progress), localnet.py (the command),
+perturb.py (the perturbation runner's command), perturb_rounds.py (its
+rounds) and perturb_checks.py (what it checks afterwards). Nothing under
+consensus/, network/ or node/ imports this package; node/cli.py loads it
+only when `localnet` or `perturb` runs.
 """
 
 from devnet.display import NodeView

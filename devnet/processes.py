@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -174,12 +174,17 @@ def _proc_status_bytes(pid: int, key: str) -> int | None:
 
 
 async def start_node(
-    index: int, home: NodeHome, log_path: Path, wrapper: Sequence[str] = ()
+    index: int,
+    home: NodeHome,
+    log_path: Path,
+    wrapper: Sequence[str] = (),
+    env_extra: Mapping[str, str] | None = None,
 ) -> NodeProcess:
     """Start `archipelago start --home HOME` with its stderr (the log) going to `log_path`.
 
     `wrapper` is a command prefix to run it under (e.g. `ip netns exec NS`: it must
-    exec the node, so that the process started is the node).
+    exec the node, so that the process started is the node). `env_extra` adds to the
+    node's environment (the perturbation runner's clock skew).
     """
     log_file = open(log_path, "ab")  # closed in stop_nodes, once the process is gone
     process = await trio.lowlevel.open_process(
@@ -187,7 +192,7 @@ async def start_node(
         stdin=subprocess.DEVNULL,
         stdout=log_file,
         stderr=log_file,
-        env=_node_env(),
+        env={**_node_env(), **(env_extra or {})},
         # Its own session: a Ctrl-C in the terminal reaches this tool only, which stops
         # the nodes itself, in order, and can then report on them.
         start_new_session=True,

@@ -59,6 +59,12 @@ def _localnet(argv: list[str]) -> int:
     return main(argv)
 
 
+def _perturb(argv: list[str]) -> int:
+    from devnet.perturb import main
+
+    return main(argv)
+
+
 def _simulate(argv: list[str]) -> int:
     from sim import main
 
@@ -72,6 +78,11 @@ DELEGATED: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "localnet": (
         "run a local network of validators with optional load and live progress",
         _localnet,
+    ),
+    "perturb": (
+        "run a local network under load with kills, pauses, partitions, restarts, clock skew "
+        "and a full disk, then check every node's chain (see `perturb --help`)",
+        _perturb,
     ),
     "simulate": (
         "run the seeded whole-cluster consensus simulator (see `simulate --help`)",

@@ -28,8 +28,8 @@ FORBIDDEN = {
     "node": TOOLS,
 }
 # The one exception: node/cli.py is the command-line entry point, above every package.
-# Its `simulate` and `localnet` subcommands import sim/ and devnet/ only when they run
-# (inside `_simulate` and `_localnet`), and nothing imports the CLI back.
+# Its `simulate`, `localnet` and `perturb` subcommands import sim/ and devnet/ only when
+# they run (inside `_simulate`, `_localnet` and `_perturb`), and nothing imports the CLI back.
 ALLOWED = {"node/cli.py": TOOLS}
 
 
