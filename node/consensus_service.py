@@ -204,11 +204,17 @@ class ConsensusService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         driver = self.driver
-        await self._perform(driver.start(trio.current_time()))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_txs)
-            task_status.started()
-            await self._loop()
+        try:
+            await self._perform(driver.start(trio.current_time()))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_txs)
+                task_status.started()
+                await self._loop()
+        except* WALError as group:
+            # A full disk, say: the driver logs every message before it steps on it,
+            # so without its WAL this node can take no further part.
+            self._stop("consensus WAL unwritable", group.exceptions[0])
+        await trio.sleep_forever()  # until the node, asked to stop, cancels this
 
     async def _watch_txs(self) -> None:
         """Wake the task when transactions are admitted while a height waits for them."""

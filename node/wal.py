@@ -81,7 +81,8 @@ _SUFFIX = ".wal"
 
 
 class WALError(Exception):
-    """The WAL cannot be used as asked (locked by another process, bad arguments)."""
+    """The WAL cannot be used as asked (locked by another process, bad arguments, a full
+    disk or another write error)."""
 
 
 class WALCorruptError(WALError):
@@ -291,7 +292,10 @@ class WAL:
         """fsync what was appended; call before signing anything that depends on it."""
         fd = self._fd()
         if self._synced_size != self._head_size:
-            os.fsync(fd)
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                raise WALError(f"{self.directory}: cannot sync: {e.strerror}") from e
             self._synced_size = self._head_size
 
     def mark_height_end(self, height: int) -> None:
@@ -310,10 +314,18 @@ class WAL:
         return self._head_fd
 
     def _write_frame(self, frame: bytes) -> None:
+        """Append one frame; a full disk or any other write error is a WALError.
+
+        A frame cut short by the error is a torn tail, which replay drops (as
+        after kill -9), so what was appended before stays readable.
+        """
         self._fd()
-        if self._head_size > 0 and self._head_size + len(frame) > self.file_bytes_max:
-            self._rotate()
-        write_all(self._fd(), frame)
+        try:
+            if self._head_size > 0 and self._head_size + len(frame) > self.file_bytes_max:
+                self._rotate()
+            write_all(self._fd(), frame)
+        except OSError as e:
+            raise WALError(f"{self.directory}: cannot write: {e.strerror}") from e
         self._head_size += len(frame)
 
     def _rotate(self) -> None:

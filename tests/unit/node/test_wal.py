@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import resource
+import signal
 from pathlib import Path
 
 import pytest
@@ -208,3 +210,26 @@ def test_limits_and_height_order_are_enforced(tmp_path: Path) -> None:
     w.close()
     with pytest.raises(WALError, match="closed"):
         w.append(b"x")
+
+
+def test_a_full_disk_is_a_wal_error_and_what_was_written_replays(tmp_path: Path) -> None:
+    """The kernel refuses a write beyond RLIMIT_FSIZE with EFBIG, as a full disk refuses
+    with ENOSPC: the append raises WALError (which the node turns into an orderly stop,
+    not a traceback), and the records appended before it replay after a reopen."""
+    path = tmp_path / "wal"
+    with wal.open_wal(path) as w:
+        for r in records(3):
+            w.append(r)
+        w.sync()
+        size = max(f.stat().st_size for f in path.iterdir())  # the head file
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, hard))
+        try:
+            with pytest.raises(WALError, match="cannot write"):
+                w.append(b"x" * 100)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, previous)
+    with wal.open_wal(path) as w:
+        assert list(w.replay_from_last_height()) == records(3)
