@@ -59,6 +59,14 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
+def _add_signing(p: argparse.ArgumentParser, key_help: str) -> None:
+    """The options of every `tx` command: who signs, at which nonce, where to, whether to wait."""
+    p.add_argument("--key", required=True, type=Path, help=key_help)
+    p.add_argument("--nonce", type=int, help="nonce (default: the account's next nonce)")
+    p.add_argument("--node", default=DEFAULT_NODE, help=f"node API URL ({DEFAULT_NODE})")
+    p.add_argument("--no-wait", action="store_true", help="return once admitted")
+
+
 def add_commands(sub: Any, add_parser_kwargs: dict[str, Any] | None = None) -> None:
     """Register the client commands on the main parser's subcommands."""
     tx = sub.add_parser(
@@ -75,10 +83,7 @@ def add_commands(sub: Any, add_parser_kwargs: dict[str, Any] | None = None) -> N
     )
     transfer.add_argument("--to", required=True, help="recipient address (40 hex characters)")
     transfer.add_argument("--amount", required=True, type=int, help="amount, a positive integer")
-    transfer.add_argument("--key", required=True, type=Path, help="the sender's key file")
-    transfer.add_argument("--nonce", type=int, help="nonce (default: the account's next nonce)")
-    transfer.add_argument("--node", default=DEFAULT_NODE, help=f"node API URL ({DEFAULT_NODE})")
-    transfer.add_argument("--no-wait", action="store_true", help="return once admitted")
+    _add_signing(transfer, "the sender's key file")
     transfer.set_defaults(handler=_cmd_transfer)
 
     member = tx_sub.add_parser(
@@ -91,10 +96,7 @@ def add_commands(sub: Any, add_parser_kwargs: dict[str, Any] | None = None) -> N
     )
     member.add_argument("node_id", help="the node id (40 hex characters; `keys show`)")
     member.add_argument("--remove", action="store_true", help="remove it instead of admitting it")
-    member.add_argument("--key", required=True, type=Path, help="the signer's key file")
-    member.add_argument("--nonce", type=int, help="nonce (default: the account's next nonce)")
-    member.add_argument("--node", default=DEFAULT_NODE, help=f"node API URL ({DEFAULT_NODE})")
-    member.add_argument("--no-wait", action="store_true", help="return once admitted")
+    _add_signing(member, "the signer's key file")
     member.set_defaults(handler=_cmd_member)
 
     validator = tx_sub.add_parser(
@@ -109,10 +111,7 @@ def add_commands(sub: Any, add_parser_kwargs: dict[str, Any] | None = None) -> N
         "public_key", help="the validator's public key in hex (`keys show --home ITS_HOME`)"
     )
     validator.add_argument("--power", required=True, type=int, help="voting power, 0 to remove it")
-    validator.add_argument("--key", required=True, type=Path, help="the admin's key file")
-    validator.add_argument("--nonce", type=int, help="nonce (default: the account's next nonce)")
-    validator.add_argument("--node", default=DEFAULT_NODE, help=f"node API URL ({DEFAULT_NODE})")
-    validator.add_argument("--no-wait", action="store_true", help="return once admitted")
+    _add_signing(validator, "the admin's key file")
     validator.set_defaults(handler=_cmd_set_validator)
 
     status = sub.add_parser(
