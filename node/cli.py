@@ -324,7 +324,7 @@ def _cmd_start(ns: argparse.Namespace) -> int:
     configure_logging(ns.log_level or config.log.level, ns.log_format or config.log.format)
     daemon = Node.from_home(paths.root, config=config)
     trio.run(daemon.run)
-    return EXIT_OK
+    return EXIT_FAILURE if daemon.failure else EXIT_OK
 
 
 # ---------------------------------------------------------------- keys

@@ -112,6 +112,7 @@ class Node:
         self._lock = HomeLock(paths)
         self._stop = trio.Event()
         self._stop_reason = ""
+        self.failure = ""  # why the node stopped itself, if it did (`fail`)
         # Extra services (tests, embedders) run after the node's own, which
         # build_services creates in run(), once the home's lock is held.
         self.services: list[Service] = []
@@ -150,6 +151,12 @@ class Node:
     @property
     def chain_id(self) -> str:
         return self.genesis.chain_id
+
+    def fail(self, reason: str) -> None:
+        """Stop because this node cannot go on (a full disk, a diverged state): `start`
+        then exits 1, so a supervisor sees the failure."""
+        self.failure = self.failure or reason
+        self.request_stop(reason)
 
     def request_stop(self, reason: str) -> None:
         """Begin a clean shutdown (what SIGTERM does), from inside the event loop."""
@@ -255,7 +262,7 @@ def build_services(node: Node) -> list[Service]:
             create_empty_blocks=c.create_empty_blocks,
             empty_blocks_interval_s=c.create_empty_blocks_interval_ms / 1000,
         ),
-        stop=node.request_stop,
+        stop=node.fail,
     )
     services: list[Service] = [
         LoopWatch(res.metrics),
