@@ -13,6 +13,9 @@ follow this description; 422 when it does but the protocol or the application
 refuses its content (a transaction that does not decode or fails its checks,
 an octet-stream batch that is not a msgpack array of byte strings, a query the
 application does not answer); 404 when what is asked for does not exist.
+
+Over 600 lines because it is one document: the schemas are data, one per
+object and route, and splitting them would only scatter what a reader compares.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """The HTTP JSON API and websocket stream on `[rpc] listen` (Starlette on Hypercorn's trio worker).
 
+Over 600 lines: one handler per route of /openapi.json with its exact input
+checks; the edge (node/http_edge.py), the JSON views (node/jsonview.py) and
+the description (node/openapi.py) are apart already.
+
 Clients are untrusted: every handler validates its input and answers a bad
 request with a 4xx and a JSON body `{"error": "..."}`: 400 when the request
 does not follow /openapi.json (node/openapi.py states every format and limit
