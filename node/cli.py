@@ -43,6 +43,7 @@ from node.home import (
 from node.keys import KeyFileError, load_key, node_id, save_key
 from node.logging import FORMATS, LEVELS, configure_logging, get_logger
 from node.signstate import SignStateError
+from node.wal import WALError
 
 PROG = "archipelago"
 EXIT_OK = 0
@@ -91,7 +92,7 @@ DELEGATED: dict[str, tuple[str, Callable[[list[str]], int]]] = {
 }
 
 # The errors an operator can cause and fix; anything else is a bug and keeps its traceback.
-OPERATOR_ERRORS = (ConfigError, GenesisError, KeyFileError, HomeError, SignStateError)
+OPERATOR_ERRORS = (ConfigError, GenesisError, KeyFileError, HomeError, SignStateError, WALError)
 
 log = get_logger(__name__)
 

@@ -204,13 +204,17 @@ class ConsensusService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         driver = self.driver
+        started = False
         try:
             await self._perform(driver.start(trio.current_time()))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_txs)
                 task_status.started()
+                started = True
                 await self._loop()
         except* WALError as group:
+            if not started:
+                raise  # the node does not start: `start` says why in one line
             # A full disk, say: the driver logs every message before it steps on it,
             # so without its WAL this node can take no further part.
             self._stop("consensus WAL unwritable", group.exceptions[0])
