@@ -18,13 +18,10 @@ from apps.common import (
 )
 from apps.kvstore import KVStore, set_tx
 from apps.ledger import Ledger, transfer_payload, transfer_tx, validator_tx
-from consensus.app import (
-    chain_app_hash,
-    genesis_app_hash,
-)
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis, GenesisError, GenesisValidator
+from consensus.statetree import StateTree
 from consensus.types import Header, Transaction
 from tests.strategies import mutated
 
@@ -82,11 +79,7 @@ def test_transfers_results_and_commit() -> None:
         CODE_BAD_PAYLOAD,
     ]
     assert _account(app, ALICE) == (100, 0)  # execution leaves committed state alone
-    assert (
-        app.commit(ex)
-        == ex.app_hash
-        == chain_app_hash(genesis_app_hash(CHAIN, "ledger"), ex.writes)
-    )
+    assert app.commit(ex) == ex.app_hash == StateTree.from_items(app.items()).root
     assert _account(app, ALICE) == (105, 3)
     assert _account(app, BOB) == (0, 2)
 
@@ -221,7 +214,7 @@ def test_app_hash_is_deterministic_and_chained() -> None:
         assert a.commit(ea) == b.commit(eb)
     other = _ledger()
     e1 = other.execute_block(_header(1), [transfer_tx(ALICE, CHAIN, 0, BOB.address, 2)], ())
-    assert e1.app_hash != chain_app_hash(genesis_app_hash(CHAIN, "ledger"), ())
+    assert e1.app_hash != other.app_hash
 
 
 def test_remembered_amount_needs_the_transfer_head() -> None:
