@@ -65,13 +65,11 @@ async def test_state_proofs_verify_against_the_certified_header(
             async def probe(key: bytes = key) -> Any:
                 return await api.try_get(node, f"/state/proof?key={key.hex()}")
 
+            def ready(body: Any, key: bytes = key) -> bool:
+                return body is not None and (key != account_key or body["value"] is not None)
+
             served_by_key[key] = await nodes.wait_for(
-                probe,
-                lambda body, key=key: (
-                    body is not None and (key != account_key or body["value"] is not None)
-                ),
-                TIMEOUT_S,
-                "a proof of the recipient's account",
+                probe, ready, TIMEOUT_S, "a proof of the recipient's account"
             )
         commits = {
             body["header_height"]: await api.get(node, f"/commit/{body['header_height']}")
