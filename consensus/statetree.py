@@ -135,8 +135,10 @@ def _update(
         if left is None or right is None:  # a deletion: the subtree may shrink to a leaf
             return _join(left, right, h)
         return (h(INNER_TAG + left[0] + right[0]).digest(), left, right)
-    if hi - lo == 1 and node is None:  # the common insertion: a key into an empty slot
-        return changes[lo]
+    if hi - lo == 1:  # the common cases: a key into an empty slot, or a value replaced
+        change = changes[lo]
+        if node is None or (change is not None and change[1] == node[1]):
+            return change
     # An empty subtree or one leaf: rebuild it from the keys it will hold.
     kept_ints = [ints[i] for i in range(lo, hi) if changes[i] is not None]
     kept: list[Node] = [c for c in changes[lo:hi] if c is not None]
