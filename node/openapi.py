@@ -744,9 +744,8 @@ OPENAPI: dict[str, Any] = {
                     "400": _BAD_REQUEST,
                     "404": _error(
                         "No committed header carries the app hash of this height yet "
-                        "(height >= the latest block)"
+                        "(height >= the latest block), or the node no longer keeps its state"
                     ),
-                    "410": _error("The node no longer keeps the state of this height"),
                 },
             }
         },

@@ -441,7 +441,7 @@ class RpcServer:
         tree = self.res.chain.app.state_tree(height)
         if tree is None:
             raise HTTPException(
-                410,
+                404,
                 f"the state after block {height} is no longer kept: this node serves "
                 f"height {latest - 1} (the latest block's height - 1) only, and after a "
                 "restart only once a block has been committed",
