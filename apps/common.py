@@ -8,11 +8,13 @@ validator set valid live here, once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from consensus.app import TxResult, ValidatorUpdate
 from consensus.codec import DecodeError, Reader, decode, decode_with, encode
 from consensus.crypto import ADDRESS_BYTES, active, address_of
+from consensus.statetree import StateCorrupt, StateTree, StateVersions
 from consensus.types import MEMBERS_MAX, TX_PAYLOAD_BYTES_MAX, VALIDATORS_MAX, VOTING_POWER_MAX
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "AddressMemo",
     "apply_member_update",
     "apply_validator_update",
+    "genesis_state",
+    "loaded_state",
 ]
 
 # Result codes, shared so clients read them the same way for either app.
@@ -210,3 +214,27 @@ def parse_address(text: Any, what: str) -> bytes:
     if len(address) != ADDRESS_BYTES:
         raise ValueError(f"{what}: expected a {ADDRESS_BYTES}-byte address in hex")
     return address
+
+
+def loaded_state(
+    items: Iterable[tuple[bytes, bytes]], app_hash: bytes, height: int
+) -> tuple[list[tuple[bytes, bytes]], StateVersions]:
+    """The stored pairs and their state tree, which must hash to the stored `app_hash`.
+
+    StateCorrupt (one line) otherwise: a store whose state and app hash
+    disagree would make this node compute a different app hash than the chain.
+    """
+    pairs = list(items)
+    tree = StateTree.from_items(pairs)
+    if tree.root != app_hash:
+        raise StateCorrupt(
+            f"the stored state ({len(pairs)} keys) hashes to {tree.root.hex()[:16]}..., "
+            f"not to the app hash stored for height {height} ({app_hash.hex()[:16]}...): "
+            "the store is corrupt"
+        )
+    return pairs, StateVersions(tree, height)
+
+
+def genesis_state(items: Iterable[tuple[bytes, bytes]]) -> StateVersions:
+    """The state tree of the genesis state (height 0)."""
+    return StateVersions(StateTree.from_items(items), 0)

@@ -23,7 +23,9 @@ from apps.common import (
     bad_payload,
     commit_member_write,
     decode_payload,
+    genesis_state,
     load_validator,
+    loaded_state,
     member_writes,
     validator_writes,
 )
@@ -33,12 +35,11 @@ from consensus.app import (
     QueryResult,
     TxResult,
     ValidatorUpdate,
-    chain_app_hash,
-    genesis_app_hash,
 )
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis
+from consensus.statetree import CHAIN_KEY, StateTree, StateVersions, chain_value
 from consensus.types import DuplicateVoteEvidence, Header, Transaction
 
 __all__ = ["KEY_BYTES_MAX", "VALUE_BYTES_MAX", "KVStore", "set_tx"]
@@ -78,6 +79,10 @@ class KVStore:
         self._members = members if members is not None else set()
         self._app_hash = app_hash
         self._height = height
+        # The state tree (consensus/statetree.py), set by from_genesis and load;
+        # its root is the app hash. `_chain` is the CHAIN_KEY value it holds.
+        self._versions = StateVersions(StateTree(None), height)
+        self._chain = b""
         self._check: dict[bytes, int] = {}  # the mempool's view of next nonces
         self._addresses = AddressMemo()
 
@@ -86,16 +91,22 @@ class KVStore:
         if genesis.app_state:
             raise ValueError("app_state: kvstore takes no initial state ({})")
         validators = {v.public_key: v.power for v in genesis.validators}
-        app_hash = genesis_app_hash(genesis.chain_id, cls.name)
-        return cls({}, {}, validators, app_hash, 0, set(genesis.members))
+        app = cls({}, {}, validators, b"", 0, set(genesis.members))
+        app._chain = chain_value(genesis.chain_id, cls.name)
+        app._versions = genesis_state(app.items())
+        app._app_hash = app._versions.current.root
+        return app
 
     @classmethod
     def load(cls, items: Iterable[tuple[bytes, bytes]], app_hash: bytes, height: int) -> Self:
+        """The state from the stored pairs; StateCorrupt if they do not hash to `app_hash`."""
+        pairs, versions = loaded_state(items, app_hash, height)
         data: dict[bytes, bytes] = {}
         nonces: dict[bytes, int] = {}
         validators: dict[bytes, int] = {}
         members: set[bytes] = set()
-        for key, value in items:
+        chain = b""
+        for key, value in pairs:
             if key[:1] == KEY_DATA:
                 data[key[1:]] = value
             elif key[:1] == KEY_NONCE:
@@ -104,7 +115,12 @@ class KVStore:
                 load_validator(key, value, validators)
             elif key[:1] == KEY_MEMBER:
                 commit_member_write(key, value, members)
-        return cls(data, nonces, validators, app_hash, height, members)
+            elif key == CHAIN_KEY:
+                chain = value
+        app = cls(data, nonces, validators, app_hash, height, members)
+        app._chain = chain
+        app._versions = versions
+        return app
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for k, v in self._data.items():
@@ -115,6 +131,11 @@ class KVStore:
             yield KEY_VALIDATOR + pk, encode(power)
         for member in self._members:
             yield KEY_MEMBER + member, b""
+        yield CHAIN_KEY, self._chain
+
+    def state_tree(self, height: int) -> StateTree | None:
+        """The state tree after block `height`, if still kept (the latest two heights)."""
+        return self._versions.at(height)
 
     def members(self) -> frozenset[bytes]:
         return frozenset(self._members)
@@ -177,7 +198,7 @@ class KVStore:
             validator_updates=tuple(updates),
             writes=tuple(writes),
             base_app_hash=self._app_hash,
-            app_hash=chain_app_hash(self._app_hash, writes),
+            state=self._versions.pending(writes),
         )
 
     def _apply(
@@ -230,7 +251,7 @@ class KVStore:
                     load_validator(key, value, self._validators)
             elif key[:1] == KEY_MEMBER:
                 commit_member_write(key, value, self._members)
-        self._app_hash = execution.app_hash
+        self._app_hash = self._versions.commit(execution.state, execution.height).root
         self._height = execution.height
         self._check.clear()
         return self._app_hash

@@ -29,7 +29,9 @@ from apps.common import (
     bad_payload,
     commit_member_write,
     decode_payload,
+    genesis_state,
     load_validator,
+    loaded_state,
     member_writes,
     parse_address,
     validator_writes,
@@ -40,12 +42,11 @@ from consensus.app import (
     QueryResult,
     TxResult,
     ValidatorUpdate,
-    chain_app_hash,
-    genesis_app_hash,
 )
 from consensus.codec import decode, encode
 from consensus.crypto import ADDRESS_BYTES, PrivateKey, address_of
 from consensus.genesis import Genesis
+from consensus.statetree import CHAIN_KEY, StateTree, StateVersions, chain_value
 from consensus.types import DuplicateVoteEvidence, Header, Transaction, Validator, ValidatorSet
 
 __all__ = [
@@ -159,6 +160,10 @@ class Ledger:
         self._admin = admin
         self._app_hash = app_hash
         self._height = height
+        # The state tree (consensus/statetree.py), set by from_genesis and load;
+        # its root is the app hash. `_chain` is the CHAIN_KEY value it holds.
+        self._versions = StateVersions(StateTree(None), height)
+        self._chain = b""
         self._check: dict[bytes, tuple[int, int]] = {}  # the mempool's view, over committed
         self._addresses = AddressMemo()
         # Encoded amount (the bytes after a transfer's address) -> amount, for
@@ -186,24 +191,26 @@ class Ledger:
         admin = state.get("admin")
         admin_address = None if admin is None else parse_address(admin, "app_state.admin")
         validators = {v.public_key: v.power for v in genesis.validators}
-        return cls(
-            accounts,
-            validators,
-            admin_address,
-            genesis_app_hash(genesis.chain_id, cls.name),
-            0,
-            set(genesis.members),
-        )
+        app = cls(accounts, validators, admin_address, b"", 0, set(genesis.members))
+        app._chain = chain_value(genesis.chain_id, cls.name)
+        app._versions = genesis_state(app.items())
+        app._app_hash = app._versions.current.root
+        return app
 
     @classmethod
     def load(cls, items: Iterable[tuple[bytes, bytes]], app_hash: bytes, height: int) -> Self:
-        """The state from the key/value pairs that `items()` and commits wrote."""
+        """The state from the key/value pairs that `items()` and commits wrote.
+
+        StateCorrupt if they do not hash to `app_hash`.
+        """
+        pairs, versions = loaded_state(items, app_hash, height)
         accounts: dict[bytes, tuple[int, int]] = {}
         validators: dict[bytes, int] = {}
         convicted: set[bytes] = set()
         members: set[bytes] = set()
         admin = None
-        for key, value in items:
+        chain = b""
+        for key, value in pairs:
             if key[:1] == KEY_ACCOUNT:
                 balance, nonce = decode(value)
                 accounts[key[1:]] = (balance, nonce)
@@ -215,8 +222,12 @@ class Ledger:
                 convicted.add(key[1:])
             elif key[:1] == KEY_MEMBER:
                 commit_member_write(key, value, members)
+            elif key == CHAIN_KEY:
+                chain = value
         app = cls(accounts, validators, admin, app_hash, height, members)
         app._convicted = convicted
+        app._chain = chain
+        app._versions = versions
         return app
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
@@ -231,6 +242,11 @@ class Ledger:
             yield KEY_CONVICTED + evidence_hash, b""
         for member in self._members:
             yield KEY_MEMBER + member, b""
+        yield CHAIN_KEY, self._chain
+
+    def state_tree(self, height: int) -> StateTree | None:
+        """The state tree after block `height`, if still kept (the latest two heights)."""
+        return self._versions.at(height)
 
     def members(self) -> frozenset[bytes]:
         return frozenset(self._members)
@@ -378,7 +394,7 @@ class Ledger:
             validator_updates=tuple(updates),
             writes=tuple(writes),
             base_app_hash=self._app_hash,
-            app_hash=chain_app_hash(self._app_hash, writes),
+            state=self._versions.pending(writes),
         )
 
     def _remove_equivocator(
@@ -487,7 +503,7 @@ class Ledger:
                 self._convicted.add(key[1:])
             elif key[:1] == KEY_MEMBER:
                 commit_member_write(key, value, self._members)
-        self._app_hash = execution.app_hash
+        self._app_hash = self._versions.commit(execution.state, execution.height).root
         self._height = execution.height
         self._check.clear()
         return self._app_hash

@@ -11,7 +11,8 @@ round) leaves no trace.
 Consensus never chooses an application: whoever runs the validation core
 passes it one. Two are built in (`apps/`, which also says how the node
 creates them): `ledger` and `kvstore`. docs/PROTOCOL.md (section 11) gives
-their payload formats and app hash byte-exactly.
+their payload formats and app hash byte-exactly: the root of the state tree
+(consensus/statetree.py) over the whole state.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from consensus import merkle
 from consensus.codec import encode
-from consensus.crypto import digest
+from consensus.statetree import PendingTree, StateTree
 from consensus.types import DuplicateVoteEvidence, Header, Transaction
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "QueryResult",
     "TxResult",
     "ValidatorUpdate",
-    "chain_app_hash",
     "results_hash",
 ]
 
@@ -92,7 +92,10 @@ class BlockExecution:
     `writes` are (key, value) sorted by key, value None for a deletion; the
     node stores them with the block and then calls `Application.commit`.
     `base_app_hash` is the app hash the block was executed on, so `commit` can
-    refuse an execution computed against some other state.
+    refuse an execution computed against some other state. `state` is the
+    state tree after the writes, hashed when `app_hash` is first read: the
+    node reads it while it stores the block, so validating a block costs no
+    tree hashing (header h + 1 carries block h's app hash; block h does not).
     """
 
     height: int
@@ -100,7 +103,13 @@ class BlockExecution:
     validator_updates: tuple[ValidatorUpdate, ...]
     writes: tuple[tuple[bytes, bytes | None], ...]
     base_app_hash: bytes
-    app_hash: bytes
+    # A function of the base state (base_app_hash) and the writes: not compared.
+    state: PendingTree = field(compare=False)
+
+    @property
+    def app_hash(self) -> bytes:
+        """The app hash after the block: the state tree's root (computed once)."""
+        return self.state.tree().root
 
 
 class Application(Protocol):
@@ -152,20 +161,10 @@ class Application(Protocol):
         """The committed state as key/value pairs (what the node stores at genesis)."""
         ...
 
-
-def chain_app_hash(prev_app_hash: bytes, writes: Sequence[tuple[bytes, bytes | None]]) -> bytes:
-    """H(prev_app_hash || H(canonical encoding of the sorted writes)), H the suite's hash.
-
-    O(changes) per block. It commits to the whole history of state changes:
-    given a trusted app hash and the blocks' write-sets, anyone can recompute
-    every later app hash, so a node's replayed state is checked exactly.
-    """
-    return digest(prev_app_hash + digest(encode([[k, v] for k, v in writes])))
-
-
-def genesis_app_hash(chain_id: str, app: str) -> bytes:
-    """The app hash before the first block: bound to the chain and the application."""
-    return digest(encode(["archipelago/app/v1", chain_id, app]))
+    def state_tree(self, height: int) -> StateTree | None:
+        """The state tree after block `height` (its root: header height + 1's app hash),
+        if the application still keeps it; it keeps the latest two heights."""
+        ...
 
 
 def results_hash(results: Sequence[TxResult]) -> bytes:

@@ -28,6 +28,7 @@ from consensus.genesis import Genesis, GenesisError
 from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
+from consensus.statetree import StateCorrupt
 from consensus.types import TIME_MS_MAX, Block, Commit, DuplicateVoteEvidence, Transaction
 from consensus.validation import (
     BlockInvalid,
@@ -92,7 +93,10 @@ class Chain:
             store.init_genesis(state, dict(app.items()))
         else:
             _check_same_chain(genesis, store, state)
-            app = app_cls.load(store.iter_app_state(), state.app_hash, state.last_height)
+            try:
+                app = app_cls.load(store.iter_app_state(), state.app_hash, state.last_height)
+            except StateCorrupt as e:
+                raise GenesisError(f"{store.path}: {e}; restore the data folder") from None
         store.record_genesis_hash(genesis.hash)
         self.app = app
         self.state = state

@@ -103,6 +103,23 @@ _BAD_REQUEST = _error("The request does not follow this description (the error s
 _NOT_FOUND = _error("No such object (or the height is above the latest)")
 
 SCHEMAS: dict[str, Any] = {
+    "StateProof": _object(
+        {
+            "key": {**_HEX, "minLength": 2},
+            "height": _HEIGHT_OR_ZERO,
+            "value": {
+                "oneOf": [_HEX, {"type": "null"}],
+                "description": "the stored bytes, hex; null when the key is absent",
+            },
+            "proof_encoded": {
+                **_HEX,
+                "maxLength": 2 * 9000,
+                "description": "the proof's canonical encoding (section 11), hex",
+            },
+            "app_hash": _HASH,
+            "header_height": _HEIGHT,
+        }
+    ),
     "Error": _object(
         {
             "error": {"type": "string", "description": "what was wrong, for a person"},
@@ -688,6 +705,47 @@ OPENAPI: dict[str, Any] = {
                     "400": _BAD_REQUEST,
                     "404": _NOT_FOUND,
                     "422": _error("The application does not answer this path with this data"),
+                },
+            }
+        },
+        "/state/proof": {
+            "get": {
+                "operationId": "getStateProof",
+                "summary": "A state key's value or absence, with its proof against an app hash",
+                "description": (
+                    "docs/PROTOCOL.md section 11 (the state tree) gives the proof's encoding "
+                    "and how to verify it; check it against header_height's header.app_hash "
+                    "from /commit/{header_height}. The node keeps the latest two states: "
+                    "height = latest block - 1 (the default) is served."
+                ),
+                "parameters": [
+                    {
+                        "name": "key",
+                        "in": "query",
+                        "required": True,
+                        "description": "The whole state key, 1 to 1024 bytes, hex",
+                        "schema": {
+                            "type": "string",
+                            "pattern": "^([0-9a-fA-F]{2})+$",
+                            "minLength": 2,
+                            "maxLength": 2 * 1024,  # node/rpc.py STATE_KEY_BYTES_MAX
+                        },
+                    },
+                    {
+                        "name": "height",
+                        "in": "query",
+                        "description": "The state after this block (0: genesis); "
+                        "default the latest block's height - 1",
+                        "schema": {"type": "string", "pattern": "^(0|[1-9][0-9]{0,18})$"},
+                    },
+                ],
+                "responses": {
+                    "200": _json("The value (null when absent) and its proof", _ref("StateProof")),
+                    "400": _BAD_REQUEST,
+                    "404": _error(
+                        "No committed header carries the app hash of this height yet "
+                        "(height >= the latest block), or the node no longer keeps its state"
+                    ),
                 },
             }
         },

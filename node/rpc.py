@@ -92,6 +92,9 @@ BODY_READ_TIMEOUT_S = API_LIMITS.body_timeout_s  # else 408 (and the connection 
 # Parameters are matched exactly as node/openapi.py states them: int() alone would also take
 # "+1", "01", "1_000", " 1" and non-ASCII digits, bytes.fromhex would skip spaces.
 HEIGHT_DIGITS_RE = re.compile(r"[1-9][0-9]{0,18}")
+# A state key (docs/PROTOCOL.md section 11): the built-in apps' longest is "k" + 256 bytes.
+STATE_KEY_BYTES_MAX = 1024
+STATE_HEIGHT_RE = re.compile(r"0|[1-9][0-9]{0,18}")
 HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})*")
 # The statuses of a request that follows /openapi.json but whose content the protocol or the
 # application refuses (docs/PROTOCOL.md, section 12): 422, except these.
@@ -265,6 +268,7 @@ class RpcServer:
                 Route("/net_info", self.net_info),
                 Route("/account/{address}", self.get_account),
                 Route("/query", self.query),
+                Route("/state/proof", self.get_state_proof),
                 Route("/openapi.json", self.openapi),
                 # Plain HTTP to /stream: 426 (or 400 for bad parameters), and 405 with Allow.
                 Route("/stream", self.stream_without_upgrade, methods=["GET"]),
@@ -407,6 +411,52 @@ class RpcServer:
             status = 404 if result.code == 404 else 422
             raise HTTPException(status, result.log or "query failed")
         return JSONResponse(query_json(path, result))
+
+    async def get_state_proof(self, request: Request) -> Response:
+        """A key's value (or absence) in the state after block h, with its state proof.
+
+        Bounded work on the event loop: one hash of the key (at most 1 KiB),
+        a walk of at most 256 tree nodes, one hash of the value (at most 16 KiB).
+        """
+        text = request.query_params.get("key")
+        if text is None:
+            raise HTTPException(400, "key: required")
+        key = _hex_param(text, "key", bytes_max=STATE_KEY_BYTES_MAX)
+        if not key:
+            raise HTTPException(400, f"key must be 1 to {STATE_KEY_BYTES_MAX} bytes")
+        latest = self.res.height
+        height_text = request.query_params.get("height")
+        if height_text is None:
+            height = latest - 1
+        elif STATE_HEIGHT_RE.fullmatch(height_text) is None or int(height_text) > HEIGHT_MAX:
+            raise HTTPException(400, f"height must be a decimal integer in 0..{HEIGHT_MAX}")
+        else:
+            height = int(height_text)
+        if height >= latest or height < 0:
+            raise HTTPException(
+                404,
+                f"the state after block {max(height, 0)} is proven by header "
+                f"{max(height, 0) + 1}, which is not committed yet (latest block {latest})",
+            )
+        tree = self.res.chain.app.state_tree(height)
+        if tree is None:
+            raise HTTPException(
+                404,
+                f"the state after block {height} is no longer kept: this node serves "
+                f"height {latest - 1} (the latest block's height - 1) only, and after a "
+                "restart only once a block has been committed",
+            )
+        value, proof = tree.prove(key)
+        return JSONResponse(
+            {
+                "key": key.hex(),
+                "height": height,
+                "value": None if value is None else value.hex(),
+                "proof_encoded": proof.encode().hex(),
+                "app_hash": tree.root.hex(),
+                "header_height": height + 1,
+            }
+        )
 
     # ------------------------------------------------------------ writes
 

@@ -18,13 +18,10 @@ from apps.common import (
 )
 from apps.kvstore import KVStore, set_tx
 from apps.ledger import Ledger, transfer_payload, transfer_tx, validator_tx
-from consensus.app import (
-    chain_app_hash,
-    genesis_app_hash,
-)
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis, GenesisError, GenesisValidator
+from consensus.statetree import CHAIN_KEY, StateCorrupt, StateTree, chain_value
 from consensus.types import Header, Transaction
 from tests.strategies import mutated
 
@@ -82,11 +79,7 @@ def test_transfers_results_and_commit() -> None:
         CODE_BAD_PAYLOAD,
     ]
     assert _account(app, ALICE) == (100, 0)  # execution leaves committed state alone
-    assert (
-        app.commit(ex)
-        == ex.app_hash
-        == chain_app_hash(genesis_app_hash(CHAIN, "ledger"), ex.writes)
-    )
+    assert app.commit(ex) == ex.app_hash == StateTree.from_items(app.items()).root
     assert _account(app, ALICE) == (105, 3)
     assert _account(app, BOB) == (0, 2)
 
@@ -221,7 +214,7 @@ def test_app_hash_is_deterministic_and_chained() -> None:
         assert a.commit(ea) == b.commit(eb)
     other = _ledger()
     e1 = other.execute_block(_header(1), [transfer_tx(ALICE, CHAIN, 0, BOB.address, 2)], ())
-    assert e1.app_hash != chain_app_hash(genesis_app_hash(CHAIN, "ledger"), ())
+    assert e1.app_hash != other.app_hash
 
 
 def test_remembered_amount_needs_the_transfer_head() -> None:
@@ -385,3 +378,37 @@ def test_check_tx_fast_path_is_the_general_rules(txs: list[Transaction]) -> None
     for tx in txs:
         assert fast.check_tx(tx) == general._check_tx_generally(tx)
         assert list(fast._check.items()) == list(general._check.items())
+
+
+@pytest.mark.parametrize("app_name", ["ledger", "kvstore"])
+def test_app_hash_is_the_state_tree_root_and_load_checks_it(app_name: str) -> None:
+    """After each block the app hash is the root over the whole state (chain key included);
+    a store whose state does not hash to its app hash refuses to load, naming the cause."""
+    if app_name == "ledger":
+        app: Ledger | KVStore = _ledger()
+        txs = [[transfer_tx(ALICE, CHAIN, n, BOB.address, 1)] for n in range(3)]
+    else:
+        app = KVStore.from_genesis(_genesis("kvstore", {}))
+        txs = [[set_tx(ALICE, CHAIN, n, b"k%d" % n, b"v")] for n in range(3)]
+    chain = (CHAIN_KEY, chain_value(CHAIN, app_name))
+    assert chain in set(app.items())
+    assert app.app_hash == StateTree.from_items(app.items()).root
+    roots = [app.app_hash]
+    for height, block in enumerate(txs, start=1):
+        ex = app.execute_block(_header(height), block, ())
+        assert app.commit(ex) == StateTree.from_items(app.items()).root
+        roots.append(app.app_hash)
+    assert len(set(roots)) == len(roots)
+    # The latest two heights' trees are kept, for /state/proof.
+    for height in (2, 3):
+        tree = app.state_tree(height)
+        assert tree is not None and tree.root == roots[height]
+    assert app.state_tree(1) is None
+    items = list(app.items())
+    cls = type(app)
+    assert cls.load(items, app.app_hash, 3).app_hash == app.app_hash
+    tampered = [(k, v + b"\x00" if k[:1] in (b"a", b"k") else v) for k, v in items]
+    with pytest.raises(StateCorrupt, match="the store is corrupt"):
+        cls.load(tampered, app.app_hash, 3)
+    with pytest.raises(StateCorrupt, match="height 3"):
+        cls.load([kv for kv in items if kv[0] != CHAIN_KEY], app.app_hash, 3)
