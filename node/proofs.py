@@ -110,7 +110,7 @@ def _hops(
     if final < start:
         raise ProofBuildError(f"the proof needs height {final}, below the trusted height {start}")
     first, first_hop = source.hop(start)
-    if trusted is not None and first.header.hash != trusted[1]:
+    if trusted is not None and source.suite.hash(first_hop[0]) != trusted[1]:
         raise ProofBuildError(f"the node's header {start} is not the trusted one: another chain?")
     hops = [first_hop]
     if final == start:
