@@ -12,7 +12,6 @@ whatever the node serves is checked again offline by proofcheck/verify.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -176,7 +175,7 @@ def build_tx_proof(
     result = None
     if with_result:
         assert result_proof is not None
-        result = [bytes.fromhex(result_proof["encoded"]), _path(result_proof)]
+        result = [bytes.fromhex(result_proof["result_encoded"]), _path(result_proof)]
     target = [
         bytes.fromhex(tx["encoded"]),
         bytes.fromhex(tx["hash"]),
@@ -193,37 +192,22 @@ def build_tx_proof(
 def build_state_proof(
     node: str, key: bytes, trusted: tuple[int, bytes] | None = None
 ) -> tuple[bytes, str]:
-    """The proof file of a state key's value (or absence) after the latest block."""
+    """The proof file of a state key's value (or absence) in the newest state a header carries.
+
+    That is the state after block latest - 1, whose app hash header `latest`
+    carries (section 12.3, `GET /state/proof`).
+    """
     status, source = _open(node)
     answer = _get(node, f"/state/proof?key={key.hex()}")
     final = answer["header_height"]
-    # The header that carries the app hash may not be committed yet: wait for it.
-    waited = _wait_height(node, final)
     hops = _hops(source, final, status["chain_id"], trusted)
     value = answer.get("value")
     target = [
         key,
         None if value is None else bytes.fromhex(value),
-        answer["height"],
         bytes.fromhex(answer["proof_encoded"]),
     ]
-    state = "absent" if value is None else f"{len(target[1])} bytes"
+    held = "absent" if value is None else f"{len(bytes.fromhex(value))} bytes"
     return _file("state", status, trusted, hops, target), (
-        f"state key {key.hex()} at height {answer['height']} ({state}): {len(hops)} hops"
-        + (f", after waiting {waited} ms for header {final}" if waited else "")
+        f"state key {key.hex()} after block {answer['height']} ({held}): {len(hops)} hops"
     )
-
-
-STATE_WAIT_MS: Final = 30_000
-_POLL_S: Final = 0.2
-
-
-def _wait_height(node: str, height: int, sleep: Callable[[float], None] = time.sleep) -> int:
-    """Poll /status until block `height` is committed; the milliseconds waited."""
-    started = time.monotonic()
-    while _get(node, "/status")["latest_height"] < height:
-        waited = int((time.monotonic() - started) * 1000)
-        if waited > STATE_WAIT_MS:
-            raise ProofBuildError(f"block {height} was not committed within {STATE_WAIT_MS} ms")
-        sleep(_POLL_S)
-    return int((time.monotonic() - started) * 1000)

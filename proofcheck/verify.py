@@ -66,6 +66,8 @@ TX_BYTES_MAX: Final = 33_024  # section 1
 RESULT_BYTES_MAX: Final = 65_536
 STATE_KEY_BYTES_MAX: Final = 1024
 STATE_VALUE_BYTES_MAX: Final = 1024 * 1024
+STATE_PROOF_BYTES_MAX: Final = 9000  # section 11: 256 siblings of 34 bytes, the leaf, headers
+EMPTY_HASH: Final = bytes(32)  # section 11: the hash of an empty subtree
 AUNTS_MAX: Final = 64  # a tree of up to 2^64 leaves
 CHAIN_ID_BYTES_MAX: Final = 50
 HASH_BYTES: Final = 32
@@ -608,7 +610,53 @@ def _check_tx(target: list[Any], state: Trusted, chain_id: str, suite: Suite) ->
 
 
 def _check_state(target: list[Any], state: Trusted, suite: Suite) -> str:
-    raise ProofError("encoding", "state proofs are not supported by this version")
+    """Section 13.3, step 5: a key's value (or absence) under header F's app_hash (section 11)."""
+    _array(target, "the state target", 3)
+    key = _bin(target[0], "the state key", most=STATE_KEY_BYTES_MAX)
+    value = None if target[1] is None else _bin(target[1], "the value", most=STATE_VALUE_BYTES_MAX)
+    raw = _bin(target[2], "the state proof")
+    if not key or len(raw) > STATE_PROOF_BYTES_MAX:
+        raise ProofError("state proof encoding", "an empty key, or a proof over 9,000 bytes")
+    try:
+        proof = _decode(raw, "the state proof", STATE_PROOF_BYTES_MAX, 256, HASH_BYTES)
+        proof = _array(proof, "the state proof", 2)
+        siblings = [_bin(s, "a sibling", (0, HASH_BYTES)) for s in _array(proof[0], "siblings")]
+        leaf = None if proof[1] is None else _array(proof[1], "the leaf", 2)
+        if leaf is not None:
+            leaf = [_bin(x, "the leaf", (HASH_BYTES,)) for x in leaf]
+    except ProofError as e:
+        raise ProofError("state proof encoding", str(e)) from None
+    if EMPTY_HASH in siblings or (siblings and not siblings[-1]):
+        raise ProofError(
+            "state proof encoding", "an empty subtree written out, or a last sibling E"
+        )
+    path, d = suite.hash(key), len(siblings)
+    if value is not None:
+        if leaf is None or leaf[0] != path:
+            raise ProofError("state key", "the proof's leaf is not the key's")
+        if leaf[1] != suite.hash(value):
+            raise ProofError("state value", "the value does not hash to the proven leaf's")
+    elif leaf is not None and (leaf[0] == path or not _same_bits(leaf[0], path, d)):
+        raise ProofError("absence", "the key is present, or the leaf is not on its path")
+    node = EMPTY_HASH if leaf is None else suite.hash(b"\x10" + leaf[0] + leaf[1])
+    for i in range(d - 1, -1, -1):
+        sibling = siblings[i] or EMPTY_HASH
+        bit = (path[i // 8] >> (7 - i % 8)) & 1
+        node = suite.hash(b"\x11" + node + sibling if bit == 0 else b"\x11" + sibling + node)
+    assert state.header is not None, "a file has at least one hop"
+    if node != state.header.app_hash:
+        raise ProofError(
+            "state proof step", f"the path does not lead to header {state.height}'s app_hash"
+        )
+    held = "absent" if value is None else f"holds {value.hex()}"
+    return f"proof holds: state key {key.hex()} {held} after block {state.height - 1}"
+
+
+def _same_bits(a: bytes, b: bytes, bits: int) -> bool:
+    whole, rest = divmod(bits, 8)
+    if a[:whole] != b[:whole]:
+        return False
+    return rest == 0 or (a[whole] ^ b[whole]) >> (8 - rest) == 0
 
 
 # ---------------------------------------------------------------- command line

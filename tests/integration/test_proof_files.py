@@ -29,7 +29,7 @@ def _cli(*args: str | Path) -> Any:
     return result
 
 
-def _transfer(net: nodes.Testnet, to: bytes) -> str:
+def _transfer(net: nodes.Testnet, to: bytes) -> tuple[str, int]:
     body = json.loads(
         _cli(
             "tx", "transfer", "--to", to.hex(), "--amount", "5",
@@ -37,7 +37,7 @@ def _transfer(net: nodes.Testnet, to: bytes) -> str:
         ).stdout
     )  # fmt: skip
     assert body["result"]["code"] == 0, body
-    return str(body["hash"])
+    return str(body["hash"]), int(body["height"])
 
 
 def _set_validator(net: nodes.Testnet, node: nodes.NodeProcess, power: int) -> None:
@@ -65,7 +65,7 @@ async def test_proofs_of_a_live_chain_across_a_validator_set_change(
     rpc = net.validators[0].rpc
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 2, TIMEOUT_S)
-        before = await trio.to_thread.run_sync(_transfer, net, net.accounts[1].address)
+        before, _ = await trio.to_thread.run_sync(_transfer, net, net.accounts[1].address)
         set_before = (await api.get(net.validators[0], "/validators"))["hash"]
         await trio.to_thread.run_sync(_set_validator, net, net.validators[3], 0)
         await trio.to_thread.run_sync(_set_validator, net, net.validators[1], 20)
@@ -73,7 +73,9 @@ async def test_proofs_of_a_live_chain_across_a_validator_set_change(
         await api.wait_height(net.validators[:3], changed, TIMEOUT_S)
         after_set = await api.get(net.validators[0], "/validators")
         assert after_set["hash"] != set_before and len(after_set["validators"]) == 3
-        after = await trio.to_thread.run_sync(_transfer, net, net.accounts[1].address)
+        after, height = await trio.to_thread.run_sync(_transfer, net, net.accounts[1].address)
+        # Header height + 1 carries the results hash: with it the file proves the result too.
+        await api.wait_height(net.validators[:1], height + 1, TIMEOUT_S)
 
         out = tmp_path / "proofs"
         out.mkdir()
@@ -86,6 +88,7 @@ async def test_proofs_of_a_live_chain_across_a_validator_set_change(
             assert f"wrote {out / name}" in result.stdout
             code, line = _verify(out / name, genesis)
             assert code == 0 and line.startswith(f"proof holds: tx {tx} is transaction"), line
+            assert line.endswith("result code 0"), line
 
         # From a trusted header (height 2, by its hash from /commit) instead of genesis.
         trusted = (await api.get(net.validators[0], "/commit/2"))["commit"]["block_hash"]

@@ -125,8 +125,12 @@ def make_chain(
     chain_id: str = "proof-test",
     seed: bytes = b"",
     payload_tag: bytes = b"",
+    app_hash: bytes | None = None,
 ) -> Chain:
-    """Heights 1..heights, each certified by all of its validators, with real txs and results."""
+    """Heights 1..heights, each certified by all of its validators, with real txs and results.
+
+    `app_hash`, when given, is every header's (a state proof's root).
+    """
     with using(suite):
         pool = [
             PrivateKey(hashlib.sha256(b"proof %d" % i + seed).digest(), suite) for i in range(24)
@@ -169,7 +173,7 @@ def make_chain(
                 data_hash=merkle.root(txs),
                 validators_hash=vset.hash,
                 next_validators_hash=chain.sets[h + 1].hash,
-                app_hash=suite.hash(b"app %d" % h),
+                app_hash=suite.hash(b"app %d" % h) if app_hash is None else app_hash,
                 last_results_hash=merkle.root(chain.results.get(h - 1, [])),
                 evidence_hash=merkle.root([]),
                 proposer_address=vset[0].address,
