@@ -23,7 +23,7 @@ from consensus.types import Commit, Header, ValidatorSet
 from node.client import ClientError, request
 from proofcheck.verify import FORMAT_TAG, HOPS_MAX
 
-__all__ = ["ProofBuildError", "build_state_proof", "build_tx_proof"]
+__all__ = ["LightSource", "ProofBuildError", "build_state_proof", "build_tx_proof", "select_hops"]
 
 # The builder trusts nothing it fetches, and the file's verifier chooses its own
 # trusting period: the bisection here runs without one.
@@ -38,7 +38,7 @@ class ProofBuildError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Source:
+class LightSource:
     """A node's light blocks, each fetched once, with their canonical bytes."""
 
     node: str
@@ -86,7 +86,7 @@ def _get(node: str, path: str) -> Any:
         raise ProofBuildError(str(e)) from None
 
 
-def _open(node: str) -> tuple[dict[str, Any], _Source]:
+def _open(node: str) -> tuple[dict[str, Any], LightSource]:
     """The node's status, and a source of light blocks in the chain's suite.
 
     The suite is the one whose hash of header 1 is the block hash certificate 1 signs.
@@ -97,12 +97,12 @@ def _open(node: str) -> tuple[dict[str, Any], _Source]:
     block_hash = bytes.fromhex(first["commit"]["block_hash"])
     for suite in SUITES.values():
         if suite.hash(header) == block_hash:
-            return status, _Source(node, suite, {})
+            return status, LightSource(node, suite, {})
     raise ProofBuildError("header 1 does not hash to its certificate's block hash in any suite")
 
 
-def _hops(
-    source: _Source, final: int, chain_id: str, trusted: tuple[int, bytes] | None
+def select_hops(
+    source: LightSource, final: int, chain_id: str, trusted: tuple[int, bytes] | None
 ) -> list[Any]:
     """Hops from genesis (starting at height 1) or from the trusted header to height `final`."""
     start = 1 if trusted is None else trusted[0]
@@ -170,7 +170,7 @@ def build_tx_proof(
     result_proof = tx.get("result_proof")
     with_result = result_proof is not None and height + 1 <= status["latest_height"]
     final = height + 1 if with_result else height
-    hops = _hops(source, final, status["chain_id"], trusted)
+    hops = select_hops(source, final, status["chain_id"], trusted)
     header_h = bytes.fromhex(_get(node, f"/commit/{height}")["header_encoded"])
     result = None
     if with_result:
@@ -200,7 +200,7 @@ def build_state_proof(
     status, source = _open(node)
     answer = _get(node, f"/state/proof?key={key.hex()}")
     final = answer["header_height"]
-    hops = _hops(source, final, status["chain_id"], trusted)
+    hops = select_hops(source, final, status["chain_id"], trusted)
     value = answer.get("value")
     target = [
         key,

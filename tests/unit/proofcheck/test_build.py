@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from consensus.crypto import ED25519_SHA256, using
 from consensus.light import LightBlock
-from node.proofs import _hops, _Source
+from node.proofs import select_hops, LightSource
 from proofcheck.verify import verify_proof
 from tests.unit.proofcheck.chain import make_chain
 
@@ -18,12 +18,12 @@ HEIGHTS = 200
 
 def test_bisection_picks_few_hops_that_verify() -> None:
     chain = make_chain(ED25519_SHA256, HEIGHTS, shift_every=5)
-    source = _Source("unused", ED25519_SHA256, {})
+    source = LightSource("unused", ED25519_SHA256, {})
     for h in range(1, HEIGHTS + 1):
         block = LightBlock(chain.headers[h], chain.commits[h], chain.sets[h], chain.sets[h + 1])
         source.cache[h] = (block, chain.hop(h))
     with using(ED25519_SHA256):
-        hops = _hops(source, HEIGHTS, chain.chain_id, None)
+        hops = select_hops(source, HEIGHTS, chain.chain_id, None)
         data = chain.file("tx", hops, chain.tx_target(HEIGHTS - 1, 2))
     heights = [chain.headers[h].height for h in range(1, HEIGHTS + 1) if chain.hop(h) in hops]
     # The set turns over every 20 heights: a skip can cross at most about 13 of them.
