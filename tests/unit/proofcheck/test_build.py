@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from consensus.crypto import ED25519_SHA256, using
 from consensus.light import LightBlock
-from node.proofs import select_hops, LightSource
+from node.proofs import LightSource, select_hops
 from proofcheck.verify import verify_proof
 from tests.unit.proofcheck.chain import make_chain
 
