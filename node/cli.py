@@ -512,7 +512,12 @@ def _cmd_verify_proof(ns: argparse.Namespace) -> int:
     from proofcheck.verify import run
 
     return run(
-        str(ns.file), str(ns.genesis), ns.trusted_height, ns.trusted_hash, ns.trusting_period_ms
+        str(ns.file),
+        str(ns.genesis),
+        ns.trusted_height,
+        ns.trusted_hash,
+        ns.trusting_period_ms,
+        prog=f"{PROG}: error",
     )
 
 

@@ -502,7 +502,8 @@ def verify_proof(
             if state.time_ms + trusting_period_ms <= now_ms:
                 raise ProofError(
                     "trusting period",
-                    f"height {state.height} is {now_ms - state.time_ms} ms old, "
+                    f"{'the genesis' if state.height == 0 else f'height {state.height}'} is "
+                    f"{now_ms - state.time_ms} ms old, "
                     f"the trusting period {trusting_period_ms} ms",
                 )
         anchor = trusted if i == 0 else None
@@ -691,11 +692,12 @@ def run(
     trusted_height: int | None,
     trusted_hash: str | None,
     trusting_period_ms: int | None,
+    prog: str = "verify-proof",
 ) -> int:
-    """The command: print one line, return the exit code."""
+    """The command: print one line, return the exit code (usage errors start with `prog`)."""
     if (trusted_height is None) != (trusted_hash is None):
         print(
-            "verify-proof: give both --trusted-height and --trusted-hash, or neither",
+            f"{prog}: give both --trusted-height and --trusted-hash, or neither",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -704,7 +706,7 @@ def run(
         try:
             trusted = (trusted_height, bytes.fromhex(trusted_hash))
         except ValueError:
-            print("verify-proof: --trusted-hash is not hex", file=sys.stderr)
+            print(f"{prog}: --trusted-hash is not hex", file=sys.stderr)
             return EXIT_USAGE
     try:
         with open(file, "rb") as fp:
@@ -712,7 +714,7 @@ def run(
         with open(genesis, "rb") as fp:
             genesis_text = fp.read(GENESIS_BYTES_MAX + 1)
     except OSError as e:
-        print(f"verify-proof: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
         said = verify_proof(
