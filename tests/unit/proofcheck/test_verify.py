@@ -260,3 +260,15 @@ def test_the_module_stands_alone() -> None:
         if not isinstance(n, ast.ImportFrom) or n.module
     }
     assert imported - set(sys.stdlib_module_names) == {"nacl", "msgpack"}
+
+
+def test_without_sm2_in_libcrypto_one_line_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An sm2-sm3 genesis where libcrypto cannot be loaded: refused as `crypto`, not a crash."""
+
+    def no_library(name: str) -> None:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(pv.ctypes, "CDLL", no_library)
+    with pytest.raises(ProofError) as e:
+        pv.suite_named("sm2-sm3")
+    assert e.value.check == "crypto" and "libcrypto.so.3 cannot be loaded" in str(e.value)
