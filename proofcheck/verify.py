@@ -33,6 +33,10 @@ Hostile input: the file and genesis sizes are checked before they are
 read, every msgpack decode has per-type length limits and must be the
 canonical encoding (re-encoded and compared), and the work is linear in the
 file's size (at most one signature verification per 66 bytes of file).
+
+Why one module of over 600 lines: it is meant to be copied alone, so the
+decoders, both crypto suites, the Merkle walks and the command line live
+together, and nothing of the project's own code is imported.
 """
 
 from __future__ import annotations
