@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/archipelago localnet --validators 4 --load 200
 
 lint: $(STAMP)
-	$(BIN)/ruff check apps consensus network node sim devnet tests benchmarks
+	$(BIN)/ruff check apps consensus network node sim devnet proofcheck tests benchmarks
 	$(BIN)/mypy
 
 test: lint

@@ -439,6 +439,88 @@ def _add_client(sub: argparse._SubParsersAction[_Parser]) -> None:
     add_commands(sub)
 
 
+def _add_proof(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "proof",
+        help="write a self-contained proof of a transaction or a state key to a file",
+        description="Fetch from --node what proves a committed transaction or a state key "
+        "(headers from genesis or --trusted-height, certificates, validator sets, Merkle paths) "
+        "and write it to --output as one file (docs/PROTOCOL.md section 13) that "
+        "`verify-proof` checks offline. The node is not trusted.",
+    )
+    kinds = p.add_subparsers(title="proof commands", metavar="KIND", parser_class=_Parser)
+    for kind, what in (("tx", "a transaction's hash (64 hex)"), ("state", "a state key in hex")):
+        k = kinds.add_parser(kind, help=f"prove {what}", description=f"Prove {what}.")
+        k.add_argument("target", metavar="HASH" if kind == "tx" else "KEY_HEX", help=what)
+        k.add_argument("--node", default="http://127.0.0.1:26657", help="node API URL")
+        k.add_argument("--output", required=True, type=Path, help="the proof file to write")
+        k.add_argument("--trusted-height", type=int, help="start from this header, not genesis")
+        k.add_argument("--trusted-hash", help="the trusted header's block hash (64 hex)")
+        k.set_defaults(handler=_cmd_proof, kind=kind)
+    p.set_defaults(handler=lambda ns: _usage(p))
+
+
+def _cmd_proof(ns: argparse.Namespace) -> int:
+    from node.proofs import ProofBuildError, build_state_proof, build_tx_proof
+
+    if (ns.trusted_height is None) != (ns.trusted_hash is None):
+        _error("give both --trusted-height and --trusted-hash, or neither")
+        return EXIT_USAGE
+    try:
+        target = bytes.fromhex(ns.target)
+        trusted = None
+        if ns.trusted_height is not None:
+            trusted = (ns.trusted_height, bytes.fromhex(ns.trusted_hash))
+    except ValueError:
+        _error("HASH, KEY_HEX and --trusted-hash are hex")
+        return EXIT_USAGE
+    if ns.kind == "tx" and len(target) != 32:
+        _error("a transaction hash is 64 hex characters")
+        return EXIT_USAGE
+    build = build_tx_proof if ns.kind == "tx" else build_state_proof
+    try:
+        data, said = build(ns.node, target, trusted)
+        ns.output.write_bytes(data)
+    except (ProofBuildError, OSError) as e:
+        _error(str(e))
+        return EXIT_FAILURE
+    print(f"wrote {ns.output} ({len(data)} bytes): {said}")
+    return EXIT_OK
+
+
+def _add_verify_proof(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "verify-proof",
+        help="check a proof file offline against a genesis",
+        description="Check a proof file written by `proof` against --genesis, offline "
+        "(proofcheck/verify.py, which may be copied alone). Exit 0 when it holds; 1 with one "
+        "line naming the failed check when it does not.",
+    )
+    p.add_argument("file", type=Path, help="the proof file")
+    p.add_argument("--genesis", required=True, type=Path, help="the genesis.json you trust")
+    p.add_argument("--trusted-height", type=int, help="the trusted header the file starts from")
+    p.add_argument("--trusted-hash", help="its block hash (64 hex)")
+    p.add_argument(
+        "--trusting-period-ms",
+        type=int,
+        help="refuse to follow a header older than this (default: unlimited, an offline audit)",
+    )
+    p.set_defaults(handler=_cmd_verify_proof)
+
+
+def _cmd_verify_proof(ns: argparse.Namespace) -> int:
+    from proofcheck.verify import run
+
+    return run(
+        str(ns.file),
+        str(ns.genesis),
+        ns.trusted_height,
+        ns.trusted_hash,
+        ns.trusting_period_ms,
+        prog=f"{PROG}: error",
+    )
+
+
 # Registration order is the order in `archipelago --help`.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[_Parser]], None], ...] = (
     _add_init,
@@ -447,5 +529,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[_Parser]], None], ...] = (
     _add_keys,
     _add_unsafe_reset,
     _add_client,
+    _add_proof,
+    _add_verify_proof,
     _add_version,
 )

@@ -26,6 +26,8 @@ FORBIDDEN = {
     | TOOLS,
     "network": {"node"} | TOOLS,
     "node": TOOLS,
+    # The offline verifier is vendored alone: the standard library, pynacl and msgpack only.
+    "proofcheck": {"consensus", "apps", "node", "network"} | TOOLS,
 }
 # The one exception: node/cli.py is the command-line entry point, above every package.
 # Its `simulate`, `localnet` and `perturb` subcommands import sim/ and devnet/ only when
