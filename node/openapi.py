@@ -205,6 +205,26 @@ SCHEMAS: dict[str, Any] = {
                     "block_hash": _HASH,
                 }
             ),
+            "result_proof": {
+                "oneOf": [
+                    _object(
+                        {
+                            "index": _COUNT,
+                            "total": {"type": "integer", "minimum": 1},
+                            "aunts": {"type": "array", "items": _HASH},
+                            "result_encoded": {
+                                **_ENCODED,
+                                "description": "the results-hash leaf item: canonical [code, data]",
+                            },
+                            "results_hash": _HASH,
+                            "header_height": _HEIGHT,
+                        }
+                    ),
+                    {"type": "null"},
+                ],
+                "description": "the result's Merkle path to last_results_hash of header "
+                "height + 1; null until height + 1 is committed",
+            },
         }
     ),
     "PendingTx": _object({"hash": _HASH, "status": {"const": "pending"}}),

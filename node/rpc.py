@@ -48,7 +48,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from consensus import merkle
-from consensus.codec import DecodeError
+from consensus.codec import DecodeError, decode, encode
 from consensus.types import HEIGHT_MAX, Block, Transaction, tx_id
 from node import __version__
 from node.chain import decode_result
@@ -67,7 +67,7 @@ from node.mempool import MempoolError
 from node.openapi import OPENAPI
 from node.resources import Resources, TooManyWaiters
 from node.status import StatusView
-from node.storage import BlockStore
+from node.storage import BlockStore, StorageCorruptError
 
 if TYPE_CHECKING:
     from node.metrics import Metrics
@@ -138,6 +138,42 @@ def _block_body(block: Block) -> bytes:
     return json.dumps(block_json(block), separators=(",", ":")).encode()
 
 
+def _result_leaf_item(stored: bytes) -> bytes:
+    """The results-hash leaf item, canonical [code, data], of a stored [code, log, data]."""
+    try:
+        fields = decode(stored)
+    except DecodeError:
+        fields = None
+    if not (isinstance(fields, tuple) and len(fields) == 3 and type(fields[0]) is int):
+        raise StorageCorruptError("a stored transaction result is not [code, log, data]")
+    return encode([fields[0], fields[2]])
+
+
+def _result_proof_json(store: BlockStore, height: int, index: int) -> dict[str, Any] | None:
+    """The Merkle path of result `index` of block `height` to header height+1's results hash.
+
+    None while height+1 is not committed: no header carries the results hash yet.
+    A failed transaction is in its block like any other, so a client that must
+    know a transaction succeeded checks this proof, not the inclusion proof alone.
+    """
+    next_block = store.load_block(height + 1)
+    if next_block is None:
+        return None
+    items = [_result_leaf_item(r) for r in store.iter_block_results(height)]
+    proof = merkle.prove(items, index)
+    results_hash = next_block.header.last_results_hash
+    if not proof.verify(items[index], results_hash):
+        raise StorageCorruptError(f"results of block {height} do not match header {height + 1}")
+    return {
+        "index": proof.index,
+        "total": proof.total,
+        "aunts": [a.hex() for a in proof.aunts],
+        "result_encoded": items[index].hex(),
+        "results_hash": results_hash.hex(),
+        "header_height": height + 1,
+    }
+
+
 def _committed_tx_json(store: BlockStore, txid: bytes) -> dict[str, Any] | None:
     """A committed transaction as GET /tx shows it, with its proof (None: not committed)."""
     record = store.load_tx(txid)
@@ -159,6 +195,7 @@ def _committed_tx_json(store: BlockStore, txid: bytes) -> dict[str, Any] | None:
             "data_hash": block.header.data_hash.hex(),
             "block_hash": block.hash.hex(),
         },
+        result_proof=_result_proof_json(store, record.height, record.index),
     )
     return out
 
