@@ -190,10 +190,13 @@ class Relay:
                 client = self.deliver(self.scan, index, raw, client)
                 worked = True
             self.scan += 1
-        if latest > client.height:
+        # Every send_out below `scan` is delivered; one at `scan` needs scan + 1 later,
+        # so moving the client up to `scan` never strands a transfer.
+        target = min(latest, self.scan)
+        if target > client.height:
             age_ms = self.a.status()["latest_block_time_ms"] - client.time_ms
             if age_ms * REFRESH_SHARE >= client.trusting_period_ms:
-                self.update_client(client, latest)
+                self.update_client(client, target)
                 worked = True
         return worked
 
