@@ -25,11 +25,12 @@ docs/PROTOCOL.md section 11 gives the formats byte-exactly.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from apps.common import CODE_BAD_PAYLOAD, CODE_UNAUTHORIZED
 from consensus import merkle
 from consensus.app import CODE_OK, QueryResult, TxResult
 from consensus.codec import DecodeError, Reader, decode, decode_with, encode
@@ -67,9 +68,6 @@ __all__ = [
 # Result codes (docs/PROTOCOL.md section 11); the log names the failed check.
 CODE_BAD_CLIENT = 8  # client_create or client_update refused
 CODE_BAD_RECEIVE = 9  # receive refused
-CODE_UNAUTHORIZED = 4  # as apps/common.py: client_create is the admin's
-CODE_BAD_PAYLOAD = 1
-CODE_INSUFFICIENT_FUNDS = 3
 
 OPERATIONS = frozenset({"send_out", "client_create", "client_update", "receive"})
 QUERY_CLIENT = "interchain/client"
@@ -509,7 +507,3 @@ def query(committed: Mapping[bytes, bytes], path: str, data: bytes, height: int)
     time_ms = _decode_light_block(light).header.time_ms
     out = [record.host_chain_id, record.trusting_period_ms, record.height, time_ms]
     return QueryResult(0, encode(out), height=height)
-
-
-def items(committed: Mapping[bytes, bytes]) -> Iterator[tuple[bytes, bytes]]:
-    yield from committed.items()
