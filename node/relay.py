@@ -62,8 +62,9 @@ class RelayError(Exception):
     """Something the relay cannot fix by waiting; the message is the one line it prints."""
 
 
-class ChainDown(Exception):
-    """A chain did not answer (or answered 5xx); the relay waits and tries again."""
+class TryLater(Exception):
+    """A chain did not answer (or answered 5xx), or refused a step that may pass later
+    (a client update racing another relay's): the relay waits and tries again."""
 
 
 class Api:
@@ -77,18 +78,18 @@ class Api:
         try:
             r = self.http.request(method, self.url + path, **kwargs)
         except httpx.HTTPError as e:
-            raise ChainDown(f"{self.url}: {type(e).__name__}") from None
+            raise TryLater(f"{self.url}: {type(e).__name__}") from None
         if r.status_code >= 500 and r.status_code != 504:
-            raise ChainDown(f"{self.url}{path}: HTTP {r.status_code}")
+            raise TryLater(f"{self.url}{path}: HTTP {r.status_code}")
         try:
             return r.status_code, r.json()
         except ValueError:
-            raise ChainDown(f"{self.url}{path}: HTTP {r.status_code} without JSON") from None
+            raise TryLater(f"{self.url}{path}: HTTP {r.status_code} without JSON") from None
 
     def get(self, path: str) -> Any:
         status, body = self.call("GET", path)
         if status != 200:
-            raise ChainDown(f"{self.url}{path}: HTTP {status}: {body.get('error', '')}")
+            raise TryLater(f"{self.url}{path}: HTTP {status}: {body.get('error', '')}")
         return body
 
     def status(self) -> dict[str, Any]:
@@ -238,7 +239,7 @@ class Relay:
     ) -> ReceiveProof:
         served = record["result_proof"]
         if served is None:
-            raise ChainDown(f"no result proof for {height} yet")
+            raise TryLater(f"no result proof for {height} yet")
         header = Header.decode(bytes.fromhex(self.a.get(f"/commit/{height}")["header_encoded"]))
         following = self.a.get(f"/commit/{height + 1}")["header_encoded"]
         return ReceiveProof(
@@ -277,8 +278,8 @@ class Relay:
         for block in trace:
             code, text = self.submit(client_update_payload(self.chain_a, block))
             if code != 0:
-                log.warning("client update refused", height=block.height, why=text)
-                return client
+                # Going on would submit a receive B cannot check: try the step again.
+                raise TryLater(f"client update to {block.height} refused: {text}")
             client = Client(client.trusting_period_ms, block.height, block.header.time_ms)
             log.info("client updated", source=self.chain_a, height=block.height)
         return client
@@ -291,7 +292,7 @@ class Relay:
         if status == 200:
             return body["result"]["code"], body["result"]["log"]
         if status == 504:
-            raise ChainDown(f"{self.b.url}: not committed in time")
+            raise TryLater(f"{self.b.url}: not committed in time")
         check = body.get("check") or {}
         return check.get("code", -1), body.get("error", "")
 
@@ -312,8 +313,8 @@ class Relay:
                     return
                 if not worked:
                     sleep(POLL_INTERVAL_S)
-            except ChainDown as e:
-                log.warning("chain unreachable, retrying", why=str(e), retry_s=backoff)
+            except TryLater as e:
+                log.warning("retrying", why=str(e), retry_s=backoff)
                 if once:
                     raise RelayError(str(e)) from None
                 sleep(backoff)
@@ -356,7 +357,7 @@ def main(
         except KeyboardInterrupt:
             log.info("relay stopped", scan=relay.scan)
             return 0
-        except (RelayError, ChainDown) as e:
+        except (RelayError, TryLater) as e:
             log.error("relay failed", why=str(e))
             print(f"archipelago relay: error: {e}", file=sys.stderr)
             return 1
