@@ -106,6 +106,15 @@ class ReceiveCheck(Enum):
     REPLAY = "replay"
 
 
+# A chain id is checked before it is named in a log: every log stays far below
+# consensus.app.TX_LOG_BYTES_MAX.
+_CHAIN_ID_RULE = f"chain id: 1..{CHAIN_ID_BYTES_MAX} bytes"
+
+
+def _chain_id_ok(chain_id: str) -> bool:
+    return 0 < len(chain_id.encode()) <= CHAIN_ID_BYTES_MAX
+
+
 def _refuse_receive(check: ReceiveCheck, detail: str) -> TxResult:
     return TxResult(CODE_BAD_RECEIVE, f"{check.value}: {detail}")
 
@@ -316,7 +325,7 @@ def _send_out(obj: tuple[Any, ...]) -> Accepted | TxResult:
     if len(obj) != 3 or type(obj[1]) is not str or type(obj[2]) is not bytes:
         return TxResult(CODE_BAD_PAYLOAD, 'expected ["send_out", chain id, [recipient, amount]]')
     transfer = _transfer_of(obj[2])
-    if transfer is None or not 0 < len(obj[1].encode()) <= CHAIN_ID_BYTES_MAX:
+    if transfer is None or not _chain_id_ok(obj[1]):
         return TxResult(CODE_BAD_PAYLOAD, "send_out: chain id 1..50 bytes, [20 bytes, 1..2**63-1]")
     _, amount = transfer
     return Accepted((), amount, escrow_address(obj[1]), amount)
@@ -388,9 +397,11 @@ def _client_update(obj: tuple[Any, ...], ic: Overlay) -> Accepted | TxResult:
     if len(obj) != 3 or type(obj[1]) is not str or type(obj[2]) is not bytes:
         return TxResult(CODE_BAD_PAYLOAD, 'expected ["client_update", chain id, light block]')
     chain_id = obj[1]
+    if not _chain_id_ok(chain_id):
+        return TxResult(CODE_BAD_PAYLOAD, _CHAIN_ID_RULE)
     client = ic.get(_client_key(chain_id))
     if client is None:
-        return _refuse_client("client", f"no client of {chain_id[:50]!r}")
+        return _refuse_client("client", f"no client of {chain_id!r}")
     if ic.client_updates >= CLIENT_UPDATES_PER_BLOCK_MAX:
         return _refuse_client("updates per block", f"at most {CLIENT_UPDATES_PER_BLOCK_MAX}")
     record = _client_record(client)
@@ -415,9 +426,11 @@ def _receive(obj: tuple[Any, ...], ic: Overlay) -> Accepted | TxResult:
     if len(obj) != 3 or type(obj[1]) is not str or type(obj[2]) is not bytes:
         return TxResult(CODE_BAD_PAYLOAD, 'expected ["receive", chain id, proof]')
     source = obj[1]
+    if not _chain_id_ok(source):
+        return TxResult(CODE_BAD_PAYLOAD, _CHAIN_ID_RULE)
     client = ic.get(_client_key(source))
     if client is None:
-        return _refuse_receive(ReceiveCheck.CLIENT, f"no client of {source[:50]!r}")
+        return _refuse_receive(ReceiveCheck.CLIENT, f"no client of {source!r}")
     try:
         p = _decode_proof(obj[2])
     except DecodeError as e:

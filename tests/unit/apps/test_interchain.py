@@ -34,7 +34,7 @@ from apps.interchain import (
 )
 from apps.ledger import Ledger, transfer_tx
 from consensus import merkle
-from consensus.app import TxResult, results_hash
+from consensus.app import TX_LOG_BYTES_MAX, TxResult, results_hash
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis, GenesisValidator
@@ -317,6 +317,19 @@ def test_each_bad_client_update_is_refused_naming_the_light_client_check(
     result = b.run([b.tx(RELAYER, client_update_payload(chain, block))], now)[0]
     assert result.code == CODE_BAD_CLIENT, result
     assert result.log.startswith(check), result.log
+
+
+def test_every_refusal_log_is_short_whatever_the_payload_holds() -> None:
+    """A chain id of 20,000 bytes in client_update and receive is refused as a bad payload
+    before anything names it; each log stays under TX_LOG_BYTES_MAX."""
+    a, b = _connected([300])
+    long_id = "x" * 20_000
+    txs = [
+        b.tx(RELAYER, encode(["client_update", long_id, b""])),
+        b.tx(RELAYER, receive_payload(long_id, a.proof(2, 0))),
+    ]
+    for result in b.run(txs):
+        assert result.code == 1 and len(result.log.encode()) <= TX_LOG_BYTES_MAX, result
 
 
 def test_skips_bisect_forward_and_updates_per_block_are_bounded() -> None:
