@@ -127,7 +127,8 @@ def _refuse_client(check: str, detail: str) -> TxResult:
 
 
 def escrow_address(dest_chain_id: str) -> bytes:
-    """Where `send_out` puts what leaves for `dest_chain_id`: no key hashes to it."""
+    """Where `send_out` puts what leaves for `dest_chain_id`: an address nobody holds a key
+    for (finding a public key that hashes to it is a preimage search)."""
     return digest(encode([_ESCROW_TAG, dest_chain_id]))[:ADDRESS_BYTES]
 
 
