@@ -307,7 +307,12 @@ class Relay:
                 if not connected:
                     self.connect()
                     connected = True
-                worked = self.step()
+                try:
+                    worked = self.step()
+                except (KeyError, TypeError, ValueError) as e:  # DecodeError is a ValueError
+                    # A node's answer is untrusted: one that does not parse is waited out
+                    # like an outage (B checks every proof anyway).
+                    raise TryLater(f"malformed answer: {type(e).__name__}: {e}") from None
                 backoff = POLL_INTERVAL_S
                 if once:
                     return
