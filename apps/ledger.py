@@ -14,6 +14,7 @@ from typing import Any, Self
 
 import msgpack
 
+from apps import interchain
 from apps.common import (
     CHECK_VIEW_ENTRIES_MAX,
     CODE_BAD_NONCE,
@@ -169,6 +170,9 @@ class Ledger:
         # Encoded amount (the bytes after a transfer's address) -> amount, for
         # canonical positive amounts only; emptied when full (a miss costs one parse).
         self._amounts: dict[bytes, int] = {}
+        # Committed interchain keys (apps/interchain.py) and the mempool's view over them.
+        self._interchain: dict[bytes, bytes] = {}
+        self._ic_check = interchain.Overlay(self._interchain)
 
     # ------------------------------------------------------------ construction
 
@@ -210,6 +214,7 @@ class Ledger:
         members: set[bytes] = set()
         admin = None
         chain = b""
+        ic_state: dict[bytes, bytes] = {}
         for key, value in pairs:
             if key[:1] == KEY_ACCOUNT:
                 balance, nonce = decode(value)
@@ -224,10 +229,13 @@ class Ledger:
                 commit_member_write(key, value, members)
             elif key == CHAIN_KEY:
                 chain = value
+            elif interchain.is_key(key):
+                ic_state[key] = value
         app = cls(accounts, validators, admin, app_hash, height, members)
         app._convicted = convicted
         app._chain = chain
         app._versions = versions
+        app._interchain.update(ic_state)
         return app
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
@@ -242,6 +250,7 @@ class Ledger:
             yield KEY_CONVICTED + evidence_hash, b""
         for member in self._members:
             yield KEY_MEMBER + member, b""
+        yield from self._interchain.items()
         yield CHAIN_KEY, self._chain
 
     def state_tree(self, height: int) -> StateTree | None:
@@ -305,7 +314,8 @@ class Ledger:
             return _BUSY
         changed = self._check
         changes: dict[bytes, tuple[int, int]] = {}
-        result, _ = self._apply(tx, self._addresses.get(tx.sender), changed, changes, {}, {}, 0)
+        sender = self._addresses.get(tx.sender)
+        result, _ = self._apply(tx, sender, changed, changes, {}, {}, 0, self._ic_check)
         if result.ok:
             changed.update(changes)
         return result
@@ -338,6 +348,7 @@ class Ledger:
             removal = self._remove_equivocator(ev, validators_changed, len(updates))
             if removal is not None:
                 updates.append(removal)
+        ic = interchain.Overlay(self._interchain, header.time_ms, header.chain_id)
         results: list[TxResult] = []
         append = results.append
         address_of = self._addresses.get
@@ -359,6 +370,7 @@ class Ledger:
                         validators_changed,
                         members_changed,
                         len(updates),
+                        ic,
                     )
                     if update is not None:
                         updates.append(update)
@@ -387,6 +399,7 @@ class Ledger:
         writes += validator_writes(validators_changed)
         writes += member_writes(members_changed)
         writes += [(KEY_CONVICTED + key, b"") for key in convicted]
+        writes += ic.writes.items()
         writes.sort()
         return BlockExecution(
             height=header.height,
@@ -426,6 +439,7 @@ class Ledger:
         validators_changed: dict[bytes, int],
         members_changed: dict[bytes, bool],
         update_count: int,
+        ic: interchain.Overlay,
     ) -> tuple[TxResult, ValidatorUpdate | None]:
         """The general rules for one transaction, reading `view` over committed state."""
         accounts = self._accounts
@@ -453,6 +467,8 @@ class Ledger:
             if isinstance(outcome, TxResult):
                 return outcome, None
             return _OK, outcome
+        if obj[0] in interchain.OPERATIONS:
+            return self._interchain_op(obj, sender, balance, nonce, account, changes, ic), None
         if obj[0] == "set_member":
             if sender != self._admin:
                 return _ADMIN_MEMBER_FAIL, None
@@ -461,6 +477,33 @@ class Ledger:
             refused = apply_member_update(frozenset(self._members), members_changed, obj[1], obj[2])
             return (_OK if refused is None else refused), None
         return bad_payload(f"unknown operation {obj[0][:32]!r}"), None
+
+    def _interchain_op(
+        self,
+        obj: tuple[Any, ...],
+        sender: bytes,
+        balance: int,
+        nonce: int,
+        account: Any,
+        changes: dict[bytes, tuple[int, int]],
+        ic: interchain.Overlay,
+    ) -> TxResult:
+        """send_out, client_create, client_update, receive: apps/interchain.py checks them,
+        the ledger moves the balance (a send_out's debit, its escrow's or a receipt's credit)."""
+        outcome = interchain.apply(obj, self._admin is not None and sender == self._admin, ic)
+        if isinstance(outcome, TxResult):
+            return outcome
+        if outcome.debit > balance:
+            return _FUNDS_FAIL
+        changes[sender] = (balance - outcome.debit, nonce + 1)
+        if outcome.credit:
+            to_balance, to_nonce = account(outcome.credit_to)
+            if to_balance + outcome.credit > BALANCE_MAX:
+                changes[sender] = (balance, nonce + 1)
+                return _AMOUNT_FAIL
+            changes[outcome.credit_to] = (to_balance + outcome.credit, to_nonce)
+        ic.accept(outcome)
+        return _OK
 
     @staticmethod
     def _transfer(
@@ -503,9 +546,13 @@ class Ledger:
                 self._convicted.add(key[1:])
             elif key[:1] == KEY_MEMBER:
                 commit_member_write(key, value, self._members)
+            elif interchain.is_key(key):
+                assert value is not None, "interchain keys are never deleted"
+                self._interchain[key] = value
         self._app_hash = self._versions.commit(execution.state, execution.height).root
         self._height = execution.height
         self._check.clear()
+        self._ic_check = interchain.Overlay(self._interchain)
         return self._app_hash
 
     # ------------------------------------------------------------ queries
@@ -522,4 +569,6 @@ class Ledger:
             return QueryResult(0, value, height=self._height)
         if path == "members":
             return QueryResult(0, encode(sorted(self._members)), height=self._height)
+        if path == interchain.QUERY_CLIENT:
+            return interchain.query(self._interchain, path, data, self._height)
         return QueryResult(CODE_BAD_PAYLOAD, log=f"unknown path {path[:32]!r}")

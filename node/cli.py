@@ -433,6 +433,50 @@ def _cmd_version(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- relay
+
+
+def _add_relay(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "relay",
+        help="carry chain A's headers and send_out proofs to chain B",
+        description="Follow chain A (--from), keep chain B's light client of A up to date "
+        "and prove each send_out to B's chain id to B (--to), signing B's transactions with "
+        "--key. --create-client first creates B's client of A from A's latest header (--key "
+        "must then be B's admin). Ctrl-C or SIGTERM stops it cleanly.",
+    )
+    p.add_argument("--from", dest="source", required=True, metavar="URL", help="chain A's API")
+    p.add_argument("--to", dest="destination", required=True, metavar="URL", help="chain B's API")
+    p.add_argument("--key", required=True, type=Path, help="key file that signs on chain B")
+    p.add_argument("--once", action="store_true", help="one pass, then exit")
+    p.add_argument("--create-client", action="store_true", help="create B's client of A first")
+    p.add_argument(
+        "--trusting-period-ms",
+        type=int,
+        default=None,
+        help="with --create-client (default: 14 days)",
+    )
+    p.add_argument("--from-height", type=int, default=None, help="first height of A to scan")
+    p.add_argument("--log-level", choices=tuple(LEVELS), default="info")
+    p.add_argument("--log-format", choices=FORMATS, default="auto")
+    p.set_defaults(handler=_cmd_relay)
+
+
+def _cmd_relay(ns: argparse.Namespace) -> int:
+    from node.relay import main as relay_main
+
+    configure_logging(ns.log_level, ns.log_format)
+    return relay_main(
+        ns.source,
+        ns.destination,
+        load_key(ns.key),
+        once=ns.once,
+        create_client=ns.create_client,
+        trusting_period_ms=ns.trusting_period_ms,
+        from_height=ns.from_height,
+    )
+
+
 def _add_client(sub: argparse._SubParsersAction[_Parser]) -> None:
     from node.client import add_commands
 
@@ -531,5 +575,6 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[_Parser]], None], ...] = (
     _add_client,
     _add_proof,
     _add_verify_proof,
+    _add_relay,
     _add_version,
 )

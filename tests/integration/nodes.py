@@ -283,6 +283,7 @@ def create_testnet(
     consensus: ConsensusConfig = FAST_CONSENSUS,
     hosts: Sequence[str] = (),
     crypto: str = DEFAULT_SUITE.name,
+    chain_id: str | None = None,
 ) -> Testnet:
     """`archipelago testnet` into root on free ports (of `hosts`, when given), then each
     config's [consensus] set.
@@ -305,6 +306,7 @@ def create_testnet(
         *(["--hosts", ",".join(hosts)] if hosts else []),
         "--crypto",
         crypto,
+        *(["--chain-id", chain_id] if chain_id else []),
     )
     assert result.returncode == 0, result.stderr
     homes = [root / f"node{i}" for i in range(validators)]

@@ -1,0 +1,87 @@
+"""The relay's plan through changing validator sets, against a real ledger as chain B.
+
+Chain A here is the light client tests' chain (tests/unit/consensus/test_light.py:
+a validator set that moves one key every 3 heights, so after a dozen heights none
+of the first set is left), served through the API paths the relay reads; chain B
+is a real `Ledger` with a client of A that executes each transaction the relay
+submits. What this proves: the relay moves B's client across heights whose
+signers hold too little of the trusted set by bisecting (every step it submits
+is one B accepts), and goes no further than the height it needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from apps.interchain import QUERY_CLIENT, client_create_payload
+from consensus.codec import decode
+from consensus.crypto import PrivateKey
+from consensus.types import Transaction
+from node.relay import Api, Client, Relay
+from tests.unit.apps.test_interchain import ADMIN, HOUR_MS, ChainB
+from tests.unit.consensus import test_light
+
+RELAYER = PrivateKey(b"\x41" * 32)
+
+
+class FakeA(Api):
+    """The light-test chain, as `/commit/{h}` and `/validators?height=` serve it."""
+
+    def __init__(self) -> None:
+        super().__init__("http://a.invalid", httpx.Client())
+        self.fetched: list[int] = []
+
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        if path.startswith("/commit/"):
+            height = int(path.removeprefix("/commit/"))
+            self.fetched.append(height)
+            block = test_light.at(height)
+            return 200, {
+                "header_encoded": block.header.encode().hex(),
+                "commit": {"encoded": block.commit.encode().hex()},
+                "validators_encoded": block.validators.encode().hex(),
+            }
+        if path.startswith("/validators?height="):
+            height = int(path.removeprefix("/validators?height="))
+            return 200, {"encoded": test_light.at(height - 1).next_validators.encode().hex()}
+        raise AssertionError(f"unexpected {method} {path}")
+
+
+class FakeB(Api):
+    """A real ledger: each submitted transaction is executed in a block of its own."""
+
+    def __init__(self, chain: ChainB) -> None:
+        super().__init__("http://b.invalid", httpx.Client())
+        self.chain = chain
+        self.codes: list[int] = []
+
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        if path.startswith("/account/"):
+            nonce = decode(self.chain.app.query("account", RELAYER.address).value)[1]
+            return 200, {"nonce": nonce}
+        if path == "/tx?wait=commit":
+            tx = Transaction.decode(bytes.fromhex(kwargs["json"]["tx"]))
+            (result,) = self.chain.run([tx], test_light.NOW)
+            self.codes.append(result.code)
+            return 200, {"result": {"code": result.code, "log": result.log}}
+        raise AssertionError(f"unexpected {method} {path}")
+
+
+def test_the_relay_bisects_to_a_height_a_skip_cannot_reach_and_b_accepts_every_step() -> None:
+    """From height 1 to 40 (no key of height 1's set signs 40), the relay submits a chain
+    of updates, each accepted by B, ending at 40 exactly, with fewer than 39 steps."""
+    b = ChainB()
+    create = b.tx(ADMIN, client_create_payload(test_light.at(1), HOUR_MS))
+    assert b.run([create], test_light.NOW)[0].ok
+    a, fake_b = FakeA(), FakeB(b)
+    relay = Relay(a, fake_b, RELAYER, now_ms=lambda: test_light.NOW)
+    relay.chain_a, relay.chain_b = test_light.CHAIN, "chain-b"
+    start = Client(HOUR_MS, 1, test_light.at(1).header.time_ms)
+    after = relay.update_client(start, 40)
+    assert after.height == 40
+    assert fake_b.codes and set(fake_b.codes) == {0}
+    assert 1 < len(fake_b.codes) < 39, fake_b.codes
+    client = decode(b.app.query(QUERY_CLIENT, test_light.CHAIN.encode()).value)
+    assert client[2] == 40
