@@ -39,7 +39,7 @@ from consensus.app import (
 from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis
-from consensus.types import DuplicateVoteEvidence, Header, Transaction
+from consensus.types import Evidence, Header, Transaction
 
 __all__ = ["KEY_BYTES_MAX", "VALUE_BYTES_MAX", "KVStore", "set_tx"]
 
@@ -143,7 +143,7 @@ class KVStore:
         self,
         header: Header,
         txs: Iterable[Transaction],
-        evidence: Sequence[DuplicateVoteEvidence],
+        evidence: Sequence[Evidence],
     ) -> BlockExecution:
         data_changed: dict[bytes, bytes] = {}
         nonces_changed: dict[bytes, int] = {}

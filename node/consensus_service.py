@@ -26,11 +26,12 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from consensus.types import Block, Commit
+from consensus.attack import AttackCheck, AttackInvalid
+from consensus.types import Block, Commit, Evidence, LightClientAttackEvidence
 from consensus.validation import BlockInvalid
 from network import BLOCKSYNC, CONSENSUS
 from node.clock import now_ms
-from node.driver import Driver
+from node.driver import CLIENT_PEER, Driver
 from node.effects import (
     AnnounceVoterState,
     Apply,
@@ -53,6 +54,7 @@ from node.messages import (
     TAG_DECIDED,
     TAG_SYNC_BLOCK,
     DecidedMsg,
+    EvidenceMsg,
     Message,
     ProposalMsg,
     VoterStateMsg,
@@ -174,6 +176,7 @@ class ConsensusService:
             wal=res.wal,
             config=driver_config,
             validators_at=res.store.load_validators,
+            commit_at=res.store.load_commit,
             now=trio.current_time(),
             txs_waiting=lambda: len(res.mempool) > 0,
         )
@@ -256,6 +259,8 @@ class ConsensusService:
                     # loop; the block remembers the answer for the driver's check. A
                     # block of another height is not hashed: the driver has no use for it.
                     await trio.to_thread.run_sync(msg.block.body_error)
+                elif isinstance(msg, EvidenceMsg):
+                    await self._verify_light_attack_off_loop(msg.evidence)
                 self._handling = (payload, digest)
                 try:
                     effects = driver.on_message(peer, msg, payload, trio.current_time())
@@ -271,6 +276,46 @@ class ConsensusService:
                     height=self.res.chain.state.last_height,
                 )
             self._progress_metrics()
+
+    async def _verify_light_attack_off_loop(self, evidence: Evidence) -> None:
+        """Verify a light-client attack's signatures in a worker thread (up to one per
+        validator), once the driver's cheap checks pass; the evidence remembers the
+        answer for the driver. Anything else is left to the driver."""
+        driver = self.driver
+        if (
+            isinstance(evidence, LightClientAttackEvidence)
+            and not driver.is_known_evidence(evidence)
+            and not isinstance(driver.screen_light_attack(evidence), AttackInvalid)
+        ):
+            await trio.to_thread.run_sync(evidence.signature_error, driver.chain_id)
+
+    async def submit_evidence(self, evidence: Evidence) -> str | None:
+        """Evidence a client sent (node/rpc.py): None if it is new and valid, and queued for
+        the driver to pool and gossip; else why not ("known: ...", "busy: ...", or the
+        failed check). Signatures are verified off the event loop, after the cheap checks."""
+        driver = self.driver
+        if driver.is_known_evidence(evidence):
+            return "known: this evidence is pending or committed already"
+        if isinstance(evidence, LightClientAttackEvidence):
+            screened = driver.screen_light_attack(evidence)
+            if isinstance(screened, AttackInvalid):
+                return str(screened)
+            error = await trio.to_thread.run_sync(evidence.signature_error, driver.chain_id)
+            if error is not None:
+                return f"{AttackCheck.SIGNATURE.value}: {error}"
+        else:
+            validators = self.res.store.load_validators(evidence.height)
+            if validators is None or evidence.height > driver.state.last_height:
+                return f"height: {evidence.height} is not committed here"
+            reason = evidence.verify(driver.chain_id, validators)
+            if reason is not None:
+                return f"duplicate vote: {reason}"
+        msg = EvidenceMsg(evidence)
+        if not self.inbox.put(CLIENT_PEER, msg, encode_message(msg)):
+            self.dropped_events += 1
+            return "busy: the consensus inbox is full, try again"
+        self._wakeup.set()
+        return None
 
     # ------------------------------------------------------------ effects
 
@@ -398,7 +443,12 @@ class ConsensusService:
         res = self.res
         chain = res.chain
         params = chain.state.params
-        txs = res.mempool.reap(bytes_max=chain.tx_bytes_budget(), txs_max=params.block_txs_max)
+        # The evidence (up to a quarter of the block, node/evidence.py) leaves the rest to txs.
+        evidence_bytes = sum(len(e.encode()) for e in request.evidence)
+        txs = res.mempool.reap(
+            bytes_max=max(0, chain.tx_bytes_budget() - evidence_bytes),
+            txs_max=params.block_txs_max,
+        )
         block = chain.build(
             txs=txs,
             evidence=request.evidence,
