@@ -14,7 +14,7 @@ the run committing blocks, having logged no contained handler failure.
 Two documented answers fall outside schemathesis's default "schema-valid
 requests are accepted" statuses, and CONFIG adds them where they apply:
 
-- 422, on POST /tx, POST /txs and GET /query: the request follows the
+- 422, on POST /tx, POST /txs, POST /evidence and GET /query: the request follows the
   description but its content is refused by the protocol or the application
   (a transaction must decode and carry a valid signature and nonce, which no
   JSON Schema can state; a query path the application does not answer);
@@ -41,12 +41,12 @@ MAX_EXAMPLES = 25
 SEED = 20261202
 REQUEST_TIMEOUT_S = 10.0  # an answer slower than this is a failure: no request may hang
 RUN_DEADLINE_S = 300  # the whole run; about a minute on a quiet 2-core machine
-OPERATIONS = 12  # every (path, method) of node/openapi.py
+OPERATIONS = 13  # every (path, method) of node/openapi.py
 
 _ACCEPTED = '"2xx", "3xx", "401", "403", "404", "409", "429", "5xx"'  # schemathesis's default
 CONFIG = f"""
 [[operations]]
-include-operation-id = ["submitTx", "submitTxs", "query"]
+include-operation-id = ["submitTx", "submitTxs", "submitEvidence", "query"]
 checks.positive_data_acceptance.expected-statuses = [{_ACCEPTED}, "422"]
 
 [[operations]]
