@@ -12,13 +12,14 @@ core in its parallel pass, the node off its event loop).
 
 The checks, each failing with `AttackInvalid` naming its `AttackCheck`:
 
-1. the certificate is for the conflicting header (height and block hash) and
-   the set hashes to the header's `validators_hash`;
-2. the header is of this chain and at a height h the node has the canonical
-   certificate of (h below the last committed height: the certificate of h is
-   in block h + 1), and the evidence is young enough: the block including it
-   is at most `evidence_age_blocks_max` above the common height, as for
+1. the certificate is of the header's height, the header of this chain,
+   at a height h the node has the canonical certificate of (h below the last
+   committed height: the certificate of h is in block h + 1), at or above
+   the common height, and the evidence is young enough: the block including
+   it is at most `evidence_age_blocks_max` above the common height, as for
    duplicate votes;
+2. the certificate is for the header's block hash and the set hashes to
+   the header's `validators_hash`;
 3. the node's block at h is another one (the canonical certificate names
    another block hash);
 4. the certificate holds more than 2/3 of the conflicting set's power;
@@ -131,14 +132,10 @@ def screen_light_attack(ev: LightClientAttackEvidence, chain: ChainView) -> Scre
         ev.conflicting_validators,
     )
     h = header.height
+    # Integers and short strings first: evidence this node cannot judge (or that
+    # is too old) costs no hashing of its header or set.
     if commit.height != h:
         raise AttackInvalid(AttackCheck.COMMIT_HEIGHT, f"{commit.height}, header {h}")
-    if commit.block_hash != header.hash:
-        raise AttackInvalid(AttackCheck.COMMIT_BLOCK, "the certificate names another block")
-    if conflicting.hash != header.validators_hash:
-        raise AttackInvalid(
-            AttackCheck.VALIDATORS_HASH, "the set given does not hash to the header's"
-        )
     if header.chain_id != chain.chain_id:
         raise AttackInvalid(
             AttackCheck.CHAIN_ID, f"{header.chain_id!r}, expected {chain.chain_id!r}"
@@ -156,6 +153,12 @@ def screen_light_attack(ev: LightClientAttackEvidence, chain: ChainView) -> Scre
             AttackCheck.TOO_OLD,
             f"common height {ev.common_height}, {chain.next_height - ev.common_height} blocks "
             f"before {chain.next_height}, limit {chain.evidence_age_blocks_max}",
+        )
+    if commit.block_hash != header.hash:
+        raise AttackInvalid(AttackCheck.COMMIT_BLOCK, "the certificate names another block")
+    if conflicting.hash != header.validators_hash:
+        raise AttackInvalid(
+            AttackCheck.VALIDATORS_HASH, "the set given does not hash to the header's"
         )
     ours = chain.commit_at(h)
     own_set = chain.validators_at(h)

@@ -278,16 +278,20 @@ class ConsensusService:
             self._progress_metrics()
 
     async def _verify_light_attack_off_loop(self, evidence: Evidence) -> None:
-        """Verify a light-client attack's signatures in a worker thread (up to one per
-        validator), once the driver's cheap checks pass; the evidence remembers the
-        answer for the driver. Anything else is left to the driver."""
+        """Judge a light-client attack in a worker thread: the driver's screen (hashing
+        a set of up to 1,000), then, only if it passes, the signatures (up to one per
+        validator). The driver and the evidence remember the answers for the driver's
+        own call. Anything else is left to the driver."""
+        if isinstance(evidence, LightClientAttackEvidence):
+            await trio.to_thread.run_sync(self._prejudge, evidence)
+
+    def _prejudge(self, evidence: LightClientAttackEvidence) -> None:
+        """In a worker thread, while the loop awaits it (the driver does not move)."""
         driver = self.driver
-        if (
-            isinstance(evidence, LightClientAttackEvidence)
-            and not driver.is_known_evidence(evidence)
-            and not isinstance(driver.screen_light_attack(evidence), AttackInvalid)
-        ):
-            await trio.to_thread.run_sync(evidence.signature_error, driver.chain_id)
+        if driver.is_known_evidence(evidence):
+            return
+        if not isinstance(driver.screen_light_attack(evidence), AttackInvalid):
+            evidence.signature_error(driver.chain_id)
 
     async def submit_evidence(self, evidence: Evidence) -> str | None:
         """Evidence a client sent (node/rpc.py): None if it is new and valid, and queued for
@@ -297,7 +301,10 @@ class ConsensusService:
         if driver.is_known_evidence(evidence):
             return "known: this evidence is pending or committed already"
         if isinstance(evidence, LightClientAttackEvidence):
-            screened = driver.screen_light_attack(evidence)
+            # In a worker thread: the screen hashes a set of up to 1,000 validators. It
+            # reads the driver's state once and the store; the driver may move meanwhile
+            # (it judges the evidence again at its own height).
+            screened = await trio.to_thread.run_sync(driver.screen_light_attack, evidence)
             if isinstance(screened, AttackInvalid):
                 return str(screened)
             error = await trio.to_thread.run_sync(evidence.signature_error, driver.chain_id)
