@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consensus.types import HEIGHT_MAX, ROUND_MAX, TIME_MS_MAX
+from consensus.types import HEIGHT_MAX, ROUND_MAX, TIME_MS_MAX, LightClientAttackEvidence
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -463,7 +463,8 @@ _EVIDENCE_REQUEST_BODY = {
                     "evidence": {
                         "type": "string",
                         "pattern": "^([0-9a-fA-F]{2})*$",
-                        "maxLength": 2 * 167_232,  # node/rpc.py HEX_EVIDENCE_CHARS_MAX
+                        # node/rpc.py HEX_EVIDENCE_CHARS_MAX
+                        "maxLength": 2 * LightClientAttackEvidence.BYTES_MAX,
                         "description": "the canonical encoding of the evidence, hex",
                     }
                 },
