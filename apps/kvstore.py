@@ -40,7 +40,7 @@ from consensus.codec import decode, encode
 from consensus.crypto import PrivateKey
 from consensus.genesis import Genesis
 from consensus.statetree import CHAIN_KEY, StateTree, StateVersions, chain_value
-from consensus.types import DuplicateVoteEvidence, Header, Transaction
+from consensus.types import Evidence, Header, Transaction
 
 __all__ = ["KEY_BYTES_MAX", "VALUE_BYTES_MAX", "KVStore", "set_tx"]
 
@@ -164,7 +164,7 @@ class KVStore:
         self,
         header: Header,
         txs: Iterable[Transaction],
-        evidence: Sequence[DuplicateVoteEvidence],
+        evidence: Sequence[Evidence],
     ) -> BlockExecution:
         data_changed: dict[bytes, bytes] = {}
         nonces_changed: dict[bytes, int] = {}

@@ -48,7 +48,14 @@ from consensus.codec import decode, encode
 from consensus.crypto import ADDRESS_BYTES, PrivateKey, address_of
 from consensus.genesis import Genesis
 from consensus.statetree import CHAIN_KEY, StateTree, StateVersions, chain_value
-from consensus.types import DuplicateVoteEvidence, Header, Transaction, Validator, ValidatorSet
+from consensus.types import (
+    Evidence,
+    Header,
+    LightClientAttackEvidence,
+    Transaction,
+    Validator,
+    ValidatorSet,
+)
 
 __all__ = [
     "BALANCE_MAX",
@@ -326,13 +333,15 @@ class Ledger:
         self,
         header: Header,
         txs: Iterable[Transaction],
-        evidence: Sequence[DuplicateVoteEvidence],
+        evidence: Sequence[Evidence],
     ) -> BlockExecution:
         """Apply each transaction in order to an overlay.
 
         Evidence of equivocation removes the offending validator from the set
         (power 0, effective at height + 2, like any validator update) unless
         it is the last one; the admin may add it back with `set_validator`.
+        Light-client-attack evidence removes each validator it names (the
+        validation core checked the list against the chain) the same way.
         """
         accounts = self._accounts
         changed: dict[bytes, tuple[int, int]] = {}
@@ -345,9 +354,15 @@ class Ledger:
             if key in self._convicted or key in convicted:
                 continue  # acted on already: the same evidence never removes twice
             convicted.append(key)
-            removal = self._remove_equivocator(ev, validators_changed, len(updates))
-            if removal is not None:
-                updates.append(removal)
+            accused = (
+                ev.byzantine_validators
+                if isinstance(ev, LightClientAttackEvidence)
+                else (ev.validator_address,)
+            )
+            for address in accused:
+                removal = self._remove_equivocator(address, validators_changed, len(updates))
+                if removal is not None:
+                    updates.append(removal)
         ic = interchain.Overlay(self._interchain, header.time_ms, header.chain_id)
         results: list[TxResult] = []
         append = results.append
@@ -411,10 +426,10 @@ class Ledger:
         )
 
     def _remove_equivocator(
-        self, evidence: DuplicateVoteEvidence, changed: dict[bytes, int], update_count: int
+        self, address: bytes, changed: dict[bytes, int], update_count: int
     ) -> ValidatorUpdate | None:
         for public_key in self._validators:
-            if address_of(public_key) == evidence.validator_address:
+            if address_of(public_key) == address:
                 outcome = apply_validator_update(
                     self._validators, changed, update_count, public_key, 0
                 )

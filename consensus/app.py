@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from consensus import merkle
 from consensus.codec import encode
 from consensus.statetree import PendingTree, StateTree
-from consensus.types import DuplicateVoteEvidence, Header, Transaction
+from consensus.types import Evidence, Header, Transaction
 
 __all__ = [
     "CODE_OK",
@@ -136,7 +136,7 @@ class Application(Protocol):
         self,
         header: Header,
         txs: Iterable[Transaction],
-        evidence: Sequence[DuplicateVoteEvidence],
+        evidence: Sequence[Evidence],
     ) -> BlockExecution:
         """Run a block on the committed state. `txs` is iterated once, in order.
 

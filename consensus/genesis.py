@@ -178,9 +178,7 @@ class Genesis:
             validators.append(GenesisValidator(name, pk, power))
         app_state = _gfield(obj, "app_state", dict)
         members = _members_from(obj.get("members", []))
-        genesis = cls(
-            chain_id, time_ms, tuple(validators), app, app_state, params, members, crypto
-        )
+        genesis = cls(chain_id, time_ms, tuple(validators), app, app_state, params, members, crypto)
         try:
             genesis.validator_set  # noqa: B018  (checks count and duplicates)
         except DecodeError as e:

@@ -20,7 +20,8 @@ chain's unbonding time) cannot vouch for anything. `verify_to` bisects from
 a trusted header to a target height through a `fetch` callback, and
 `conflict` tells two verified headers of one height apart: proof that the
 chain's validators forked it (light-client attack), with the validators who
-signed both.
+signed both; `attack_evidence` turns one of them into the evidence full nodes
+accept, gossip and commit (consensus/attack.py says how they judge it).
 
 Pure: the caller passes the time and fetches light blocks; each failed check
 raises `LightError` naming it (`Check`).
@@ -33,7 +34,13 @@ from dataclasses import dataclass
 from enum import Enum
 
 from consensus.crypto import verify
-from consensus.types import Commit, Header, ValidatorSet, precommit_sign_bytes
+from consensus.types import (
+    Commit,
+    Header,
+    LightClientAttackEvidence,
+    ValidatorSet,
+    precommit_sign_bytes,
+)
 
 __all__ = [
     "Check",
@@ -41,6 +48,7 @@ __all__ = [
     "LightBlock",
     "LightError",
     "TrustOptions",
+    "attack_evidence",
     "conflict",
     "verify_adjacent",
     "verify_light_block",
@@ -221,6 +229,45 @@ def conflict(a: LightBlock, b: LightBlock, chain_id: str) -> Conflict | None:
     signed_a = {a.validators[s.validator_index].address for s in a.commit.signatures}
     signed_b = {b.validators[s.validator_index].address for s in b.commit.signatures}
     return Conflict(a.height, a, b, tuple(sorted(signed_a & signed_b)))
+
+
+def attack_evidence(
+    common: LightBlock, conflicting: LightBlock, chain_block: LightBlock
+) -> LightClientAttackEvidence:
+    """The evidence, for full nodes whose block at that height is `chain_block`, of `conflicting`.
+
+    `common` is the last light block both chains share (a height at or below
+    the conflict's, verified on the way to both). When `conflicting` names the
+    validator set of `chain_block` it is an equivocation by that set: the
+    common height is the conflict's and the accused are the validators in
+    both certificates when they are of one round (none when the rounds differ:
+    amnesia). Otherwise it is a lunatic attack from `common`: the accused are
+    the validators of `common`'s set that signed `conflicting`. Full nodes
+    derive the same list from their own chain, so `chain_block.commit` must be
+    the canonical certificate (`/commit/{h}` once block h + 1 is committed).
+    """
+    h = conflicting.height
+    assert chain_block.height == h and common.height <= h, "heights of one conflict"
+    assert conflicting.header.hash != chain_block.header.hash, "the headers conflict"
+    signed = conflicting.commit.signatures
+    if conflicting.header.validators_hash == chain_block.header.validators_hash:
+        common_height = h
+        accused: set[bytes] = set()
+        if conflicting.commit.round == chain_block.commit.round:
+            ours = {s.validator_index for s in chain_block.commit.signatures}
+            accused = {conflicting.validators[s.validator_index].address for s in signed}
+            accused &= {chain_block.validators[i].address for i in ours}
+    else:
+        common_height = common.height
+        addresses = {conflicting.validators[s.validator_index].address for s in signed}
+        accused = {v.address for v in common.validators if v.address in addresses}
+    return LightClientAttackEvidence(
+        conflicting.header,
+        conflicting.commit,
+        conflicting.validators,
+        common_height,
+        tuple(sorted(accused)),
+    )
 
 
 # ---------------------------------------------------------------- the checks

@@ -43,15 +43,19 @@ __all__ = [
     "CommitSig",
     "DecodeError",
     "DuplicateVoteEvidence",
+    "Evidence",
     "Header",
+    "LightClientAttackEvidence",
     "Proposal",
     "Transaction",
     "Validator",
     "ValidatorSet",
     "Vote",
     "VoteType",
+    "decode_evidence",
     "precommit_sign_bytes",
     "proposal_sign_bytes",
+    "read_evidence",
     "tx_sign_bytes",
     "vote_sign_bytes",
 ]
@@ -506,9 +510,16 @@ class DuplicateVoteEvidence(Canonical):
     def to_obj(self) -> list[Any]:
         return [self.vote_a.to_obj(), self.vote_b.to_obj()]
 
+    FIELDS: ClassVar[int] = 2
+
     @classmethod
     def read(cls, r: Reader) -> DuplicateVoteEvidence:
-        r.array("evidence", length=2)
+        r.array("evidence", length=cls.FIELDS)
+        return cls.read_fields(r)
+
+    @classmethod
+    def read_fields(cls, r: Reader) -> DuplicateVoteEvidence:
+        """The fields after the array header (read_evidence reads it to tell the kind)."""
         ev = cls(Vote.read(r), Vote.read(r))
         reason = ev.structural_error()
         if reason:
@@ -545,6 +556,11 @@ class DuplicateVoteEvidence(Canonical):
 
     @property
     def height(self) -> int:
+        return self.vote_a.height
+
+    @property
+    def age_height(self) -> int:
+        """The height its age is counted from."""
         return self.vote_a.height
 
     @property
@@ -614,6 +630,148 @@ class Header(Canonical):
         )
 
 
+# ---------------------------------------------------------------- light-client attack evidence
+
+
+@dataclass(frozen=True, slots=True)
+class LightClientAttackEvidence(Canonical):
+    """A signed header that conflicts with the chain at its height: a light client was attacked.
+
+    A light client that finds two verified headers for one height
+    (consensus/light.py, `conflict`) sends full nodes the one that is not
+    theirs, with its certificate and validator set, and `common_height`: the
+    last height both chains agree on, whose validator set the full nodes know.
+    What it proves, and how a full node checks it against its own chain
+    alone, is consensus/attack.py (docs/PROTOCOL.md sections 3 and 9.7):
+
+    - equivocation: the conflicting header names our validator set at its
+      height (`common_height` = its height); those who precommitted both
+      blocks in one round double-signed (none is named when the rounds differ:
+      amnesia, which no single signature proves);
+    - lunatic: another validator set, signed by validators of the common
+      height's set holding more than a third of its power (enough for a light
+      client to skip to it); each of them signed a block that is not the chain's.
+
+    `byzantine_validators` (addresses, ascending) names them; a full node
+    accepts the evidence only if it is exactly the set it derives itself, so
+    the application can act on the list without reading the chain.
+    """
+
+    FIELDS: ClassVar[int] = 5
+    # A full set's certificate and set, a header, the list of addresses, and framing.
+    BYTES_MAX: ClassVar[int] = (
+        Header.BYTES_MAX
+        + Commit.BYTES_MAX
+        + ValidatorSet.BYTES_MAX
+        + VALIDATORS_MAX * (ADDRESS_BYTES + 2)
+        + 64
+    )
+
+    conflicting_header: Header
+    conflicting_commit: Commit
+    conflicting_validators: ValidatorSet  # hashes to conflicting_header.validators_hash
+    common_height: int
+    byzantine_validators: tuple[bytes, ...]
+
+    def to_obj(self) -> list[Any]:
+        return [
+            self.conflicting_header.to_obj(),
+            self.conflicting_commit.to_obj(),
+            self.conflicting_validators.to_obj(),
+            self.common_height,
+            list(self.byzantine_validators),
+        ]
+
+    @classmethod
+    def read(cls, r: Reader) -> LightClientAttackEvidence:
+        r.array("light_attack", length=cls.FIELDS)
+        return cls.read_fields(r)
+
+    @classmethod
+    def read_fields(cls, r: Reader) -> LightClientAttackEvidence:
+        """The fields after the array header (read_evidence reads it to tell the kind)."""
+        header = Header.read(r)
+        commit = Commit.read(r)
+        validators = ValidatorSet.read(r)
+        common_height = r.integer("light_attack.common_height", 1, HEIGHT_MAX)
+        byzantine = r.binaries(
+            "light_attack.byzantine_validators", count_max=VALIDATORS_MAX, length_max=ADDRESS_BYTES
+        )
+        if any(len(a) != ADDRESS_BYTES for a in byzantine):
+            raise DecodeError(f"light_attack.byzantine_validators: expected {ADDRESS_BYTES} bytes")
+        if any(a >= b for a, b in itertools.pairwise(byzantine)):
+            raise DecodeError("light_attack.byzantine_validators: not strictly ascending")
+        return cls(header, commit, validators, common_height, byzantine)
+
+    @property
+    def height(self) -> int:
+        """The height of the conflicting header."""
+        return self.conflicting_header.height
+
+    @property
+    def age_height(self) -> int:
+        """The height its age is counted from: the common height, whose set it accuses."""
+        return self.common_height
+
+    def signature_error(self, chain_id: str) -> str | None:
+        """None if every signature of the certificate verifies against the conflicting set.
+
+        Only the signatures, by index into `conflicting_validators` (what
+        consensus/attack.py screens first: sizes, heights, sets, power). The
+        answer is remembered, so a node can compute it off its event loop and
+        use it on it.
+        """
+        cached = self._signatures
+        if cached is not None and cached[0] == chain_id:
+            return cached[1]
+        commit, validators = self.conflicting_commit, self.conflicting_validators
+        message = precommit_sign_bytes(chain_id, commit.height, commit.round, commit.block_hash)
+        error = None
+        for s in commit.signatures:
+            if s.validator_index >= len(validators):
+                error = f"signature by unknown validator index {s.validator_index}"
+                break
+            if not verify(validators[s.validator_index].public_key, message, s.signature):
+                error = f"invalid signature by validator index {s.validator_index}"
+                break
+        object.__setattr__(self, "_signatures", (chain_id, error))
+        return error
+
+    _signatures: tuple[str, str | None] | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
+
+
+Evidence = DuplicateVoteEvidence | LightClientAttackEvidence
+
+
+def read_evidence(r: Reader) -> Evidence:
+    """One evidence item of either kind: the length of its array tells which."""
+    n = r.array("evidence", count_max=LightClientAttackEvidence.FIELDS)
+    if n == DuplicateVoteEvidence.FIELDS:
+        return DuplicateVoteEvidence.read_fields(r)
+    if n == LightClientAttackEvidence.FIELDS:
+        return LightClientAttackEvidence.read_fields(r)
+    raise DecodeError(
+        "evidence: expected an array of 2 fields (duplicate vote) or 5 (light-client attack)"
+    )
+
+
+def decode_evidence(data: bytes) -> Evidence:
+    """The evidence item (either kind) whose canonical encoding is `data`."""
+    return decode_with(
+        data,
+        read_evidence,
+        _encode_evidence,
+        bytes_max=LightClientAttackEvidence.BYTES_MAX,
+        field_bytes_max=SMALL_FIELD_BYTES_MAX,
+    )
+
+
+def _encode_evidence(evidence: Evidence) -> bytes:
+    return evidence.encode()
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
     """A header, the encoded transactions, the previous block's commit and evidence.
@@ -626,7 +784,7 @@ class Block:
     header: Header
     txs: tuple[bytes, ...]
     last_commit: Commit | None  # None exactly at height 1
-    evidence: tuple[DuplicateVoteEvidence, ...] = ()
+    evidence: tuple[Evidence, ...] = ()
     # body_error's answer, once computed (a block's fields never change).
     _body: tuple[str | None] | None = field(
         default=None, init=False, repr=False, compare=False, hash=False
@@ -662,7 +820,7 @@ class Block:
         else:
             last_commit = Commit.read(r)
         n = r.array("block.evidence", count_max=BLOCK_EVIDENCE_MAX)
-        evidence = tuple(DuplicateVoteEvidence.read(r) for _ in range(n))
+        evidence = tuple(read_evidence(r) for _ in range(n))
         return cls(header, txs, last_commit, evidence)
 
     def encode(self) -> bytes:
@@ -719,7 +877,7 @@ def data_hash(txs: Iterable[bytes]) -> bytes:
     return merkle.root(list(txs))
 
 
-def evidence_hash(evidence: Iterable[DuplicateVoteEvidence]) -> bytes:
+def evidence_hash(evidence: Iterable[Evidence]) -> bytes:
     return merkle.root([e.encode() for e in evidence])
 
 

@@ -35,6 +35,7 @@ import msgpack
 
 from consensus import merkle
 from consensus.app import Application, BlockExecution, ValidatorUpdate, results_hash
+from consensus.attack import AttackCheck, AttackInvalid, ChainView, screen_light_attack
 from consensus.codec import DecodeError, encode
 from consensus.crypto import SIGNATURE_BYTES, active
 from consensus.sigverify import CHUNK_ITEMS, CachedTx, SigItem, SignatureVerifier, VerifyPass
@@ -47,7 +48,9 @@ from consensus.types import (
     Block,
     Commit,
     DuplicateVoteEvidence,
+    Evidence,
     Header,
+    LightClientAttackEvidence,
     Transaction,
     Validator,
     ValidatorSet,
@@ -157,7 +160,7 @@ def build_block(
     time_ms: int,
     proposer_address: bytes,
     last_commit: Commit | None,
-    evidence: Sequence[DuplicateVoteEvidence] = (),
+    evidence: Sequence[Evidence] = (),
 ) -> Block:
     """The block a proposer makes on `state` from encoded transactions (no validation)."""
     header = Header(
@@ -185,17 +188,20 @@ def validate_block(
     *,
     now_ms: int,
     validators_at: Callable[[int], ValidatorSet | None] | None = None,
+    commit_at: Callable[[int], Commit | None] | None = None,
 ) -> ValidatedBlock:
     """Validate `block` as the next block after `state`; BlockInvalid names the first fault.
 
     `now_ms` is the node's clock (for the drift bound) and `validators_at(height)`
     the validator set of an earlier height, for evidence (by default only heights
-    `last_height` and `last_height + 1` are known). The header's proposer must be a
+    `last_height` and `last_height + 1` are known); `commit_at(height)` the
+    canonical certificate of an earlier height, for light-client-attack evidence
+    (without it, such evidence is invalid here). The header's proposer must be a
     validator of the height; which round's proposer it must be depends on the round
     the block is proposed or committed in, which the state machine checks
     (`ConsensusMachine.screen`). The application's committed state is not changed.
     """
-    return _validate(block, state, app, verifier, now_ms, validators_at, None)
+    return _validate(block, state, app, verifier, now_ms, validators_at, commit_at, None)
 
 
 def verify_commit(
@@ -222,6 +228,7 @@ def _validate(
     verifier: SignatureVerifier,
     now_ms: int,
     validators_at: Callable[[int], ValidatorSet | None] | None,
+    commit_at: Callable[[int], Commit | None] | None,
     encoded_bytes: int | None,
 ) -> ValidatedBlock:
     if not isinstance(block, Block):
@@ -238,7 +245,7 @@ def _validate(
         )
     _check_header(block, state, now_ms)
     commit_items = _last_commit_items(block, state)
-    evidence_items = _evidence_items(block, state, validators_at)
+    evidence_items = _evidence_items(block, state, validators_at, commit_at)
     return _run_pass(block, state, app, verifier, commit_items + evidence_items)
 
 
@@ -341,45 +348,92 @@ def _raise_commit_signature(commit: Commit, position: int) -> None:
     )
 
 
-# Evidence item tags sit below every commit tag (commit positions < VALIDATORS_MAX).
+# Evidence item tags sit below every commit tag (commit positions < VALIDATORS_MAX);
+# each item has room for a signature per validator (a light-client attack's certificate).
 _EVIDENCE_TAG_BASE = -1 - VALIDATORS_MAX
+_EVIDENCE_TAGS_PER_ITEM = VALIDATORS_MAX
 
 
 def _evidence_items(
     block: Block,
     state: ChainState,
     validators_at: Callable[[int], ValidatorSet | None] | None,
+    commit_at: Callable[[int], Commit | None] | None,
 ) -> list[SigItem]:
     items: list[SigItem] = []
     seen: set[bytes] = set()
-    height = block.header.height
     for position, ev in enumerate(block.evidence):
         where = f"evidence[{position}]"
-        reason = ev.structural_error()
-        if reason:
-            raise BlockInvalid(Reason.EVIDENCE_INVALID, where, reason)
         if ev.hash in seen:
             raise BlockInvalid(Reason.EVIDENCE_DUPLICATE, where)
         seen.add(ev.hash)
-        if ev.height >= height:
-            raise BlockInvalid(Reason.EVIDENCE_INVALID, where, "not from an earlier height")
-        if height - ev.height > state.params.evidence_age_blocks_max:
-            raise BlockInvalid(Reason.EVIDENCE_TOO_OLD, where, f"from height {ev.height}")
-        vset = _validators_at(state, validators_at, ev.height)
-        if vset is None:
-            raise BlockInvalid(
-                Reason.EVIDENCE_INVALID, where, f"validator set at {ev.height} unknown"
-            )
-        index = vset.index_of(ev.validator_address)
-        if index is None or index != ev.vote_a.validator_index:
-            raise BlockInvalid(Reason.EVIDENCE_INVALID, where, "validator not in the set")
-        pk = vset[index].public_key
-        for k, vote in enumerate((ev.vote_a, ev.vote_b)):
-            if len(vote.signature) != SIGNATURE_BYTES:
-                raise BlockInvalid(Reason.EVIDENCE_BAD_SIGNATURE, where, "not 64 bytes")
-            tag = _EVIDENCE_TAG_BASE - 2 * position - k
-            items.append((tag, pk, vote.sign_bytes(state.chain_id), vote.signature))
+        tag = _EVIDENCE_TAG_BASE - _EVIDENCE_TAGS_PER_ITEM * position
+        if isinstance(ev, LightClientAttackEvidence):
+            items += _light_attack_items(ev, state, validators_at, commit_at, where, tag)
+        else:
+            items += _duplicate_vote_items(ev, block, state, validators_at, where, tag)
     return items
+
+
+def _duplicate_vote_items(
+    ev: DuplicateVoteEvidence,
+    block: Block,
+    state: ChainState,
+    validators_at: Callable[[int], ValidatorSet | None] | None,
+    where: str,
+    tag: int,
+) -> list[SigItem]:
+    height = block.header.height
+    reason = ev.structural_error()
+    if reason:
+        raise BlockInvalid(Reason.EVIDENCE_INVALID, where, reason)
+    if ev.height >= height:
+        raise BlockInvalid(Reason.EVIDENCE_INVALID, where, "not from an earlier height")
+    if height - ev.height > state.params.evidence_age_blocks_max:
+        raise BlockInvalid(Reason.EVIDENCE_TOO_OLD, where, f"from height {ev.height}")
+    vset = _validators_at(state, validators_at, ev.height)
+    if vset is None:
+        raise BlockInvalid(Reason.EVIDENCE_INVALID, where, f"validator set at {ev.height} unknown")
+    index = vset.index_of(ev.validator_address)
+    if index is None or index != ev.vote_a.validator_index:
+        raise BlockInvalid(Reason.EVIDENCE_INVALID, where, "validator not in the set")
+    pk = vset[index].public_key
+    items: list[SigItem] = []
+    for k, vote in enumerate((ev.vote_a, ev.vote_b)):
+        if len(vote.signature) != SIGNATURE_BYTES:
+            raise BlockInvalid(Reason.EVIDENCE_BAD_SIGNATURE, where, "not 64 bytes")
+        items.append((tag - k, pk, vote.sign_bytes(state.chain_id), vote.signature))
+    return items
+
+
+def _light_attack_items(
+    ev: LightClientAttackEvidence,
+    state: ChainState,
+    validators_at: Callable[[int], ValidatorSet | None] | None,
+    commit_at: Callable[[int], Commit | None] | None,
+    where: str,
+    tag: int,
+) -> list[SigItem]:
+    """consensus/attack.py's checks but the signatures, which join the block's parallel pass."""
+    chain = ChainView(
+        chain_id=state.chain_id,
+        next_height=state.last_height + 1,
+        evidence_age_blocks_max=state.params.evidence_age_blocks_max,
+        validators_at=lambda h: _validators_at(state, validators_at, h),
+        commit_at=commit_at or _no_commit,
+    )
+    try:
+        screened = screen_light_attack(ev, chain)
+    except AttackInvalid as e:
+        reason = (
+            Reason.EVIDENCE_TOO_OLD if e.check is AttackCheck.TOO_OLD else Reason.EVIDENCE_INVALID
+        )
+        raise BlockInvalid(reason, where, str(e)) from None
+    return [(tag - k, *item) for k, item in enumerate(screened.items)]
+
+
+def _no_commit(height: int) -> Commit | None:
+    return None
 
 
 def _validators_at(
@@ -727,7 +781,7 @@ def _run_pass(
             _raise_commit_signature(block.last_commit, -1 - max(commit_failed))
         evidence_failed = [t for t in failed if t <= _EVIDENCE_TAG_BASE]
         if evidence_failed:
-            position = (_EVIDENCE_TAG_BASE - max(evidence_failed)) // 2
+            position = (_EVIDENCE_TAG_BASE - max(evidence_failed)) // _EVIDENCE_TAGS_PER_ITEM
             raise BlockInvalid(Reason.EVIDENCE_BAD_SIGNATURE, f"evidence[{position}]")
     first_bad_sig = min((t for t in failed if t >= 0), default=n)
     if stream.malformed is not None and stream.malformed[0] <= first_bad_sig:

@@ -29,7 +29,7 @@ from consensus.proposer import ProposerSchedule
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
 from consensus.statetree import StateCorrupt
-from consensus.types import TIME_MS_MAX, Block, Commit, DuplicateVoteEvidence, Transaction
+from consensus.types import TIME_MS_MAX, Block, Commit, Evidence, Transaction
 from consensus.validation import (
     BlockInvalid,
     Reason,
@@ -121,7 +121,7 @@ class Chain:
         self,
         *,
         txs: Sequence[bytes],
-        evidence: Sequence[DuplicateVoteEvidence],
+        evidence: Sequence[Evidence],
         time_ms: int,
         proposer_address: bytes,
         last_commit: Commit | None = None,
@@ -165,6 +165,7 @@ class Chain:
             self.verifier,
             now_ms=now_ms() if now is None else now,
             validators_at=self.store.load_validators,
+            commit_at=self.store.load_commit,
         )
         if len(self._validated) >= VALIDATED_CACHE_BLOCKS_MAX:
             self._validated.pop(next(iter(self._validated)))

@@ -26,11 +26,12 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from consensus.types import Block, Commit
+from consensus.attack import AttackCheck, AttackInvalid
+from consensus.types import Block, Commit, Evidence, LightClientAttackEvidence
 from consensus.validation import BlockInvalid
 from network import BLOCKSYNC, CONSENSUS
 from node.clock import now_ms
-from node.driver import Driver
+from node.driver import CLIENT_PEER, Driver
 from node.effects import (
     AnnounceVoterState,
     Apply,
@@ -53,6 +54,7 @@ from node.messages import (
     TAG_DECIDED,
     TAG_SYNC_BLOCK,
     DecidedMsg,
+    EvidenceMsg,
     Message,
     ProposalMsg,
     VoterStateMsg,
@@ -174,6 +176,7 @@ class ConsensusService:
             wal=res.wal,
             config=driver_config,
             validators_at=res.store.load_validators,
+            commit_at=res.store.load_commit,
             now=trio.current_time(),
             txs_waiting=lambda: len(res.mempool) > 0,
         )
@@ -256,6 +259,8 @@ class ConsensusService:
                     # loop; the block remembers the answer for the driver's check. A
                     # block of another height is not hashed: the driver has no use for it.
                     await trio.to_thread.run_sync(msg.block.body_error)
+                elif isinstance(msg, EvidenceMsg):
+                    await self._verify_light_attack_off_loop(msg.evidence)
                 self._handling = (payload, digest)
                 try:
                     effects = driver.on_message(peer, msg, payload, trio.current_time())
@@ -271,6 +276,53 @@ class ConsensusService:
                     height=self.res.chain.state.last_height,
                 )
             self._progress_metrics()
+
+    async def _verify_light_attack_off_loop(self, evidence: Evidence) -> None:
+        """Judge a light-client attack in a worker thread: the driver's screen (hashing
+        a set of up to 1,000), then, only if it passes, the signatures (up to one per
+        validator). The driver and the evidence remember the answers for the driver's
+        own call. Anything else is left to the driver."""
+        if isinstance(evidence, LightClientAttackEvidence):
+            await trio.to_thread.run_sync(self._prejudge, evidence)
+
+    def _prejudge(self, evidence: LightClientAttackEvidence) -> None:
+        """In a worker thread, while the loop awaits it (the driver does not move)."""
+        driver = self.driver
+        if driver.is_known_evidence(evidence):
+            return
+        if not isinstance(driver.screen_light_attack(evidence), AttackInvalid):
+            evidence.signature_error(driver.chain_id)
+
+    async def submit_evidence(self, evidence: Evidence) -> str | None:
+        """Evidence a client sent (node/rpc.py): None if it is new and valid, and queued for
+        the driver to pool and gossip; else why not ("known: ...", "busy: ...", or the
+        failed check). Signatures are verified off the event loop, after the cheap checks."""
+        driver = self.driver
+        if driver.is_known_evidence(evidence):
+            return "known: this evidence is pending or committed already"
+        if isinstance(evidence, LightClientAttackEvidence):
+            # In a worker thread: the screen hashes a set of up to 1,000 validators. It
+            # reads the driver's state once and the store; the driver may move meanwhile
+            # (it judges the evidence again at its own height).
+            screened = await trio.to_thread.run_sync(driver.screen_light_attack, evidence)
+            if isinstance(screened, AttackInvalid):
+                return str(screened)
+            error = await trio.to_thread.run_sync(evidence.signature_error, driver.chain_id)
+            if error is not None:
+                return f"{AttackCheck.SIGNATURE.value}: {error}"
+        else:
+            validators = self.res.store.load_validators(evidence.height)
+            if validators is None or evidence.height > driver.state.last_height:
+                return f"height: {evidence.height} is not committed here"
+            reason = evidence.verify(driver.chain_id, validators)
+            if reason is not None:
+                return f"duplicate vote: {reason}"
+        msg = EvidenceMsg(evidence)
+        if not self.inbox.put(CLIENT_PEER, msg, encode_message(msg)):
+            self.dropped_events += 1
+            return "busy: the consensus inbox is full, try again"
+        self._wakeup.set()
+        return None
 
     # ------------------------------------------------------------ effects
 
@@ -398,7 +450,12 @@ class ConsensusService:
         res = self.res
         chain = res.chain
         params = chain.state.params
-        txs = res.mempool.reap(bytes_max=chain.tx_bytes_budget(), txs_max=params.block_txs_max)
+        # The evidence (up to a quarter of the block, node/evidence.py) leaves the rest to txs.
+        evidence_bytes = sum(len(e.encode()) for e in request.evidence)
+        txs = res.mempool.reap(
+            bytes_max=max(0, chain.tx_bytes_budget() - evidence_bytes),
+            txs_max=params.block_txs_max,
+        )
         block = chain.build(
             txs=txs,
             evidence=request.evidence,

@@ -60,6 +60,13 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterable
 
+from consensus.attack import (
+    AttackCheck,
+    AttackInvalid,
+    ChainView,
+    Screened,
+    screen_light_attack,
+)
 from consensus.codec import DecodeError, decode
 from consensus.crypto import verify
 from consensus.events import (
@@ -91,6 +98,8 @@ from consensus.types import (
     Commit,
     CommitSig,
     DuplicateVoteEvidence,
+    Evidence,
+    LightClientAttackEvidence,
     Proposal,
     ValidatorSet,
     Vote,
@@ -170,6 +179,14 @@ def _fault_of(fault: Fault) -> PeerFault:
     )
 
 
+# The origin the API gives evidence a client submitted (node/rpc.py verified it
+# already; never penalised, and excluded from no peer's gossip).
+CLIENT_PEER = "client"
+# Checks that depend on where our chain is, not on the sender's honesty: such
+# evidence is ignored (it may be valid later, or was once), not penalised.
+_ATTACK_NOT_JUDGED = frozenset({AttackCheck.HEIGHT, AttackCheck.TOO_OLD})
+
+
 class Driver:
     """One node's consensus, block sync and evidence logic. See the module docstring."""
 
@@ -187,9 +204,12 @@ class Driver:
         validators_at: Callable[[int], ValidatorSet | None],
         now: float,
         txs_waiting: Callable[[], bool] = lambda: True,
+        commit_at: Callable[[int], Commit | None] | None = None,
     ) -> None:
         """`txs_waiting()`: whether the mempool holds transactions (read only when
-        `config.create_empty_blocks` is false)."""
+        `config.create_empty_blocks` is false); `commit_at(h)`: the canonical
+        certificate of a committed height, to judge light-client-attack evidence
+        (without it such evidence is ignored)."""
         self.state = state
         self.chain_id = state.chain_id
         self.validator_address = validator_address
@@ -197,6 +217,10 @@ class Driver:
         self.config = config
         self._wal = wal
         self._validators_at = validators_at
+        self._commit_at = commit_at
+        self._screened: tuple[LightClientAttackEvidence, int, Screened | AttackInvalid] | None = (
+            None
+        )
         self._txs_waiting = txs_waiting
         self._last_block_empty = False  # the last block applied here had no txs nor evidence
         self._peer_started = 0  # the last height of which a peer's message was stepped here
@@ -1109,8 +1133,11 @@ class Driver:
     # ------------------------------------------------------------ evidence
 
     def _on_evidence(
-        self, peer: str, evidence: DuplicateVoteEvidence, payload: bytes, out: list[Effect]
+        self, peer: str, evidence: Evidence, payload: bytes, out: list[Effect]
     ) -> None:
+        if isinstance(evidence, LightClientAttackEvidence):
+            self._on_light_attack(peer, evidence, payload, out)
+            return
         validators = self._validators_at(evidence.height)
         if validators is None:
             return  # a height we do not know yet: cannot judge it
@@ -1119,6 +1146,75 @@ class Driver:
             out.append(Penalise(peer, PeerFault.INVALID_SIGNATURE, f"evidence: {reason}"))
             return
         self._add_evidence(evidence, payload, peer, out)
+
+    def screen_light_attack(self, evidence: LightClientAttackEvidence) -> Screened | AttackInvalid:
+        """Every check of the evidence against our chain but its signatures (no signature
+        is verified, but a set of 1,000 is hashed: about 20 ms); the shell calls it in a
+        worker thread and verifies the signatures only if it passes. The verdict for
+        the last object screened is kept for the driver's own call. An AttackInvalid
+        is returned, not raised: it is an answer."""
+        if self._commit_at is None:
+            return AttackInvalid(AttackCheck.HEIGHT, "this node cannot judge light-client attacks")
+        state = self.state
+        cached = self._screened
+        if cached is not None and cached[0] is evidence and cached[1] == state.last_height:
+            return cached[2]
+        verdict = self._screen(evidence, state)
+        # One entry, the object itself: the shell screens in a worker thread, then
+        # hands this very object to on_message at the same height.
+        self._screened = (evidence, state.last_height, verdict)
+        return verdict
+
+    def _screen(
+        self, evidence: LightClientAttackEvidence, state: ChainState
+    ) -> Screened | AttackInvalid:
+        assert self._commit_at is not None
+        chain = ChainView(
+            chain_id=self.chain_id,
+            next_height=state.last_height + 1,
+            evidence_age_blocks_max=state.params.evidence_age_blocks_max,
+            validators_at=self._validators_at,
+            commit_at=self._commit_at,
+        )
+        try:
+            return screen_light_attack(evidence, chain)
+        except AttackInvalid as e:
+            return e
+
+    def is_known_evidence(self, evidence: Evidence) -> bool:
+        """Pending or committed already: nothing to verify."""
+        return self.evidence.known(evidence.hash)
+
+    def _on_light_attack(
+        self, peer: str, evidence: LightClientAttackEvidence, payload: bytes, out: list[Effect]
+    ) -> None:
+        if self.is_known_evidence(evidence):
+            return
+        screened = self.screen_light_attack(evidence)
+        if isinstance(screened, AttackInvalid):
+            if screened.check not in _ATTACK_NOT_JUDGED and peer != CLIENT_PEER:
+                out.append(Penalise(peer, PeerFault.PROTOCOL_VIOLATION, f"evidence: {screened}"))
+            return
+        # Remembered on the object: the shell verifies it off the event loop first.
+        error = evidence.signature_error(self.chain_id)
+        if error is not None:
+            if peer != CLIENT_PEER:
+                out.append(Penalise(peer, PeerFault.INVALID_SIGNATURE, f"evidence: {error}"))
+            return
+        if self.evidence.add(evidence):
+            out.append(
+                Log(
+                    "warning",
+                    "light-client attack evidence accepted",
+                    (
+                        ("height", evidence.height),
+                        ("common_height", evidence.common_height),
+                        ("lunatic", screened.lunatic),
+                        ("byzantine", len(screened.byzantine)),
+                    ),
+                )
+            )
+            out.append(Gossip(EVIDENCE, payload or encode_message(EvidenceMsg(evidence)), peer))
 
     def _add_evidence(
         self,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from consensus.config import ConsensusConfig
-from consensus.types import Block, Commit, DuplicateVoteEvidence, VoteType
+from consensus.types import Block, Commit, Evidence, VoteType
 from network import Misbehaviour as PeerFault
 from node.signstate import SignStep
 
@@ -119,7 +119,7 @@ class Build:
     height: int
     round: int
     last_commit: Commit | None
-    evidence: tuple[DuplicateVoteEvidence, ...]
+    evidence: tuple[Evidence, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,9 @@ from consensus.types import (
     Block,
     Commit,
     DuplicateVoteEvidence,
+    Evidence,
     Header,
+    LightClientAttackEvidence,
     Transaction,
     Vote,
     tx_id,
@@ -64,8 +66,28 @@ def vote_json(v: Vote) -> dict[str, Any]:
     }
 
 
-def evidence_json(e: DuplicateVoteEvidence) -> dict[str, Any]:
+def evidence_json(e: Evidence) -> dict[str, Any]:
+    """Either kind, told apart by `type`; `hash` is the suite's hash of `encoded`."""
+    if isinstance(e, LightClientAttackEvidence):
+        return {
+            "type": "light_client_attack",
+            "hash": e.hash.hex(),
+            "height": e.height,
+            "common_height": e.common_height,
+            "conflicting_header": header_json(e.conflicting_header),
+            "conflicting_block_hash": e.conflicting_header.hash.hex(),
+            "conflicting_commit": commit_json(e.conflicting_commit),
+            "conflicting_validators_encoded": e.conflicting_validators.encode().hex(),
+            "byzantine_validators": [a.hex() for a in e.byzantine_validators],
+            "encoded": e.encode().hex(),
+        }
+    return _duplicate_vote_json(e)
+
+
+def _duplicate_vote_json(e: DuplicateVoteEvidence) -> dict[str, Any]:
     return {
+        "type": "duplicate_vote",
+        "hash": e.hash.hex(),
         "vote_a": vote_json(e.vote_a),
         "vote_b": vote_json(e.vote_b),
         "encoded": e.encode().hex(),

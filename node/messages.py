@@ -30,9 +30,11 @@ from consensus.types import (
     TX_BYTES_MAX,
     Block,
     Commit,
-    DuplicateVoteEvidence,
+    Evidence,
+    LightClientAttackEvidence,
     Proposal,
     Vote,
+    read_evidence,
 )
 
 # Proposals, decided and sync blocks carry a whole block; the rest are small.
@@ -117,7 +119,9 @@ class DecidedMsg:
 
 @dataclass(frozen=True, slots=True)
 class EvidenceMsg:
-    evidence: DuplicateVoteEvidence
+    """Evidence of either kind; its array's length tells which (docs/PROTOCOL.md section 10)."""
+
+    evidence: Evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +295,7 @@ def _read_message(r: Reader) -> Message:
     if tag == TAG_DECIDED:
         return DecidedMsg(Block.read(r), Commit.read(r))
     if tag == TAG_EVIDENCE:
-        return EvidenceMsg(DuplicateVoteEvidence.read(r))
+        return EvidenceMsg(read_evidence(r))
     if tag == TAG_SYNC_STATUS:
         base = r.integer("sync_status.base", 0, HEIGHT_MAX)
         height = r.integer("sync_status.height", 0, HEIGHT_MAX)
@@ -332,7 +336,8 @@ _KINDS: dict[int, tuple[int, int, int]] = {
         SIGNATURE_BYTES,
     ),
     TAG_DECIDED: (3, _BLOCK_MESSAGE_BYTES_MAX, TX_BYTES_MAX),
-    TAG_EVIDENCE: (2, _ENVELOPE_BYTES + DuplicateVoteEvidence.BYTES_MAX, _SMALL),
+    # The larger kind: a light-client attack (a whole certificate and set).
+    TAG_EVIDENCE: (2, _ENVELOPE_BYTES + LightClientAttackEvidence.BYTES_MAX, _SMALL),
     TAG_SYNC_STATUS: (3, _ENVELOPE_BYTES + 2 * _HEIGHT_BYTES_MAX, 0),
     TAG_SYNC_REQUEST: (3, _ENVELOPE_BYTES + 2 * _HEIGHT_BYTES_MAX, 0),
     TAG_SYNC_BLOCK: (3, _BLOCK_MESSAGE_BYTES_MAX, TX_BYTES_MAX),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consensus.types import HEIGHT_MAX, ROUND_MAX, TIME_MS_MAX
+from consensus.types import HEIGHT_MAX, ROUND_MAX, TIME_MS_MAX, LightClientAttackEvidence
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -172,7 +172,40 @@ SCHEMAS: dict[str, Any] = {
             "signature": _SIGNATURE,
         }
     ),
-    "Evidence": _object({"vote_a": _ref("Vote"), "vote_b": _ref("Vote"), "encoded": _ENCODED}),
+    "Evidence": {
+        "oneOf": [_ref("DuplicateVoteEvidence"), _ref("LightClientAttackEvidence")],
+        "discriminator": {"propertyName": "type"},
+    },
+    "DuplicateVoteEvidence": _object(
+        {
+            "type": {"type": "string", "const": "duplicate_vote"},
+            "hash": {**_HASH, "description": "hash of `encoded`"},
+            "vote_a": _ref("Vote"),
+            "vote_b": _ref("Vote"),
+            "encoded": _ENCODED,
+        }
+    ),
+    "LightClientAttackEvidence": _object(
+        {
+            "type": {"type": "string", "const": "light_client_attack"},
+            "hash": {**_HASH, "description": "hash of `encoded`"},
+            "height": _HEIGHT,
+            "common_height": _HEIGHT,
+            "conflicting_header": _ref("Header"),
+            "conflicting_block_hash": _HASH,
+            "conflicting_commit": _ref("Commit"),
+            "conflicting_validators_encoded": _ENCODED,
+            "byzantine_validators": {"type": "array", "items": _ADDRESS},
+            "encoded": _ENCODED,
+        }
+    ),
+    "EvidenceAccepted": _object(
+        {
+            "hash": _HASH,
+            "type": {"type": "string", "enum": ["duplicate_vote", "light_client_attack"]},
+            "height": _HEIGHT,
+        }
+    ),
     "BlockTx": _object(
         {"hash": {**_HASH, "description": "SHA-256 of `encoded`"}, "encoded": _ENCODED}
     ),
@@ -457,6 +490,35 @@ _TXS_REQUEST_BODY = {
     },
 }
 
+_EVIDENCE_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "evidence": {
+                        "type": "string",
+                        "pattern": "^([0-9a-fA-F]{2})*$",
+                        # node/rpc.py HEX_EVIDENCE_CHARS_MAX
+                        "maxLength": 2 * LightClientAttackEvidence.BYTES_MAX,
+                        "description": "the canonical encoding of the evidence, hex",
+                    }
+                },
+                "required": ["evidence"],
+            }
+        },
+        "application/octet-stream": {
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "the canonical encoding of the evidence itself "
+                "(docs/PROTOCOL.md section 3); anything else answers 422",
+            }
+        },
+    },
+}
+
 _BODY_ERRORS = {
     "408": _error("The body did not arrive within the body timeout (10 s)"),
     "413": _error("The body is over [rpc] request_body_bytes_max (default 1 MiB)"),
@@ -567,6 +629,32 @@ OPENAPI: dict[str, Any] = {
                         "Admitted, but not committed within [rpc] tx_wait_timeout_ms",
                         _ref("Submitted"),
                     ),
+                },
+            }
+        },
+        "/evidence": {
+            "post": {
+                "operationId": "submitEvidence",
+                "summary": "Submit evidence (a duplicate vote or a light-client attack)",
+                "description": (
+                    "The node judges the evidence against its own chain (docs/PROTOCOL.md "
+                    "section 9.7), signatures last; valid new evidence is pooled, gossiped "
+                    "to every peer and included in a block. A refusal names the failed check."
+                ),
+                "requestBody": _EVIDENCE_REQUEST_BODY,
+                "responses": {
+                    "202": _json(
+                        "Valid and new: pooled and gossiped (hash, type, height)",
+                        _ref("EvidenceAccepted"),
+                    ),
+                    "400": _BAD_REQUEST,
+                    **_BODY_ERRORS,
+                    "409": _error("Already pending or committed"),
+                    "422": _error(
+                        "Refused: does not decode, or fails a check (the error begins with "
+                        "the check's name, e.g. `certificate signature`)"
+                    ),
+                    "503": _error("The node's consensus inbox is full; try again"),
                 },
             }
         },

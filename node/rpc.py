@@ -49,7 +49,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from consensus import merkle
 from consensus.codec import DecodeError, decode, encode
-from consensus.types import HEIGHT_MAX, Block, Transaction, tx_id
+from consensus.types import (
+    HEIGHT_MAX,
+    Block,
+    LightClientAttackEvidence,
+    Transaction,
+    decode_evidence,
+    tx_id,
+)
 from node import __version__
 from node.chain import decode_result
 from node.http_edge import (
@@ -80,6 +87,8 @@ QUERY_DATA_BYTES_MAX = 1024  # an application query's data (the built-in apps' k
 STREAM_SENDER_FILTERS_MAX = 16  # sender addresses one stream subscription may filter on
 RENDERED_BLOCKS_MAX = 4  # stream renderings kept (the live block and a few behind)
 TXS_PER_REQUEST_MAX = 10_000  # a batch submission; the body size limit applies too
+# An evidence item in hex (a light-client attack on a set of 1,000 validators is 167 KB).
+HEX_EVIDENCE_CHARS_MAX = 2 * LightClientAttackEvidence.BYTES_MAX
 WS_CLOSE_TOO_SLOW = 1008
 WS_CLOSE_BAD_REQUEST = 1003
 WS_CLOSE_OVERLOADED = 1013
@@ -298,6 +307,7 @@ class RpcServer:
                 Route("/status", self.status),
                 Route("/tx", self.submit_tx, methods=["POST"]),
                 Route("/txs", self.submit_txs, methods=["POST"]),
+                Route("/evidence", self.submit_evidence, methods=["POST"]),
                 Route("/tx/{hash}", self.get_tx),
                 Route("/block/{height}", self.get_block),
                 Route("/commit/{height}", self.get_commit),
@@ -565,6 +575,47 @@ class RpcServer:
             accepted += 1
             results.append({"hash": outcome[0].hex(), "code": outcome[1].code})
         return JSONResponse({"accepted": accepted, "results": results})
+
+    async def submit_evidence(self, request: Request) -> Response:
+        """Evidence of either kind, as its canonical bytes (octet-stream, or hex in JSON).
+
+        Judged against this node's chain before it is stored or relayed: the
+        cheap checks first, the signatures (in a worker thread) last; a valid
+        new item goes to the evidence pool, to every peer, and into a block.
+        A refusal names the failed check (docs/PROTOCOL.md sections 9.7, 12).
+        """
+        octets = _is_octet_stream(request)
+        body = await self._read_body(request)
+        if octets:
+            raw = bytes(body)
+        else:
+            obj = _json_object(body, 'body must be JSON {"evidence": "<hex>"}')
+            text = obj.get("evidence")
+            if not isinstance(text, str):
+                raise HTTPException(400, 'body must be JSON {"evidence": "<hex>"}')
+            if len(text) > HEX_EVIDENCE_CHARS_MAX:
+                raise HTTPException(400, f"evidence over {HEX_EVIDENCE_CHARS_MAX} hex characters")
+            raw = _hex_param(text, "evidence")
+        try:
+            evidence = decode_evidence(raw)
+        except DecodeError as e:
+            raise HTTPException(422, f"evidence does not decode: {e}") from None
+        refusal = await self.view.consensus.submit_evidence(evidence)
+        kind = (
+            "light_client_attack"
+            if isinstance(evidence, LightClientAttackEvidence)
+            else ("duplicate_vote")
+        )
+        if refusal is None:
+            return JSONResponse(
+                {"hash": evidence.hash.hex(), "type": kind, "height": evidence.height},
+                status_code=202,
+            )
+        if refusal.startswith("known:"):
+            raise HTTPException(409, refusal)
+        if refusal.startswith("busy:"):
+            raise HTTPException(503, refusal)
+        raise HTTPException(422, refusal)
 
     async def _read_body(self, request: Request) -> bytearray:
         """The whole body: 413 over `request_body_bytes_max`, 408 if not in BODY_READ_TIMEOUT_S.

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from consensus.types import Block, Commit
+from consensus.types import Block, Commit, LightClientAttackEvidence
 from network import Misbehaviour as PeerFault
 from sim.idle import IdleReport
 from sim.workload import CHAIN_ID
@@ -216,11 +216,17 @@ class Checker:
         if commit.verify(CHAIN_ID, state.validators) is not None:
             self.violations.append(f"validity: height {height} commit certificate invalid")
         for ev in block.evidence:
-            if ev.validator_address not in self.bad_addresses:
-                self.violations.append(
-                    f"validity: height {height} carries evidence against honest validator "
-                    f"{ev.validator_address.hex()[:8]}"
-                )
+            accused = (
+                ev.byzantine_validators
+                if isinstance(ev, LightClientAttackEvidence)
+                else (ev.validator_address,)
+            )
+            for address in accused:
+                if address not in self.bad_addresses:
+                    self.violations.append(
+                        f"validity: height {height} carries evidence against honest "
+                        f"validator {address.hex()[:8]}"
+                    )
 
 
 def liveness_failure(behind: Sequence[str], target: int, heal_ms: int) -> str:

@@ -277,6 +277,9 @@ def _invalid_bodies() -> list[tuple[str, str, str, bytes, int]]:
         ("msgpack array of 1M nils", "/txs", octets, nils, 422),
         ("msgpack: one item nesting 1M nils", "/txs", octets, b"\x91" + nils[:-1], 422),
         ("msgpack garbage", "/txs", octets, bytes(range(256)) * (BODY_BYTES_MAX // 256), 422),
+        ("JSON nested 1 MiB deep, evidence", "/evidence", json_type, b"[" * BODY_BYTES_MAX, 400),
+        ("evidence: 1 MiB of octets", "/evidence", octets, b"\x95" * BODY_BYTES_MAX, 422),
+        ("evidence: an attack's header nesting", "/evidence", octets, b"\x95\x9c" + nils[2:], 422),
     ]
 
 

@@ -14,7 +14,7 @@ the run committing blocks, having logged no contained handler failure.
 Two documented answers fall outside schemathesis's default "schema-valid
 requests are accepted" statuses, and CONFIG adds them where they apply:
 
-- 422, on POST /tx, POST /txs and GET /query: the request follows the
+- 422, on POST /tx, POST /txs, POST /evidence and GET /query: the request follows the
   description but its content is refused by the protocol or the application
   (a transaction must decode and carry a valid signature and nonce, which no
   JSON Schema can state; a query path the application does not answer);
@@ -46,7 +46,7 @@ OPERATIONS = 13  # every (path, method) of node/openapi.py
 _ACCEPTED = '"2xx", "3xx", "401", "403", "404", "409", "429", "5xx"'  # schemathesis's default
 CONFIG = f"""
 [[operations]]
-include-operation-id = ["submitTx", "submitTxs", "query"]
+include-operation-id = ["submitTx", "submitTxs", "submitEvidence", "query"]
 checks.positive_data_acceptance.expected-statuses = [{_ACCEPTED}, "422"]
 
 [[operations]]
