@@ -98,7 +98,7 @@ class SlowClient:
 
 
 async def test_a_client_that_never_reads_is_closed_with_1008_and_others_keep_every_block(
-    tmp_path: Path,
+    tmp_path: Path, crypto: str
 ) -> None:
     """A /stream client that does not read while the node commits more blocks than the socket
     buffers plus the 512-block queue hold is closed with code 1008 and a reason naming
@@ -114,6 +114,7 @@ async def test_a_client_that_never_reads_is_closed_with_1008_and_others_keep_eve
             accounts=1,
             app="kvstore",
             consensus=STREAM_CONSENSUS,
+            crypto=crypto,
         )
     )
     validator = net.validators[0]
