@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from trio_websocket import open_websocket_url
 from wsproto import ConnectionType, WSConnection
@@ -61,6 +62,11 @@ RSS_SAMPLE_INTERVAL_S = 0.1
 LIMIT_SLACK_S = 10.0
 READ_BYTES = 1 << 16
 DECLARED_HUGE = 1_000_000_000
+
+# Bounds on the target's responsiveness (event-loop lag, probe latency, a
+# client's close within a grace): under `make test`'s workers these modules run
+# one after another on one worker (pytest-xdist group), never two at once.
+pytestmark = pytest.mark.xdist_group("timing")
 
 
 # ------------------------------------------------------------------ watching the network

@@ -30,9 +30,14 @@ from tests.integration import netns, nodes
 _UNAVAILABLE = netns.unavailable()
 if _UNAVAILABLE is not None and os.environ.get("ARCHIPELAGO_REQUIRE_NETNS") == "1":
     raise RuntimeError(f"ARCHIPELAGO_REQUIRE_NETNS=1 but {_UNAVAILABLE}")
-pytestmark = pytest.mark.skipif(
-    _UNAVAILABLE is not None, reason=f"network namespaces unavailable: {_UNAVAILABLE}"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        _UNAVAILABLE is not None, reason=f"network namespaces unavailable: {_UNAVAILABLE}"
+    ),
+    # Each test makes four namespaces and a wire process that forwards every frame in
+    # Python; under `make test`'s workers they run one after another (pytest-xdist group).
+    pytest.mark.xdist_group("netns"),
+]
 
 VALIDATORS = 4
 HEIGHT_TIMEOUT_S = 90  # generous: a loaded 2-core machine; healthy runs take a few seconds

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from trio_websocket import open_websocket_url
 from wsproto import ConnectionType, WSConnection
@@ -42,6 +43,11 @@ SUBSCRIBE_SLACK_BLOCKS = 16  # blocks the node may commit between our handshake 
 TXS_PER_BLOCK = 2  # 16 KiB writes submitted per committed block
 READ_BYTES_MAX = 1 << 16
 WS_CLOSE_TOO_SLOW = 1008
+
+# Bounds on the target's responsiveness (event-loop lag, probe latency, a
+# client's close within a grace): under `make test`'s workers these modules run
+# one after another on one worker (pytest-xdist group), never two at once.
+pytestmark = pytest.mark.xdist_group("timing")
 
 
 def _send_buffer_max_bytes() -> int:
