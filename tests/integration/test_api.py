@@ -7,7 +7,8 @@ stream. What they prove: bad requests get a clear 4xx with a JSON error and
 leave the node committing; Merkle proofs and commit certificates the API
 serves verify offline with consensus/ alone; the OpenAPI description names
 every route the app serves; the stream delivers every block in order, resumes
-without gap or duplicate, and filters by sender.
+without gap or duplicate, and filters by sender. Each runs under each crypto
+suite (the `crypto` fixture, tests/integration/conftest.py).
 """
 
 from __future__ import annotations

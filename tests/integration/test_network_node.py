@@ -4,7 +4,8 @@ What the issue asks the assembled node to show: the validators commit and
 agree block for block; transfers sent to different nodes are committed
 exactly once; a validator killed with SIGKILL does not stop the other three,
 and once restarted it catches up by block sync and signs again; a new full
-node syncs the chain from genesis and then follows it.
+node syncs the chain from genesis and then follows it. Under each crypto suite
+(the `crypto` fixture, tests/integration/conftest.py).
 """
 
 from __future__ import annotations
