@@ -33,8 +33,18 @@ from node.hub import SUBSCRIPTION_EVENTS_MAX
 from tests.integration import nodes
 
 TIMEOUT_S = 120  # generous for a loaded 2-core machine; a healthy run takes about 20 s
-# One validator and no pause after a commit: blocks as fast as the node can make them.
-STREAM_CONSENSUS = replace(nodes.FAST_CONSENSUS, timeout_commit_ms=0)
+# One validator and no pause after a commit: blocks as fast as the node can make them,
+# and empty ones only as a heartbeat (the first heights, before the writer starts). An
+# empty block is ~1 KiB of JSON: a run of them (the writer lagging on a loaded machine)
+# makes the buffers' worst case, and so the wait for an overflow below, thousands of
+# blocks long, past the 30 s the node gives a client that does not read after its queue
+# overflowed (it then aborts, without the 1008 asserted).
+STREAM_CONSENSUS = replace(
+    nodes.FAST_CONSENSUS,
+    timeout_commit_ms=0,
+    create_empty_blocks=False,
+    create_empty_blocks_interval_ms=1000,
+)
 CLIENT_RCVBUF_BYTES = 4096  # the slow client's receive buffer (the kernel doubles it)
 # Uncounted bytes the kernel may also hold (per-packet overhead is charged against the
 # buffers, so their real payload capacity is below these limits; this is extra margin).
