@@ -64,8 +64,8 @@ READ_BYTES = 1 << 16
 DECLARED_HUGE = 1_000_000_000
 
 # Bounds on the target's responsiveness (event-loop lag, probe latency, a
-# client's close within a grace): under `make test`'s workers these modules run
-# one after another on one worker (pytest-xdist group), never two at once.
+# client's close within a grace): under `make test`'s workers no two modules of
+# this group run at once (the group's lock, tests/integration/conftest.py).
 pytestmark = pytest.mark.xdist_group("timing")
 
 

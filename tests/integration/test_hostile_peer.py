@@ -76,8 +76,8 @@ HANDSHAKE_HOLD_S = 12.0
 GARBAGE_CONNECTIONS = 60
 
 # Bounds on the target's responsiveness (event-loop lag, probe latency, a
-# client's close within a grace): under `make test`'s workers these modules run
-# one after another on one worker (pytest-xdist group), never two at once.
+# client's close within a grace): under `make test`'s workers no two modules of
+# this group run at once (the group's lock, tests/integration/conftest.py).
 pytestmark = pytest.mark.xdist_group("timing")
 
 

@@ -35,7 +35,7 @@ pytestmark = [
         _UNAVAILABLE is not None, reason=f"network namespaces unavailable: {_UNAVAILABLE}"
     ),
     # Each test makes four namespaces and a wire process that forwards every frame in
-    # Python; under `make test`'s workers they run one after another (pytest-xdist group).
+    # Python; under `make test`'s workers no other module of the group runs meanwhile.
     pytest.mark.xdist_group("netns"),
 ]
 

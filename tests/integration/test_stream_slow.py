@@ -55,8 +55,8 @@ READ_BYTES_MAX = 1 << 16
 WS_CLOSE_TOO_SLOW = 1008
 
 # Bounds on the target's responsiveness (event-loop lag, probe latency, a
-# client's close within a grace): under `make test`'s workers these modules run
-# one after another on one worker (pytest-xdist group), never two at once.
+# client's close within a grace): under `make test`'s workers no two modules of
+# this group run at once (the group's lock, tests/integration/conftest.py).
 pytestmark = pytest.mark.xdist_group("timing")
 
 
