@@ -20,8 +20,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check apps consensus network node sim devnet proofcheck tests benchmarks
 	$(BIN)/mypy
 
+# The suite runs on TEST_WORKERS pytest-xdist workers, a module's tests on one worker
+# (`--dist loadfile`): most of its time is real node processes waiting out consensus
+# timeouts, so two workers share two cores well. Modules whose assertions bound the node's
+# responsiveness (xdist_group "timing": hostile peers and clients, the slow /stream client)
+# never run at the same time as each other, nor the network-namespace modules ("netns"):
+# each holds its group's lock (tests/integration/conftest.py). Each worker takes its ports
+# from its own slice (tests/integration/nodes.py, free_ports). Wall times: benchmarks/
+# README.md, "Test suite wall time". TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 $(VENV)/.bench: $(STAMP)

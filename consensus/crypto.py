@@ -123,7 +123,7 @@ SM2_SM3: Final = Suite(
     hash_new=functools.partial(hashlib.new, "sm3"),
     public_key_of=sm2.public_key,
     generate_secret=sm2.generate_secret,
-    signer=lambda secret: functools.partial(sm2.sign, secret),
+    signer=sm2.signer,
     verify_one=sm2.verify,
     # verify_chunk reads (tag, public_key, message, signature) items by their last three.
     verify_items=cast(Callable[[Sequence[SigItem]], Sequence[int]], sm2.verify_chunk),

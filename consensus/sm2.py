@@ -40,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, Final
@@ -55,6 +56,7 @@ __all__ = [
     "generate_secret",
     "public_key",
     "sign",
+    "signer",
     "sm3",
     "unavailable_reason",
     "verify",
@@ -312,6 +314,13 @@ def sign(secret: bytes, message: bytes, *, id: bytes = DEFAULT_ID) -> bytes:
     `id` is the distinguishing identifier hashed into Z_A; the chain always
     uses the default, and only tests of published examples pass another.
     """
+    return signer(secret, id=id)(message)
+
+
+def signer(secret: bytes, *, id: bytes = DEFAULT_ID) -> Callable[[bytes], bytes]:
+    """`sign` for one secret key, its key pair made once: a signer's public key is a
+    scalar multiplication (most of a signature's cost again) and its EVP_PKEY another
+    allocation, neither of which depends on the message. ValueError if out of range."""
     d = _scalar(secret)
     _check_id(id)
     lib = _need()
@@ -325,6 +334,26 @@ def sign(secret: bytes, message: bytes, *, id: bytes = DEFAULT_ID) -> bytes:
         (b"priv", _OSSL_PARAM_UNSIGNED_INTEGER, priv),
     )
     assert pkey is not None, "libcrypto refused a valid SM2 key pair"
+    return _Signer(lib, pkey, id)
+
+
+class _Signer:
+    """Signs with one EVP_PKEY, freed with the signer (libcrypto signs with a shared
+    key from several threads: each signature has its own EVP_MD_CTX)."""
+
+    __slots__ = ("__weakref__", "_id", "_lib", "_pkey")
+
+    def __init__(self, lib: ctypes.CDLL, pkey: Any, id: bytes) -> None:
+        self._lib = lib
+        self._pkey = pkey
+        self._id = id
+        weakref.finalize(self, lib.EVP_PKEY_free, pkey)
+
+    def __call__(self, message: bytes) -> bytes:
+        return _sign_with(self._lib, self._pkey, self._id, message)
+
+
+def _sign_with(lib: ctypes.CDLL, pkey: Any, id: bytes, message: bytes) -> bytes:
     md = lib.EVP_MD_CTX_new()
     try:
         assert md, "out of memory"
@@ -339,7 +368,6 @@ def sign(secret: bytes, message: bytes, *, id: bytes = DEFAULT_ID) -> bytes:
         return _der_to_raw(der.raw[: der_len.value])
     finally:
         lib.EVP_MD_CTX_free(md)
-        lib.EVP_PKEY_free(pkey)
 
 
 def _der_to_raw(der: bytes) -> bytes:

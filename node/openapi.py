@@ -47,11 +47,17 @@ def _object(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> di
 
 
 _HEX = {"type": "string", "pattern": "^([0-9a-f]{2})*$"}
-_HASH = _hex_bytes(32, "SHA-256, 32 bytes")
+# Keys, signatures and hashes are the chain's crypto suite's (genesis "crypto",
+# consensus/crypto.py): one description serves a chain of either.
+_HASH = _hex_bytes(32, "the chain's hash (SHA-256 or SM3), 32 bytes")
 _HASH_OR_EMPTY = {"type": "string", "pattern": "^([0-9a-f]{64})?$"}
-_ADDRESS = _hex_bytes(20, "first 20 bytes of SHA-256(public key)")
-_PUBLIC_KEY = _hex_bytes(32, "Ed25519 public key")
-_SIGNATURE = _hex_bytes(64, "Ed25519 signature")
+_ADDRESS = _hex_bytes(20, "first 20 bytes of the chain's hash of the public key")
+_PUBLIC_KEY = {
+    "type": "string",
+    "pattern": "^(0[23])?[0-9a-f]{64}$",
+    "description": "the chain's suite: Ed25519, 32 bytes; or SM2, 33 (a compressed point)",
+}
+_SIGNATURE = _hex_bytes(64, "the chain's suite: Ed25519 (R || S) or SM2 (r || s)")
 _HEIGHT = {"type": "integer", "minimum": 1, "maximum": HEIGHT_MAX}
 _HEIGHT_OR_ZERO = {"type": "integer", "minimum": 0, "maximum": HEIGHT_MAX}
 _COUNT = {"type": "integer", "minimum": 0}

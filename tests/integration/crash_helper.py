@@ -15,6 +15,9 @@ proposal it had from WAL replay. With `--forget-wal` it ignores the WAL (like a
 consensus bug that rebuilds a different block); the sign state must then refuse
 the conflicting signatures (printed REFUSED), and it moves to the next round.
 
+`--crypto NAME` is the chain's suite (consensus/crypto.py SUITES): the key, the
+signatures and every hash are that suite's.
+
 Output lines (stdout): START <height> <round> <wal_last_height_end|-> <replayed> <public key>,
 SIG <h> <r> <step> <sign bytes hex> <signature hex>, REFUSED <h> <r> <step>,
 COMMIT <h> <block hash hex>. Runs until killed, or --heights more heights commit.
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from consensus import merkle
 from consensus.codec import decode, encode
-from consensus.crypto import PrivateKey
+from consensus.crypto import SUITES, PrivateKey, activate
 from consensus.state import ChainState
 from consensus.types import (
     Block,
@@ -51,8 +54,7 @@ from node.signstate import DoubleSignRefused, SignState, SignStep
 from node.storage import BlockStore, open_store
 
 CHAIN = "crash-test"
-KEY = PrivateKey(b"\x42" * 32)
-VALSET = ValidatorSet.of([Validator(KEY.public_key, 10)])
+KEY_SEED = b"\x42" * 32  # the validator's secret, in whichever suite
 GENESIS_TIME_MS = 1_700_000_000_000
 TXS_PER_BLOCK = 40
 STORE_MAP_BYTES = 256 * 1024 * 1024
@@ -82,8 +84,12 @@ def legacy_state(
     )
 
 
-def genesis_state() -> ChainState:
-    return legacy_state(CHAIN, 0, b"", GENESIS_TIME_MS, b"", merkle.root([]), VALSET, VALSET)
+def validator_set(key: PrivateKey) -> ValidatorSet:
+    return ValidatorSet.of([Validator(key.public_key, 10)])
+
+
+def genesis_state(valset: ValidatorSet) -> ChainState:
+    return legacy_state(CHAIN, 0, b"", GENESIS_TIME_MS, b"", merkle.root([]), valset, valset)
 
 
 def out(line: str) -> None:
@@ -91,11 +97,11 @@ def out(line: str) -> None:
     sys.stdout.flush()
 
 
-def build_block(state: ChainState, last_commit: Commit | None) -> Block:
+def build_block(state: ChainState, last_commit: Commit | None, key: PrivateKey) -> Block:
     """A fresh block (random payloads: a rebuilt block differs from the lost one)."""
     height = state.last_height + 1
     txs = tuple(
-        Transaction.create(KEY, CHAIN, height * 1000 + i, os.urandom(150)).encode()
+        Transaction.create(key, CHAIN, height * 1000 + i, os.urandom(150)).encode()
         for i in range(TXS_PER_BLOCK)
     )
     header = Header(
@@ -105,19 +111,21 @@ def build_block(state: ChainState, last_commit: Commit | None) -> Block:
         state.last_block_hash,
         b"" if last_commit is None else last_commit.hash,
         data_hash(txs),
-        VALSET.hash,
-        VALSET.hash,
+        state.validators.hash,
+        state.next_validators.hash,
         state.app_hash,
         state.last_results_hash,
         evidence_hash(()),
-        KEY.address,
+        key.address,
     )
     return Block(header, txs, last_commit)
 
 
-def sign(ss: SignState, h: int, r: int, step: SignStep, sign_bytes: bytes) -> bytes | None:
+def sign(
+    ss: SignState, key: PrivateKey, h: int, r: int, step: SignStep, sign_bytes: bytes
+) -> bytes | None:
     try:
-        sig = ss.check_and_sign(h, r, step, sign_bytes, KEY.sign)
+        sig = ss.check_and_sign(h, r, step, sign_bytes, key.sign)
     except DoubleSignRefused:
         out(f"REFUSED {h} {r} {int(step)}")
         return None
@@ -139,7 +147,12 @@ def resume_point(w: wal.WAL, height: int, forget: bool) -> tuple[int, bytes | No
 
 
 def run_height(
-    store: BlockStore, w: wal.WAL, ss: SignState, round_: int, proposal: bytes | None
+    store: BlockStore,
+    w: wal.WAL,
+    ss: SignState,
+    key: PrivateKey,
+    round_: int,
+    proposal: bytes | None,
 ) -> None:
     state = store.load_state()
     assert state is not None
@@ -147,7 +160,7 @@ def run_height(
     last_commit = store.load_commit(state.last_height) if state.last_height else None
     while True:
         if proposal is None:
-            block = build_block(state, last_commit)
+            block = build_block(state, last_commit, key)
             w.append(encode(["proposal", height, round_, block.encode()]))
         else:
             block = Block.decode(proposal)
@@ -155,13 +168,15 @@ def run_height(
         w.sync()
         ok = sign(
             ss,
+            key,
             height,
             round_,
             SignStep.PROPOSE,
             proposal_sign_bytes(CHAIN, height, round_, -1, block.hash),
         )
+        h = block.hash
         votes = [
-            sign(ss, height, round_, step, vote_sign_bytes(CHAIN, vt, height, round_, block.hash))
+            sign(ss, key, height, round_, step, vote_sign_bytes(CHAIN, vt, height, round_, h))
             for step, vt in (
                 (SignStep.PREVOTE, VoteType.PREVOTE),
                 (SignStep.PRECOMMIT, VoteType.PRECOMMIT),
@@ -180,8 +195,8 @@ def run_height(
         block.header.time_ms,
         merkle.root([block.hash]),
         merkle.root(results),
-        VALSET,
-        VALSET,
+        state.validators,
+        state.next_validators,
     )
     app_writes: dict[bytes, bytes | None] = {b"height": encode(height)}
     app_writes[f"acct/{height % 50:02d}".encode()] = block.hash
@@ -195,21 +210,24 @@ def main() -> None:
     parser.add_argument("home", type=Path)
     parser.add_argument("--forget-wal", action="store_true")
     parser.add_argument("--heights", type=int, default=0, help="stop after this many (0: never)")
+    parser.add_argument("--crypto", choices=tuple(SUITES), required=True)
     args = parser.parse_args()
+    activate(SUITES[args.crypto])  # before anything is hashed, as the daemon does
+    key = PrivateKey(KEY_SEED)
     ss = SignState.load(args.home / "sign_state.json")
     w = wal.open_wal(
         args.home / "wal", file_bytes_max=64 * 1024, files_max=4, record_bytes_max=32 * 1024
     )
     store = open_store(args.home / "store", map_bytes=STORE_MAP_BYTES)
     if store.load_state() is None:
-        store.init_genesis(genesis_state(), {})
+        store.init_genesis(genesis_state(validator_set(key)), {})
     height = store.latest_height() + 1
     round_, proposal, replayed = resume_point(w, height, args.forget_wal)
     last_end = "-" if w.last_height_end is None else str(w.last_height_end)
-    out(f"START {height} {round_} {last_end} {replayed} {KEY.public_key.hex()}")
+    out(f"START {height} {round_} {last_end} {replayed} {key.public_key.hex()}")
     done = 0
     while args.heights == 0 or done < args.heights:
-        run_height(store, w, ss, round_, proposal)
+        run_height(store, w, ss, key, round_, proposal)
         round_, proposal = 0, None
         done += 1
     w.close()

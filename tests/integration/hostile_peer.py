@@ -18,7 +18,8 @@ that its CPU never delays the process that observes the nodes:
 prints what it does on stderr and its `Report` as one JSON line on stdout.
 Every connection uses a fresh identity key (a new key costs nothing), unless
 `--key` names a node_key.json. `--home` is any home of the chain: the attacker
-reads the chain id and the validator set from its genesis.json, nothing else.
+reads the chain id, the validator set and the crypto suite (its fresh keys and
+the hashes it computes are the chain's) from its genesis.json, nothing else.
 
 Attacks (issues 10 and 11):
 
@@ -64,7 +65,7 @@ from typing import Any
 import msgpack
 import trio
 
-from consensus.crypto import PrivateKey
+from consensus.crypto import PrivateKey, activate
 from consensus.types import (
     Block,
     Commit,
@@ -1027,7 +1028,10 @@ ATTACKS = (
 
 
 async def run_cli_attack(ns: argparse.Namespace) -> Report:
-    chain = Chain.from_home(ns.home)
+    genesis = load_genesis_file(ns.home / "genesis.json")
+    # As a node does: the keys it makes and the hashes it computes are the chain's suite.
+    activate(genesis.suite)
+    chain = Chain(genesis.chain_id, genesis.validator_set)
     targets = [Target.parse(t) for t in ns.target]
     key = load_key(ns.key) if ns.key else None
     first = targets[0]

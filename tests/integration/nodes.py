@@ -73,12 +73,38 @@ PORTS_END = 32700
 # `archipelago testnet --base-port B`: node i listens on B + 10 i (p2p), + 1 (rpc), + 2
 # (metrics); the other seven are free for a test to move a node to.
 PORTS_PER_NODE = 10
+# Under pytest-xdist a worker's slice of the range holds at least this many ports
+# (several 7-node testnets at once).
+PORTS_SLICE_MIN = 500
 
 T = TypeVar("T")
 
+
+def _worker_ports() -> tuple[int, int]:
+    """This process's share of PORTS_FIRST..PORTS_END: all of it, or under pytest-xdist
+    (`make test` runs workers side by side) worker k of n gets the k-th of n slices.
+
+    Why slices: the bind check in `free_ports` cannot see a port another worker has
+    handed out and its node has not bound yet (a testnet's ports are listened on
+    seconds later); disjoint slices make that impossible among one run's workers.
+    With more workers than slices of PORTS_SLICE_MIN ports, workers share slices
+    round robin (and rely on the bind check and their random starts, as two
+    separate runs do).
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slices = min(count, (PORTS_END - PORTS_FIRST) // PORTS_SLICE_MIN)
+    if not worker.startswith("gw") or slices <= 1:
+        return PORTS_FIRST, PORTS_END
+    index = int(worker[2:]) % slices
+    size = (PORTS_END - PORTS_FIRST) // slices
+    return PORTS_FIRST + index * size, PORTS_FIRST + (index + 1) * size
+
+
+_ports_first, _ports_end = _worker_ports()
 # The next port `free_ports` considers. A random start keeps two test runs at the same
 # time (two worktrees) from trying the same ports in the same order.
-_next_port = random.randrange(PORTS_FIRST, PORTS_END)
+_next_port = random.randrange(_ports_first, _ports_end)
 
 # Nodes started and not stopped by a test: one that exits on its own fails the
 # waiting test at once (with its log), instead of after the wait's deadline.
@@ -97,17 +123,17 @@ def env() -> dict[str, str]:
 def free_ports(count: int) -> int:
     """The first of `count` consecutive ports, each free to listen on at 127.0.0.1 now.
 
-    Within one test run a port is handed out once, until all of PORTS_FIRST..PORTS_END
-    has been (then the range starts over, and the bind check alone keeps a port that
-    is still in use from being handed out).
+    Within one test run a port is handed out once, until all of this process's ports
+    (`_worker_ports`) have been (then the range starts over, and the bind check alone
+    keeps a port that is still in use from being handed out).
     """
     global _next_port
-    for _ in range((PORTS_END - PORTS_FIRST) // count):
-        first = _next_port if _next_port + count <= PORTS_END else PORTS_FIRST
+    for _ in range((_ports_end - _ports_first) // count):
+        first = _next_port if _next_port + count <= _ports_end else _ports_first
         _next_port = first + count
         if all(_can_listen(port) for port in range(first, first + count)):
             return first
-    raise AssertionError(f"no {count} consecutive free ports in {PORTS_FIRST}..{PORTS_END}")
+    raise AssertionError(f"no {count} consecutive free ports in {_ports_first}..{_ports_end}")
 
 
 def _can_listen(port: int) -> bool:

@@ -7,7 +7,8 @@ stream. What they prove: bad requests get a clear 4xx with a JSON error and
 leave the node committing; Merkle proofs and commit certificates the API
 serves verify offline with consensus/ alone; the OpenAPI description names
 every route the app serves; the stream delivers every block in order, resumes
-without gap or duplicate, and filters by sender.
+without gap or duplicate, and filters by sender. Each runs under each crypto
+suite (the `crypto` fixture, tests/integration/conftest.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 from apps.ledger import transfer_tx
 from consensus import merkle
 from consensus.codec import encode
-from consensus.crypto import DEFAULT_SUITE, SUITES, PrivateKey
+from consensus.crypto import SUITES, PrivateKey
 from consensus.genesis import Genesis
 from consensus.types import Commit, Header, Transaction, Validator, ValidatorSet, tx_id
 from node.config import load_config
@@ -37,7 +38,7 @@ TIMEOUT_S = 60  # generous for a loaded 2-core machine; healthy runs take a few 
 STREAM_BLOCKS = 50
 
 
-def _single(tmp_path: Path, accounts: int = 2, crypto: str = DEFAULT_SUITE.name) -> Any:
+def _single(tmp_path: Path, crypto: str, accounts: int = 2) -> Any:
     return nodes.create_testnet(tmp_path / "net", validators=1, accounts=accounts, crypto=crypto)
 
 
@@ -56,7 +57,7 @@ async def test_bad_requests_get_a_4xx_json_error_and_leave_the_node_committing(
     answers its 4xx with {"error": "<message>"} (a 405 with Allow); the node then still
     commits blocks and a valid transfer, and logged no handler failure. A transfer signed
     with a key of the other crypto suite is refused too."""
-    net = _single(tmp_path, crypto=crypto)
+    net = _single(tmp_path, crypto)
     key = net.accounts[0]
     to = PrivateKey(b"\x07" * 32).address
     good = transfer_tx(key, net.chain_id, 0, to, 5)
@@ -150,7 +151,7 @@ async def test_tx_merkle_proof_and_commit_certificate_verify_offline(
     consensus.merkle against the data_hash of the header from GET /commit/{h}; that header
     hashes to the certified block hash; the commit verifies against the served validator set,
     which is the genesis set. A tampered tx, chain id or validator set fails."""
-    net = _single(tmp_path, accounts=3, crypto=crypto)
+    net = _single(tmp_path, crypto, accounts=3)
     to = PrivateKey(b"\x09" * 32).address
     raws = [
         transfer_tx(k, net.chain_id, 0, to, 10 + i).encode() for i, k in enumerate(net.accounts)
@@ -202,10 +203,10 @@ async def test_tx_merkle_proof_and_commit_certificate_verify_offline(
         assert not proof.verify(tampered, header.data_hash)
 
 
-async def test_openapi_lists_every_route_the_app_serves(tmp_path: Path) -> None:
+async def test_openapi_lists_every_route_the_app_serves(tmp_path: Path, crypto: str) -> None:
     """GET /openapi.json on a running node documents exactly the (path, method) pairs of the
     Starlette app's routes (the websocket /stream as a GET), each with responses."""
-    net = _single(tmp_path, accounts=0)
+    net = _single(tmp_path, crypto, accounts=0)
     # The routes are declared in RpcServer.__init__, which reads only config.rpc.
     config = load_config(net.nodes[0].config_path)
     app_routes: set[tuple[str, str]] = set()
@@ -228,12 +229,12 @@ async def test_openapi_lists_every_route_the_app_serves(tmp_path: Path) -> None:
 
 
 async def test_stream_sends_every_block_in_order_and_resumes_without_gap_or_duplicate(
-    tmp_path: Path,
+    tmp_path: Path, crypto: str
 ) -> None:
     """A websocket client from height 1 receives blocks 1..50 in order, each the block GET
     /block/{h} serves; after closing at a height it reconnects with from_height = the next
     one and receives the following blocks (replayed, then live) with no gap and no repeat."""
-    net = _single(tmp_path, accounts=0)
+    net = _single(tmp_path, crypto, accounts=0)
     async with nodes.running(net), nodes.open_api() as api:
         node = net.nodes[0]
         await api.wait_height([node], 1, TIMEOUT_S)
@@ -265,12 +266,12 @@ async def test_stream_sends_every_block_in_order_and_resumes_without_gap_or_dupl
 
 
 async def test_stream_sender_filter_returns_only_that_senders_transactions(
-    tmp_path: Path,
+    tmp_path: Path, crypto: str
 ) -> None:
     """With ?sender=<address>, each block event lists only that sender's transactions (all of
     them), while tx_count still counts the block's others. A bad filter refuses the handshake
     with a 400 and a JSON error."""
-    net = _single(tmp_path, accounts=2)
+    net = _single(tmp_path, crypto, accounts=2)
     alice, bob = net.accounts
     to = PrivateKey(b"\x0b" * 32).address
     async with nodes.running(net), nodes.open_api() as api:

@@ -20,7 +20,8 @@ PROBE_INTERVAL_S. After each attack the test asserts:
   within the stated limit (node/http_edge.py EdgeLimits, node/rpc.py).
 
 Each attack's figures (RSS before, peak and after; the slowest probe) are
-printed as a table row; `pytest -s` shows them.
+printed as a table row; `pytest -s` shows them. Each test runs under each
+crypto suite (the network under attack signs and hashes with it).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from trio_websocket import open_websocket_url
 from wsproto import ConnectionType, WSConnection
@@ -60,6 +62,11 @@ RSS_SAMPLE_INTERVAL_S = 0.1
 LIMIT_SLACK_S = 10.0
 READ_BYTES = 1 << 16
 DECLARED_HUGE = 1_000_000_000
+
+# Bounds on the target's responsiveness (event-loop lag, probe latency, a
+# client's close within a grace): under `make test`'s workers no two modules of
+# this group run at once (the group's lock, tests/integration/conftest.py).
+pytestmark = pytest.mark.xdist_group("timing")
 
 
 # ------------------------------------------------------------------ watching the network
@@ -543,12 +550,14 @@ async def _assert_counted(api: Any, target: Any, refused_at_least: dict[str, int
     assert not any(errors.values()), errors
 
 
-async def test_bodies_declared_huge_or_invalid_never_stop_the_node(tmp_path: Path) -> None:
+async def test_bodies_declared_huge_or_invalid_never_stop_the_node(
+    tmp_path: Path, crypto: str
+) -> None:
     """POST /tx and /txs declaring a 1 GB body, then closing (this stopped the node, issue
     11) or waiting for the answer (413 with connection: close); a body one byte over the
     limit sent whole gets its 413 every time (issue 15); invalid JSON, hex and msgpack
     bodies at the size limit get their 4xx. The network's invariants hold after each."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, crypto=crypto)
     _print_header()
     async with nodes.running(net), nodes.open_api() as api:
         target = net.validators[1]
@@ -586,13 +595,13 @@ async def test_bodies_declared_huge_or_invalid_never_stop_the_node(tmp_path: Pat
 
 
 async def test_slow_idle_and_pipelined_connections_are_bounded_and_others_served(
-    tmp_path: Path,
+    tmp_path: Path, crypto: str
 ) -> None:
     """Headers trickled byte by byte on more connections than the limit, bodies trickled,
     more idle keep-alive connections than the limit, 1 MiB header lines and 20,000 headers,
     thousands of pipelined requests: each attacking connection is closed within its stated
     limit or served in full, and the probe is answered throughout."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, crypto=crypto)
     _print_header()
     async with nodes.running(net), nodes.open_api() as api:
         target = net.validators[1]
@@ -653,11 +662,11 @@ async def _stops_cleanly_under_attack(target: Any) -> None:
         await stream.aclose()
 
 
-async def test_websocket_abuse_closes_only_the_abuser(tmp_path: Path) -> None:
+async def test_websocket_abuse_closes_only_the_abuser(tmp_path: Path, crypto: str) -> None:
     """/stream clients that flood frames, send a 1 MiB message or a deflated message that
     inflates to 64 MiB are closed; 300 clients that connect and leave release their
     subscriptions (before, 256 such filled the hub and refused every later client)."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, crypto=crypto)
     _print_header()
     async with nodes.running(net), nodes.open_api() as api:
         target = net.validators[1]

@@ -4,6 +4,12 @@ Homes are prepared in-process where the preparation is not what a test is
 about (it is the same code `init` runs, and much faster); the command under
 test always runs as `.venv/bin/archipelago` in its own process, with real
 files, real signals and a real unix datagram socket for sd_notify.
+
+Only the test whose outcome depends on the chain's bytes (a store refused for
+another genesis) runs under each crypto suite; the others test argument
+parsing, files, locks, signals and sd_notify, which no suite reaches, and
+run with the default one (tests/integration/test_crypto_cli.py covers the
+sm2 homes and key files).
 """
 
 from __future__ import annotations
@@ -537,14 +543,14 @@ async def test_a_service_that_ignores_cancellation_is_forced_out_after_the_grace
 
 
 async def test_a_store_from_another_genesis_is_refused_and_testnet_force_starts_afresh(
-    tmp_path: Path,
+    tmp_path: Path, crypto: str
 ) -> None:
     """Issue 10, bug 7. A single-validator chain commits a few blocks; its data folder is then
     put into the home of another chain: `start` refuses it with one line naming the store,
     instead of stalling at the old height. `testnet --force` over existing homes writes the new
     chain and deletes the old one's store and WAL, so the node starts from its new genesis."""
     out = tmp_path / "a"
-    port = ("--base-port", str(nodes.free_ports(nodes.PORTS_PER_NODE)))
+    port = ("--base-port", str(nodes.free_ports(nodes.PORTS_PER_NODE)), "--crypto", crypto)
     result = nodes.run_cli("testnet", "--validators", "1", "--output", out, *port)
     assert result.returncode == 0, result.stderr
     home = out / "node0"

@@ -41,14 +41,18 @@ async def _same_chain(api: Any, net: Any) -> None:
         assert await api.headers(n, top) == reference, n.name
 
 
-async def test_restarting_half_then_all_of_the_validators_resumes_commits(tmp_path: Path) -> None:
+async def test_restarting_half_then_all_of_the_validators_resumes_commits(
+    tmp_path: Path, crypto: str
+) -> None:
     """Two of four validators stopped with SIGTERM and started again together: they watch for
     a double of their key, which halts the chain (half the power does not sign), and the
     other validators' doctor names them as watching (by their signed word), not as silent;
     the watch ends after doppelganger_halt_ms without a commit, they cast the votes their
     round is waiting for, and blocks commit again. Then all four at once: the same."""
     consensus = replace(nodes.FAST_CONSENSUS, doppelganger_halt_ms=HALT_MS)
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, consensus=consensus)
+    net = nodes.create_testnet(
+        tmp_path / "net", validators=4, accounts=1, consensus=consensus, crypto=crypto
+    )
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 4, TIMEOUT_S)
         for group in (net.validators[2:], net.validators):
@@ -81,11 +85,13 @@ async def test_restarting_half_then_all_of_the_validators_resumes_commits(tmp_pa
         await _same_chain(api, net)
 
 
-async def test_a_peer_claiming_a_height_far_ahead_changes_nothing(tmp_path: Path) -> None:
+async def test_a_peer_claiming_a_height_far_ahead_changes_nothing(
+    tmp_path: Path, crypto: str
+) -> None:
     """A peer without a validator key connects to two validators and tells them, twice a
     second for 15 s, that it holds a million more blocks (and never serves one). Neither
     leaves consensus, every node keeps committing during and after, and the chain is one."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, crypto=crypto)
     victims = net.validators[:2]
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 3, TIMEOUT_S)

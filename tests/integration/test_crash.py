@@ -4,7 +4,7 @@ The helper (crash_helper.py) runs the real SignState, WAL and block store in
 its own process and prints each signature before releasing it. The test kills
 it with SIGKILL after a seeded random number of output lines (so at an
 arbitrary point of its work, including during start-up), then checks the
-files it left, restarts it, and repeats.
+files it left, restarts it, and repeats; under each crypto suite.
 """
 
 from __future__ import annotations
@@ -30,19 +30,17 @@ KILLS = 30
 # Small WAL files so the helper rotates (and prunes) every few dozen heights.
 WAL_LIMITS = {"file_bytes_max": 64 * 1024, "files_max": 4, "record_bytes_max": 32 * 1024}
 RUN_TIMEOUT_S = 60  # a hung helper is killed and fails the test, never blocks it
-# The helper's chain and key (tests/ is not a package, so they are restated here; the
-# helper prints its public key at start and the test checks it against this one).
+# The helper's chain and key seed (tests/ is not a package, so they are restated here; the
+# helper prints its public key at start and the test checks it against the one made here).
 CHAIN = "crash-test"
-KEY = PrivateKey(b"\x42" * 32)
-VALSET = ValidatorSet.of(
-    [Validator(KEY.public_key, 10)]
-)  # a hung helper is killed and fails the test, never blocks it
+KEY_SEED = b"\x42" * 32
 
 
 @dataclass
 class Released:
     """Everything the helper ever printed, across all of its lives."""
 
+    public_key: bytes  # the key the helper must sign with
     sigs: dict[tuple[int, int, int], tuple[bytes, bytes]] = field(default_factory=dict)
     committed: dict[int, bytes] = field(default_factory=dict)
     refused: int = 0
@@ -60,14 +58,14 @@ class Released:
         elif parts[0] == "REFUSED":
             self.refused += 1
         elif parts[0] == "START":
-            assert parts[5] == KEY.public_key.hex(), "helper signs with another key"
+            assert parts[5] == self.public_key.hex(), "helper signs with another key"
             self.starts.append((int(parts[1]), int(parts[2]), int(parts[4])))
 
 
-def spawn(home: Path, *args: str) -> subprocess.Popen[bytes]:
+def spawn(home: Path, crypto: str, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, str(HELPER), str(home), *args],
+        [sys.executable, str(HELPER), str(home), "--crypto", crypto, *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -75,8 +73,10 @@ def spawn(home: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def run_and_kill(home: Path, released: Released, lines_before_kill: int, forget: bool) -> None:
-    proc = spawn(home, *(["--forget-wal"] if forget else []))
+def run_and_kill(
+    home: Path, crypto: str, released: Released, lines_before_kill: int, forget: bool
+) -> None:
+    proc = spawn(home, crypto, *(["--forget-wal"] if forget else []))
     watchdog = threading.Timer(RUN_TIMEOUT_S, proc.kill)
     watchdog.start()
     try:
@@ -124,22 +124,26 @@ def check_files(home: Path, released: Released, pubkey: bytes, valset: Validator
             prev_hash = block.hash
 
 
-def test_kill_9_at_random_points_never_double_signs_and_resumes(tmp_path: Path) -> None:
+def test_kill_9_at_random_points_never_double_signs_and_resumes(
+    tmp_path: Path, crypto: str
+) -> None:
     """30 SIGKILLs at seeded random points: no conflicting signature, nothing lost, progress."""
     rng = random.Random(20240601)
     home = tmp_path / "node"
     home.mkdir()
     SignState.create(home / "sign_state.json")
-    released = Released()
+    key = PrivateKey(KEY_SEED)  # the chain's suite, as the helper's
+    valset = ValidatorSet.of([Validator(key.public_key, 10)])
+    released = Released(key.public_key)
     for _ in range(KILLS):
-        run_and_kill(home, released, rng.randrange(0, 40), forget=rng.random() < 0.3)
-        check_files(home, released, KEY.public_key, VALSET)
-    proc = spawn(home, "--heights", "2")
+        run_and_kill(home, crypto, released, rng.randrange(0, 40), forget=rng.random() < 0.3)
+        check_files(home, released, key.public_key, valset)
+    proc = spawn(home, crypto, "--heights", "2")
     stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, stderr.decode()
     for line in stdout.decode().splitlines():
         released.add(line)
-    check_files(home, released, KEY.public_key, VALSET)
+    check_files(home, released, key.public_key, valset)
     start_height = released.starts[-1][0]
     assert max(released.committed) == start_height + 1
     assert start_height > 5, "the node made no progress across restarts"

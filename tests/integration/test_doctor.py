@@ -30,13 +30,15 @@ async def _doctor(home: Path) -> subprocess.CompletedProcess[str]:
     return result
 
 
-async def test_doctor_on_a_healthy_testnet_then_on_a_halted_one(tmp_path: Path) -> None:
+async def test_doctor_on_a_healthy_testnet_then_on_a_halted_one(
+    tmp_path: Path, crypto: str
+) -> None:
     """Healthy: `doctor` exits 0, prints "No problems found", and /status has an empty diagnosis.
     Two of four validators stopped (half the power silent, the chain halted): `doctor` on a
     survivor exits 1, names both stopped validators and says the chain cannot commit; the
     survivor's /status diagnosis has the same critical finding and advice, and its /health
     fails once no block has committed for the configured number of block intervals."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, crypto=crypto)
     async with nodes.running(net), nodes.open_api() as api:
         validators = net.validators
         await api.wait_height(validators, 3, TIMEOUT_S)

@@ -38,13 +38,15 @@ def _set_doppelganger_heights(home: Path, heights: int) -> None:
     )
 
 
-async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Path) -> None:
+async def test_a_restarted_validator_watches_before_it_signs_again(
+    tmp_path: Path, crypto: str
+) -> None:
     """A validator restarted after signing logs that it watches its configured 4 heights (its
     /status says it does not sign meanwhile), is absent from the commit certificates of the
     heights it watched (at least 4: heights it only caught up on do not count, as they show
     no live votes), logs that the watch passed, and its precommits are in the certificates of
     the heights after the watch."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, crypto=crypto)
     restarted, others = net.validators[3], net.validators[:3]
     _set_doppelganger_heights(restarted.home, WATCH_HEIGHTS)
     async with nodes.running(net), nodes.open_api() as api:
@@ -105,14 +107,14 @@ async def test_a_restarted_validator_watches_before_it_signs_again(tmp_path: Pat
 
 
 async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_signs(
-    tmp_path: Path,
+    tmp_path: Path, crypto: str
 ) -> None:
     """A second node started with a copy of a running validator's validator_key.json and
     sign_state.json (its own home and node key, same genesis and peers) sees the original's
     votes during its watch, logs the doppelganger and stops signing: /status shows signing
     false and a sign_state_error naming another instance; the original keeps signing, and no
     node ever records equivocation evidence."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, crypto=crypto)
     original = net.validators[3]
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 4, TIMEOUT_S)

@@ -28,7 +28,9 @@ tests say what a member can still do.
 One network serves the whole module (starting one costs seconds of a 2-core
 machine); an attack that leaves it unable to commit fails its own test, and
 the next test starts a fresh one. Attacks that move a node (a restart) or
-that are known to halt the chain run last.
+that are known to halt the chain run last. The module runs under each crypto
+suite (`module_crypto`, tests/integration/conftest.py): a network of each,
+every attack against it; forged votes and swapped bodies are the suite's.
 """
 
 from __future__ import annotations
@@ -73,12 +75,18 @@ HANDSHAKE_HOLD_S = 12.0
 # times the 20 failures that banned 127.0.0.1 at b186c6b.
 GARBAGE_CONNECTIONS = 60
 
+# Bounds on the target's responsiveness (event-loop lag, probe latency, a
+# client's close within a grace): under `make test`'s workers no two modules of
+# this group run at once (the group's lock, tests/integration/conftest.py).
+pytestmark = pytest.mark.xdist_group("timing")
+
 
 class Shared:
     """The module's network, replaced by a fresh one when an attack broke it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, crypto: str) -> None:
         self.root = root
+        self.crypto = crypto
         self.generation = 0
         self.net: Any = None
 
@@ -87,7 +95,7 @@ class Shared:
         folder = self.root / f"net{self.generation}"
         # The default timeouts: what operators run, and what the issue's figures assume.
         self.net = nodes.create_testnet(
-            folder, validators=4, accounts=4, consensus=ConsensusConfig()
+            folder, validators=4, accounts=4, consensus=ConsensusConfig(), crypto=self.crypto
         )
         hostile.open_network(self.net)
         return self.net
@@ -106,8 +114,8 @@ async def _kill(net: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
-    holder = Shared(tmp_path_factory.mktemp("hostile"))
+def shared(tmp_path_factory: pytest.TempPathFactory, module_crypto: str) -> Iterator[Shared]:
+    holder = Shared(tmp_path_factory.mktemp("hostile"), module_crypto)
     trio.run(_start, holder.create())
     try:
         yield holder

@@ -2,7 +2,9 @@
 
 Four real validator processes on loopback, real signed transfers over HTTP,
 real signals. The tests read only what the command prints, as a newcomer
-running `make run` would.
+running `make run` would. The transfers run under each crypto suite; Ctrl-C
+and a dying node test the command's supervision of its processes, which no
+suite reaches, so they run with the default one.
 """
 
 from __future__ import annotations
@@ -70,13 +72,14 @@ def _heights(output: str, node: str) -> list[int]:
     return [int(h) for h in re.findall(rf"\b{node}=(\d+)", output)]
 
 
-def test_localnet_commits_transfers_and_stops_cleanly() -> None:
+def test_localnet_commits_transfers_and_stops_cleanly(crypto: str) -> None:
     """A 4-validator localnet under 50 tx/s for 20 s exits 0, every node's height grows,
-    transfers are committed and timed, and every node stops with exit code 0."""
+    transfers are committed and timed, and every node stops with exit code 0; with either
+    crypto suite (`--crypto`), which it names."""
     result = subprocess.run(
         [
             *(str(nodes.ARCHIPELAGO), "localnet", "--validators", "4", "--load", "50"),
-            *("--duration", "20", "--base-port", _base_port()),
+            *("--duration", "20", "--base-port", _base_port(), "--crypto", crypto),
         ],
         capture_output=True,
         text=True,
@@ -111,6 +114,7 @@ def test_localnet_commits_transfers_and_stops_cleanly() -> None:
         assert re.search(rf"{node}: API http://127\.0\.0\.1:\d+ ", out), out
     assert re.search(r"genesis: \S+/node0/genesis\.json", out), out
     assert "pass --keep (or --output DIR) to keep the homes" in out
+    assert re.search(rf"localnet: 4 validators, chain \S+ \({crypto}\)", out), out
 
 
 async def test_localnet_stops_on_ctrl_c() -> None:

@@ -51,11 +51,11 @@ def _set_validator(net: Any, node: Any, power: int) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-async def test_only_members_get_in_and_the_admin_changes_who(tmp_path: Path) -> None:
+async def test_only_members_get_in_and_the_admin_changes_who(tmp_path: Path, crypto: str) -> None:
     """Fresh keys dialling every validator are refused after the handshake and logged once
     each; a full node is refused until the admin's set_member commits, then syncs; removed,
     it is dropped and the validators keep committing among themselves."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, crypto=crypto)
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 2, TIMEOUT_S)
         strangers = [PrivateKey.generate() for _ in range(3)]

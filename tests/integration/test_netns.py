@@ -10,7 +10,8 @@ stops commits on both sides (neither has +2/3) without either committing
 something the other does not, and commits resume once it heals.
 
 Needs root and `ip`; skipped otherwise, unless ARCHIPELAGO_REQUIRE_NETNS=1
-(CI, .ci/run), where their absence is a failure.
+(CI, .ci/run), where their absence is a failure. Each test runs under each
+crypto suite (the `crypto` fixture, tests/integration/conftest.py).
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ from tests.integration import netns, nodes
 _UNAVAILABLE = netns.unavailable()
 if _UNAVAILABLE is not None and os.environ.get("ARCHIPELAGO_REQUIRE_NETNS") == "1":
     raise RuntimeError(f"ARCHIPELAGO_REQUIRE_NETNS=1 but {_UNAVAILABLE}")
-pytestmark = pytest.mark.skipif(
-    _UNAVAILABLE is not None, reason=f"network namespaces unavailable: {_UNAVAILABLE}"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        _UNAVAILABLE is not None, reason=f"network namespaces unavailable: {_UNAVAILABLE}"
+    ),
+    # Each test makes four namespaces and a wire process that forwards every frame in
+    # Python; under `make test`'s workers no other module of the group runs meanwhile.
+    pytest.mark.xdist_group("netns"),
+]
 
 VALIDATORS = 4
 HEIGHT_TIMEOUT_S = 90  # generous: a loaded 2-core machine; healthy runs take a few seconds
@@ -45,7 +51,7 @@ HEIGHTS_WHILE_CUT = 3  # blocks the other three commit while one is cut off
 # A 2|2 partition has halted once every node reports no block for this long: about
 # 15 block intervals of these testnets (FAST_CONSENSUS at 50 ms round trips).
 HALTED_MS = 5_000
-SINK = PrivateKey(bytes(range(32))).address
+SINK_SEED = bytes(range(32))  # the transfers' receiver, a key of the chain's suite
 
 
 @pytest.fixture
@@ -54,8 +60,10 @@ def hosts() -> Iterator[netns.Hosts]:
         yield h
 
 
-def make_testnet(root: Path, hosts: netns.Hosts) -> nodes.Testnet:
-    net = nodes.create_testnet(root, validators=VALIDATORS, accounts=4, hosts=hosts.addresses)
+def make_testnet(root: Path, hosts: netns.Hosts, crypto: str) -> nodes.Testnet:
+    net = nodes.create_testnet(
+        root, validators=VALIDATORS, accounts=4, hosts=hosts.addresses, crypto=crypto
+    )
     for i, node in enumerate(net.nodes):
         node.wrapper = hosts.wrapper(i)
     return net
@@ -66,9 +74,10 @@ async def submit_transfers(
 ) -> list[str]:
     """One transfer per account and nonce, all through `node`'s API; their hashes."""
     hashes = []
+    sink = PrivateKey(SINK_SEED).address
     for nonce in nonces:
         for key in net.accounts:
-            raw = transfer_tx(key, net.chain_id, nonce, SINK, 1).encode()
+            raw = transfer_tx(key, net.chain_id, nonce, sink, 1).encode()
             r = await api.submit(node, raw)
             assert r.status_code == 202, r.text
             hashes.append(r.json()["hash"])
@@ -106,13 +115,13 @@ async def assert_same_chain(
 
 
 async def test_four_hosts_at_50_ms_with_loss_and_reordering_commit_and_agree(
-    tmp_path: Path, hosts: netns.Hosts
+    tmp_path: Path, hosts: netns.Hosts, crypto: str
 ) -> None:
     """Across links with 25 ms each way, 1 % loss and 5 % reordering, transfers submitted
     through one node are committed once, at one height on every node, and all four serve
     the same block and app hash at every height."""
     before = hosts.shape(LOSSY_WAN)
-    net = make_testnet(tmp_path / "net", hosts)
+    net = make_testnet(tmp_path / "net", hosts, crypto)
     async with nodes.running(net), nodes.open_api() as api:
         validators = net.validators
         await api.wait_height(validators, 2, HEIGHT_TIMEOUT_S)
@@ -128,12 +137,12 @@ async def test_four_hosts_at_50_ms_with_loss_and_reordering_commit_and_agree(
 
 
 async def test_a_validator_cut_off_does_not_stop_the_others_and_catches_up(
-    tmp_path: Path, hosts: netns.Hosts
+    tmp_path: Path, hosts: netns.Hosts, crypto: str
 ) -> None:
     """node3's link down: the other three keep committing (transfers included); link up:
     node3 reaches their height with the same block hashes."""
     hosts.shape(WAN)
-    net = make_testnet(tmp_path / "net", hosts)
+    net = make_testnet(tmp_path / "net", hosts, crypto)
     async with nodes.running(net), nodes.open_api() as api:
         validators = net.validators
         others, cut = validators[:3], validators[3]
@@ -154,12 +163,12 @@ async def test_a_validator_cut_off_does_not_stop_the_others_and_catches_up(
 
 
 async def test_a_2_2_partition_halts_commits_and_healing_resumes_them(
-    tmp_path: Path, hosts: netns.Hosts
+    tmp_path: Path, hosts: netns.Hosts, crypto: str
 ) -> None:
     """Partitioned 2|2 neither side has +2/3: every node goes HALTED_MS without a block,
     nodes at one height hold one block; healed, all commit again on one chain."""
     hosts.shape(netns.LinkShape(delay_ms=25, reorder_pct=5))
-    net = make_testnet(tmp_path / "net", hosts)
+    net = make_testnet(tmp_path / "net", hosts, crypto)
     async with nodes.running(net), nodes.open_api() as api:
         validators = net.validators
         await api.wait_height(validators, 2, HEIGHT_TIMEOUT_S)

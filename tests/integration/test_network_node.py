@@ -4,7 +4,8 @@ What the issue asks the assembled node to show: the validators commit and
 agree block for block; transfers sent to different nodes are committed
 exactly once; a validator killed with SIGKILL does not stop the other three,
 and once restarted it catches up by block sync and signs again; a new full
-node syncs the chain from genesis and then follows it.
+node syncs the chain from genesis and then follows it. Under each crypto suite
+(the `crypto` fixture, tests/integration/conftest.py).
 """
 
 from __future__ import annotations
@@ -106,13 +107,13 @@ async def test_four_validators_commit_each_transfer_once_and_agree_on_every_bloc
 
 
 async def test_a_killed_validator_does_not_stop_the_others_and_rejoins_after_restart(
-    tmp_path: Path,
+    tmp_path: Path, crypto: str
 ) -> None:
     """SIGKILL one validator: the other three keep committing. Restarted, it catches up by
     block sync (its /status shows sync mode "blocksync" once a synced block's certificate
     verified, then "consensus") and its own precommits appear again in later commit
     certificates."""
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1, crypto=crypto)
     async with nodes.running(net), nodes.open_api() as api:
         victim, others = net.validators[3], net.validators[:3]
         await api.wait_height(net.validators, 5, HEIGHT_TIMEOUT_S)

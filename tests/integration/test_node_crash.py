@@ -35,14 +35,14 @@ async def _lines_since_start(node: Any, start_offset: int) -> int:
 
 
 async def test_a_validator_killed_repeatedly_never_double_signs_and_resumes(
-    tmp_path: Path,
+    tmp_path: Path, crypto: str
 ) -> None:
     """5 SIGKILLs of one validator at seeded random points, each followed by a restart: every
     stored certificate holds at most one valid precommit per (height, round, validator), no
     node counts equivocation evidence, no block carries any, and the victim catches up and
     its precommits appear in commits after its last restart."""
     rng = random.Random(SEED)
-    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=0)
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=0, crypto=crypto)
     victim = net.validators[2]
     kill_points: list[int] = []
     async with nodes.running(net), nodes.open_api() as api:

@@ -7,6 +7,11 @@ The checker tests hand devnet/perturb_checks.py histories with really signed
 votes, first as honest nodes would report them and then doctored (a forked
 hash, a double-signed precommit, a forged signature, a lost transaction), so
 that a passing run means something.
+
+Both run with the default crypto suite: `archipelago perturb` has no
+`--crypto` (devnet/perturb.py), and the checker is a tool's, not the node's.
+Kills, restarts, pauses and catch-up of the node itself run under both suites
+in test_node_crash.py, test_network_node.py and test_netns.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ timeout_commit into the certificate they propose.
 
 Needs the `prometheus` server from Debian's `prometheus` package (the one that
 brings promtool): skipped with that reason when missing, a failure in CI
-(ARCHIPELAGO_REQUIRE_PROMTOOL=1, set by .ci/run).
+(ARCHIPELAGO_REQUIRE_PROMTOOL=1, set by .ci/run). It runs with the default
+crypto suite: what it checks is the shipped rules against the metrics, which
+no suite changes (test_metrics.py scrapes a network of each suite).
 """
 
 from __future__ import annotations

@@ -55,11 +55,13 @@ checks.positive_data_acceptance.expected-statuses = [{_ACCEPTED}, "426"]
 """
 
 
-async def test_schemathesis_reports_no_failure_against_a_live_node(tmp_path: Path) -> None:
+async def test_schemathesis_reports_no_failure_against_a_live_node(
+    tmp_path: Path, crypto: str
+) -> None:
     """All phases and default checks of schemathesis against a running validator: exit code 0
     (no failure, no error), every operation tested, the stateful phase run; afterwards the
     node still commits and logged no handler failure."""
-    net = nodes.create_testnet(tmp_path / "net", validators=1, accounts=2)
+    net = nodes.create_testnet(tmp_path / "net", validators=1, accounts=2, crypto=crypto)
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
     async with nodes.running(net), nodes.open_api() as api:
