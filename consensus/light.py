@@ -128,7 +128,17 @@ class Conflict:
 
 
 def verify_light_block(block: LightBlock, chain_id: str) -> None:
-    """The block on its own: its sets match its header, its certificate is a quorum of its set."""
+    """The block on its own: its sets match its header, its certificate is a quorum of its set.
+
+    The claimed signers' power is summed before any signature is checked, so a
+    certificate short of a quorum costs no signature check at all.
+    """
+    _check_shape(block, chain_id)
+    _check_quorum(block)
+    _verify_signatures(block, chain_id, None)
+
+
+def _check_shape(block: LightBlock, chain_id: str) -> None:
     h = block.header
     if h.chain_id != chain_id:
         raise LightError(Check.CHAIN_ID, f"{h.chain_id!r}, expected {chain_id!r}")
@@ -140,11 +150,27 @@ def verify_light_block(block: LightBlock, chain_id: str) -> None:
         raise LightError(
             Check.NEXT_VALIDATORS_HASH, f"the set given does not hash to height {h.height}'s next"
         )
-    power = _signed_power(block.commit, h, chain_id, block.validators)
+    commit = block.commit
+    if commit.height != h.height:
+        raise LightError(Check.COMMIT_HEIGHT, f"{commit.height}, header {h.height}")
+    if commit.block_hash != h.hash:
+        raise LightError(
+            Check.COMMIT_BLOCK, f"the certificate of height {h.height} names another block"
+        )
+    last = -1
+    for s in commit.signatures:
+        if s.validator_index <= last or s.validator_index >= len(block.validators):
+            raise LightError(Check.COMMIT_SIGNERS, f"index {s.validator_index} out of order or set")
+        last = s.validator_index
+
+
+def _check_quorum(block: LightBlock) -> None:
+    """More than 2/3 of the header's own set claims to have signed (signatures not checked)."""
+    power = sum(block.validators[s.validator_index].power for s in block.commit.signatures)
     if not block.validators.has_quorum(power):
         raise LightError(
             Check.QUORUM,
-            f"signers hold {power} of {block.validators.total_power} at height {h.height}",
+            f"signers hold {power} of {block.validators.total_power} at height {block.height}",
         )
 
 
@@ -173,17 +199,22 @@ def verify_skipping(
     if untrusted.height == trusted.height + 1:
         verify_adjacent(trusted, untrusted, chain_id, now_ms, options)
         return
-    verify_light_block(untrusted, chain_id)
+    # Every count comes before any signature check, and the signatures of trusted
+    # validators are checked first: a certificate by keys the trusted set does not
+    # hold is refused at no signature check, a forged one at its first bad signature.
+    _check_shape(untrusted, chain_id)
+    _check_quorum(untrusted)
     trusted_set = trusted.next_validators
     power = _trusted_power(untrusted, trusted_set)
     need = trusted_set.total_power * options.trust_numerator
     if power * options.trust_denominator <= need:
         raise LightError(
             Check.TRUST_LEVEL,
-            f"validators trusted at height {trusted.height} signed {power} of "
+            f"validators trusted at height {trusted.height} claim {power} of "
             f"{trusted_set.total_power}, need more than "
             f"{options.trust_numerator}/{options.trust_denominator}",
         )
+    _verify_signatures(untrusted, chain_id, trusted_set)
 
 
 def verify_to(
@@ -292,34 +323,27 @@ def _check_common(
         raise LightError(Check.TIME, f"height {untrusted.height} is from the future")
 
 
-def _signed_power(commit: Commit, header: Header, chain_id: str, validators: ValidatorSet) -> int:
-    """The power of the header's own set behind `commit`; every signature must verify."""
-    if commit.height != header.height:
-        raise LightError(Check.COMMIT_HEIGHT, f"{commit.height}, header {header.height}")
-    if commit.block_hash != header.hash:
-        raise LightError(
-            Check.COMMIT_BLOCK, f"the certificate of height {header.height} names another block"
-        )
+def _verify_signatures(block: LightBlock, chain_id: str, first: ValidatorSet | None) -> None:
+    """Every signature of the certificate must verify; those of `first`'s members go first.
+
+    Stops at the first bad one. Called once `_check_shape` has checked the indices.
+    """
+    commit = block.commit
     message = precommit_sign_bytes(chain_id, commit.height, commit.round, commit.block_hash)
-    power = 0
-    last = -1
-    for s in commit.signatures:
-        if s.validator_index <= last or s.validator_index >= len(validators):
-            raise LightError(Check.COMMIT_SIGNERS, f"index {s.validator_index} out of order or set")
-        last = s.validator_index
-        v = validators[s.validator_index]
-        if not verify(v.public_key, message, s.signature):
+    signed = [(block.validators[s.validator_index], s.signature) for s in commit.signatures]
+    if first is not None:
+        signed.sort(key=lambda pair: first.index_of(pair[0].address) is None)
+    for v, signature in signed:
+        if not verify(v.public_key, message, signature):
             raise LightError(
-                Check.COMMIT_SIGNATURE, f"validator {v.address.hex()} at height {header.height}"
+                Check.COMMIT_SIGNATURE, f"validator {v.address.hex()} at height {block.height}"
             )
-        power += v.power
-    return power
 
 
 def _trusted_power(block: LightBlock, trusted: ValidatorSet) -> int:
     """The power in `trusted` of the validators whose signatures `block` carries.
 
-    Called once `verify_light_block` has verified every signature against the
+    Claimed only, until `_verify_signatures` has checked them against the
     block's own set; a validator is the same in both sets if its address is
     (an address is the hash of the public key).
     """

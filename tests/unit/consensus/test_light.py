@@ -227,3 +227,41 @@ def test_two_verified_headers_of_one_height_are_a_conflict_naming_the_double_sig
     assert found is not None and found.height == 5
     assert set(found.double_signers) == {k.address for k in keys_at(5, 3)}
     assert conflict(at(5), at(5), CHAIN) is None
+
+
+def test_a_forged_set_costs_at_most_one_signature_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header signed by 50 keys of the attacker's own: refused before any signature is
+    checked; with the trusted validators listed under junk signatures, at the first one."""
+    import consensus.light as light
+
+    checked: list[bytes] = []
+    real_verify = light.verify
+
+    def counting(public_key: bytes, message: bytes, signature: bytes) -> bool:
+        checked.append(public_key)
+        return real_verify(public_key, message, signature)
+
+    monkeypatch.setattr(light, "verify", counting)
+    target = at(10)
+    own = [PrivateKey(hashlib.sha256(b"attacker %d" % i).digest()) for i in range(50)]
+    forged_set = vset(own)
+    header = dataclasses.replace(target.header, validators_hash=forged_set.hash)
+    forged = LightBlock(header, sign(header, own, forged_set), forged_set, target.next_validators)
+    refused(Check.TRUST_LEVEL, verify_skipping, at(1), forged, CHAIN, NOW, OPTIONS)
+    assert checked == []
+    # The trusted set's keys named in the forged set, their signatures junk: one check.
+    trusted_keys = keys_at(2, 3)
+    mixed_set = vset([*own, *trusted_keys])
+    header = dataclasses.replace(target.header, validators_hash=mixed_set.hash)
+    commit = sign(header, own, mixed_set)
+    junk = [
+        CommitSig(i, bytes(64))
+        for i, v in enumerate(mixed_set)
+        if v.address in {k.address for k in trusted_keys}
+    ]
+    sigs = tuple(sorted([*commit.signatures, *junk], key=lambda s: s.validator_index))
+    commit = dataclasses.replace(commit, signatures=sigs)
+    mixed = LightBlock(header, commit, mixed_set, target.next_validators)
+    refused(Check.COMMIT_SIGNATURE, verify_skipping, at(1), mixed, CHAIN, NOW, OPTIONS)
+    assert len(checked) == 1
+    assert checked[0] in {k.public_key for k in trusted_keys}
