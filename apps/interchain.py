@@ -7,7 +7,9 @@ once from a header of A it trusts (`client_create`), then anyone moves it
 forward by submitting A's later headers with their commit certificates and
 validator sets (`client_update`), verified sequentially or by skipping with
 a trust level of 1/3 within a trusting period, B's own block time being
-"now". `receive` credits a recipient on B with a proof that a `send_out` to
+"now". Every verified height's light block is kept, and `client_update_from`
+verifies a header from any of them, also below the latest: a third party
+that moves the client past height h + 1 of a transfer cannot strand it. `receive` credits a recipient on B with a proof that a `send_out` to
 B was committed on A and succeeded: the tx's Merkle path to header h's
 `data_hash`, header h bound by header h + 1's `last_block_hash`, header h + 1
 verified by the light client, and the result's Merkle path to header h + 1's
@@ -69,12 +71,16 @@ __all__ = [
 CODE_BAD_CLIENT = 8  # client_create or client_update refused
 CODE_BAD_RECEIVE = 9  # receive refused
 
-OPERATIONS = frozenset({"send_out", "client_create", "client_update", "receive"})
+OPERATIONS = frozenset(
+    {"send_out", "client_create", "client_update", "client_update_from", "receive"}
+)
 QUERY_CLIENT = "interchain/client"
 
 # Each client_update verifies up to a certificate's worth of signatures (as many as fit
 # in a 32 KiB payload, about 480); this many per block bounds a block's extra work to
-# about a second of one core. Later updates in the block fail with CODE_BAD_CLIENT.
+# about a second of one core. Every update that reaches verification counts, refused or
+# not (and in the mempool's view until the next commit): later ones in the block fail
+# with CODE_BAD_CLIENT before any verification.
 CLIENT_UPDATES_PER_BLOCK_MAX = 4
 # A trusting period must be below the source chain's unbonding time; Archipelago has no
 # unbonding, so the admin chooses it, up to a year.
@@ -82,7 +88,11 @@ TRUSTING_PERIOD_MS_MAX = 365 * 24 * 3600 * 1000
 
 KEY_INTERCHAIN = b"i"
 _KEY_CLIENT = b"ic"  # + chain id -> canonical [host chain id, trusting period ms, height]
-_KEY_LIGHT = b"il"  # + chain id -> the latest verified light block (light_block_bytes)
+# + u64 BE height + chain id -> the light block (light_block_bytes) of a verified height:
+# an update may start from any of them, so a client pushed past a height can still be
+# moved back to it (state grows only with accepted updates, CLIENT_UPDATES_PER_BLOCK_MAX
+# a block at most).
+_KEY_LIGHT = b"iL"
 _KEY_HEADER = b"ih"  # + u64 BE height + chain id -> hash of a verified header
 _KEY_RECEIPT = b"ir"  # + 32-byte tx id + chain id -> b"": credited once
 _U64 = struct.Struct(">Q")
@@ -158,8 +168,16 @@ def client_create_payload(block: LightBlock, trusting_period_ms: int) -> bytes:
     return encode(["client_create", light_block_bytes(block), params])
 
 
-def client_update_payload(chain_id: str, block: LightBlock) -> bytes:
-    return encode(["client_update", chain_id, light_block_bytes(block)])
+def client_update_payload(
+    chain_id: str, block: LightBlock, trusted_height: int | None = None
+) -> bytes:
+    """["client_update", chain id, light block] verifies from the client's latest height;
+    ["client_update_from", chain id, canonical [trusted height, light block]] from that
+    verified height, which may lie below the latest."""
+    if trusted_height is None:
+        return encode(["client_update", chain_id, light_block_bytes(block)])
+    inner = encode([trusted_height, light_block_bytes(block)])
+    return encode(["client_update_from", chain_id, inner])
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +260,10 @@ def _client_key(chain_id: str) -> bytes:
     return _KEY_CLIENT + chain_id.encode()
 
 
+def _light_key(chain_id: str, height: int) -> bytes:
+    return _KEY_LIGHT + _U64.pack(height) + chain_id.encode()
+
+
 def _header_key(chain_id: str, height: int) -> bytes:
     return _KEY_HEADER + _U64.pack(height) + chain_id.encode()
 
@@ -277,7 +299,6 @@ class Accepted:
     debit: int  # taken from the sender (send_out)
     credit_to: bytes  # credited with `credit`
     credit: int
-    client_update: bool = False
 
 
 @dataclass(slots=True)
@@ -303,8 +324,6 @@ class Overlay:
 
     def accept(self, accepted: Accepted) -> None:
         self.writes.update(accepted.writes)
-        if accepted.client_update:
-            self.client_updates += 1
 
 
 def apply(obj: tuple[Any, ...], sender_is_admin: bool, ic: Overlay) -> Accepted | TxResult:
@@ -316,7 +335,7 @@ def apply(obj: tuple[Any, ...], sender_is_admin: bool, ic: Overlay) -> Accepted 
         if not sender_is_admin:
             return TxResult(CODE_UNAUTHORIZED, "only the genesis admin may create a client")
         return _client_create(obj, ic)
-    if name == "client_update":
+    if name in ("client_update", "client_update_from"):
         return _client_update(obj, ic)
     assert name == "receive"
     return _receive(obj, ic)
@@ -389,38 +408,61 @@ def _client_writes(
 ) -> tuple[tuple[bytes, bytes], ...]:
     return (
         (_client_key(chain_id), _client_value(record)),
-        (_KEY_LIGHT + chain_id.encode(), block_bytes),
+        (_light_key(chain_id, block.height), block_bytes),
         (_header_key(chain_id, block.height), block.header.hash),
     )
 
 
 def _client_update(obj: tuple[Any, ...], ic: Overlay) -> Accepted | TxResult:
     if len(obj) != 3 or type(obj[1]) is not str or type(obj[2]) is not bytes:
-        return TxResult(CODE_BAD_PAYLOAD, 'expected ["client_update", chain id, light block]')
+        return TxResult(CODE_BAD_PAYLOAD, f'expected ["{obj[0]}", chain id, bytes]')
     chain_id = obj[1]
     if not _chain_id_ok(chain_id):
         return TxResult(CODE_BAD_PAYLOAD, _CHAIN_ID_RULE)
     client = ic.get(_client_key(chain_id))
     if client is None:
         return _refuse_client("client", f"no client of {chain_id!r}")
-    if ic.client_updates >= CLIENT_UPDATES_PER_BLOCK_MAX:
-        return _refuse_client("updates per block", f"at most {CLIENT_UPDATES_PER_BLOCK_MAX}")
+    # The submitted block is decoded before the stored one: junk costs its own decoding only.
     record = _client_record(client)
-    trusted_bytes = ic.get(_KEY_LIGHT + chain_id.encode())
-    assert trusted_bytes is not None, "a client always has its latest light block"
-    trusted = _decode_light_block(trusted_bytes)
+    trusted_height, block_bytes = record.height, obj[2]
     try:
-        block = _decode_light_block(obj[2])
+        if obj[0] == "client_update_from":
+            trusted_height, block_bytes = decode_with(
+                obj[2],
+                _read_from,
+                lambda v: encode([v[0], v[1]]),
+                bytes_max=TX_PAYLOAD_BYTES_MAX,
+                field_bytes_max=TX_PAYLOAD_BYTES_MAX,
+            )
+        block = _decode_light_block(block_bytes)
     except DecodeError as e:
         return _refuse_client("payload", str(e)[:120])
+    trusted_bytes = ic.get(_light_key(chain_id, trusted_height))
+    if trusted_bytes is None:
+        return _refuse_client("trusted height", f"{trusted_height} is not verified")
+    if ic.get(_header_key(chain_id, block.height)) is not None:
+        return _refuse_client("height", f"{block.height} is verified already")
+    if ic.client_updates >= CLIENT_UPDATES_PER_BLOCK_MAX:
+        return _refuse_client("updates per block", f"at most {CLIENT_UPDATES_PER_BLOCK_MAX}")
+    ic.client_updates += 1
+    trusted = _decode_light_block(trusted_bytes)
     now = block.header.time_ms if ic.now_ms is None else ic.now_ms
     options = TrustOptions(trusting_period_ms=record.trusting_period_ms)
     try:
         light_verify_skipping(trusted, block, chain_id, now, options)
     except LightError as e:
         return _refuse_client(e.check.value, str(e).split(": ", 1)[-1])
-    updated = ClientRecord(record.host_chain_id, record.trusting_period_ms, block.height)
-    return Accepted(_client_writes(chain_id, updated, block, obj[2]), 0, b"", 0, client_update=True)
+    height = max(record.height, block.height)
+    updated = ClientRecord(record.host_chain_id, record.trusting_period_ms, height)
+    return Accepted(_client_writes(chain_id, updated, block, block_bytes), 0, b"", 0)
+
+
+def _read_from(r: Reader) -> tuple[int, bytes]:
+    r.array("client_update_from", length=2)
+    return (
+        r.integer("trusted height", 1, HEIGHT_MAX),
+        r.binary("light block", length_max=TX_PAYLOAD_BYTES_MAX),
+    )
 
 
 def _receive(obj: tuple[Any, ...], ic: Overlay) -> Accepted | TxResult:
@@ -514,10 +556,10 @@ def query(committed: Mapping[bytes, bytes], path: str, data: bytes, height: int)
     except UnicodeDecodeError:
         return QueryResult(CODE_BAD_PAYLOAD, log="expected a chain id")
     value = committed.get(_client_key(chain_id))
-    light = committed.get(_KEY_LIGHT + chain_id.encode())
-    if value is None or light is None:
+    if value is None:
         return QueryResult(CODE_BAD_PAYLOAD, log=f"no client of {chain_id[:50]!r}")
     record = _client_record(value)
+    light = committed[_light_key(chain_id, record.height)]
     time_ms = _decode_light_block(light).header.time_ms
     out = [record.host_chain_id, record.trusting_period_ms, record.height, time_ms]
     return QueryResult(0, encode(out), height=height)

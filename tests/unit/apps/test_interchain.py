@@ -378,3 +378,62 @@ def test_interchain_state_survives_a_reload_and_still_refuses_a_replay() -> None
     assert reloaded.query(*query) == b.app.query(*query)
     tx = b.tx(RELAYER, receive_payload(A, proof))
     assert reloaded.check_tx(tx).log.startswith("replay:")
+
+
+def test_refused_updates_count_toward_the_cap_of_updates_per_block() -> None:
+    """A block of CLIENT_UPDATES_PER_BLOCK_MAX updates that fail verification (a tampered
+    signature) and one good one: the good one is refused before any verification."""
+    chain = test_light.CHAIN
+    b = ChainB()
+    now = test_light.NOW
+    assert b.run([b.tx(ADMIN, client_create_payload(test_light.at(1), HOUR_MS))], now)[0].ok
+    good = test_light.at(2)
+    sig = good.commit.signatures[0]
+    bad_sig = CommitSig(sig.validator_index, bytes([sig.signature[0] ^ 1]) + sig.signature[1:])
+    bad = dataclasses.replace(
+        good,
+        commit=dataclasses.replace(good.commit, signatures=(bad_sig, *good.commit.signatures[1:])),
+    )
+    txs = [
+        b.tx(RELAYER, client_update_payload(chain, bad))
+        for _ in range(CLIENT_UPDATES_PER_BLOCK_MAX)
+    ]
+    txs.append(b.tx(RELAYER, client_update_payload(chain, good)))
+    results = b.run(txs, now)
+    assert all(r.log.startswith("certificate signature") for r in results[:-1]), results
+    assert results[-1].code == CODE_BAD_CLIENT and "updates per block" in results[-1].log
+    # The mempool's view counts them the same way until the next commit.
+    # A refused tx takes no nonce: each is checked at the relayer's next one.
+    nonce = b.nonces[RELAYER.address]
+    for _ in range(CLIENT_UPDATES_PER_BLOCK_MAX):
+        tx = Transaction.create(RELAYER, B, nonce, client_update_payload(chain, bad))
+        assert b.app.check_tx(tx).code == CODE_BAD_CLIENT
+    tx = Transaction.create(RELAYER, B, nonce, client_update_payload(chain, good))
+    late = b.app.check_tx(tx)
+    assert late.code == CODE_BAD_CLIENT and "updates per block" in late.log, late
+
+
+def test_a_client_pushed_past_a_transfer_by_a_third_party_still_credits_it() -> None:
+    """A send_out at height 2 of A; before the relayer moves B's client to 3, a third party
+    moves it to 5. The relayer's update to 3 from the verified height 1 (below the client's
+    latest) is accepted, the receive credits Carol, the client stays at 5."""
+    a, b = ChainA(), ChainB()
+    a.add([])
+    a.add([Transaction.create(ALICE, A, 0, send_out_payload(B, CAROL.address, 300))])
+    for _ in range(3):
+        a.add([])
+    create = b.tx(ADMIN, client_create_payload(a.at(1), HOUR_MS))
+    push = b.tx(ALICE, client_update_payload(A, a.at(5)))
+    assert [r.code for r in b.run([create, push])] == [0, 0]
+    from_latest = b.run([b.tx(RELAYER, client_update_payload(A, a.at(3)))])[0]
+    assert from_latest.code == CODE_BAD_CLIENT, from_latest
+    assert from_latest.log.startswith("height"), from_latest
+    unverified = b.run([b.tx(RELAYER, client_update_payload(A, a.at(3), 2))])[0]
+    assert unverified.log.startswith("trusted height"), unverified
+    assert b.run([b.tx(RELAYER, client_update_payload(A, a.at(3), 1))])[0].code == 0
+    again = b.run([b.tx(RELAYER, client_update_payload(A, a.at(3), 1))])[0]
+    assert again.log.startswith("height: 3 is verified already"), again
+    assert _receive(b, a.proof(2, 0)).code == 0
+    assert b.balance(CAROL) == 300
+    client = decode(b.app.query(interchain.QUERY_CLIENT, A.encode()).value)
+    assert client[2] == 5 and client[3] == a.at(5).header.time_ms
