@@ -9,8 +9,9 @@ validator sets (`client_update`), verified sequentially or by skipping with
 a trust level of 1/3 within a trusting period, B's own block time being
 "now". Every verified height's light block is kept, and `client_update_from`
 verifies a header from any of them, also below the latest: a third party
-that moves the client past height h + 1 of a transfer cannot strand it. `receive` credits a recipient on B with a proof that a `send_out` to
-B was committed on A and succeeded: the tx's Merkle path to header h's
+that moves the client past height h + 1 of a transfer cannot strand it.
+`receive` credits a recipient on B with a proof that a `send_out` to B was
+committed on A and succeeded: the tx's Merkle path to header h's
 `data_hash`, header h bound by header h + 1's `last_block_hash`, header h + 1
 verified by the light client, and the result's Merkle path to header h + 1's
 `last_results_hash` with code 0. Each (source chain, tx id) is credited once.
