@@ -4,8 +4,9 @@ Chain B's ledger holds a light client of chain A (apps/interchain.py) and
 credits a transfer only on proof; nobody needs to trust the relay, it only
 saves others the work. It follows A's committed blocks in order, finds the
 `send_out` transactions addressed to B's chain id, moves B's light client
-to height h + 1 of each (by skipping where a third of the trusted set still
-signs, bisecting otherwise: consensus.light.verify_to plans the steps, B
+to height h + 1 of each, from the highest height below it the client is known
+to have verified, even below the client's latest (by skipping where a third of
+the trusted set still signs, bisecting otherwise: consensus.light.verify_to plans the steps, B
 checks each again), and submits `receive` with the transaction's Merkle path,
 the headers h and h + 1 and the result's Merkle path. When no transfer is
 pending it refreshes the client before a third of the trusting period has
@@ -133,6 +134,11 @@ class Relay:
         self.chain_a = ""
         self.chain_b = ""
         self.scan = 0  # the next height of A to look at for send_outs
+        # Heights of A that B's client is known to have verified: an update starts from
+        # the highest one below its target (`client_update_from`), so a client a third
+        # party moved past a transfer's h + 1 is still updated to h + 1. Pruned in `step`
+        # to the highest one below `scan` and those above.
+        self.verified: set[int] = set()
 
     # ------------------------------------------------------------ setup
 
@@ -183,6 +189,7 @@ class Relay:
                 f"chain {self.chain_b!r} has no client of {self.chain_a!r}: its admin creates "
                 "one with `archipelago relay --create-client`"
             )
+        self.verified.add(client.height)
         latest = self.a.status()["latest_height"]
         last = min(latest - 1, self.scan + SCAN_HEIGHTS_PER_STEP_MAX - 1)
         worked = False
@@ -191,6 +198,8 @@ class Relay:
                 client = self.deliver(self.scan, index, raw, client)
                 worked = True
             self.scan += 1
+        floor = max((h for h in self.verified if h < self.scan), default=0)
+        self.verified = {h for h in self.verified if h >= floor}
         # Every send_out below `scan` is delivered; one at `scan` needs scan + 1 later,
         # so moving the client up to `scan` never strands a transfer.
         target = min(latest, self.scan)
@@ -222,7 +231,7 @@ class Relay:
         if record["result"]["code"] != 0:
             log.info("send_out failed on the source chain, not relayed", tx=txid, height=height)
             return client
-        if client.height < height + 1:
+        if height + 1 not in self.verified:
             client = self.update_client(client, height + 1)
         proof = self.receive_proof(height, index, raw, record)
         code, text = self.submit(receive_payload(self.chain_a, proof))
@@ -266,8 +275,15 @@ class Relay:
         )
 
     def update_client(self, client: Client, target: int) -> Client:
-        """Move B's client to `target` through the fewest headers A's sets allow."""
-        trusted = self.light_block(client.height)
+        """Have B's client verify `target` through the fewest headers A's sets allow, from
+        the highest height below it known verified (below the client's latest when a third
+        party moved the client past `target`); the client after."""
+        self.verified.add(client.height)
+        start = max((h for h in self.verified if h < target), default=None)
+        if start is None:
+            log.warning("no verified height below, not updated", source=self.chain_a, height=target)
+            return client
+        trusted = self.light_block(start)
         options = TrustOptions(trusting_period_ms=client.trusting_period_ms)
         try:
             trace = verify_to(
@@ -276,11 +292,15 @@ class Relay:
         except LightError as e:
             raise RelayError(f"cannot move the client of {self.chain_a!r} to {target}: {e}") from e
         for block in trace:
-            code, text = self.submit(client_update_payload(self.chain_a, block))
-            if code != 0:
+            code, text = self.submit(client_update_payload(self.chain_a, block, start))
+            # Another relay may have verified the height first: what the step needed.
+            if code != 0 and not (text.startswith("height: ") and "verified already" in text):
                 # Going on would submit a receive B cannot check: try the step again.
                 raise TryLater(f"client update to {block.height} refused: {text}")
-            client = Client(client.trusting_period_ms, block.height, block.header.time_ms)
+            self.verified.add(block.height)
+            start = block.height
+            if block.height > client.height:
+                client = Client(client.trusting_period_ms, block.height, block.header.time_ms)
             log.info("client updated", source=self.chain_a, height=block.height)
         return client
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from apps.interchain import QUERY_CLIENT, client_create_payload
+from apps.interchain import QUERY_CLIENT, client_create_payload, client_update_payload
 from consensus.codec import decode
 from consensus.crypto import PrivateKey
 from consensus.types import Transaction
@@ -85,3 +85,27 @@ def test_the_relay_bisects_to_a_height_a_skip_cannot_reach_and_b_accepts_every_s
     assert 1 < len(fake_b.codes) < 39, fake_b.codes
     client = decode(b.app.query(QUERY_CLIENT, test_light.CHAIN.encode()).value)
     assert client[2] == 40
+
+
+def test_the_relay_updates_the_client_below_its_latest_when_a_third_party_moved_it_past() -> None:
+    """The relay saw B's client at 1; a third party moved it to 5. The relay still has
+    height 3 verified (from 1, below the client's latest), and the client stays at 5."""
+    b = ChainB()
+    create = b.tx(ADMIN, client_create_payload(test_light.at(1), HOUR_MS))
+    push = b.tx(ADMIN, client_update_payload(test_light.CHAIN, test_light.at(5)))
+    assert [r.code for r in b.run([create, push], test_light.NOW)] == [0, 0]
+    a, fake_b = FakeA(), FakeB(b)
+    relay = Relay(a, fake_b, RELAYER, now_ms=lambda: test_light.NOW)
+    relay.chain_a, relay.chain_b = test_light.CHAIN, "chain-b"
+    relay.verified.add(1)
+    pushed = Client(HOUR_MS, 5, test_light.at(5).header.time_ms)
+    after = relay.update_client(pushed, 3)
+    assert after == pushed
+    assert fake_b.codes == [0]
+    assert b.app.query(QUERY_CLIENT, test_light.CHAIN.encode()).ok
+    assert decode(b.app.query(QUERY_CLIENT, test_light.CHAIN.encode()).value)[2] == 5
+    # Asked again (another relay got there first, say), the refusal "verified already"
+    # is what the step needed: no error.
+    relay.verified.discard(3)
+    assert relay.update_client(pushed, 3) == pushed
+    assert fake_b.codes == [0, 8]
