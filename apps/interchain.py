@@ -445,7 +445,13 @@ def _client_update(obj: tuple[Any, ...], ic: Overlay) -> Accepted | TxResult:
         return _refuse_client("height", f"{block.height} is verified already")
     if ic.client_updates >= CLIENT_UPDATES_PER_BLOCK_MAX:
         return _refuse_client("updates per block", f"at most {CLIENT_UPDATES_PER_BLOCK_MAX}")
-    ic.client_updates += 1
+    # In a block every update that reaches verification counts, refused or not: a
+    # proposer cannot fill a block with verifications. The mempool's view counts only
+    # admitted ones: a refused update costs its sender nothing to repeat, so counting it
+    # would let anyone crowd honest updates out until the next commit, while the claimed
+    # power checks (consensus/light.py) make a forged one cost at most one signature.
+    in_block = ic.now_ms is not None
+    ic.client_updates += in_block
     trusted = _decode_light_block(trusted_bytes)
     now = block.header.time_ms if ic.now_ms is None else ic.now_ms
     options = TrustOptions(trusting_period_ms=record.trusting_period_ms)
@@ -453,6 +459,7 @@ def _client_update(obj: tuple[Any, ...], ic: Overlay) -> Accepted | TxResult:
         light_verify_skipping(trusted, block, chain_id, now, options)
     except LightError as e:
         return _refuse_client(e.check.value, str(e).split(": ", 1)[-1])
+    ic.client_updates += not in_block
     height = max(record.height, block.height)
     updated = ClientRecord(record.host_chain_id, record.trusting_period_ms, height)
     return Accepted(_client_writes(chain_id, updated, block, block_bytes), 0, b"", 0)
