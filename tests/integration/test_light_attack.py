@@ -9,9 +9,10 @@ what `/commit/{h}` serves. Posted to one node, it must be accepted (202),
 relayed, committed in a block by every node's chain, shown by every node's
 `/block` with type `light_client_attack` and the bytes posted, recorded by
 the ledger (the accused leave the validator set), and refused when posted
-again (409), as is another form of the same attack (409). Forged evidence (a bad signature; a lunatic header signed by
-less than a third of the common height's set) is refused with 422 naming the
-check (the same answer when posted again), and never reaches a block nor another node.
+again (409), as is another form of the same attack. Forged evidence (a bad
+signature; a lunatic header signed by less than a third of the common height's
+set) is refused with 422 naming the check (the same answer when posted again),
+and never reaches a block nor another node.
 """
 
 from __future__ import annotations
