@@ -723,15 +723,13 @@ class LightClientAttackEvidence(Canonical):
         thousand verifications before the forged accused one fails. Checked
         in this order, forged evidence fails at its first accused signature.
         """
-        validators, accused = self.conflicting_validators, frozenset(self.byzantine_validators)
+        validators = self.conflicting_validators
+        # By index: a lookup per accused address, no hashing of the set's keys.
+        accused = {validators.index_of(a) for a in self.byzantine_validators}
         first: list[CommitSig] = []
         rest: list[CommitSig] = []
         for s in self.conflicting_commit.signatures:
-            is_accused = (
-                s.validator_index < len(validators)
-                and validators[s.validator_index].address in accused
-            )
-            (first if is_accused else rest).append(s)
+            (first if s.validator_index in accused else rest).append(s)
         return (*first, *rest)
 
     def signature_error(self, chain_id: str) -> str | None:
