@@ -33,7 +33,9 @@ The checks, each failing with `AttackInvalid` naming its `AttackCheck`:
    hold more than 1/3 of its power (so a light client trusting the common
    height would have skipped to the header), and they are the accused;
 6. `byzantine_validators` is exactly that list;
-7. every signature verifies (`AttackCheck.SIGNATURE`).
+7. every signature verifies (`AttackCheck.SIGNATURE`), the accused validators'
+   first: their keys are the node's, so a forger cannot make them, while it
+   can make any number of valid ones by keys of its own in a lunatic set.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "AttackInvalid",
     "ChainView",
     "Screened",
+    "conflict_key",
     "includable",
     "screen_light_attack",
     "verify_light_attack",
@@ -122,6 +125,17 @@ def includable(evidence: Evidence, next_height: int, age_blocks_max: int) -> boo
     if isinstance(evidence, LightClientAttackEvidence):
         return evidence.height <= next_height - 2
     return evidence.height < next_height
+
+
+def conflict_key(ev: LightClientAttackEvidence) -> tuple[int, bytes]:
+    """What one attack is: the conflicting header's height and hash.
+
+    Valid evidence of one conflicting header comes in many forms (any subset
+    of more than 2/3 of its certificate's signatures, other valid common
+    heights), each up to 167 KB; a pool and a block take one per key, so the
+    ledger acts once and nobody can multiply one attack into many items.
+    """
+    return (ev.conflicting_header.height, ev.conflicting_header.hash)
 
 
 def screen_light_attack(ev: LightClientAttackEvidence, chain: ChainView) -> Screened:
@@ -193,8 +207,10 @@ def screen_light_attack(ev: LightClientAttackEvidence, chain: ChainView) -> Scre
             f"{len(byzantine)}: {', '.join(a.hex() for a in byzantine) or 'none'}",
         )
     message = precommit_sign_bytes(chain.chain_id, h, commit.round, commit.block_hash)
+    # The accused validators' signatures first: those a forger cannot make.
     items = tuple(
-        (conflicting[s.validator_index].public_key, message, s.signature) for s in commit.signatures
+        (conflicting[s.validator_index].public_key, message, s.signature)
+        for s in ev.signatures_in_check_order()
     )
     return Screened(lunatic, byzantine, items)
 
@@ -203,7 +219,7 @@ def verify_light_attack(ev: LightClientAttackEvidence, chain: ChainView) -> Scre
     """Every check, the signatures last (one at a time: for tests and small certificates)."""
     screened = screen_light_attack(ev, chain)
     for (public_key, message, signature), s in zip(
-        screened.items, ev.conflicting_commit.signatures, strict=True
+        screened.items, ev.signatures_in_check_order(), strict=True
     ):
         if not verify(public_key, message, signature):
             raise AttackInvalid(AttackCheck.SIGNATURE, f"validator index {s.validator_index}")

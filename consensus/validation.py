@@ -35,7 +35,13 @@ import msgpack
 
 from consensus import merkle
 from consensus.app import Application, BlockExecution, ValidatorUpdate, results_hash
-from consensus.attack import AttackCheck, AttackInvalid, ChainView, screen_light_attack
+from consensus.attack import (
+    AttackCheck,
+    AttackInvalid,
+    ChainView,
+    conflict_key,
+    screen_light_attack,
+)
 from consensus.codec import DecodeError, encode
 from consensus.crypto import SIGNATURE_BYTES, active
 from consensus.sigverify import CHUNK_ITEMS, CachedTx, SigItem, SignatureVerifier, VerifyPass
@@ -362,11 +368,21 @@ def _evidence_items(
 ) -> list[SigItem]:
     items: list[SigItem] = []
     seen: set[bytes] = set()
+    # One item per conflicting header (consensus/attack.py, conflict_key): the
+    # ledger acts on an attack once, however many forms of its evidence exist.
+    attacks: set[tuple[int, bytes]] = set()
     for position, ev in enumerate(block.evidence):
         where = f"evidence[{position}]"
         if ev.hash in seen:
             raise BlockInvalid(Reason.EVIDENCE_DUPLICATE, where)
         seen.add(ev.hash)
+        if isinstance(ev, LightClientAttackEvidence):
+            key = conflict_key(ev)
+            if key in attacks:
+                raise BlockInvalid(
+                    Reason.EVIDENCE_DUPLICATE, where, "another item of the same conflicting header"
+                )
+            attacks.add(key)
         tag = _EVIDENCE_TAG_BASE - _EVIDENCE_TAGS_PER_ITEM * position
         if isinstance(ev, LightClientAttackEvidence):
             items += _light_attack_items(ev, state, validators_at, commit_at, where, tag)

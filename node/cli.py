@@ -538,7 +538,8 @@ def _add_verify_proof(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="check a proof file offline against a genesis",
         description="Check a proof file written by `proof` against --genesis, offline "
         "(proofcheck/verify.py, which may be copied alone). Exit 0 when it holds; 1 with one "
-        "line naming the failed check when it does not.",
+        "line naming the failed check when it does not, or when the proven transaction "
+        "failed (check `result code`, unless --allow-failed).",
     )
     p.add_argument("file", type=Path, help="the proof file")
     p.add_argument("--genesis", required=True, type=Path, help="the genesis.json you trust")
@@ -548,6 +549,11 @@ def _add_verify_proof(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--trusting-period-ms",
         type=int,
         help="refuse to follow a header older than this (default: unlimited, an offline audit)",
+    )
+    p.add_argument(
+        "--allow-failed",
+        action="store_true",
+        help="accept a transaction whose result code is not 0 (by default: exit 1, `result code`)",
     )
     p.set_defaults(handler=_cmd_verify_proof)
 
@@ -562,6 +568,7 @@ def _cmd_verify_proof(ns: argparse.Namespace) -> int:
         ns.trusted_hash,
         ns.trusting_period_ms,
         prog=f"{PROG}: error",
+        allow_failed=ns.allow_failed,
     )
 
 

@@ -288,7 +288,7 @@ class ConsensusService:
     def _prejudge(self, evidence: LightClientAttackEvidence) -> None:
         """In a worker thread, while the loop awaits it (the driver does not move)."""
         driver = self.driver
-        if driver.is_known_evidence(evidence):
+        if driver.is_known_evidence(evidence) or driver.evidence_refusal(evidence) is not None:
             return
         if not isinstance(driver.screen_light_attack(evidence), AttackInvalid):
             evidence.signature_error(driver.chain_id)
@@ -299,17 +299,25 @@ class ConsensusService:
         failed check). Signatures are verified off the event loop, after the cheap checks."""
         driver = self.driver
         if driver.is_known_evidence(evidence):
-            return "known: this evidence is pending or committed already"
+            return "known: this evidence (or another of the same attack) is pending or committed"
         if isinstance(evidence, LightClientAttackEvidence):
+            # Refused before: the same answer for a hash lookup, not the checks again.
+            refusal = driver.evidence_refusal(evidence)
+            if refusal is not None:
+                return refusal
             # In a worker thread: the screen hashes a set of up to 1,000 validators. It
             # reads the driver's state once and the store; the driver may move meanwhile
             # (it judges the evidence again at its own height).
             screened = await trio.to_thread.run_sync(driver.screen_light_attack, evidence)
             if isinstance(screened, AttackInvalid):
+                if screened.check not in (AttackCheck.HEIGHT, AttackCheck.TOO_OLD):
+                    driver.refuse_light_attack(evidence, str(screened))
                 return str(screened)
             error = await trio.to_thread.run_sync(evidence.signature_error, driver.chain_id)
             if error is not None:
-                return f"{AttackCheck.SIGNATURE.value}: {error}"
+                refusal = f"{AttackCheck.SIGNATURE.value}: {error}"
+                driver.refuse_light_attack(evidence, refusal)
+                return refusal
         else:
             validators = self.res.store.load_validators(evidence.height)
             if validators is None or evidence.height > driver.state.last_height:

@@ -1182,22 +1182,41 @@ class Driver:
             return e
 
     def is_known_evidence(self, evidence: Evidence) -> bool:
-        """Pending or committed already: nothing to verify."""
-        return self.evidence.known(evidence.hash)
+        """Pending or committed already (or another item of the same attack): nothing to
+        verify."""
+        return self.evidence.known_item(evidence)
+
+    def evidence_refusal(self, evidence: Evidence) -> str | None:
+        """Why this very evidence was refused for good before, if it was: a hash lookup."""
+        return self.evidence.refusal(evidence.hash)
+
+    def refuse_light_attack(self, evidence: LightClientAttackEvidence, refusal: str) -> None:
+        """Remember a refusal that no later block changes (every check but height and age)."""
+        self.evidence.refuse(evidence.hash, refusal)
 
     def _on_light_attack(
         self, peer: str, evidence: LightClientAttackEvidence, payload: bytes, out: list[Effect]
     ) -> None:
         if self.is_known_evidence(evidence):
             return
+        refusal = self.evidence_refusal(evidence)
+        if refusal is not None:
+            if peer != CLIENT_PEER:
+                out.append(Penalise(peer, PeerFault.PROTOCOL_VIOLATION, f"evidence: {refusal}"))
+            return
         screened = self.screen_light_attack(evidence)
         if isinstance(screened, AttackInvalid):
-            if screened.check not in _ATTACK_NOT_JUDGED and peer != CLIENT_PEER:
-                out.append(Penalise(peer, PeerFault.PROTOCOL_VIOLATION, f"evidence: {screened}"))
+            if screened.check not in _ATTACK_NOT_JUDGED:
+                self.refuse_light_attack(evidence, str(screened))
+                if peer != CLIENT_PEER:
+                    out.append(
+                        Penalise(peer, PeerFault.PROTOCOL_VIOLATION, f"evidence: {screened}")
+                    )
             return
         # Remembered on the object: the shell verifies it off the event loop first.
         error = evidence.signature_error(self.chain_id)
         if error is not None:
+            self.refuse_light_attack(evidence, f"{AttackCheck.SIGNATURE.value}: {error}")
             if peer != CLIENT_PEER:
                 out.append(Penalise(peer, PeerFault.INVALID_SIGNATURE, f"evidence: {error}"))
             return

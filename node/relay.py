@@ -21,11 +21,13 @@ cleanly (exit 0). It logs one structured event per step (node/logging.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -48,6 +50,12 @@ from node.logging import get_logger
 log = get_logger(__name__)
 
 REQUEST_TIMEOUT_S = 10.0
+# The largest answer read from a chain: a block of the largest size in JSON is well
+# under it. Policy when over: the answer is dropped unread and waited out like an outage.
+RESPONSE_BYTES_MAX = 16 * 1024 * 1024
+# What an untrusted answer that does not have the expected shape raises where it is read
+# (DecodeError and JSON errors are ValueErrors; nesting too deep is a RecursionError).
+MALFORMED_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError)
 POLL_INTERVAL_S = 0.5  # between looks at A's height when there is nothing to do
 RETRY_BACKOFF_S_MAX = 5.0  # the longest wait between tries while a chain is down
 # On start, send_outs this many heights below B's client height are offered again
@@ -75,17 +83,28 @@ class Api:
         self.url = (url if "://" in url else f"http://{url}").rstrip("/")
         self.http = http
 
-    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        """(status, body) where body is a JSON object: anything else is TryLater (a node's
+        answer is untrusted; one read at most RESPONSE_BYTES_MAX bytes)."""
         try:
-            r = self.http.request(method, self.url + path, **kwargs)
+            with self.http.stream(method, self.url + path, **kwargs) as r:
+                status = r.status_code
+                if status >= 500 and status != 504:
+                    raise TryLater(f"{self.url}{path}: HTTP {status}")
+                raw = bytearray()
+                for chunk in r.iter_bytes():
+                    raw += chunk
+                    if len(raw) > RESPONSE_BYTES_MAX:
+                        raise TryLater(f"{self.url}{path}: answer over {RESPONSE_BYTES_MAX} bytes")
         except httpx.HTTPError as e:
             raise TryLater(f"{self.url}: {type(e).__name__}") from None
-        if r.status_code >= 500 and r.status_code != 504:
-            raise TryLater(f"{self.url}{path}: HTTP {r.status_code}")
         try:
-            return r.status_code, r.json()
-        except ValueError:
-            raise TryLater(f"{self.url}{path}: HTTP {r.status_code} without JSON") from None
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise TryLater(f"{self.url}{path}: HTTP {status} without JSON") from None
+        if not isinstance(body, dict):
+            raise TryLater(f"{self.url}{path}: HTTP {status}: not a JSON object")
+        return status, body
 
     def get(self, path: str) -> Any:
         status, body = self.call("GET", path)
@@ -324,15 +343,11 @@ class Relay:
         connected = False
         while True:
             try:
-                if not connected:
-                    self.connect()
-                    connected = True
-                try:
+                with _malformed_is_an_outage():
+                    if not connected:
+                        self.connect()
+                        connected = True
                     worked = self.step()
-                except (KeyError, TypeError, ValueError) as e:  # DecodeError is a ValueError
-                    # A node's answer is untrusted: one that does not parse is waited out
-                    # like an outage (B checks every proof anyway).
-                    raise TryLater(f"malformed answer: {type(e).__name__}: {e}") from None
                 backoff = POLL_INTERVAL_S
                 if once:
                     return
@@ -344,6 +359,16 @@ class Relay:
                     raise RelayError(str(e)) from None
                 sleep(backoff)
                 backoff = min(backoff * 2, RETRY_BACKOFF_S_MAX)
+
+
+@contextmanager
+def _malformed_is_an_outage() -> Iterator[None]:
+    """A node's answer is untrusted: one that does not have the expected shape is waited
+    out like an outage (B checks every proof anyway)."""
+    try:
+        yield
+    except MALFORMED_ERRORS as e:
+        raise TryLater(f"malformed answer: {type(e).__name__}: {e}") from None
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -374,8 +399,9 @@ def main(
         )
         try:
             if create_client:
-                relay.connect()
-                relay.create_client(trusting_period_ms or TRUSTING_PERIOD_MS_DEFAULT)
+                with _malformed_is_an_outage():
+                    relay.connect()
+                    relay.create_client(trusting_period_ms or TRUSTING_PERIOD_MS_DEFAULT)
                 if once:
                     return 0
             relay.run(once=once, sleep=time.sleep)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -161,7 +162,74 @@ def _result_leaf_item(stored: bytes) -> bytes:
     return encode([fields[0], fields[2]])
 
 
-def _result_proof_json(store: BlockStore, height: int, index: int) -> dict[str, Any] | None:
+# Heights whose results trees GET /tx keeps (leaf hashes and the subtree roots proofs
+# used: under 100 bytes per transaction). Policy when full: forget the least recent.
+RESULT_TREES_CACHED = 8
+
+
+class _ResultTree:
+    """One block's results tree: its leaf hashes and, as proofs ask, its subtree roots."""
+
+    __slots__ = ("hashes", "roots")
+
+    def __init__(self, hashes: list[bytes]) -> None:
+        self.hashes = hashes
+        self.roots: dict[tuple[int, int], bytes] = {}
+
+    def prove(self, index: int) -> merkle.Proof:
+        """merkle.prove's path, each aunt computed once per tree (at most 2n subtrees)."""
+        lo, hi = 0, len(self.hashes)
+        aunts: list[bytes] = []
+        while hi - lo > 1:
+            mid = lo + (1 << ((hi - lo - 1).bit_length() - 1))  # merkle's split
+            if index < mid:
+                aunts.append(self._root(mid, hi))
+                hi = mid
+            else:
+                aunts.append(self._root(lo, mid))
+                lo = mid
+        return merkle.Proof(index, len(self.hashes), tuple(reversed(aunts)))
+
+    def _root(self, lo: int, hi: int) -> bytes:
+        root = self.roots.get((lo, hi))
+        if root is None:
+            root = merkle.root_from_leaf_hashes(self.hashes[lo:hi])
+            self.roots[(lo, hi)] = root
+        return root
+
+
+class ResultTrees:
+    """The results trees of the last RESULT_TREES_CACHED heights asked for: without them
+    every GET /tx read and hashed every result of its block. Used from worker threads."""
+
+    def __init__(self) -> None:
+        self._trees: OrderedDict[int, _ResultTree] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def proof(
+        self, store: BlockStore, height: int, index: int, results_hash: bytes
+    ) -> merkle.Proof:
+        with self._lock:
+            tree = self._trees.get(height)
+            if tree is None:
+                hashes = [
+                    merkle.leaf_hash(_result_leaf_item(r)) for r in store.iter_block_results(height)
+                ]
+                if merkle.root_from_leaf_hashes(hashes) != results_hash:
+                    raise StorageCorruptError(
+                        f"results of block {height} do not match header {height + 1}"
+                    )
+                tree = _ResultTree(hashes)
+                self._trees[height] = tree
+                while len(self._trees) > RESULT_TREES_CACHED:
+                    self._trees.popitem(last=False)
+            self._trees.move_to_end(height)
+            return tree.prove(index)
+
+
+def _result_proof_json(
+    store: BlockStore, height: int, index: int, stored_result: bytes, trees: ResultTrees
+) -> dict[str, Any] | None:
     """The Merkle path of result `index` of block `height` to header height+1's results hash.
 
     None while height+1 is not committed: no header carries the results hash yet.
@@ -171,22 +239,24 @@ def _result_proof_json(store: BlockStore, height: int, index: int) -> dict[str, 
     next_block = store.load_block(height + 1)
     if next_block is None:
         return None
-    items = [_result_leaf_item(r) for r in store.iter_block_results(height)]
-    proof = merkle.prove(items, index)
     results_hash = next_block.header.last_results_hash
-    if not proof.verify(items[index], results_hash):
+    item = _result_leaf_item(stored_result)
+    proof = trees.proof(store, height, index, results_hash)
+    if not proof.verify(item, results_hash):
         raise StorageCorruptError(f"results of block {height} do not match header {height + 1}")
     return {
         "index": proof.index,
         "total": proof.total,
         "aunts": [a.hex() for a in proof.aunts],
-        "result_encoded": items[index].hex(),
+        "result_encoded": item.hex(),
         "results_hash": results_hash.hex(),
         "header_height": height + 1,
     }
 
 
-def _committed_tx_json(store: BlockStore, txid: bytes) -> dict[str, Any] | None:
+def _committed_tx_json(
+    store: BlockStore, txid: bytes, trees: ResultTrees | None = None
+) -> dict[str, Any] | None:
     """A committed transaction as GET /tx shows it, with its proof (None: not committed)."""
     record = store.load_tx(txid)
     if record is None:
@@ -207,7 +277,9 @@ def _committed_tx_json(store: BlockStore, txid: bytes) -> dict[str, Any] | None:
             "data_hash": block.header.data_hash.hex(),
             "block_hash": block.hash.hex(),
         },
-        result_proof=_result_proof_json(store, record.height, record.index),
+        result_proof=_result_proof_json(
+            store, record.height, record.index, record.result, trees or ResultTrees()
+        ),
     )
     return out
 
@@ -328,6 +400,7 @@ class RpcServer:
             },
         )
         self.bound_port: int | None = None
+        self._result_trees = ResultTrees()
         # Unfiltered renderings of the latest blocks, shared by every subscriber.
         self._rendered: OrderedDict[bytes, str] = OrderedDict()
 
@@ -430,7 +503,9 @@ class RpcServer:
         txid = _hex_param(request.path_params["hash"], "hash", 32)
         # Decoding the block and hashing its transactions for the proof take
         # milliseconds on a large block: not on the event loop.
-        out = await trio.to_thread.run_sync(_committed_tx_json, self.res.store, txid)
+        out = await trio.to_thread.run_sync(
+            _committed_tx_json, self.res.store, txid, self._result_trees
+        )
         if out is None:
             if txid in self.res.mempool:
                 return JSONResponse({"hash": txid.hex(), "status": "pending"})

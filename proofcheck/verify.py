@@ -462,10 +462,20 @@ def load_genesis(text: bytes) -> tuple[dict[str, Any], Suite, bytes, ValidatorSe
         vset = decode_validator_set(genesis_validator_set(genesis, suite), suite)
         if not isinstance(genesis["chain_id"], str) or type(genesis["genesis_time_ms"]) is not int:
             raise ValueError("chain_id is not text or genesis_time_ms not an integer")
-    except (ValueError, KeyError, TypeError, AttributeError, ProofError) as e:
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        OverflowError,  # a power past 64 bits, refused by the encoder
+        RecursionError,  # JSON nested deeper than the interpreter's stack
+        ProofError,
+    ) as e:
         if isinstance(e, ProofError) and e.check == "crypto":
             raise
-        raise ProofError("genesis", f"not a genesis file: {e}") from None
+        detail = "nested too deep" if isinstance(e, RecursionError) else str(e)
+        raise ProofError("genesis", f"not a genesis file: {type(e).__name__}: {detail}") from None
     return genesis, suite, suite.hash(canonical), vset
 
 
@@ -477,8 +487,14 @@ def verify_proof(
     trusting_period_ms: int | None = None,
     now_ms: int | None = None,
     clock_drift_ms: int = 10_000,
+    allow_failed: bool = False,
 ) -> str:
-    """Check a proof file (section 13); returns what it proves, raises ProofError naming a check."""
+    """Check a proof file (section 13); returns what it proves, raises ProofError naming a check.
+
+    A transaction whose proven result code is not 0 failed (it is in its block all
+    the same): refused as `result code` unless `allow_failed`, so that a caller
+    reading only the verdict never takes a failed transfer for a done one.
+    """
     if len(data) > FILE_BYTES_MAX:
         raise ProofError("encoding", f"the file is over {FILE_BYTES_MAX} bytes")
     genesis, suite, genesis_hash, genesis_set = load_genesis(genesis_text)
@@ -522,7 +538,7 @@ def verify_proof(
             raise ProofError("header time", f"header {state.height} is from the future")
     target = _array(f[6], "the target")
     if f[1] == "tx":
-        return _check_tx(target, state, genesis["chain_id"], suite)
+        return _check_tx(target, state, genesis["chain_id"], suite, allow_failed)
     return _check_state(target, state, suite)
 
 
@@ -572,7 +588,9 @@ def _follow(
     return Trusted(h, header.hash, header.time_ms, nxt, header)
 
 
-def _check_tx(target: list[Any], state: Trusted, chain_id: str, suite: Suite) -> str:
+def _check_tx(
+    target: list[Any], state: Trusted, chain_id: str, suite: Suite, allow_failed: bool
+) -> str:
     """Section 13.3, step 5: the tx under header h's data_hash, its result under h + 1's."""
     _array(target, "the tx target", 5)
     tx = _bin(target[0], "the transaction", most=TX_BYTES_MAX)
@@ -619,7 +637,14 @@ def _check_tx(target: list[Any], state: Trusted, chain_id: str, suite: Suite) ->
     code, _data = _array(
         _decode(result, "the result", RESULT_BYTES_MAX, 2, RESULT_BYTES_MAX), "a result", 2
     )
-    return said + f" of chain {chain_id}, result code {_uint(code, 'a result code')}"
+    result_code = _uint(code, "a result code")
+    if result_code != 0 and not allow_failed:
+        raise ProofError(
+            "result code",
+            f"tx {tx_hash.hex()} is in block {header.height} but failed with code "
+            f"{result_code} (--allow-failed accepts a failed transaction)",
+        )
+    return said + f" of chain {chain_id}, result code {result_code}"
 
 
 def _check_state(target: list[Any], state: Trusted, suite: Suite) -> str:
@@ -688,8 +713,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="refuse trust older than this (default: unlimited, for an offline audit)",
     )
+    p.add_argument(
+        "--allow-failed",
+        action="store_true",
+        help="accept a transaction whose result code is not 0 (by default: exit 1)",
+    )
     ns = p.parse_args(argv)
-    return run(ns.file, ns.genesis, ns.trusted_height, ns.trusted_hash, ns.trusting_period_ms)
+    return run(
+        ns.file,
+        ns.genesis,
+        ns.trusted_height,
+        ns.trusted_hash,
+        ns.trusting_period_ms,
+        allow_failed=ns.allow_failed,
+    )
 
 
 def run(
@@ -699,6 +736,8 @@ def run(
     trusted_hash: str | None,
     trusting_period_ms: int | None,
     prog: str = "verify-proof",
+    *,
+    allow_failed: bool = False,
 ) -> int:
     """The command: print one line, return the exit code (usage errors start with `prog`)."""
     if (trusted_height is None) != (trusted_hash is None):
@@ -729,6 +768,7 @@ def run(
             trusted=trusted,
             trusting_period_ms=trusting_period_ms,
             now_ms=time.time_ns() // 1_000_000,
+            allow_failed=allow_failed,
         )
     except ProofError as e:
         print(f"proof rejected: {e}")

@@ -9,9 +9,10 @@ what `/commit/{h}` serves. Posted to one node, it must be accepted (202),
 relayed, committed in a block by every node's chain, shown by every node's
 `/block` with type `light_client_attack` and the bytes posted, recorded by
 the ledger (the accused leave the validator set), and refused when posted
-again (409). Forged evidence (a bad signature; a lunatic header signed by
-less than a third of the common height's set) is refused with 422 naming the
-check, and never reaches a block nor another node.
+again (409), as is another form of the same attack. Forged evidence (a bad
+signature; a lunatic header signed by less than a third of the common height's
+set) is refused with 422 naming the check (the same answer when posted again),
+and never reaches a block nor another node.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ async def test_attack_evidence_is_accepted_gossiped_and_committed_and_forgeries_
 
         status, body = await _post(api, entry, bad_signature.encode())
         assert status == 422 and body["error"].startswith("certificate signature"), body
+        # Remembered: posted again, the same refusal (a hash lookup, no signature checked).
+        assert await _post(api, entry, bad_signature.encode()) == (422, body)
         status, body = await _post(api, entry, weak.encode())
         assert status == 422 and body["error"].startswith("common set power"), body
         status, body = await _post(api, entry, b"\x95\x01")
@@ -167,6 +170,14 @@ async def test_attack_evidence_is_accepted_gossiped_and_committed_and_forgeries_
 
         status, body = await _post(api, entry, evidence.encode())
         assert status == 409, body
+        # Another form of the same attack (all four signatures): one attack, acted on once.
+        whole = _sign(net.chain_id, fork_header, keys, mine.validators, mine.commit.round)
+        other_form = attack_evidence(
+            mine, LightBlock(fork_header, whole, mine.validators, mine.validators), mine
+        )
+        assert other_form.hash != evidence.hash
+        status, body = await _post(api, entry, other_form.encode())
+        assert status == 409 and "same attack" in body["error"], body
 
         # The ledger acted on it: the accused leave the set two heights after the block.
         (committed_at,) = heights
@@ -176,7 +187,7 @@ async def test_attack_evidence_is_accepted_gossiped_and_committed_and_forgeries_
         assert remaining.isdisjoint(a.hex() for a in accused), validators
 
         for node in net.validators:
-            for forged in (bad_signature, weak):
+            for forged in (bad_signature, weak, other_form):
                 assert await _find_evidence(api, node, forged.hash.hex()) is None
     for node in net.validators:
         refusals = [e for e in node.events("peer message refused") if "evidence" in str(e)]

@@ -322,6 +322,45 @@ def test_no_signature_is_verified_before_the_cheap_checks_pass(verified: list[by
     assert verified == []
 
 
+def test_forged_lunatic_evidence_fails_at_its_first_accused_signature(
+    verified: list[bytes],
+) -> None:
+    """A made-up set of the two accused validators of height 7 and 60 keys of the
+    attacker's own, all of whose signatures are valid: the accused validators' keys are
+    the node's, the forger cannot sign with them, and a garbage one fails after at most
+    two verifications (the accused first), not after the attacker's sixty."""
+    attackers = [PrivateKey(hashlib.sha256(b"grinder %d" % i).digest()) for i in range(60)]
+    honest = keys_at(7, 3)[:2]
+    validators = vset(honest + attackers)
+    header = dataclasses.replace(
+        at(12).header,
+        validators_hash=validators.hash,
+        next_validators_hash=validators.hash,
+        app_hash=hashlib.sha256(b"ground lunatic").digest(),
+    )
+    commit = sign(header, honest + attackers, validators)
+    accused = {k.address for k in honest}
+    # Garbage for the accused signer indexed last: in index order, the attacker's
+    # signatures before it would all be verified first.
+    last = max(
+        i
+        for i, s in enumerate(commit.signatures)
+        if validators[s.validator_index].address in accused
+    )
+    assert last > 30
+    sigs = list(commit.signatures)
+    sigs[last] = CommitSig(sigs[last].validator_index, bytes(64))
+    forged = attack_evidence(at(7), LightBlock(header, commit, validators, validators), at(12))
+    forged = dataclasses.replace(
+        forged, conflicting_commit=dataclasses.replace(commit, signatures=tuple(sigs))
+    )
+    refused(AttackCheck.SIGNATURE, forged)
+    assert len(verified) <= 2
+    verified.clear()
+    assert forged.signature_error(CHAIN) is not None
+    assert len(verified) <= 2
+
+
 # ---------------------------------------------------------------- in blocks
 
 
@@ -446,3 +485,17 @@ def test_without_the_chains_certificates_attack_evidence_is_invalid(
         Reason.EVIDENCE_INVALID,
         validators_at=lambda h: attacked.validators,
     )
+
+
+def test_a_block_with_two_items_of_one_conflicting_header_is_invalid(
+    attacked: AttackedChain,
+) -> None:
+    """All four signatures, or three of them (still more than 2/3): two valid items of one
+    attack. A block takes one; with both it is invalid, so the ledger acts once."""
+    whole, part = attacked.evidence(), attacked.evidence(signers=3)
+    assert whole.hash != part.hash
+    attacked.chain.validate(attacked.block(part), **attacked.kw())
+    err = reject(
+        attacked.chain, attacked.block(whole, part), Reason.EVIDENCE_DUPLICATE, **attacked.kw()
+    )
+    assert err.field == "evidence[1]"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from consensus import types as types_module
 from consensus.crypto import PrivateKey
 from consensus.types import (
     HEIGHT_MAX,
@@ -107,6 +108,53 @@ def test_forged_evidence_costs_the_sender_and_goes_nowhere(attacked_node: Attack
     _, effects = attacked_node.receive(forged, peer=CLIENT_PEER)
     assert effects == []
     assert len(attacked_node.driver.evidence) == 0
+
+
+def test_refused_evidence_is_remembered_and_costs_a_lookup_again(
+    attacked_node: AttackedNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forged evidence is refused once by its signatures; sent again (a fresh object, as
+    decoded off the wire) it is refused by its hash: no signature is verified."""
+    ev = attacked_node.attacked.evidence()
+    s = list(ev.conflicting_commit.signatures)
+    s[0] = CommitSig(s[0].validator_index, bytes(64))
+    forged = dataclasses.replace(
+        ev, conflicting_commit=dataclasses.replace(ev.conflicting_commit, signatures=tuple(s))
+    )
+    calls: list[bytes] = []
+    real = types_module.verify
+
+    def counting(public_key: bytes, message: bytes, signature: bytes) -> bool:
+        calls.append(signature)
+        return real(public_key, message, signature)
+
+    monkeypatch.setattr(types_module, "verify", counting)
+    _, effects = attacked_node.receive(forged)
+    assert [p.fault for p in _penalties(effects)] == [PeerFault.INVALID_SIGNATURE]
+    assert calls and attacked_node.driver.evidence_refusal(forged) is not None
+    calls.clear()
+    _, effects = attacked_node.receive(forged, peer="c" * 40)
+    assert [p.fault for p in _penalties(effects)] == [PeerFault.PROTOCOL_VIOLATION]
+    assert "certificate signature" in _penalties(effects)[0].detail
+    assert calls == []
+    assert len(attacked_node.driver.evidence) == 0
+
+
+def test_one_attack_is_pooled_once_in_any_of_its_forms(attacked_node: AttackedNode) -> None:
+    """Four signatures or three of them: both valid, one conflicting header. The pool
+    takes the first; the second is known (no penalty, no relay); once the first is
+    committed the other stays out too."""
+    a = attacked_node.attacked
+    whole, part = a.evidence(), a.evidence(signers=3)
+    pool = attacked_node.driver.evidence
+    _, effects = attacked_node.receive(whole)
+    assert _gossiped(effects)
+    _, effects = attacked_node.receive(part)
+    assert effects == []
+    assert pool.pending(attacked_node.driver.state) == [whole]
+    assert not pool.add(part)
+    pool.committed((whole,))
+    assert len(pool) == 0 and not pool.add(part) and pool.known_item(part)
 
 
 def test_evidence_the_node_cannot_judge_yet_is_dropped_without_blame(

@@ -11,15 +11,20 @@ is one B accepts), and goes no further than the height it needs.
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import httpx
+import pytest
 
 from apps.interchain import QUERY_CLIENT, client_create_payload, client_update_payload
 from consensus.codec import decode
 from consensus.crypto import PrivateKey
 from consensus.types import Transaction
-from node.relay import Api, Client, Relay
+from node.relay import RESPONSE_BYTES_MAX, Api, Client, Relay, TryLater
+from node.relay import main as relay_main
 from tests.unit.apps.test_interchain import ADMIN, HOUR_MS, ChainB
 from tests.unit.consensus import test_light
 
@@ -109,3 +114,79 @@ def test_the_relay_updates_the_client_below_its_latest_when_a_third_party_moved_
     relay.verified.discard(3)
     assert relay.update_client(pushed, 3) == pushed
     assert fake_b.codes == [0, 8]
+
+
+# ---------------------------------------------------------------- hostile answers
+
+
+class _Hostile(BaseHTTPRequestHandler):
+    """Answers every path by `ANSWERS`: a JSON text, or None for a body that never ends."""
+
+    ANSWERS: ClassVar[dict[str, str | None]] = {
+        "/status": "{}",
+        "/list": "[1, 2, 3]",
+        "/deep": "[" * 100_000 + "]" * 100_000,
+        "/endless": None,
+    }
+
+    def do_GET(self) -> None:
+        answer = self.ANSWERS.get(self.path.split("?")[0], "[]")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        if answer is not None:
+            self.wfile.write(answer.encode())
+            return
+        chunk = b" " * 65_536
+        try:
+            for _ in range(RESPONSE_BYTES_MAX // len(chunk) * 4):
+                self.wfile.write(chunk)
+        except OSError:
+            return  # the client stopped reading: what the cap is for
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def hostile() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_answers_that_are_not_a_json_object_are_an_outage(hostile: str) -> None:
+    with httpx.Client(timeout=10.0) as http:
+        api = Api(hostile, http)
+        for path, why in (
+            ("/list", "not a JSON object"),
+            ("/deep", "without JSON"),
+            ("/endless", f"answer over {RESPONSE_BYTES_MAX} bytes"),
+        ):
+            with pytest.raises(TryLater) as info:
+                api.get(path)
+            assert why in str(info.value), path
+
+
+def test_a_status_without_fields_fails_the_relay_in_one_line(
+    hostile: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`/status` answers {}: connect() reads no chain id; the relay fails with one line."""
+    code = relay_main(
+        hostile,
+        hostile,
+        RELAYER,
+        once=True,
+        create_client=False,
+        trusting_period_ms=None,
+        from_height=None,
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "malformed answer: KeyError" in err, err
+    assert "Traceback" not in err

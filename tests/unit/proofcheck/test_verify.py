@@ -9,6 +9,7 @@ it) and asserts the check the verifier names.
 from __future__ import annotations
 
 import ast
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ GOOD_HOPS = [1, 4, 7, 10, 13, 16, 19, 20, 21]
 
 
 def check(data: bytes, chain: Chain = CHAIN, **kwargs: Any) -> str:
+    """The check a file fails, or "holds"; a failed transaction (odd indexes here) is
+    accepted unless the caller says otherwise: these tests are about the proof."""
+    kwargs.setdefault("allow_failed", True)
     try:
         verify_proof(data, chain.genesis_text, **kwargs)
     except ProofError as e:
@@ -50,7 +54,7 @@ def good_file(chain: Chain = CHAIN) -> bytes:
 
 def test_a_valid_file_holds_sequentially_and_by_skipping() -> None:
     """A file following every height, one skipping where a third of the set stays, both hold."""
-    said = verify_proof(good_file(), CHAIN.genesis_text)
+    said = verify_proof(good_file(), CHAIN.genesis_text, allow_failed=True)
     assert "transaction 3 of block 20" in said and "result code 1" in said
     assert check(CHAIN.tx_file(20, 0, list(range(1, 22)))) == "holds"
     # Without the result proof the last hop is h itself.
@@ -240,13 +244,43 @@ def test_hostile_files() -> None:
 
 def test_the_command_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "genesis.json").write_bytes(CHAIN.genesis_text)
-    (tmp_path / "good").write_bytes(good_file())
+    (tmp_path / "good").write_bytes(CHAIN.tx_file(20, 2, GOOD_HOPS))
     (tmp_path / "bad").write_bytes(CHAIN.tx_file(20, 3, [1, 21]))
     assert pv.main([str(tmp_path / "good"), "--genesis", str(tmp_path / "genesis.json")]) == 0
     assert pv.main([str(tmp_path / "bad"), "--genesis", str(tmp_path / "genesis.json")]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("proof holds: tx ")
     assert out[1].startswith("proof rejected: trusted power: ") and len(out) == 2
+
+
+def test_a_failed_transaction_exits_1_unless_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Transaction 3 of block 20 is in its block with result code 1: the proof holds, but
+    a script reading only the exit code must not take it for a done transfer."""
+    assert check(good_file(), allow_failed=False) == "result code"
+    genesis = tmp_path / "genesis.json"
+    genesis.write_bytes(CHAIN.genesis_text)
+    (tmp_path / "failed").write_bytes(good_file())
+    assert pv.main([str(tmp_path / "failed"), "--genesis", str(genesis)]) == 1
+    assert pv.main([str(tmp_path / "failed"), "--genesis", str(genesis), "--allow-failed"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("proof rejected: result code: tx ") and "code 1" in out[0]
+    assert out[1].startswith("proof holds: tx ") and out[1].endswith("result code 1")
+    assert len(out) == 2
+
+
+def test_a_hostile_genesis_fails_in_one_line() -> None:
+    """Nested 100,000 deep, or a power past 64 bits: `genesis`, not a traceback."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    genesis = json.loads(CHAIN.genesis_text)
+    genesis["validators"][0]["power"] = 2**70
+    huge = json.dumps(genesis).encode()
+    for text in (deep, huge, b'{"chain_id": "x", "validators": [[]]}', b"\xff\xfe"):
+        with pytest.raises(ProofError) as info:
+            pv.load_genesis(text)
+        assert info.value.check == "genesis", info.value
+        assert "\n" not in str(info.value)
 
 
 def test_the_module_stands_alone() -> None:
