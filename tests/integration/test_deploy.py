@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -304,8 +305,19 @@ def test_install_script_help_and_dry_run() -> None:
     ).stdout
     assert "Usage: deploy/install.sh" in help_text
     env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"}
+    # The interpreter running the tests: a machine with only Python 3.11 may have no
+    # `python3` (install.sh's default) on PATH, or an older one.
     result = subprocess.run(
-        [str(INSTALL), "--dry-run", "--chain-id", "test-chain", "--moniker", "n0"],
+        [
+            str(INSTALL),
+            "--dry-run",
+            "--chain-id",
+            "test-chain",
+            "--moniker",
+            "n0",
+            "--python",
+            sys.executable,
+        ],
         capture_output=True,
         text=True,
         env=env,
