@@ -793,7 +793,7 @@ class Simulation:
         if self.mempools is not None:
             deadline = max(self.heal_ms, self.mempools.bursts[-1].at_ms) + LIVENESS_BOUND_MS
         while (
-            self.queue and not self._violated() and not (self._done() and self.now >= self.heal_ms)
+            self.queue and not self._violated() and not (self.now >= self.heal_ms and self._done())
         ):
             at, _, kind, index, epoch, payload = heapq.heappop(self.queue)
             if at > deadline:
