@@ -23,7 +23,9 @@ Adding a service: write a class with `name` and
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -43,10 +45,10 @@ from node.home import HomeLock, HomePaths, load_genesis_file
 from node.keys import check_key_suite, load_key, node_id
 from node.logging import get_logger
 from node.loopwatch import LoopWatch
-from node.metrics_server import MetricsServer
+from node.metrics_server import METRICS_LIMITS, MetricsServer
 from node.reactor import Reactor
 from node.resources import Resources
-from node.rpc import RpcServer
+from node.rpc import API_LIMITS, RpcServer
 from node.sdnotify import Notifier
 from node.status import StatusView
 
@@ -112,6 +114,7 @@ class Node:
         self._lock = HomeLock(paths)
         self._stop = trio.Event()
         self._stop_reason = ""
+        self._fd_limit = 0  # the open-file limit, once `run` has raised it
         self.failure = ""  # why the node stopped itself, if it did (`fail`)
         # Extra services (tests, embedders) run after the node's own, which
         # build_services creates in run(), once the home's lock is held.
@@ -172,6 +175,7 @@ class Node:
         released.
         """
         self._lock.acquire()
+        self._fd_limit = raise_fd_limit()
         deadline: threading.Timer | None = None
         started = False
         try:
@@ -222,7 +226,17 @@ class Node:
             services=[s.name for s in self.services],
             home=str(self.paths.root),
             pid=os.getpid(),
+            fd_limit=self._fd_limit,
         )
+        needed = fds_needed(self.config)
+        if self._fd_limit < needed:
+            log.warning(
+                "open file limit below what the configured limits can use",
+                fd_limit=self._fd_limit,
+                fds_needed=needed,
+                hint="raise LimitNOFILE (systemd) or ulimit -n; at the limit, "
+                "connections are refused until others close",
+            )
 
     def _arm_shutdown_deadline(self) -> threading.Timer | None:
         if self.shutdown_grace_ms is None:
@@ -233,6 +247,39 @@ class Node:
         timer.daemon = True
         timer.start()
         return timer
+
+
+# Files the node holds besides connections: the store, the WAL, logs, the
+# home's lock, the event loop's and worker threads' own descriptors.
+FDS_BESIDES_CONNECTIONS = 64
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft open-file limit to its hard limit; the new soft limit.
+
+    Why: a login shell's soft limit is often 1,024 while the hard one is far
+    higher, and the node's own limits (API and metrics connections, peers,
+    handshakes) can use more than 1,024 descriptors; a limit the node reaches
+    first turns into refused connections and failed file opens. The unit file
+    sets LimitNOFILE; this covers a node started by hand. (Go's runtime does
+    the same at start.)
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # an unlimited hard limit above the kernel's nr_open
+            pass
+    return sys.maxsize if soft == resource.RLIM_INFINITY else soft
+
+
+def fds_needed(config: Config) -> int:
+    """Descriptors the node can hold at once with `config`'s connection limits."""
+    p2p = config.p2p
+    peers = p2p.inbound_peers_max + p2p.outbound_peers_max + len(p2p.persistent_peers)
+    connections = API_LIMITS.connections_max + METRICS_LIMITS.connections_max
+    return peers + p2p.handshakes_pending_max + connections + FDS_BESIDES_CONNECTIONS
 
 
 def _force_exit(grace_ms: int) -> None:

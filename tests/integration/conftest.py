@@ -29,6 +29,13 @@ from typing import Final
 import pytest
 
 from consensus.crypto import SUITES, using
+from node.daemon import raise_fd_limit
+
+# The hostile-client tests open more connections than the API's limit (512)
+# from this process, alongside the nodes' pipes and logs: more than a login
+# shell's usual soft limit of 1,024 open files. Raise it to the hard limit, as
+# the node itself does at start (a newcomer's `make test` hit EMFILE).
+raise_fd_limit()
 
 SUITE_NAMES: Final = tuple(SUITES)
 # Test ids: the key type ("ed25519", "sm2"), short and unambiguous.

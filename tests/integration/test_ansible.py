@@ -100,6 +100,10 @@ def _inventory(tmp: Path, testnet: Path, wheel: Path) -> Path:
     # (a check run cannot look up a user it would create); no systemd calls
     # where systemd is not the init system (a container).
     manage_service = Path("/run/systemd/system").is_dir()
+    # The playbooks become root (`become: true`); a user who is not root (a
+    # newcomer's `make test`, with no sudo) runs the role as itself, which the
+    # host variable allows over the play's keyword: every path is in tmp.
+    become = os.geteuid() == 0
     user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout
     group = subprocess.run(["id", "-gn"], capture_output=True, text=True, check=True).stdout
     inventory.write_text(
@@ -109,6 +113,7 @@ archipelago:
     localhost:
       ansible_connection: local
       ansible_python_interpreter: {sys.executable}
+      ansible_become: {str(become).lower()}
       archipelago_testnet_node: node1
   vars:
     archipelago_testnet_dir: {testnet}

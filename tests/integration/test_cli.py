@@ -15,6 +15,7 @@ sm2 homes and key files).
 from __future__ import annotations
 
 import json
+import resource
 import secrets
 import signal
 import socket
@@ -31,7 +32,7 @@ import trio
 
 from consensus.genesis import Genesis
 from node.config import Address, Peer, load_config, save_config
-from node.daemon import EXIT_SHUTDOWN_TIMEOUT
+from node.daemon import EXIT_SHUTDOWN_TIMEOUT, fds_needed
 from node.home import HomePaths, init_home
 from node.keys import load_key, node_id
 from tests.integration import nodes
@@ -87,14 +88,24 @@ class Lines:
 
 @asynccontextmanager
 async def daemon(
-    home: Path, *extra: str, env: dict[str, str] | None = None
+    home: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    fd_limits: tuple[int, int] | None = None,
 ) -> AsyncIterator[tuple[trio.Process, Lines]]:
+    """`start` on `home`; `fd_limits` (soft, hard) is the open-file limit it starts with."""
+
+    def limit_fds() -> None:
+        assert fd_limits is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, fd_limits)
+
     process = await trio.lowlevel.open_process(
         [str(nodes.ARCHIPELAGO), "start", "--home", str(home), *extra],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env if env is not None else nodes.env(),
+        preexec_fn=None if fd_limits is None else limit_fds,
     )
     assert process.stderr is not None
     try:
@@ -441,6 +452,40 @@ async def test_two_daemons_cannot_share_a_home(home: Path) -> None:
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(SHUTDOWN_TIMEOUT_S):
             assert await process.wait() == 0
+
+
+def _soft_fd_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-file limit in /proc/PID/limits")
+
+
+async def test_start_raises_a_low_open_file_limit_and_warns_when_it_cannot(home: Path) -> None:
+    """A soft limit of 256 under a higher hard one is raised to the hard one; a hard limit
+    below what the configured connection limits can use is logged as a warning, and the
+    node runs all the same."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = fds_needed(load_config(home / "config.toml"))
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"this machine's hard open-file limit {hard} is below the node's {needed}")
+    for soft_hard in ((256, hard), (256, 256)):
+        async with daemon(home, fd_limits=soft_hard) as (process, lines):
+            with trio.fail_after(START_TIMEOUT_S):
+                started = await lines.until_event("node started")
+            assert started["fd_limit"] == soft_hard[1] == _soft_fd_limit(process.pid)
+            if soft_hard[1] < needed:
+                with trio.fail_after(START_TIMEOUT_S):
+                    warning = await lines.until_event(
+                        "open file limit below what the configured limits can use"
+                    )
+                assert warning["fds_needed"] == needed and warning["level"] == "warning"
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(SHUTDOWN_TIMEOUT_S):
+                assert await process.wait() == 0
+                rest = await lines.rest()
+        warned = any("open file limit" in line for line in rest)
+        assert not warned or soft_hard[1] < needed, rest
 
 
 async def test_unsafe_reset_refuses_while_the_node_runs(home: Path) -> None:
