@@ -5,7 +5,8 @@ Each validator runs in its own network namespace with its own address
 node must show there: with a 50 ms round trip between hosts, 1 % loss and
 reordering it commits what a client submits and every node agrees on every
 block; a validator cut off (its link down) does not stop the other three,
-and catches up to the same blocks once its link is back; a 2|2 partition
+and catches up to the same blocks and signs again within seconds once its
+link is back; a 2|2 partition
 stops commits on both sides (neither has +2/3) without either committing
 something the other does not, and commits resume once it heals.
 
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from apps.ledger import transfer_tx
 from consensus.crypto import PrivateKey
@@ -134,6 +136,18 @@ async def first_signed_height(
     return await nodes.wait_for(signed, bool, timeout_s, f"a commit signed by {signer.name}")
 
 
+async def link_dead_disconnects(api: nodes.Api, node: nodes.NodeProcess) -> float:
+    """Connections `node` closed as dead links, from its /metrics."""
+    r = await api.client.get(node.metrics)
+    assert r.status_code == 200, r.text
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(r.text)
+        for s in f.samples
+        if s.name == "archipelago_p2p_disconnects_total" and s.labels.get("reason") == "link_dead"
+    )
+
+
 async def assert_same_chain(
     api: nodes.Api, validators: Sequence[nodes.NodeProcess], top: int
 ) -> None:
@@ -167,8 +181,9 @@ async def test_four_hosts_at_50_ms_with_loss_and_reordering_commit_and_agree(
 async def test_a_validator_cut_off_does_not_stop_the_others_and_catches_up(
     tmp_path: Path, hosts: netns.Hosts, crypto: str
 ) -> None:
-    """node3's link down: the other three keep committing (transfers included); link up:
-    node3 reaches their height with the same block hashes."""
+    """node3's link down for CUT_S: the other three keep committing (transfers included);
+    link up: node3 reaches their height with the same block hashes and signs again within
+    REJOIN_S, its dead connections having been closed (`link_dead`) during the cut."""
     hosts.shape(WAN)
     net = make_testnet(tmp_path / "net", hosts, crypto)
     async with nodes.running(net), nodes.open_api() as api:
@@ -204,6 +219,8 @@ async def test_a_validator_cut_off_does_not_stop_the_others_and_catches_up(
             f"average {os.getloadavg()[0]:.1f}"
         )
         assert signed_s <= REJOIN_S, f"signing again {signed_s:.1f} s after its link came up"
+        # Its connections were found dead during the cut, not kept until a retransmission.
+        assert await link_dead_disconnects(api, cut) > 0
         await api.wait_height(validators, top + 1, HEIGHT_TIMEOUT_S)  # and it keeps up
         await assert_same_chain(api, validators, top + 1)
         await wait_committed(api, [cut], hashes)
