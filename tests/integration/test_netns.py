@@ -219,8 +219,11 @@ async def test_a_validator_cut_off_does_not_stop_the_others_and_catches_up(
             f"average {os.getloadavg()[0]:.1f}"
         )
         assert signed_s <= REJOIN_S, f"signing again {signed_s:.1f} s after its link came up"
-        # Its connections were found dead during the cut, not kept until a retransmission.
-        assert await link_dead_disconnects(api, cut) > 0
+        # The others found their connections to it dead during the cut (nothing else could
+        # close them: its side could send nothing), rather than keep them until TCP's next
+        # retransmission. Its own side may also see an error from its kernel (no route).
+        for v in others:
+            assert await link_dead_disconnects(api, v) >= 1, v.name
         await api.wait_height(validators, top + 1, HEIGHT_TIMEOUT_S)  # and it keeps up
         await assert_same_chain(api, validators, top + 1)
         await wait_committed(api, [cut], hashes)
