@@ -887,7 +887,10 @@ class Network:
             except OSError:
                 return None
             for family, kind, proto, _, sockaddr in infos[:DIAL_ADDRESSES_MAX]:
-                sock = trio.socket.socket(family, kind, proto)
+                try:
+                    sock = trio.socket.socket(family, kind, proto)
+                except OSError:  # an address family this host cannot use
+                    continue
                 try:
                     with trio.move_on_after(config.connect_timeout_s):
                         await sock.connect(sockaddr)
