@@ -50,13 +50,14 @@ HEIGHT_TIMEOUT_S = 90  # generous: a loaded 2-core machine; healthy runs take a 
 # are redialled every 1-2 s (persistent_dial_backoff_max_s, connect_timeout_s), so
 # once its link is back it signs again within seconds. Before that, it kept its
 # connections and waited for TCP's next backed-off retransmission or idle_timeout_s
-# (30 s): 10.7-10.9 s from link up to catching up after a 20 s cut.
+# (30 s): 11.5-15.8 s from link up to its signature in a commit after a 20 s cut
+# (2.2-4.5 s now; 2 cores at load averages 7-34).
 CATCH_UP_TIMEOUT_S = 120
 WAN = netns.LinkShape(delay_ms=25)  # one way, per host: 50 ms between two hosts
 LOSSY_WAN = netns.LinkShape(delay_ms=25, loss_pct=1, reorder_pct=5)
 CUT_S = 20.0  # the cut-off validator's link is down this long at least
-# Link up -> the cut-off validator's signature in a commit: ~3 s on a quiet machine;
-# generous for a loaded one, and well below the ~11 s it took before.
+# Link up -> the cut-off validator's signature in a commit: 2-4.5 s even at load 30;
+# generous for a loaded machine, and well below the 11.5-15.8 s it took before.
 REJOIN_S = 8.0
 HEIGHTS_WHILE_CUT = 3  # blocks the other three commit while one is cut off
 # A 2|2 partition has halted once every node reports no block for this long: about
