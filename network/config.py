@@ -155,6 +155,27 @@ class NetworkConfig:
     dial_backoff_base_s: float = 0.5
     dial_backoff_max_s: float = 60.0
     pex_interval_s: float = 30.0
+    # A dead link (a cable cut, a host's interface down) is found and left
+    # within seconds, and persistent peers redialled within seconds after it
+    # is back, instead of waiting for TCP's backed-off retransmission timer
+    # (doubling to 15 s and beyond) or idle_timeout_s:
+    # - a connection whose kernel has been retransmitting unacknowledged data
+    #   for retransmit_timeout_s with no acknowledgement from the peer in that
+    #   time (TCP_INFO, read every link_check_interval_s; Linux only, 0
+    #   disables) is closed as "link_dead". A peer that is alive but not
+    #   reading (zero window: busy, paused, full inbox) is still acknowledging
+    #   and is left to send_timeout_s; an event-loop stall only delays the check.
+    retransmit_timeout_s: float = 4.0
+    link_check_interval_s: float = 1.0
+    # - one TCP connect attempt (per address the host resolves to) gives up
+    #   after connect_timeout_s rather than wait out the kernel's SYN retries
+    #   (1, 3, 7, 15 ... s); resolving the name is bounded by dial_timeout_s.
+    connect_timeout_s: float = 3.0
+    # - persistent peers are redialled after at most this long (or
+    #   dial_backoff_max_s if smaller), which still bounds PEX-discovered
+    #   dials; with jitter (the delay is drawn from half to all of the
+    #   backoff) so that peers cut together do not redial in lockstep.
+    persistent_dial_backoff_max_s: float = 2.0
     # Bound of the address book learnt through PEX, and of one PEX answer.
     address_book_entries_max: int = 1_000
     pex_addresses_max: int = 64
@@ -179,6 +200,12 @@ class NetworkConfig:
             raise ValueError("send_queues_bytes_max must be at least send_queue_bytes_max")
         if self.control_queue_frames_max < 2:
             raise ValueError("control_queue_frames_max must hold a HELLO and a PING")
+        if self.retransmit_timeout_s < 0 or self.link_check_interval_s <= 0:
+            raise ValueError("retransmit_timeout_s must be >= 0, link_check_interval_s positive")
+        if not 0 < self.connect_timeout_s <= self.dial_timeout_s:
+            raise ValueError("connect_timeout_s must be positive and at most dial_timeout_s")
+        if self.persistent_dial_backoff_max_s <= 0:
+            raise ValueError("persistent_dial_backoff_max_s must be positive")
         positive = (
             self.handshakes_per_ip_per_s_max,
             self.banned_ip_handshakes_per_s_max,

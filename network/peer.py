@@ -28,6 +28,13 @@ messages have no legitimate burst: PINGs beyond `rate_pings_per_s_max`
 (burst `PING_BURST`), a PONG that answers none of our PINGs and a second
 HELLO close the connection as a protocol violation.
 
+Dead links: between PINGs the pinger reads the kernel's TCP_INFO every
+`link_check_interval_s`; a connection that has been retransmitting
+unacknowledged data for `retransmit_timeout_s` (no ACK meanwhile) is closed
+as "link_dead" (see `LinkWatch`), so a cut link is left in seconds and the
+dialler can reconnect once it is back, rather than after TCP's backed-off
+retransmission timer or `idle_timeout_s`.
+
 Memory held for what a peer sends: at most one read plus one partial frame.
 A frame longer than `write_bytes_max` first reserves its whole length from a
 `ByteBudget` shared by all peers (`large_frames_bytes_max`); while none is
@@ -53,6 +60,8 @@ from __future__ import annotations
 import collections
 import enum
 import math
+import socket
+import struct
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -90,6 +99,62 @@ PING_BURST = 5
 # The reader yields to other tasks after handling this many messages without
 # waiting, so one peer's burst cannot hold the event loop (about 1 ms).
 CHECKPOINT_MESSAGES = 256
+
+
+# struct tcp_info (linux/tcp.h) up to tcpi_last_ack_recv: 8 bytes of state,
+# then u32s from tcpi_rto; tcpi_retransmits is byte 2, tcpi_last_ack_recv
+# (milliseconds since the peer last acknowledged anything) the 12th u32.
+_TCP_INFO = struct.Struct("=8B12I")
+_TCP_INFO_RETRANSMITS = 2
+_TCP_INFO_LAST_ACK_RECV_MS = 19
+
+
+def tcp_retransmit_state(sock: object) -> tuple[int, int] | None:
+    """(RTO retransmissions of the oldest unacknowledged segment, ms since the last ACK).
+
+    None where the kernel does not say (not Linux, not a TCP socket, closed).
+    The retransmission count is reset by any ACK of new data, and zero-window
+    probes to a peer that is not reading do not count.
+    """
+    option = getattr(socket, "TCP_INFO", None)
+    getsockopt = getattr(sock, "getsockopt", None)
+    if option is None or getsockopt is None:
+        return None
+    try:
+        raw = getsockopt(socket.IPPROTO_TCP, option, _TCP_INFO.size)
+    except OSError:
+        return None
+    if not isinstance(raw, bytes) or len(raw) < _TCP_INFO.size:
+        return None
+    fields = _TCP_INFO.unpack_from(raw)
+    return fields[_TCP_INFO_RETRANSMITS], fields[_TCP_INFO_LAST_ACK_RECV_MS]
+
+
+class LinkWatch:
+    """Finds a dead link: the kernel retransmitting, unacknowledged, for `timeout_s`.
+
+    Fed samples of `tcp_retransmit_state`; dead once every sample for
+    `timeout_s` showed retransmissions and the last ACK is that old too. A
+    sample without retransmissions restarts the clock, so one lost segment
+    after an idle minute (old last ACK, one retransmission) is not a dead
+    link, and a peer that acknowledges but does not read (zero window) never
+    is. Late samples (a stalled event loop) only delay the verdict.
+    """
+
+    __slots__ = ("_since", "timeout_s")
+
+    def __init__(self, timeout_s: float) -> None:
+        assert timeout_s > 0
+        self.timeout_s = timeout_s
+        self._since: float | None = None
+
+    def dead(self, now: float, retransmits: int, last_ack_ms: int) -> bool:
+        if not retransmits:
+            self._since = None
+            return False
+        if self._since is None:
+            self._since = now
+        return now - self._since >= self.timeout_s and last_ack_ms >= self.timeout_s * 1000
 
 
 class Misbehaviour(enum.Enum):
@@ -577,8 +642,27 @@ class Peer:
         return 0 if full else budget - size
 
     async def _ping_loop(self) -> None:
+        """PING every ping_interval_s; between PINGs, check that the link is not dead."""
+        config = self.config
+        sock = getattr(self._conn.stream, "socket", None)
+        watch = None
+        if config.retransmit_timeout_s > 0 and tcp_retransmit_state(sock) is not None:
+            watch = LinkWatch(config.retransmit_timeout_s)
+        next_ping = trio.current_time() + config.ping_interval_s
         while True:
-            await trio.sleep(self.config.ping_interval_s)
+            if watch is None:
+                await trio.sleep_until(next_ping)
+            else:
+                await trio.sleep_until(
+                    min(next_ping, trio.current_time() + config.link_check_interval_s)
+                )
+                state = tcp_retransmit_state(sock)
+                if state is not None and watch.dead(trio.current_time(), *state):
+                    self.close("link_dead")
+                    return
+            if trio.current_time() < next_ping:
+                continue
+            next_ping = trio.current_time() + config.ping_interval_s
             self._ping_nonce += 1
             if self.enqueue_control(wire.encode_ping(self._ping_nonce)):
                 self._pings_unanswered += 1

@@ -142,6 +142,10 @@ CHECKPOINT_PAYLOADS = 256
 REFUSAL_REPORT_INTERVAL_S = 60.0
 REFUSAL_REPORTS_PER_S_MAX = 1.0
 REFUSAL_REPORTS_BURST = 10
+# A dial tries at most this many of the addresses a peer's host name resolves
+# to (each for connect_timeout_s), so a name with hundreds of records cannot
+# hold a dial for long.
+DIAL_ADDRESSES_MAX = 4
 
 
 def _digest(payload: bytes) -> bytes:
@@ -243,7 +247,7 @@ class NetworkStatistics:
     # not_member, duplicate (after it).
     connections_rejected: Mapping[str, int]
     # Closed connections by reason: disconnected, idle_timeout, frame_timeout,
-    # send_timeout, rate_exceeded, authentication_failed, banned, duplicate,
+    # send_timeout, link_dead, rate_exceeded, authentication_failed, banned, duplicate,
     # not_member, and the Misbehaviour values.
     disconnects: Mapping[str, int]
     handshake_failures: int  # blamed: a check refused the peer's bytes
@@ -842,12 +846,7 @@ class Network:
         """Dial, handshake and serve until the connection ends; True if it was established."""
         self._dialling.add(address.node_id)
         try:
-            stream: trio.SocketStream | None = None
-            with trio.move_on_after(self.config.dial_timeout_s):
-                try:
-                    stream = await trio.open_tcp_stream(address.host, address.port)
-                except OSError:
-                    return False
+            stream = await self._connect(address)
             if stream is None:
                 return False
             try:
@@ -869,11 +868,49 @@ class Network:
         finally:
             self._dialling.discard(address.node_id)
 
-    def _backoff_s(self, failures: int) -> float:
+    async def _connect(self, address: PeerAddress) -> trio.SocketStream | None:
+        """A TCP connection to `address`, or None.
+
+        The name is resolved within dial_timeout_s; then each address it
+        resolves to (at most DIAL_ADDRESSES_MAX, in the resolver's order) gets
+        one connect of at most connect_timeout_s, the whole within
+        dial_timeout_s. A SYN into a dead link is thus abandoned after
+        connect_timeout_s, and the next dial, once the link is back, gets in
+        with the first SYN instead of the kernel's next backed-off retry.
+        """
+        config = self.config
+        with trio.move_on_after(config.dial_timeout_s):
+            try:
+                infos = await trio.socket.getaddrinfo(
+                    address.host, address.port, type=trio.socket.SOCK_STREAM
+                )
+            except OSError:
+                return None
+            for family, kind, proto, _, sockaddr in infos[:DIAL_ADDRESSES_MAX]:
+                try:
+                    sock = trio.socket.socket(family, kind, proto)
+                except OSError:  # an address family this host cannot use
+                    continue
+                try:
+                    with trio.move_on_after(config.connect_timeout_s):
+                        await sock.connect(sockaddr)
+                        return trio.SocketStream(sock)
+                except OSError:
+                    pass
+                except BaseException:
+                    sock.close()
+                    raise
+                sock.close()
+        return None
+
+    def _backoff_s(self, failures: int, cap_s: float) -> float:
+        """Before the next dial: base x 2^failures, at most `cap_s`, times 0.5 to 1 at random."""
         base: float = self.config.dial_backoff_base_s * float(2 ** min(failures, 30))
-        return min(self.config.dial_backoff_max_s, base * (0.5 + self._rng.random()))
+        return min(cap_s, base) * (0.5 + self._rng.random() / 2)
 
     async def _persistent_loop(self, address: PeerAddress) -> None:
+        config = self.config
+        cap_s = min(config.persistent_dial_backoff_max_s, config.dial_backoff_max_s)
         failures = 0
         while True:
             peer = self._peers.get(address.node_id)
@@ -890,7 +927,7 @@ class Network:
             elif address.node_id not in self._dialling:
                 connected = await self._dial(address, persistent=True)
                 failures = 0 if connected else failures + 1
-            await trio.sleep(self._backoff_s(failures))
+            await trio.sleep(self._backoff_s(failures, cap_s))
 
     # -- peer exchange ----------------------------------------------------------
 
@@ -974,7 +1011,9 @@ class Network:
             entry.failures = 0
         else:
             entry.failures += 1
-        entry.next_dial_time = trio.current_time() + self._backoff_s(entry.failures)
+        entry.next_dial_time = trio.current_time() + self._backoff_s(
+            entry.failures, self.config.dial_backoff_max_s
+        )
         if entry.failures > 8:
             self._book.pop(entry.address.node_id, None)
 

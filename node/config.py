@@ -366,6 +366,16 @@ class P2PConfig:
             "A peer from which nothing arrived for this long is closed (peers PING every 10 s).",
         ),
     )
+    retransmit_timeout_s: int = field(
+        default=4,
+        metadata=_meta(
+            _integer(0, 3600),
+            "A connection whose data has gone unacknowledged by the peer's TCP for this long "
+            "(the link is dead: cut, interface down) is closed, and persistent peers are "
+            "redialled every 1-2 s, so a node is back within seconds of its link. A peer that "
+            "acknowledges but does not read is left to send_timeout_s. Linux only; 0 disables.",
+        ),
+    )
     frame_timeout_s: int = field(
         default=20,
         metadata=_meta(

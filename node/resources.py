@@ -142,6 +142,7 @@ class Resources:
             handshakes_per_ip_per_s_max=float(p2p.handshakes_per_ip_per_s_max),
             handshake_failures_ip_ban=p2p.handshake_failures_ip_ban,
             idle_timeout_s=float(p2p.idle_timeout_s),
+            retransmit_timeout_s=float(p2p.retransmit_timeout_s),
             frame_timeout_s=float(p2p.frame_timeout_s),
             send_timeout_s=float(p2p.send_timeout_s),
             rate_bytes_per_s_max=p2p.rate_bytes_per_s_max,
