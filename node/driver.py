@@ -255,6 +255,7 @@ class Driver:
         self._decided_sent: dict[str, int] = {}
         self.watch_until_height = 0
         self._watch_halt_at = 0.0
+        self._watch_since = now  # when the watch began at the tip (start, or out of block sync)
         self._stopped_signing = not can_sign
         self._caught_up = False  # stepping a peer's certificate (a height not seen live)
         self._decided_live = False  # the last decision came from votes we counted
@@ -286,7 +287,8 @@ class Driver:
         out: list[Effect] = []
         if self.config.watch_heights and self.can_sign and self._last_signed[0] > 0:
             self.watch_until_height = self.state.last_height + 1 + self.config.watch_heights
-            self._arm_watch(now)
+            self._watch_since = now
+            self._arm_watch()
             out.append(
                 Log(
                     "info",
@@ -1066,7 +1068,8 @@ class Driver:
             self.watch_until_height = max(
                 self.watch_until_height, self.state.last_height + 1 + self.config.watch_heights
             )
-            self._arm_watch(self._now)
+            self._watch_since = self._now
+            self._arm_watch()
         self._enter_height(out)
 
     def _voter_state(self) -> int:
@@ -1248,17 +1251,26 @@ class Driver:
 
     # ------------------------------------------------------------ doppelganger
 
-    def _arm_watch(self, now: float) -> None:
-        self._watch_halt_at = max(self._last_commit_at, now) + self.config.watch_halt_s
-        self._schedule(self._watch_halt_at, _WATCH, None)
+    def _arm_watch(self) -> None:
+        """Set the watch's halt deadline: `watch_halt_s` after the later of the watch's
+        start at the tip and the last committed block; a timer fires at that very time.
+
+        Only a committed block (its certificate verified) moves the deadline, and
+        only to its own commit time plus `watch_halt_s`: a peer's claim or message
+        cannot end the watch early, and a halted chain keeps this validator from
+        signing for at most `watch_halt_s` after its last block.
+        """
+        at = max(self._watch_since, self._last_commit_at) + self.config.watch_halt_s
+        if at != self._watch_halt_at:
+            self._watch_halt_at = at
+            self._schedule(at, _WATCH, None)
 
     def _check_watch(self, out: list[Effect]) -> None:
         if not self.watch_until_height or self.mode != "consensus":
             return
-        halted = self._now - self._last_commit_at >= self.config.watch_halt_s
+        self._arm_watch()  # a block committed since it was set moves it
+        halted = self._now >= self._watch_halt_at
         if self.state.last_height + 1 < self.watch_until_height and not halted:
-            if self._watch_halt_at <= self._now:
-                self._arm_watch(self._now)
             return
         if halted and self.state.last_height + 1 < self.watch_until_height:
             out.append(
