@@ -38,9 +38,10 @@ What it does, and the rule for each:
   node into block sync mode. A claim alone changes nothing.
 - **Doppelganger watch.** A validator that signed before starts without
   signing and watches `watch_heights` committed heights at the chain's tip
-  (or until no block has committed for `watch_halt_s`: a halted chain cannot
-  show another instance and may need our vote) for a validly signed vote of
-  its own key that it did not sign; one stops signing for good. When the
+  (or until `watch_halt_s` after the later of the watch's start at the tip
+  and the last committed block: a halted chain cannot show another instance
+  and may need our vote) for a validly signed vote of its own key that it
+  did not sign; one stops signing for good. When the
   watch ends, the machine performs the current round's due steps
   (`ConsensusMachine.start_signing`).
 - **Complete certificates.** Precommits for the decided block that arrive
@@ -1253,12 +1254,14 @@ class Driver:
 
     def _arm_watch(self) -> None:
         """Set the watch's halt deadline: `watch_halt_s` after the later of the watch's
-        start at the tip and the last committed block; a timer fires at that very time.
+        start at the tip (at start, or on leaving block sync) and the last committed
+        block; a timer fires at that very time.
 
-        Only a committed block (its certificate verified) moves the deadline, and
-        only to its own commit time plus `watch_halt_s`: a peer's claim or message
-        cannot end the watch early, and a halted chain keeps this validator from
-        signing for at most `watch_halt_s` after its last block.
+        Only those move it, and a committed block only to its own commit time plus
+        `watch_halt_s` (re-arming at the time the old deadline fired instead let one
+        block early in the watch double it): a peer's claim or message cannot end
+        the watch early, and a halted chain keeps this validator from signing for
+        at most `watch_halt_s` after its last block.
         """
         at = max(self._watch_since, self._last_commit_at) + self.config.watch_halt_s
         if at != self._watch_halt_at:
@@ -1277,7 +1280,10 @@ class Driver:
                 Log(
                     "warning",
                     "doppelganger watch ended early: no block committed",
-                    (("waited_s", self.config.watch_halt_s),),
+                    (
+                        ("halt_s", self.config.watch_halt_s),
+                        ("watched_s", round(self._now - self._watch_since, 3)),
+                    ),
                 )
             )
         self.watch_until_height = 0
