@@ -38,9 +38,10 @@ What it does, and the rule for each:
   node into block sync mode. A claim alone changes nothing.
 - **Doppelganger watch.** A validator that signed before starts without
   signing and watches `watch_heights` committed heights at the chain's tip
-  (or until no block has committed for `watch_halt_s`: a halted chain cannot
-  show another instance and may need our vote) for a validly signed vote of
-  its own key that it did not sign; one stops signing for good. When the
+  (or until `watch_halt_s` after the later of the watch's start at the tip
+  and the last committed block: a halted chain cannot show another instance
+  and may need our vote) for a validly signed vote of its own key that it
+  did not sign; one stops signing for good. When the
   watch ends, the machine performs the current round's due steps
   (`ConsensusMachine.start_signing`).
 - **Complete certificates.** Precommits for the decided block that arrive
@@ -255,6 +256,7 @@ class Driver:
         self._decided_sent: dict[str, int] = {}
         self.watch_until_height = 0
         self._watch_halt_at = 0.0
+        self._watch_since = now  # when the watch began at the tip (start, or out of block sync)
         self._stopped_signing = not can_sign
         self._caught_up = False  # stepping a peer's certificate (a height not seen live)
         self._decided_live = False  # the last decision came from votes we counted
@@ -286,7 +288,8 @@ class Driver:
         out: list[Effect] = []
         if self.config.watch_heights and self.can_sign and self._last_signed[0] > 0:
             self.watch_until_height = self.state.last_height + 1 + self.config.watch_heights
-            self._arm_watch(now)
+            self._watch_since = now
+            self._arm_watch()
             out.append(
                 Log(
                     "info",
@@ -1066,7 +1069,8 @@ class Driver:
             self.watch_until_height = max(
                 self.watch_until_height, self.state.last_height + 1 + self.config.watch_heights
             )
-            self._arm_watch(self._now)
+            self._watch_since = self._now
+            self._arm_watch()
         self._enter_height(out)
 
     def _voter_state(self) -> int:
@@ -1248,24 +1252,38 @@ class Driver:
 
     # ------------------------------------------------------------ doppelganger
 
-    def _arm_watch(self, now: float) -> None:
-        self._watch_halt_at = max(self._last_commit_at, now) + self.config.watch_halt_s
-        self._schedule(self._watch_halt_at, _WATCH, None)
+    def _arm_watch(self) -> None:
+        """Set the watch's halt deadline: `watch_halt_s` after the later of the watch's
+        start at the tip (at start, or on leaving block sync) and the last committed
+        block; a timer fires at that very time.
+
+        Only those move it, and a committed block only to its own commit time plus
+        `watch_halt_s` (re-arming at the time the old deadline fired instead let one
+        block early in the watch double it): a peer's claim or message cannot end
+        the watch early, and a halted chain keeps this validator from signing for
+        at most `watch_halt_s` after its last block.
+        """
+        at = max(self._watch_since, self._last_commit_at) + self.config.watch_halt_s
+        if at != self._watch_halt_at:
+            self._watch_halt_at = at
+            self._schedule(at, _WATCH, None)
 
     def _check_watch(self, out: list[Effect]) -> None:
         if not self.watch_until_height or self.mode != "consensus":
             return
-        halted = self._now - self._last_commit_at >= self.config.watch_halt_s
+        self._arm_watch()  # a block committed since it was set moves it
+        halted = self._now >= self._watch_halt_at
         if self.state.last_height + 1 < self.watch_until_height and not halted:
-            if self._watch_halt_at <= self._now:
-                self._arm_watch(self._now)
             return
         if halted and self.state.last_height + 1 < self.watch_until_height:
             out.append(
                 Log(
                     "warning",
                     "doppelganger watch ended early: no block committed",
-                    (("waited_s", self.config.watch_halt_s),),
+                    (
+                        ("halt_s", self.config.watch_halt_s),
+                        ("watched_s", round(self._now - self._watch_since, 3)),
+                    ),
                 )
             )
         self.watch_until_height = 0

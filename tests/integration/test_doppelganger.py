@@ -14,7 +14,9 @@ network never sees an equivocation.
 from __future__ import annotations
 
 import shutil
+import signal
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import trio
@@ -170,3 +172,95 @@ async def test_a_second_instance_of_a_validator_key_detects_the_first_and_never_
         assert not twin.events(PASSED_EVENT)
         for n in net.validators:
             assert not n.events("equivocation detected"), n.name
+
+
+HALT_MS = 4000  # the restarted validator's [consensus] doppelganger_halt_ms (default 20 s)
+ENDED_EARLY_EVENT = "doppelganger watch ended early: no block committed"
+COMMITTED_EVENT = "committed block"
+# The node's own log times the watch, so process start-up is not in it; this is the
+# event loop's lateness on a loaded 2-core machine, far below HALT_MS.
+LATENESS_MAX_S = 1.5
+
+
+def _set_halt_ms(home: Path, halt_ms: int) -> None:
+    path = home / "config.toml"
+    config = load_config(path)
+    save_config(
+        path, replace(config, consensus=replace(config.consensus, doppelganger_halt_ms=halt_ms))
+    )
+
+
+def _ts(event: dict[str, object]) -> float:
+    stamp = event["ts"]
+    assert isinstance(stamp, str), event
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+async def test_on_a_halted_chain_the_watch_ends_halt_after_the_last_block(
+    tmp_path: Path,
+) -> None:
+    """node3 is killed (-9) and the chain goes on without it; node0 is then paused
+    (SIGSTOP), so 2 of 4 validators sign and nothing can commit. node3 restarts, catches up
+    the heights it missed (blocks applied during its watch) and watches a chain that cannot
+    commit. Its watch must end `doppelganger_halt_ms` after the later of its start and the
+    last block it applied: not before (nothing a peer says ends it), and not a whole
+    `doppelganger_halt_ms` later (it ended at twice the bound when the catch-up committed a
+    block early in the watch). Then node3 signs and, with 3 of 4, the chain commits again
+    while node0 stays paused."""
+    net = nodes.create_testnet(tmp_path / "net", validators=4, accounts=1)
+    paused, restarted, others = net.validators[0], net.validators[3], net.validators[1:3]
+    _set_halt_ms(restarted.home, HALT_MS)
+    async with nodes.running(net), nodes.open_api() as api:
+        await api.wait_height(net.validators, 3, TIMEOUT_S)
+        index = await api.validator_index(others[0], restarted)
+        await restarted.kill()
+        await api.wait_height(others, await api.height(others[0]) + 2, TIMEOUT_S)
+        assert paused.process is not None
+        paused.process.send_signal(signal.SIGSTOP)
+        try:
+            before = len(restarted.log_events())
+            await restarted.start()
+            started = trio.current_time()
+            status = await nodes.wait_for(
+                lambda: api.try_get(restarted, "/status"),
+                lambda s: s is not None and s["validator"]["signing"],
+                TIMEOUT_S,
+                f"{restarted.name} to sign again",
+            )
+            to_signing_s = trio.current_time() - started
+            events = restarted.log_events()[before:]
+            names = [e.get("event") for e in events]
+            watching = events[names.index(WATCHING_EVENT)]
+            ended = events[names.index(ENDED_EARLY_EVENT)]
+            applied = [
+                e
+                for e in events[names.index(WATCHING_EVENT) : names.index(ENDED_EARLY_EVENT)]
+                if e.get("event") == COMMITTED_EVENT
+            ]
+            assert applied, "node3 caught up no block during its watch: nothing tested"
+            since = max(_ts(watching), _ts(applied[-1]))
+            waited_s = _ts(ended) - since
+            print(
+                f"watch {_ts(ended) - _ts(watching):.2f} s from its start, {waited_s:.2f} s "
+                f"after the last of {len(applied)} blocks applied (halt {HALT_MS / 1000} s); "
+                f"restart to signing {to_signing_s:.2f} s"
+            )
+            assert HALT_MS / 1000 <= waited_s <= HALT_MS / 1000 + LATENESS_MAX_S, (
+                f"the watch ended {waited_s:.2f} s after its last block "
+                f"(doppelganger_halt_ms {HALT_MS})"
+            )
+            top = status["latest_height"]
+
+            async def signed_while_paused() -> list[int]:
+                now_top = await api.height(others[0])
+                return [
+                    h
+                    for h in range(top + 1, now_top + 1)
+                    if index in await api.signers(others[0], h)
+                ]
+
+            await nodes.wait_for(
+                signed_while_paused, bool, TIMEOUT_S, f"a block signed by {restarted.name}"
+            )
+        finally:
+            paused.process.send_signal(signal.SIGCONT)
