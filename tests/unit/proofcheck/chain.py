@@ -21,14 +21,13 @@ from consensus.crypto import PrivateKey, Suite, using
 from consensus.genesis import Genesis, GenesisValidator
 from consensus.types import (
     Commit,
-    CommitSig,
     Header,
     Transaction,
     Validator,
     ValidatorSet,
-    precommit_sign_bytes,
 )
 from proofcheck.verify import FORMAT_TAG
+from tests.signing import certificate
 
 SET_SIZE = 4
 POWER = 10
@@ -189,12 +188,7 @@ def make_chain(
                 evidence_hash=merkle.root([]),
                 proposer_address=vset[0].address,
             )
-            message = precommit_sign_bytes(chain_id, h, 0, header.hash)
-            by_address = {k.address: k for k in chain.keys_at(h)}
-            sigs = tuple(
-                CommitSig(i, by_address[v.address].sign(message)) for i, v in enumerate(vset)
-            )
             chain.headers[h] = header
-            chain.commits[h] = Commit(h, 0, header.hash, sigs)
+            chain.commits[h] = certificate(chain_id, header, chain.keys_at(h), vset)
             previous = header.hash
         return chain
