@@ -9,13 +9,15 @@ decide whether one can be attached to every cross-chain message. Measured:
   validators moves one key every `--shift-every` heights, hops chosen by the
   builder's bisection (node/proofs.py `select_hops`) from genesis;
 - a state proof for one account in a state of `--accounts` keys (section 11's
-  state tree, built here from the protocol text) against the last header.
+  state tree, built from the protocol text by tests/unit/proofcheck/smt.py)
+  against the last header.
 
 Baselines in the same run, timed interleaved with the verifications (the
 machine is shared): verifying the file's signatures alone with the
 verifier's own primitive (so the ratio is what decoding, hashing and the
 Merkle walks add), one signature verification, and a SHA-256 of the file.
-Everything is built in process with real signatures (no node):
+Everything is built in process with real signatures (no node), the chain by
+the proof-file tests' builder (tests/unit/proofcheck/chain.py):
 
     .venv/bin/python benchmarks/proofs.py [--txs 10000] [--heights 1000]
         [--shift-every 10] [--accounts 100000] [--crypto ed25519-sha256|sm2-sm3]
@@ -40,66 +42,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import msgpack
 
-from consensus import merkle
 from consensus.crypto import SUITES, PrivateKey, Suite, using
-from consensus.genesis import Genesis, GenesisValidator
 from consensus.light import LightBlock
-from consensus.types import (
-    Commit,
-    CommitSig,
-    Header,
-    Transaction,
-    Validator,
-    ValidatorSet,
-    precommit_sign_bytes,
-)
+from consensus.types import Transaction
 from node.proofs import LightSource, select_hops
-from proofcheck.verify import FORMAT_TAG, suite_named, verify_proof
 from proofcheck.verify import Suite as VerifierSuite
+from proofcheck.verify import suite_named, verify_proof
+from tests.unit.proofcheck import smt
+from tests.unit.proofcheck.chain import make_chain
 
-SET_SIZE = 4
 CHAIN_ID = "bench-proofs"
-GENESIS_MS = 1_764_000_000_000
-E = bytes(32)
+# Keys in the pool of the moving validator set: with --shift-every 10, a set comes
+# back only after 640 heights, so a skip past it cannot land on an old set again.
+POOL_SIZE = 64
 
 
 def _timed(fn: Callable[[], Any]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
-
-
-def _bit(path: bytes, i: int) -> int:
-    return (path[i // 8] >> (7 - i % 8)) & 1
-
-
-def _smt(
-    suite: Suite, leaves: list[tuple[bytes, bytes]], depth: int, path: bytes
-) -> tuple[bytes, list[bytes], Any]:
-    """Section 11's tree over sorted (P, V): (subtree hash, siblings below, leaf) on `path`."""
-    if not leaves:
-        return E, [], None
-    if len(leaves) == 1:
-        p, v = leaves[0]
-        return suite.hash(b"\x10" + p + v), [], [p, v]
-    split = next((i for i, (p, _) in enumerate(leaves) if _bit(p, depth)), len(leaves))
-    left, right = leaves[:split], leaves[split:]
-    mine, other = (left, right) if _bit(path, depth) == 0 else (right, left)
-    m_hash, siblings, leaf = _smt(suite, mine, depth + 1, path)
-    o_hash = _root(suite, other, depth + 1)
-    l_hash, r_hash = (m_hash, o_hash) if _bit(path, depth) == 0 else (o_hash, m_hash)
-    return suite.hash(b"\x11" + l_hash + r_hash), [b"" if o_hash == E else o_hash, *siblings], leaf
-
-
-def _root(suite: Suite, leaves: list[tuple[bytes, bytes]], depth: int) -> bytes:
-    if not leaves:
-        return E
-    if len(leaves) == 1:
-        return suite.hash(b"\x10" + leaves[0][0] + leaves[0][1])
-    split = next((i for i, (p, _) in enumerate(leaves) if _bit(p, depth)), len(leaves))
-    return suite.hash(
-        b"\x11" + _root(suite, leaves[:split], depth + 1) + _root(suite, leaves[split:], depth + 1)
-    )
 
 
 def _measure(
@@ -129,79 +90,39 @@ def _measure(
 
 
 def build(ns: argparse.Namespace, suite: Suite) -> dict[str, Any]:
-    pool = [PrivateKey(hashlib.sha256(b"bench %d" % i).digest(), suite) for i in range(64)]
-
-    def keys_at(h: int) -> list[PrivateKey]:
-        start = (h - 1) // ns.shift_every
-        return [pool[(start + i) % len(pool)] for i in range(SET_SIZE)]
-
-    genesis = Genesis(
-        CHAIN_ID, GENESIS_MS,
-        tuple(GenesisValidator(f"v{i}", k.public_key, 10) for i, k in enumerate(keys_at(1))),
-        "ledger", {"accounts": {}}, crypto=suite.name,
-    )  # fmt: skip
     # The state: --accounts ledger accounts; its root is every header's app hash.
     state = {
         b"a" + hashlib.sha256(b"%d" % i).digest()[:20]: msgpack.packb([i, 1])
         for i in range(ns.accounts)
     }
-    leaves = sorted((suite.hash(k), suite.hash(v)) for k, v in state.items())
     key = next(iter(state))
-    app_hash, siblings, leaf = _smt(suite, leaves, 0, suite.hash(key))
-    state_proof = msgpack.packb([siblings, leaf], use_bin_type=True)
-    # The big block, at height - 1, and its results.
+    # The big block, at height - 1; its results are in the header above it.
     big_h = ns.heights - 1
-    sender = pool[-1]
+    sender = PrivateKey(hashlib.sha256(b"bench sender").digest(), suite)
     big_txs = [
         Transaction.create(sender, CHAIN_ID, i, msgpack.packb(["transfer", bytes(20), i])).encode()
         for i in range(ns.txs)
     ]
-    results = [msgpack.packb([0, b""], use_bin_type=True)] * ns.txs
-    sets = {
-        h: ValidatorSet.of(Validator(k.public_key, 10) for k in keys_at(h))
-        for h in range(1, ns.heights + 2)
-    }
+    chain = make_chain(
+        suite,
+        ns.heights,
+        shift_every=ns.shift_every,
+        chain_id=CHAIN_ID,
+        seed=b" bench",
+        app_hash=smt.root(suite, state),
+        pool_size=POOL_SIZE,
+        txs={big_h: big_txs},
+    )
     source = LightSource("in-process", suite, {})
-    previous, headers = b"", {}
-    empty = merkle.root([])
     for h in range(1, ns.heights + 1):
-        header = Header(
-            CHAIN_ID, h, GENESIS_MS + h * 1000, previous, b"" if h == 1 else suite.hash(b"c%d" % h),
-            merkle.root(big_txs) if h == big_h else empty, sets[h].hash, sets[h + 1].hash, app_hash,
-            merkle.root(results) if h == big_h + 1 else empty, empty, sets[h][0].address,
-        )  # fmt: skip
-        message = precommit_sign_bytes(CHAIN_ID, h, 0, header.hash)
-        by_address = {k.address: k for k in keys_at(h)}
-        commit = Commit(
-            h,
-            0,
-            header.hash,
-            tuple(CommitSig(i, by_address[v.address].sign(message)) for i, v in enumerate(sets[h])),
-        )
-        vset, nxt = sets[h].encode(), sets[h + 1].encode()
-        hop = [header.encode(), commit.encode(), vset, None if nxt == vset else nxt]
-        source.cache[h] = (LightBlock(header, commit, sets[h], sets[h + 1]), hop)
-        headers[h] = header
-        previous = header.hash
+        light = LightBlock(chain.headers[h], chain.commits[h], chain.sets[h], chain.sets[h + 1])
+        source.cache[h] = (light, chain.hop(h))
     hops = select_hops(source, ns.heights, CHAIN_ID, None)
-    index = ns.txs // 3
-    tx_proof, r_proof = merkle.prove(big_txs, index), merkle.prove(results, index)
-    tx_target = [
-        big_txs[index], suite.hash(big_txs[index]), headers[big_h].encode(),
-        [tx_proof.index, tx_proof.total, list(tx_proof.aunts)],
-        [results[index], [r_proof.index, r_proof.total, list(r_proof.aunts)]],
-    ]  # fmt: skip
-
-    def file(kind: str, target: list[Any]) -> bytes:
-        packed: bytes = msgpack.packb(
-            [FORMAT_TAG, kind, CHAIN_ID, genesis.hash, None, hops, target], use_bin_type=True
-        )
-        return packed
-
+    target = [key, state[key], smt.prove(suite, state, key)]
     return {
-        "genesis": genesis.to_json().encode(),
-        "tx": file("tx", tx_target),
-        "state": file("state", [key, state[key], state_proof]),
+        "genesis": chain.genesis_text,
+        "tx": chain.file("tx", hops, chain.tx_target(big_h, ns.txs // 3)),
+        "state": chain.file("state", hops, target),
         "hops": len(hops),
     }
 

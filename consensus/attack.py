@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from consensus.crypto import verify
+from consensus.light import signers_in
 from consensus.types import (
     Commit,
     Evidence,
@@ -234,15 +235,8 @@ def _lunatic_signers(ev: LightClientAttackEvidence, chain: ChainView) -> tuple[b
             AttackCheck.COMMON_HEIGHT,
             f"{ev.common_height}: a lunatic header needs a known height below {ev.height}",
         )
-    conflicting = ev.conflicting_validators
-    power = 0
-    signers: list[bytes] = []
-    for s in ev.conflicting_commit.signatures:
-        address = conflicting[s.validator_index].address
-        index = common.index_of(address)
-        if index is not None:
-            power += common[index].power
-            signers.append(address)
+    # The indices are in the conflicting set (check 4 counted the signers' power).
+    power, signers = signers_in(ev.conflicting_commit, ev.conflicting_validators, common)
     if not common.has_one_honest(power):
         raise AttackInvalid(
             AttackCheck.TRUST_LEVEL,

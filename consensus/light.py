@@ -50,6 +50,7 @@ __all__ = [
     "TrustOptions",
     "attack_evidence",
     "conflict",
+    "signers_in",
     "verify_adjacent",
     "verify_light_block",
     "verify_skipping",
@@ -205,7 +206,7 @@ def verify_skipping(
     _check_shape(untrusted, chain_id)
     _check_quorum(untrusted)
     trusted_set = trusted.next_validators
-    power = _trusted_power(untrusted, trusted_set)
+    power, _ = signers_in(untrusted.commit, untrusted.validators, trusted_set)
     need = trusted_set.total_power * options.trust_numerator
     if power * options.trust_denominator <= need:
         raise LightError(
@@ -290,8 +291,7 @@ def attack_evidence(
             accused &= {chain_block.validators[i].address for i in ours}
     else:
         common_height = common.height
-        addresses = {conflicting.validators[s.validator_index].address for s in signed}
-        accused = {v.address for v in common.validators if v.address in addresses}
+        accused = set(signers_in(conflicting.commit, conflicting.validators, common.validators)[1])
     return LightClientAttackEvidence(
         conflicting.header,
         conflicting.commit,
@@ -340,16 +340,24 @@ def _verify_signatures(block: LightBlock, chain_id: str, first: ValidatorSet | N
             )
 
 
-def _trusted_power(block: LightBlock, trusted: ValidatorSet) -> int:
-    """The power in `trusted` of the validators whose signatures `block` carries.
+def signers_in(
+    commit: Commit, signed_set: ValidatorSet, other: ValidatorSet
+) -> tuple[int, list[bytes]]:
+    """The power in `other` of the validators of `signed_set` whose signatures `commit`
+    carries, and their addresses in the certificate's order.
 
-    Claimed only, until `_verify_signatures` has checked them against the
-    block's own set; a validator is the same in both sets if its address is
-    (an address is the hash of the public key).
+    Claimed only: no signature is checked here (the caller checks them against
+    `signed_set`, whose indices it has checked the certificate's against); a
+    validator is the same in both sets if its address is (an address is the
+    hash of the public key). A skip's trusted power, and the accused of a
+    lunatic attack (consensus/attack.py).
     """
     power = 0
-    for s in block.commit.signatures:
-        index = trusted.index_of(block.validators[s.validator_index].address)
+    addresses: list[bytes] = []
+    for s in commit.signatures:
+        address = signed_set[s.validator_index].address
+        index = other.index_of(address)
         if index is not None:
-            power += trusted[index].power
-    return power
+            power += other[index].power
+            addresses.append(address)
+    return power, addresses

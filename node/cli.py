@@ -180,6 +180,15 @@ def _add_crypto(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _add_genesis(p: argparse.ArgumentParser, force: str) -> None:
+    """The options of the commands that write a genesis (`init`, `testnet`), and --force."""
+    p.add_argument(
+        "--app", choices=tuple(APPS), default="ledger", help="application (default: %(default)s)"
+    )
+    _add_crypto(p, "the chain's signatures and hashes, fixed in genesis")
+    p.add_argument("--force", action="store_true", help=force)
+
+
 def _home(ns: argparse.Namespace) -> Path:
     home: Path | None = ns.home
     return (home if home is not None else _default_home()).expanduser()
@@ -198,15 +207,7 @@ def _add_init(sub: argparse._SubParsersAction[_Parser]) -> None:
     _add_home(p)
     p.add_argument("--chain-id", default=DEFAULT_CHAIN_ID, help="chain id (default: %(default)s)")
     p.add_argument("--moniker", default=None, help="node name (default: the host name)")
-    p.add_argument(
-        "--app", choices=tuple(APPS), default="ledger", help="application (default: %(default)s)"
-    )
-    _add_crypto(p, "the chain's signatures and hashes, fixed in genesis")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite existing keys, genesis and config, and delete the old chain's data",
-    )
+    _add_genesis(p, "overwrite existing keys, genesis and config, and delete the old chain's data")
     p.set_defaults(handler=_cmd_init)
 
 
@@ -263,15 +264,7 @@ def _add_testnet(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="K",
         help="funded client accounts to create (default: %(default)s)",
     )
-    p.add_argument(
-        "--app", choices=tuple(APPS), default="ledger", help="application (default: %(default)s)"
-    )
-    _add_crypto(p, "the chain's signatures and hashes, fixed in genesis")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite existing homes and accounts, and delete the old chains' data",
-    )
+    _add_genesis(p, "overwrite existing homes and accounts, and delete the old chains' data")
     p.set_defaults(handler=_cmd_testnet)
 
 

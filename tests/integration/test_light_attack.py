@@ -31,26 +31,13 @@ from consensus.types import (
     LightClientAttackEvidence,
     Validator,
     ValidatorSet,
-    precommit_sign_bytes,
 )
 from tests.integration import nodes
+from tests.signing import certificate
 
 TIMEOUT_S = 120  # a loaded 2-core machine; a quiet one commits it in a few seconds
 ATTACK_HEIGHT = 2
 ACCEPTED_EVENT = "light-client attack evidence accepted"
-
-
-def _sign(
-    chain_id: str, header: Header, keys: list[PrivateKey], validators: ValidatorSet, round_: int
-) -> Commit:
-    message = precommit_sign_bytes(chain_id, header.height, round_, header.hash)
-    by_address = {k.address: k for k in keys}
-    sigs = [
-        CommitSig(i, by_address[v.address].sign(message))
-        for i, v in enumerate(validators)
-        if v.address in by_address
-    ]
-    return Commit(header.height, round_, header.hash, tuple(sigs))
 
 
 async def _light_block(api: nodes.Api, node: nodes.NodeProcess, height: int) -> LightBlock:
@@ -101,7 +88,7 @@ async def test_attack_evidence_is_accepted_gossiped_and_committed_and_forgeries_
         fork_header = dataclasses.replace(
             mine.header, app_hash=hashlib.sha256(b"another state").digest()
         )
-        fork_commit = _sign(
+        fork_commit = certificate(
             net.chain_id, fork_header, attackers, mine.validators, mine.commit.round
         )
         fork = LightBlock(fork_header, fork_commit, mine.validators, mine.validators)
@@ -127,7 +114,9 @@ async def test_attack_evidence_is_accepted_gossiped_and_committed_and_forgeries_
             validators_hash=made_up.hash,
             app_hash=hashlib.sha256(b"lunatic").digest(),
         )
-        lunatic_commit = _sign(net.chain_id, lunatic_header, [keys[3], *strangers], made_up, 0)
+        lunatic_commit = certificate(
+            net.chain_id, lunatic_header, [keys[3], *strangers], made_up, 0
+        )
         weak = LightClientAttackEvidence(
             lunatic_header, lunatic_commit, made_up, ATTACK_HEIGHT, (keys[3].address,)
         )
@@ -171,7 +160,7 @@ async def test_attack_evidence_is_accepted_gossiped_and_committed_and_forgeries_
         status, body = await _post(api, entry, evidence.encode())
         assert status == 409, body
         # Another form of the same attack (all four signatures): one attack, acted on once.
-        whole = _sign(net.chain_id, fork_header, keys, mine.validators, mine.commit.round)
+        whole = certificate(net.chain_id, fork_header, keys, mine.validators, mine.commit.round)
         other_form = attack_evidence(
             mine, LightBlock(fork_header, whole, mine.validators, mine.validators), mine
         )

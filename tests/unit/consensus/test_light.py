@@ -31,8 +31,8 @@ from consensus.types import (
     Header,
     Validator,
     ValidatorSet,
-    precommit_sign_bytes,
 )
+from tests.signing import certificate
 
 CHAIN = "light-test"
 POOL = [PrivateKey(hashlib.sha256(b"light %d" % i).digest()) for i in range(40)]
@@ -55,14 +55,7 @@ def vset(keys: list[PrivateKey]) -> ValidatorSet:
 def sign(
     header: Header, keys: list[PrivateKey], validators: ValidatorSet, round_: int = 0
 ) -> Commit:
-    message = precommit_sign_bytes(CHAIN, header.height, round_, header.hash)
-    by_address = {k.address: k for k in keys}
-    sigs = [
-        CommitSig(i, by_address[v.address].sign(message))
-        for i, v in enumerate(validators)
-        if v.address in by_address
-    ]
-    return Commit(header.height, round_, header.hash, tuple(sigs))
+    return certificate(CHAIN, header, keys, validators, round_)
 
 
 def make_chain(heights: int, shift_every: int = 3, app_tag: bytes = b"") -> list[LightBlock]:

@@ -5,6 +5,7 @@ signatures of its validator set, and carries the true Merkle roots of its
 transactions and of the previous block's results. The validator set is a
 window of SET_SIZE keys over a pool, moving one key every `shift_every`
 heights, so a long skip finds none of the trusted validators left.
+benchmarks/proofs.py builds its long chain here too.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from consensus.crypto import PrivateKey, Suite, using
 from consensus.genesis import Genesis, GenesisValidator
 from consensus.types import (
     Commit,
-    CommitSig,
     Header,
     Transaction,
     Validator,
     ValidatorSet,
-    precommit_sign_bytes,
 )
 from proofcheck.verify import FORMAT_TAG
+from tests.signing import certificate
 
 SET_SIZE = 4
 POWER = 10
@@ -126,14 +126,20 @@ def make_chain(
     seed: bytes = b"",
     payload_tag: bytes = b"",
     app_hash: bytes | None = None,
+    pool_size: int = 24,
+    txs: dict[int, list[bytes]] | None = None,
 ) -> Chain:
     """Heights 1..heights, each certified by all of its validators, with real txs and results.
 
-    `app_hash`, when given, is every header's (a state proof's root).
+    `app_hash`, when given, is every header's (a state proof's root). `txs`, when
+    given, are the blocks' transactions (a height not in it has an empty block),
+    all succeeding; otherwise each block has TXS_PER_BLOCK, the odd ones failing.
+    The set comes back to the first one after `pool_size * shift_every` heights.
     """
     with using(suite):
         pool = [
-            PrivateKey(hashlib.sha256(b"proof %d" % i + seed).digest(), suite) for i in range(24)
+            PrivateKey(hashlib.sha256(b"proof %d" % i + seed).digest(), suite)
+            for i in range(pool_size)
         ]
         first = pool[:SET_SIZE]
         genesis = Genesis(
@@ -155,14 +161,18 @@ def make_chain(
         sender = pool[-1]
         previous = b""
         for h in range(1, heights + 1):
-            txs = [
-                Transaction.create(
-                    sender, chain_id, h * 100 + i, b"payload %d" % i + payload_tag
-                ).encode()
-                for i in range(TXS_PER_BLOCK)
-            ]
-            chain.txs[h] = txs
-            chain.results[h] = [result_bytes(i % 2) for i in range(len(txs))]
+            if txs is None:
+                block = [
+                    Transaction.create(
+                        sender, chain_id, h * 100 + i, b"payload %d" % i + payload_tag
+                    ).encode()
+                    for i in range(TXS_PER_BLOCK)
+                ]
+                chain.results[h] = [result_bytes(i % 2) for i in range(len(block))]
+            else:
+                block = txs.get(h, [])
+                chain.results[h] = [result_bytes(0)] * len(block)
+            chain.txs[h] = block
             vset = chain.sets[h]
             header = Header(
                 chain_id=chain_id,
@@ -170,7 +180,7 @@ def make_chain(
                 time_ms=GENESIS_MS + h * BLOCK_MS,
                 last_block_hash=previous,
                 last_commit_hash=b"" if h == 1 else suite.hash(chain.commits[h - 1].encode()),
-                data_hash=merkle.root(txs),
+                data_hash=merkle.root(block),
                 validators_hash=vset.hash,
                 next_validators_hash=chain.sets[h + 1].hash,
                 app_hash=suite.hash(b"app %d" % h) if app_hash is None else app_hash,
@@ -178,12 +188,7 @@ def make_chain(
                 evidence_hash=merkle.root([]),
                 proposer_address=vset[0].address,
             )
-            message = precommit_sign_bytes(chain_id, h, 0, header.hash)
-            by_address = {k.address: k for k in chain.keys_at(h)}
-            sigs = tuple(
-                CommitSig(i, by_address[v.address].sign(message)) for i, v in enumerate(vset)
-            )
             chain.headers[h] = header
-            chain.commits[h] = Commit(h, 0, header.hash, sigs)
+            chain.commits[h] = certificate(chain_id, header, chain.keys_at(h), vset)
             previous = header.hash
         return chain
