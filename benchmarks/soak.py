@@ -96,7 +96,7 @@ METRICS_TIMEOUT_S = 5.0
 # map that the node touched, which grow with the chain by design, and is
 # reported and plotted beside it.
 FIGURES = ("anon_mb", "fds", "tasks")
-REPORTED = ("rss_mb", *FIGURES)
+REPORTED = ("rss_mb", *FIGURES, "seen")
 
 
 @dataclass(slots=True)
@@ -118,6 +118,7 @@ class Sample:
     anon_mb: float | None
     fds: int | None
     tasks: int | None
+    seen: int | None  # gossip seen-cache entries (archipelago_p2p_seen_cache_entries)
     height: int
 
 
@@ -152,16 +153,23 @@ def open_fds(pid: int) -> int | None:
         return None
 
 
-async def trio_tasks(http: httpx.AsyncClient, url: str) -> int | None:
-    """The node's `archipelago_trio_tasks` gauge; None if it cannot be read."""
+# Unlabelled gauges read from each node's metrics endpoint, by Sample field.
+GAUGES = {"tasks": "archipelago_trio_tasks", "seen": "archipelago_p2p_seen_cache_entries"}
+
+
+async def gauges(http: httpx.AsyncClient, url: str) -> dict[str, int | None]:
+    """The node's GAUGES, by Sample field; None for one that cannot be read."""
+    out: dict[str, int | None] = dict.fromkeys(GAUGES)
     try:
         r = await http.get(url)
     except httpx.HTTPError:
-        return None
+        return out
+    wanted = {name: field for field, name in GAUGES.items()}
     for line in r.text.splitlines():
-        if line.startswith("archipelago_trio_tasks "):
-            return int(float(line.split()[1]))
-    return None
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            out[wanted[name]] = int(float(value))
+    return out
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -257,6 +265,7 @@ async def sample_nodes(
     out = []
     for node, view, url in zip(nodes, views, metrics_urls, strict=True):
         rss = node.rss_bytes()
+        read = await gauges(http, url)
         out.append(
             Sample(
                 round(t_s, 1),
@@ -264,7 +273,8 @@ async def sample_nodes(
                 None if rss is None else round(rss / 2**20, 1),
                 anon_mb(node.pid),
                 open_fds(node.pid),
-                await trio_tasks(http, url),
+                read["tasks"],
+                read["seen"],
                 view.height,
             )
         )
@@ -314,7 +324,8 @@ async def soak(
                         f"soak {t_s / 60:5.1f} min: heights {[s.height for s in batch]} "
                         f"rss MB {[s.rss_mb for s in batch]} anon MB {[s.anon_mb for s in batch]} "
                         f"fds {[s.fds for s in batch]} "
-                        f"tasks {[s.tasks for s in batch]} committed {committed / max(t_s, 1):.0f} "
+                        f"tasks {[s.tasks for s in batch]} seen {[s.seen for s in batch]} "
+                        f"committed {committed / max(t_s, 1):.0f} "
                         f"tx/s load {os.getloadavg()[0]:.2f}"
                     )
                 if net.died or t_s >= duration_s:
