@@ -7,10 +7,14 @@ after some 40 minutes, its memory stepping up each time the dictionary's
 table doubles, and a quiet node never lets go of what it filled. A payload
 only needs remembering while copies of it may still arrive by gossip: the
 copies of one payload come from the node's peers within the time it takes
-to cross the network, seconds (NetworkConfig.seen_cache_ttl_s says why the
-default is 60 s). Past that the age bound holds the cache at about
+to cross the network, seconds. With the age bound the cache holds about
 ttl_s x (new digests per second) entries, reached one TTL after the rate
-settles; the count bound stays as the ceiling on memory whatever peers send.
+settles; the count bound stays as the ceiling on memory whatever peers
+send. NetworkConfig.seen_cache_ttl_s says why the default is 60 s and what
+a copy arriving later costs: it is delivered again and dropped by the
+node's own checks, with no signature check and no forward, which is no
+more than a hostile peer can cause at any time with payloads the cache
+never saw (that is bounded by the per-peer read rates).
 
 An entry is recorded when a peer's gossip is delivered (`add_delivered`) or
 when this node gossips the payload (`add_gossiped`, which moves a delivered
