@@ -320,7 +320,7 @@ async def soak(
     start_ms = int(time.time() * 1000)
     committed0 = [v.committed_txs for v in views]
     # Counted since the streams connected, so the search's transactions count too.
-    ids_full_at: float | None = 0.0 if min(committed0) >= COMMITTED_IDS_SETTLED_TXS else None
+    ids_settled_at: float | None = 0.0 if min(committed0) >= COMMITTED_IDS_SETTLED_TXS else None
     duration_s = ns.minutes * 60
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -331,10 +331,10 @@ async def soak(
                 t_s = trio.current_time() - start
                 batch = await sample_nodes(http, net.nodes, views, metrics_urls, t_s)
                 samples += batch
-                if ids_full_at is None and (
+                if ids_settled_at is None and (
                     min(v.committed_txs for v in views) >= COMMITTED_IDS_SETTLED_TXS
                 ):
-                    ids_full_at = t_s
+                    ids_settled_at = t_s
                 writer.writerows([[getattr(s, k) for k in Sample.__slots__] for s in batch])
                 f.flush()
                 if tick % 6 == 0:
@@ -364,20 +364,20 @@ async def soak(
         "rejected_full": load.rejected.get("full", 0) - full0,
         "errors": load.errors - errors0,
     }
-    return samples, start_ms, end_ms, counters, ids_full_at
+    return samples, start_ms, end_ms, counters, ids_settled_at
 
 
-def warmup(ns: argparse.Namespace, ids_full_at: float | None) -> tuple[float, str]:
+def warmup(ns: argparse.Namespace, ids_settled_at: float | None) -> tuple[float, str]:
     """The warm-up the trends leave out, and why that long."""
     half_s = ns.minutes * 60 / 2
-    if ids_full_at is None or ids_full_at > half_s:
+    if ids_settled_at is None or ids_settled_at > half_s:
         return max(ns.warmup_s, half_s), (
             f"the committed-ids memory ({COMMITTED_IDS_MAX} ids) did not settle in half the "
             f"soak ({COMMITTED_IDS_SETTLED_TXS} transactions): its filling (to ~12 MB) is in "
             "the trend"
         )
-    if ids_full_at > ns.warmup_s:
-        return ids_full_at, f"the committed-ids memory settled at {ids_full_at:.0f} s"
+    if ids_settled_at > ns.warmup_s:
+        return ids_settled_at, f"the committed-ids memory settled at {ids_settled_at:.0f} s"
     return ns.warmup_s, "--warmup-s"
 
 
@@ -422,11 +422,11 @@ async def run(ns: argparse.Namespace, folder: Path) -> dict[str, object]:
             else:
                 saturated_tps, rate = float("nan"), ns.rate
             log(f"soak: {ns.minutes} min at {rate} tx/s (saturated: {saturated_tps} tx/s)")
-            samples, start_ms, end_ms, counters, ids_full_at = await soak(
+            samples, start_ms, end_ms, counters, ids_settled_at = await soak(
                 ns, net, load, rate, metrics_urls
             )
             nursery.cancel_scope.cancel()
-        warmup_s, why = warmup(ns, ids_full_at)
+        warmup_s, why = warmup(ns, ids_settled_at)
         log(f"warm-up: {warmup_s:.0f} s ({why})")
         trends = analyse(samples, warmup_s)
         # Stalls count from the soak's first second: a warm-up is no excuse for a halt.
