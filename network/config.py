@@ -140,7 +140,7 @@ class NetworkConfig:
     # ... and each entry is forgotten once it is this old (and at most 2/64
     # of it later), so that at a steady rate the cache holds about
     # ttl x (new digests per second) and stops growing one TTL after the
-    # rate settles (4 validators at 300 tx/s: ~90 digests/s, ~5,400 entries).
+    # rate settles (4 validators at 200-270 tx/s: 1,500-4,700 entries).
     # Why 60 s: the copies of one payload reach a node within the time it
     # takes to cross the network, seconds (a 16 MiB block at the 1 MiB/s
     # that frame_timeout_s assumes: 16 s a hop), so 60 s is long past the

@@ -1,9 +1,9 @@
 """The gossip seen-cache: which payload digests this node delivered or gossiped, lately.
 
 Why bounded in age as well as in count: with a count bound alone the cache
-fills at the rate payloads arrive, so a node at 300 tx/s with four
-validators (about 90 new digests a second) reaches the 200,000-entry bound
-after some 40 minutes, its memory stepping up each time the dictionary's
+fills at the rate payloads arrive, so a node at 270 tx/s with four
+validators (about 60 new digests a second) reaches the 200,000-entry bound
+after some 50 minutes, its memory stepping up each time the dictionary's
 table doubles, and a quiet node never lets go of what it filled. A payload
 only needs remembering while copies of it may still arrive by gossip: the
 copies of one payload come from the node's peers within the time it takes
