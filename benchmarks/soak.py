@@ -19,8 +19,14 @@ header time comes from every node's block stream.
 
 Verdict:
 
-- growth, per node and per figure, over the samples after WARMUP_S (caches,
-  the mempool and connections fill first): the least-squares slope, as % of
+- growth, per node and per figure, over the samples after the warm-up
+  (caches, the mempool and connections fill first): WARMUP_S, or longer
+  while the mempool's memory of committed ids (COMMITTED_IDS_MAX, the
+  largest of the node's bounded memories that fills with the chain) has
+  not reached its steady size, i.e. until every node committed
+  COMMITTED_IDS_SETTLED_TXS transactions (5 minutes at 286 tx/s). Never
+  more than half the soak: a soak too slow for that says so and is judged
+  with it filling. The least-squares slope, as % of
   the first third's mean per hour, above GROWTH_PCT_PER_HOUR_MAX, and the
   last third's mean above the first third's by more than
   THIRDS_GROWTH_PCT_MAX % and by more than the figure's GROWTH_ABS_MIN (a
@@ -69,6 +75,7 @@ from devnet import (
     wait_ready,
 )
 from node.home import DEFAULT_TESTNET_CHAIN_ID
+from node.mempool import COMMITTED_IDS_MAX
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLE_INTERVAL_S = 10.0
@@ -83,6 +90,13 @@ SEARCH_WARMUP_S = 3.0
 # minutes and hundreds of MB in this process).
 PRESIGN_S = 30.0
 WARMUP_S = 120.0  # samples before this are left out of the trend
+# The committed-ids memory (an OrderedDict, oldest popped) reaches its steady
+# size only after ~1.75 x COMMITTED_IDS_MAX insertions, not at COMMITTED_IDS_MAX:
+# CPython sizes a dict's table for 2/3 use, so with the churn the table for
+# 50,000 ids (131,072 slots from 43,691 on) is compacted into 262,144 slots at
+# the 87,381st insertion, +3.5 MiB at once, and stays that size (measured on
+# 3.11: 8.1 MiB with the ids before it, 11.6 MiB from then on, to 400,000).
+COMMITTED_IDS_SETTLED_TXS = 2 * COMMITTED_IDS_MAX
 GROWTH_PCT_PER_HOUR_MAX = 10.0
 THIRDS_GROWTH_PCT_MAX = 5.0
 # Below these absolute changes (last third's mean minus the first's) a figure
@@ -96,7 +110,7 @@ METRICS_TIMEOUT_S = 5.0
 # map that the node touched, which grow with the chain by design, and is
 # reported and plotted beside it.
 FIGURES = ("anon_mb", "fds", "tasks")
-REPORTED = ("rss_mb", *FIGURES)
+REPORTED = ("rss_mb", *FIGURES, "seen")
 
 
 @dataclass(slots=True)
@@ -118,6 +132,7 @@ class Sample:
     anon_mb: float | None
     fds: int | None
     tasks: int | None
+    seen: int | None  # gossip seen-cache entries (archipelago_p2p_seen_cache_entries)
     height: int
 
 
@@ -152,16 +167,23 @@ def open_fds(pid: int) -> int | None:
         return None
 
 
-async def trio_tasks(http: httpx.AsyncClient, url: str) -> int | None:
-    """The node's `archipelago_trio_tasks` gauge; None if it cannot be read."""
+# Unlabelled gauges read from each node's metrics endpoint, by Sample field.
+GAUGES = {"tasks": "archipelago_trio_tasks", "seen": "archipelago_p2p_seen_cache_entries"}
+
+
+async def gauges(http: httpx.AsyncClient, url: str) -> dict[str, int | None]:
+    """The node's GAUGES, by Sample field; None for one that cannot be read."""
+    out: dict[str, int | None] = dict.fromkeys(GAUGES)
     try:
         r = await http.get(url)
     except httpx.HTTPError:
-        return None
+        return out
+    wanted = {name: field for field, name in GAUGES.items()}
     for line in r.text.splitlines():
-        if line.startswith("archipelago_trio_tasks "):
-            return int(float(line.split()[1]))
-    return None
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            out[wanted[name]] = int(float(value))
+    return out
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -257,6 +279,7 @@ async def sample_nodes(
     out = []
     for node, view, url in zip(nodes, views, metrics_urls, strict=True):
         rss = node.rss_bytes()
+        read = await gauges(http, url)
         out.append(
             Sample(
                 round(t_s, 1),
@@ -264,7 +287,8 @@ async def sample_nodes(
                 None if rss is None else round(rss / 2**20, 1),
                 anon_mb(node.pid),
                 open_fds(node.pid),
-                await trio_tasks(http, url),
+                read["tasks"],
+                read["seen"],
                 view.height,
             )
         )
@@ -277,9 +301,10 @@ async def soak(
     load: LoadGenerator,
     rate: float,
     metrics_urls: list[str],
-) -> tuple[list[Sample], int, int, dict[str, float]]:
+) -> tuple[list[Sample], int, int, dict[str, float], float | None]:
     """Offer `rate` for ns.minutes, sampling; returns the samples, the soak's start and end
-    (ms, as block header times count), and the load's counters over it."""
+    (ms, as block header times count), the load's counters over it, and when (s into the
+    soak) every node had committed COMMITTED_IDS_SETTLED_TXS transactions (None: not yet)."""
     views: list[SoakView] = net.views  # type: ignore[assignment]
     csv_path = ns.results / "soak.csv"
     load.presign(int(rate * PRESIGN_S))
@@ -294,6 +319,8 @@ async def soak(
     start = trio.current_time()
     start_ms = int(time.time() * 1000)
     committed0 = [v.committed_txs for v in views]
+    # Counted since the streams connected, so the search's transactions count too.
+    ids_settled_at: float | None = 0.0 if min(committed0) >= COMMITTED_IDS_SETTLED_TXS else None
     duration_s = ns.minutes * 60
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -304,6 +331,10 @@ async def soak(
                 t_s = trio.current_time() - start
                 batch = await sample_nodes(http, net.nodes, views, metrics_urls, t_s)
                 samples += batch
+                if ids_settled_at is None and (
+                    min(v.committed_txs for v in views) >= COMMITTED_IDS_SETTLED_TXS
+                ):
+                    ids_settled_at = t_s
                 writer.writerows([[getattr(s, k) for k in Sample.__slots__] for s in batch])
                 f.flush()
                 if tick % 6 == 0:
@@ -314,7 +345,8 @@ async def soak(
                         f"soak {t_s / 60:5.1f} min: heights {[s.height for s in batch]} "
                         f"rss MB {[s.rss_mb for s in batch]} anon MB {[s.anon_mb for s in batch]} "
                         f"fds {[s.fds for s in batch]} "
-                        f"tasks {[s.tasks for s in batch]} committed {committed / max(t_s, 1):.0f} "
+                        f"tasks {[s.tasks for s in batch]} seen {[s.seen for s in batch]} "
+                        f"committed {committed / max(t_s, 1):.0f} "
                         f"tx/s load {os.getloadavg()[0]:.2f}"
                     )
                 if net.died or t_s >= duration_s:
@@ -332,7 +364,21 @@ async def soak(
         "rejected_full": load.rejected.get("full", 0) - full0,
         "errors": load.errors - errors0,
     }
-    return samples, start_ms, end_ms, counters
+    return samples, start_ms, end_ms, counters, ids_settled_at
+
+
+def warmup(ns: argparse.Namespace, ids_settled_at: float | None) -> tuple[float, str]:
+    """The warm-up the trends leave out, and why that long."""
+    half_s = ns.minutes * 60 / 2
+    if ids_settled_at is None or ids_settled_at > half_s:
+        return max(ns.warmup_s, half_s), (
+            f"the committed-ids memory ({COMMITTED_IDS_MAX} ids) did not settle in half the "
+            f"soak ({COMMITTED_IDS_SETTLED_TXS} transactions): its filling (to ~12 MB) is in "
+            "the trend"
+        )
+    if ids_settled_at > ns.warmup_s:
+        return ids_settled_at, f"the committed-ids memory settled at {ids_settled_at:.0f} s"
+    return ns.warmup_s, "--warmup-s"
 
 
 def analyse(samples: list[Sample], warmup_s: float) -> list[Trend]:
@@ -376,14 +422,20 @@ async def run(ns: argparse.Namespace, folder: Path) -> dict[str, object]:
             else:
                 saturated_tps, rate = float("nan"), ns.rate
             log(f"soak: {ns.minutes} min at {rate} tx/s (saturated: {saturated_tps} tx/s)")
-            samples, start_ms, end_ms, counters = await soak(ns, net, load, rate, metrics_urls)
+            samples, start_ms, end_ms, counters, ids_settled_at = await soak(
+                ns, net, load, rate, metrics_urls
+            )
             nursery.cancel_scope.cancel()
-        trends = analyse(samples, ns.warmup_s)
+        warmup_s, why = warmup(ns, ids_settled_at)
+        log(f"warm-up: {warmup_s:.0f} s ({why})")
+        trends = analyse(samples, warmup_s)
         # Stalls count from the soak's first second: a warm-up is no excuse for a halt.
         chain = stalls([v for v in net.views if isinstance(v, SoakView)], start_ms, end_ms)
         return {
             "saturated_tps": saturated_tps,
             "soak_tps": rate,
+            "warmup_s": warmup_s,
+            "warmup_reason": why,
             "search": [asdict(s) for s in search],
             "load": counters,
             "trends": [asdict(t) for t in trends],
@@ -498,7 +550,6 @@ def main() -> int:
         validators=ns.validators,
         minutes=ns.minutes,
         fraction=ns.fraction,
-        warmup_s=ns.warmup_s,
         sample_interval_s=SAMPLE_INTERVAL_S,
         thresholds={
             "growth_pct_per_hour_max": GROWTH_PCT_PER_HOUR_MAX,

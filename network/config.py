@@ -54,7 +54,7 @@ class NetworkConfig:
         inbox (payload bytes)          inbox_bytes_max                  64 MiB
         per peer, small frames         ~0.9 MiB x P                    ~45 MiB
         one frame being decoded        frame_bytes_max                  16 MiB
-        seen-cache                     seen_cache_entries_max          ~30 MiB
+        seen-cache                     seen_cache_entries_max          ~32 MiB
         handshakes                     handshakes_pending_max x 2 KiB  128 KiB
 
     about 475 MiB plus Python's per-object overhead (inbox envelopes ~2 MiB).
@@ -133,9 +133,37 @@ class NetworkConfig:
     # is released, in arrival order. A reservation that never completes ends
     # at frame_timeout_s. Must hold the largest frame.
     large_frames_bytes_max: int = 64 * MIB
-    # Gossip dedupe: 32-byte hashes, ~150 B each with the dict entry, so the
-    # default bounds the cache at ~30 MiB.
+    # Gossip dedupe (network/seen.py): 32-byte hashes, ~170 B each with the
+    # dict entry, so the count bounds the cache at ~32 MiB whatever peers
+    # send; when full, the oldest entry is evicted.
     seen_cache_entries_max: int = 200_000
+    # ... and each entry is forgotten once it is this old (and at most 2/64
+    # of it later), so that at a steady rate the cache holds about
+    # ttl x (new digests per second) and stops growing one TTL after the
+    # rate settles (4 validators at 200-270 tx/s: 1,500-4,700 entries).
+    # Why 60 s: the copies of one payload reach a node within the time it
+    # takes to cross the network, seconds (a 16 MiB block at the 1 MiB/s
+    # that frame_timeout_s assumes: 16 s a hop), so 60 s is long past the
+    # last copy in a healthy network. The slow re-deliveries do not go
+    # through gossip: block sync and the consensus re-sends to a stalled or
+    # reconnected peer are direct sends, and a closed connection's queued
+    # gossip is dropped, not replayed. A copy later than the TTL (from a
+    # nearly stalled link, or a peer replaying old payloads on purpose) is
+    # delivered again and costs its decode and a screen, and is not
+    # forwarded again: the consensus machine drops a vote or proposal it
+    # holds, or of another height, before any signature check; the mempool
+    # a transaction it holds or recently committed, by its id; the evidence
+    # pool evidence it has (duplicate-vote evidence after checking its two
+    # signatures again). A hostile peer can cost the node as much at any
+    # time with payloads never seen (another batch of old transactions, an
+    # old vote of another height), which no seen-cache stops: what bounds
+    # that is the per-peer read rates (rate_bytes_per_s_max,
+    # rate_messages_per_s_max) and the consensus inbox's per-peer share.
+    # Longer buys nothing but memory (gossipsub's default seen TTL is 120 s,
+    # in a protocol whose peers also pull ids announced in the last
+    # seconds); much shorter and copies queued behind a large block on a
+    # slow link would be delivered twice.
+    seen_cache_ttl_s: float = 60.0
     ban_duration_s: float = 3600.0
     misbehaviour_score_ban: int = 100
     # Blamed handshake failures (network.service, "Handshake failures") from
@@ -198,6 +226,10 @@ class NetworkConfig:
             raise ValueError("inbox_bytes_max and large_frames_bytes_max must hold one frame")
         if self.send_queues_bytes_max < self.send_queue_bytes_max:
             raise ValueError("send_queues_bytes_max must be at least send_queue_bytes_max")
+        if self.seen_cache_entries_max < 1 or not 1.0 <= self.seen_cache_ttl_s <= 86_400.0:
+            raise ValueError(
+                "seen_cache_entries_max must be positive and seen_cache_ttl_s in 1..86400 s"
+            )
         if self.control_queue_frames_max < 2:
             raise ValueError("control_queue_frames_max must hold a HELLO and a PING")
         if self.retransmit_timeout_s < 0 or self.link_check_interval_s <= 0:

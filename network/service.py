@@ -16,7 +16,8 @@ nursery; `run` is the service entry point and cancellation is shutdown.
 
 Gossip and the seen-cache. `gossip` sends a payload to every peer except
 `exclude_peer`, at most once per payload (the cache is keyed by SHA-256 of
-the payload and bounded by `seen_cache_entries_max`, oldest evicted). A
+the payload, remembers each for `seen_cache_ttl_s` and at most
+`seen_cache_entries_max` of them, oldest evicted: network/seen.py). A
 gossiped payload that arrives from a peer is delivered to the inbox only the
 first time; forwarding is the node's decision (it forwards what it has
 validated, so an invalid message stops at the first honest node and only its
@@ -125,6 +126,7 @@ from network.peer import (
     TokenBucket,
 )
 from network.secure import SecureConnection, encode_identity_payload, handshake, node_id_of
+from network.seen import SeenCache
 from network.wire import BATCH_OVERHEAD_BYTES, CHANNEL_NAMES, PAYLOAD_OVERHEAD_BYTES, PEX
 
 # The seen-cache's key: the transport's own, like Noise's primitives, so it is
@@ -317,7 +319,7 @@ class Network:
         self._send_budget = SendBudget(self.config.send_queues_bytes_max)
         self._peers: dict[str, Peer] = {}
         self._peers_changed = trio.Event()
-        self._seen: collections.OrderedDict[bytes, bool] = collections.OrderedDict()
+        self._seen = SeenCache(self.config.seen_cache_entries_max, self.config.seen_cache_ttl_s)
         self._counters = Counters()
         self._bans: dict[str, float] = {}
         self._ip_bans: dict[str, float] = {}
@@ -378,12 +380,8 @@ class Network:
         if digest is None:
             digest = _sha256(payload).digest()
         assert len(digest) == DIGEST_BYTES
-        seen = self._seen
-        if seen.get(digest) is True:
+        if not self._seen.add_gossiped(digest, trio.current_time()):
             return False
-        if digest not in seen and len(seen) >= self.config.seen_cache_entries_max:
-            seen.popitem(last=False)
-        seen[digest] = True
         for peer in self._peers.values():
             if peer.node_id != exclude_peer:
                 peer.enqueue(channel, True, payload)
@@ -394,12 +392,10 @@ class Network:
 
         For a payload the node received but had to drop (its own queue was
         full): a later copy from another peer then reaches the inbox again. A
-        payload this node gossiped stays remembered, so it is not sent twice.
+        payload this node gossiped stays remembered (for seen_cache_ttl_s), so
+        it is not sent twice.
         """
-        if self._seen.get(digest) is False:
-            del self._seen[digest]
-            return True
-        return False
+        return self._seen.forget(digest)
 
     def send(self, peer_id: str, channel: int, payload: bytes) -> bool:
         """Queue `payload` for one peer; False (and counted) if not connected or queue full."""
@@ -523,7 +519,9 @@ class Network:
         peer_id = peer.node_id
         gossip = batch.gossip
         seen = self._seen
-        entries_max = self.config.seen_cache_entries_max
+        # The clock is read once per batch and again after each wait: a stale
+        # time would stamp entries older than they are (network/seen.py).
+        now = trio.current_time()
         take = self._inbox_bytes.try_take
         send_nowait = self._inbox_send.send_nowait
         duplicates = 0
@@ -534,13 +532,10 @@ class Network:
                 digest = _sha256(payload).digest()
             else:
                 digest = await trio.to_thread.run_sync(_digest, payload)
-            if gossip:
-                if digest in seen:
-                    duplicates += 1
-                    continue
-                if len(seen) >= entries_max:
-                    seen.popitem(last=False)
-                seen[digest] = False
+                now = trio.current_time()
+            if gossip and not seen.add_delivered(digest, now):
+                duplicates += 1
+                continue
             envelope = Envelope(peer_id, channel, payload, digest)
             # Inline fast path: room in bytes and in envelopes, no await.
             if take(size):
@@ -549,11 +544,14 @@ class Network:
                 except trio.WouldBlock:
                     self._inbox_bytes.release(size)
                     await self._put(envelope)
+                    now = trio.current_time()
             else:
                 await self._put(envelope)
+                now = trio.current_time()
             delivered += 1
             if delivered % CHECKPOINT_PAYLOADS == 0:
                 await trio.lowlevel.checkpoint()
+                now = trio.current_time()
         if duplicates:
             self._counters.dropped["duplicate"] += duplicates
 

@@ -374,6 +374,15 @@ def _edge_samples(stats: NetworkStatistics) -> list[PulledSample]:
             stats.bans_active,
         )
     )
+    out.append(
+        PulledSample(
+            "archipelago_p2p_seen_cache_entries",
+            "Gossip digests remembered (bounded in count and in age).",
+            "gauge",
+            (),
+            stats.seen_cache_entries,
+        )
+    )
     return out
 
 
