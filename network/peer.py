@@ -103,10 +103,11 @@ CHECKPOINT_MESSAGES = 256
 
 # struct tcp_info (linux/tcp.h) up to tcpi_last_ack_recv: 8 bytes of state,
 # then u32s from tcpi_rto; tcpi_retransmits is byte 2, tcpi_last_ack_recv
-# (milliseconds since the peer last acknowledged anything) the 12th u32.
-_TCP_INFO = struct.Struct("=8B12I")
+# (milliseconds since the peer last acknowledged anything) the 13th u32,
+# after tcpi_last_data_recv.
+_TCP_INFO = struct.Struct("=8B13I")
 _TCP_INFO_RETRANSMITS = 2
-_TCP_INFO_LAST_ACK_RECV_MS = 19
+_TCP_INFO_LAST_ACK_RECV_MS = 8 + 12
 
 
 def tcp_retransmit_state(sock: object) -> tuple[int, int] | None:

@@ -90,6 +90,28 @@ def test_tcp_info_of_a_healthy_connection_shows_no_retransmission() -> None:
                 assert last_ack_ms < 5_000
 
 
+@linux_only
+def test_tcp_info_reads_the_last_ack_not_the_last_data() -> None:
+    """A sender that never receives data still gets ACKs: its figure is the ACK's age.
+
+    tcpi_last_data_recv sits just before tcpi_last_ack_recv in struct tcp_info;
+    reading it instead would count a peer that acknowledges but sends nothing
+    as silent. The kernel's millisecond clocks need real time to pass here.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        with socket.create_connection(server.getsockname()) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                for _ in range(6):
+                    client.sendall(b"x" * 100)
+                    assert accepted.recv(100)
+                    time.sleep(0.15)
+                state = tcp_retransmit_state(client)
+                assert state is not None
+                # Data was last received at the handshake, 900 ms ago; ACKs 150 ms ago.
+                assert state[1] < 600, state
+
+
 def test_tcp_info_of_what_is_not_a_tcp_socket_is_none() -> None:
     assert tcp_retransmit_state(None) is None
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
