@@ -386,7 +386,10 @@ def main(
     from_height: int | None,
 ) -> int:
     """The `relay` command; returns the exit code (0, or 1 with one line on stderr)."""
+    # Both stop it cleanly. SIGINT explicitly too: a process started in the
+    # background of a script inherits SIGINT ignored, and Python then leaves it so.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     # httpx logs every request at info: the relay's own events say what happened.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with httpx.Client(timeout=REQUEST_TIMEOUT_S) as http:

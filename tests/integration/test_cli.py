@@ -625,3 +625,38 @@ async def test_a_store_from_another_genesis_is_refused_and_testnet_force_starts_
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(SHUTDOWN_TIMEOUT_S):
             assert await process.wait() == 0
+
+
+def test_relay_stops_on_sigint_even_when_started_with_it_ignored(home: Path) -> None:
+    """A relay started in the background of a script inherits SIGINT ignored, which Python
+    keeps; `relay` installs its own handler, so SIGINT still stops it cleanly (exit 0)."""
+    key = str(home / "validator_key.json")
+    process = subprocess.Popen(
+        [
+            str(nodes.ARCHIPELAGO),
+            "relay",
+            "--from",
+            "http://127.0.0.1:9",
+            "--to",
+            "http://127.0.0.1:10",
+            "--key",
+            key,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=nodes.env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert process.stderr is not None
+    try:
+        first = process.stderr.readline()  # its handlers are installed before it logs
+        assert b"retrying" in first, first
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=SHUTDOWN_TIMEOUT_S) == 0
+        assert b'"relay stopped"' in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
