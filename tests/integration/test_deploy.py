@@ -64,6 +64,9 @@ needs_promtool = pytest.mark.skipif(
 )
 # deploy/check.sh and deploy/install.sh are bash scripts, for the systemd hosts
 # they install on; a minimal Python image may have no bash. CI has it.
+# They are run through bash, not by their execute bit, which a checkout made
+# without file modes (an archive, a copy) does not have.
+BASH = shutil.which("bash") or "bash"
 _BASH_MISSING = shutil.which("bash") is None
 if _BASH_MISSING and os.environ.get("ARCHIPELAGO_REQUIRE_PROMTOOL") == "1":
     raise RuntimeError("ARCHIPELAGO_REQUIRE_PROMTOOL=1 but bash is not on PATH")
@@ -99,7 +102,7 @@ needs_install_tools = pytest.mark.skipif(
 
 
 def run_check(deploy_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
-    args = [str(CHECK)] if deploy_dir is None else [str(CHECK), str(deploy_dir)]
+    args = [BASH, str(CHECK)] + ([] if deploy_dir is None else [str(deploy_dir)])
     return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -301,7 +304,7 @@ def test_dashboard_is_importable_with_a_datasource_input() -> None:
 def test_install_script_help_and_dry_run() -> None:
     """install.sh has --help and, dry-run, plans user, venv, 0700 home, init and unit steps."""
     help_text = subprocess.run(
-        [str(INSTALL), "--help"], capture_output=True, text=True, check=True, timeout=30
+        [BASH, str(INSTALL), "--help"], capture_output=True, text=True, check=True, timeout=30
     ).stdout
     assert "Usage: deploy/install.sh" in help_text
     env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"}
@@ -309,6 +312,7 @@ def test_install_script_help_and_dry_run() -> None:
     # `python3` (install.sh's default) on PATH, or an older one.
     result = subprocess.run(
         [
+            BASH,
             str(INSTALL),
             "--dry-run",
             "--chain-id",
