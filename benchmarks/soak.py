@@ -141,6 +141,10 @@ class Sample:
     tasks: int | None
     seen: int | None  # gossip seen-cache entries (archipelago_p2p_seen_cache_entries)
     height: int
+    # The machine's pressure (/proc/pressure, "some avg10": % of the last 10 s in which
+    # some task waited for a CPU, or for I/O), the same in each node's row.
+    cpu_psi: float | None
+    io_psi: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +293,25 @@ async def find_saturation(
     return max(s.committed_tps for s in steps), steps
 
 
+def pressure(kind: str) -> float | None:
+    """The machine's "some avg10" for `kind` (cpu, io), or None without PSI."""
+    try:
+        first = Path(f"/proc/pressure/{kind}").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    fields = dict(f.split("=", 1) for f in first.split()[1:])
+    return float(fields["avg10"])
+
+
+def with_pressure(gaps: list[dict[str, object]], samples: list[Sample]) -> None:
+    """Give each gap the machine's pressure from the first sample after it ended."""
+    for gap in gaps:
+        end_s = float(gap["at_s"]) + float(gap["gap_ms"]) / 1000  # type: ignore[arg-type]
+        after = next((s for s in samples if s.t_s >= end_s), None)
+        if after is not None:
+            gap["cpu_psi"], gap["io_psi"] = after.cpu_psi, after.io_psi
+
+
 async def sample_nodes(
     http: httpx.AsyncClient,
     nodes: list[NodeProcess],
@@ -297,6 +320,7 @@ async def sample_nodes(
     t_s: float,
 ) -> list[Sample]:
     out = []
+    cpu_psi, io_psi = pressure("cpu"), pressure("io")
     for node, view, url in zip(nodes, views, metrics_urls, strict=True):
         rss = node.rss_bytes()
         read = await gauges(http, url)
@@ -310,6 +334,8 @@ async def sample_nodes(
                 read["tasks"],
                 read["seen"],
                 view.height,
+                cpu_psi,
+                io_psi,
             )
         )
     return out
@@ -367,7 +393,8 @@ async def soak(
                         f"fds {[s.fds for s in batch]} "
                         f"tasks {[s.tasks for s in batch]} seen {[s.seen for s in batch]} "
                         f"committed {committed / max(t_s, 1):.0f} "
-                        f"tx/s load {os.getloadavg()[0]:.2f}"
+                        f"tx/s load {os.getloadavg()[0]:.2f} "
+                        f"pressure cpu {batch[0].cpu_psi} io {batch[0].io_psi} %"
                     )
                 if net.died or t_s >= duration_s:
                     break
@@ -456,6 +483,8 @@ async def run(ns: argparse.Namespace, folder: Path) -> dict[str, object]:
             end_ms,
             homes[0].config.consensus.block_interval_ms(),
         )
+        with_pressure(chain["stalls"], samples)  # type: ignore[arg-type]
+        with_pressure(chain["slow"], samples)  # type: ignore[arg-type]
         return {
             "saturated_tps": saturated_tps,
             "soak_tps": rate,
