@@ -862,18 +862,20 @@ class Network:
             if stream is None:
                 return False
             try:
-                if persistent:
-                    # Where this persistent peer really is: its inbound
-                    # connections come from there and must never be banned.
-                    try:
-                        self._protected_ips.add(_normal_ip(stream.socket.getpeername()[0]))
-                    except OSError:
-                        return False
                 conn = await self._handshake(
                     stream, address.host, initiator=True, expected_node_id=address.node_id
                 )
                 if conn is None:
                     return False
+                if persistent:
+                    # Where this persistent peer really is (the handshake proved
+                    # its node id there): its inbound connections come from
+                    # there and must never be banned. Not before: a name can
+                    # resolve to anyone.
+                    try:
+                        self._protected_ips.add(_normal_ip(stream.socket.getpeername()[0]))
+                    except OSError:
+                        return False
                 return await self._run_peer(conn, "outbound", address.host, address.port, address)
             finally:
                 await trio.aclose_forcefully(stream)
