@@ -106,6 +106,7 @@ import ipaddress
 import math
 import os
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -148,6 +149,19 @@ REFUSAL_REPORTS_BURST = 10
 # to (each for connect_timeout_s), so a name with hundreds of records cannot
 # hold a dial for long.
 DIAL_ADDRESSES_MAX = 4
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def _dialable_host(host: str) -> bool:
+    """An IP address or an ASCII host name of 1-63 character labels (what a dial can resolve)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in host.split("."))
 
 
 def _digest(payload: bytes) -> bytes:
@@ -848,18 +862,20 @@ class Network:
             if stream is None:
                 return False
             try:
-                if persistent:
-                    # Where this persistent peer really is: its inbound
-                    # connections come from there and must never be banned.
-                    try:
-                        self._protected_ips.add(_normal_ip(stream.socket.getpeername()[0]))
-                    except OSError:
-                        return False
                 conn = await self._handshake(
                     stream, address.host, initiator=True, expected_node_id=address.node_id
                 )
                 if conn is None:
                     return False
+                if persistent:
+                    # Where this persistent peer really is (the handshake proved
+                    # its node id there): its inbound connections come from
+                    # there and must never be banned. Not before: a name can
+                    # resolve to anyone.
+                    try:
+                        self._protected_ips.add(_normal_ip(stream.socket.getpeername()[0]))
+                    except OSError:
+                        return False
                 return await self._run_peer(conn, "outbound", address.host, address.port, address)
             finally:
                 await trio.aclose_forcefully(stream)
@@ -882,7 +898,10 @@ class Network:
                 infos = await trio.socket.getaddrinfo(
                     address.host, address.port, type=trio.socket.SOCK_STREAM
                 )
-            except OSError:
+            except (OSError, UnicodeError):
+                # UnicodeError (and idna.IDNAError, a subclass): a name the
+                # IDNA codec refuses, e.g. a label over 63 characters, which
+                # a PEX answer can carry; it must fail the dial, not the node.
                 return None
             for family, kind, proto, _, sockaddr in infos[:DIAL_ADDRESSES_MAX]:
                 try:
@@ -959,6 +978,7 @@ class Network:
                 or node_id in self._book
                 or port == 0
                 or not self._admitted(node_id)
+                or not _dialable_host(host)
             ):
                 continue
             if len(self._book) >= self.config.address_book_entries_max:
