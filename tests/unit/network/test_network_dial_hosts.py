@@ -1,4 +1,4 @@
-"""Adversarial review: a PEX answer's host name must not be able to stop the node."""
+"""Hostile host names and DNS answers: a dial fails, the node stays up, nothing unproven is protected."""
 
 from __future__ import annotations
 
