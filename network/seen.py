@@ -22,14 +22,18 @@ entry to the end: it is remembered for a TTL after the node forwarded it).
 `forget` removes a delivered entry that the node had to drop, so that a
 later copy is delivered again; a gossiped one stays.
 
-Cost: amortised O(1) per insert. Entries sit in insertion order with
-non-decreasing stamps, so expiry pops from the front while the oldest is
-expired. Entries do not hold their own time: all entries recorded within
+Cost: O(1) per insert. Entries sit in insertion order with non-decreasing
+stamps, so expiry pops from the front while the oldest is expired, at most
+EXPIRE_PER_CALL entries per call: a burst followed by a quiet spell leaves
+up to entries_max expired entries, and removing them all in one call took
+170-330 ms of the event loop (200,000, on a loaded 2-core machine). Each
+recording removes up to 64 and adds one, so a backlog drains. Entries do not hold their own time: all entries recorded within
 one quantum (ttl_s / STAMP_QUANTA) share one stamp tuple, so an entry costs
 what an entry holding a bool did before (about 170 bytes with its 32-byte
-key: 32 MiB at the default 200,000), and expiry is looked at once a quantum.
-An entry lives from ttl_s to ttl_s + 2 quanta (it may live longer while
-nothing is recorded at all: the cache is not scanned on a timer).
+key: 32 MiB at the default 200,000), and the expiry horizon moves once a
+quantum. An entry lives from ttl_s to ttl_s + 2 quanta (it may live longer
+while nothing is recorded, or while a backlog of expired entries drains:
+the cache is not scanned on a timer).
 
 The caller passes the time (`now`, trio.current_time() in the service), so
 a batch of payloads costs one clock read and tests need no real clock.
@@ -41,6 +45,8 @@ import collections
 
 # Stamps per TTL: entries expire at most 2/STAMP_QUANTA of a TTL late.
 STAMP_QUANTA = 64
+# Expired entries removed per recording, at most (see the module's "Cost").
+EXPIRE_PER_CALL = 64
 
 _Stamp = tuple[float, bool]  # (when recorded, gossiped by this node)
 
@@ -48,7 +54,16 @@ _Stamp = tuple[float, bool]  # (when recorded, gossiped by this node)
 class SeenCache:
     """Digests remembered for at least `ttl_s` and at most `entries_max` of them."""
 
-    __slots__ = ("_delivered", "_entries", "_gossiped", "_quantum_s", "entries_max", "ttl_s")
+    __slots__ = (
+        "_delivered",
+        "_entries",
+        "_expired_at",
+        "_expiring",
+        "_gossiped",
+        "_quantum_s",
+        "entries_max",
+        "ttl_s",
+    )
 
     def __init__(self, entries_max: int, ttl_s: float) -> None:
         if entries_max < 1 or not ttl_s > 0:
@@ -60,6 +75,8 @@ class SeenCache:
         # The stamps of the current quantum, shared by every entry recorded in it.
         self._delivered: _Stamp = (-float("inf"), False)
         self._gossiped: _Stamp = (-float("inf"), True)
+        self._expired_at = -float("inf")  # entries stamped at or before it have expired
+        self._expiring = False  # expired entries may be left at the front
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -105,20 +122,25 @@ class SeenCache:
         return True
 
     def _stamp(self, now: float) -> None:
-        """Once a quantum: new stamps for what is recorded next, and expiry.
+        """Once a quantum, new stamps for what is recorded next and a new expiry
+        horizon; then, on every call until none is left, up to EXPIRE_PER_CALL
+        expired entries go.
 
         A stamp's time is at most one quantum before an entry's recording, so
         an entry goes once its stamp is ttl_s + one quantum old: never before
         ttl_s.
         """
-        if now - self._delivered[0] < self._quantum_s:
+        if now - self._delivered[0] >= self._quantum_s:
+            self._delivered = (now, False)
+            self._gossiped = (now, True)
+            self._expired_at = now - self.ttl_s - self._quantum_s
+            self._expiring = True
+        if not self._expiring:
             return
-        self._delivered = (now, False)
-        self._gossiped = (now, True)
-        expired_at = now - self.ttl_s - self._quantum_s
         entries = self._entries
-        while entries:
-            oldest = next(iter(entries.values()))
-            if oldest[0] > expired_at:
-                break
+        expired_at = self._expired_at
+        for _ in range(EXPIRE_PER_CALL):
+            if not entries or next(iter(entries.values()))[0] > expired_at:
+                self._expiring = False
+                return
             entries.popitem(last=False)

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from network import CONSENSUS, NetworkConfig
-from network.seen import STAMP_QUANTA, SeenCache
+from network.seen import EXPIRE_PER_CALL, STAMP_QUANTA, SeenCache
 from network.testing import address_of_node, eventually, loopback_node
 
 TTL_S = 60.0
@@ -48,6 +48,25 @@ def test_at_a_steady_rate_the_cache_plateaus_at_rate_times_ttl() -> None:
             sizes.append(len(cache))
     assert TTL_S * rate <= min(sizes)
     assert max(sizes) <= (TTL_S + 2 * QUANTUM_S) * rate + 1
+
+
+def test_a_backlog_of_expired_entries_goes_a_bounded_number_per_call() -> None:
+    """A burst, then a quiet spell past the TTL: the next call removes at most
+    EXPIRE_PER_CALL of the expired entries (not all 200,000 at once, which held the event
+    loop for 170-330 ms), and the backlog drains as recordings go on."""
+    cache = SeenCache(200_000, TTL_S)
+    for i in range(200_000):
+        cache.add_delivered(_digest(i), 0.0)
+    later = 2 * TTL_S
+    assert cache.add_delivered(_digest(10**7), later)
+    assert len(cache) == 200_000 + 1 - EXPIRE_PER_CALL
+    calls = 1
+    while _digest(199_999) in cache:
+        cache.add_delivered(_digest(10**6 + calls), later)
+        calls += 1
+    assert calls <= 200_000 // (EXPIRE_PER_CALL - 1) + 1
+    assert _digest(10**7) in cache  # recorded after the burst: not expired
+    assert len(cache) == calls  # what was recorded at `later`, and only that
 
 
 def test_the_count_bound_evicts_the_oldest_first() -> None:
