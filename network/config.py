@@ -232,11 +232,12 @@ class NetworkConfig:
             )
         if self.control_queue_frames_max < 2:
             raise ValueError("control_queue_frames_max must hold a HELLO and a PING")
-        if self.retransmit_timeout_s < 0 or self.link_check_interval_s <= 0:
+        # Written so that NaN fails them too (every comparison with NaN is false).
+        if not (self.retransmit_timeout_s >= 0 and self.link_check_interval_s > 0):
             raise ValueError("retransmit_timeout_s must be >= 0, link_check_interval_s positive")
         if not 0 < self.connect_timeout_s <= self.dial_timeout_s:
             raise ValueError("connect_timeout_s must be positive and at most dial_timeout_s")
-        if self.persistent_dial_backoff_max_s <= 0:
+        if not self.persistent_dial_backoff_max_s > 0:
             raise ValueError("persistent_dial_backoff_max_s must be positive")
         positive = (
             self.handshakes_per_ip_per_s_max,

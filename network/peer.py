@@ -62,6 +62,7 @@ import enum
 import math
 import socket
 import struct
+import sys
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -119,7 +120,8 @@ def tcp_retransmit_state(sock: object) -> tuple[int, int] | None:
     """
     option = getattr(socket, "TCP_INFO", None)
     getsockopt = getattr(sock, "getsockopt", None)
-    if option is None or getsockopt is None:
+    # The layout read here is Linux's; FreeBSD's TCP_INFO has another.
+    if option is None or getsockopt is None or not sys.platform.startswith("linux"):
         return None
     try:
         raw = getsockopt(socket.IPPROTO_TCP, option, _TCP_INFO.size)
@@ -767,8 +769,7 @@ class Peer:
         if type(message) is Ping:
             if not self._ping_bucket.try_take(trio.current_time()):
                 raise RateExceeded(
-                    f"PINGs faster than {self.config.rate_pings_per_s_max}/s "
-                    f"(burst {PING_BURST})"
+                    f"PINGs faster than {self.config.rate_pings_per_s_max}/s (burst {PING_BURST})"
                 )
             if not self.enqueue_control(wire.encode_pong(message.nonce)):
                 self._counters.dropped["control_queue_full"] += 1

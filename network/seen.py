@@ -27,13 +27,14 @@ stamps, so expiry pops from the front while the oldest is expired, at most
 EXPIRE_PER_CALL entries per call: a burst followed by a quiet spell leaves
 up to entries_max expired entries, and removing them all in one call took
 170-330 ms of the event loop (200,000, on a loaded 2-core machine). Each
-recording removes up to 64 and adds one, so a backlog drains. Entries do not hold their own time: all entries recorded within
-one quantum (ttl_s / STAMP_QUANTA) share one stamp tuple, so an entry costs
-what an entry holding a bool did before (about 170 bytes with its 32-byte
-key: 32 MiB at the default 200,000), and the expiry horizon moves once a
-quantum. An entry lives from ttl_s to ttl_s + 2 quanta (it may live longer
-while nothing is recorded, or while a backlog of expired entries drains:
-the cache is not scanned on a timer).
+recording removes up to 64 and adds one, so a backlog drains. Entries do
+not hold their own time: all entries recorded within one quantum (ttl_s /
+STAMP_QUANTA) share one stamp tuple, so an entry costs what an entry
+holding a bool did before (about 170 bytes with its 32-byte key: 32 MiB at
+the default 200,000), and the expiry horizon moves once a quantum. An
+entry lives from ttl_s to ttl_s + 2 quanta (it may live longer while
+nothing is recorded, or while a backlog of expired entries drains: the
+cache is not scanned on a timer).
 
 The caller passes the time (`now`, trio.current_time() in the service), so
 a batch of payloads costs one clock read and tests need no real clock.

@@ -107,9 +107,11 @@ import math
 import os
 import random
 import re
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 import trio
 
@@ -149,6 +151,12 @@ REFUSAL_REPORTS_BURST = 10
 # to (each for connect_timeout_s), so a name with hundreds of records cannot
 # hold a dial for long.
 DIAL_ADDRESSES_MAX = 4
+# Name lookups run on threads of their own, at most this many at once: a lookup
+# whose dial gave up (a resolver that hangs) keeps its thread until the system
+# resolver returns, and must not hold one of trio's shared worker threads, which
+# the node's WAL syncs, block writes and validation use. A dial that finds them
+# all busy waits for one within its timeout.
+RESOLVER_THREADS = 8
 
 
 _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
@@ -156,12 +164,17 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 def _dialable_host(host: str) -> bool:
     """An IP address or an ASCII host name of 1-63 character labels (what a dial can resolve)."""
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in host.split("."))
+    return _is_ip(host) or (
+        len(host) <= 253 and all(_HOST_LABEL.match(label) for label in host.split("."))
+    )
+
+
+_AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]
+
+
+def _getaddrinfo(host: str, port: int) -> list[_AddrInfo]:
+    """The system resolver's TCP addresses for `host` (blocking: run in a thread)."""
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)  # type: ignore[return-value]
 
 
 def _digest(payload: bytes) -> bytes:
@@ -342,6 +355,7 @@ class Network:
         self._ip_pending: collections.Counter[str] = collections.Counter()
         # Hosts of persistent peers: never banned or limited per IP.
         self._protected_ips = {_normal_ip(p.host) for p in self._persistent if _is_ip(p.host)}
+        self._resolver = trio.CapacityLimiter(RESOLVER_THREADS)
         self._scores: dict[str, int] = {}
         self._refusals_reported: dict[str, float] = {}
         self._refusal_bucket = TokenBucket(REFUSAL_REPORTS_PER_S_MAX, 0.0, REFUSAL_REPORTS_BURST)
@@ -465,9 +479,7 @@ class Network:
             for p in self._peers.values()
         ]
 
-    def report_misbehaviour(
-        self, peer_id: str, reason: Misbehaviour, detail: str = ""
-    ) -> None:
+    def report_misbehaviour(self, peer_id: str, reason: Misbehaviour, detail: str = "") -> None:
         """The node found invalid data from `peer_id`: score it and disconnect it."""
         peer = self._peers.get(peer_id)
         if peer is not None:
@@ -661,7 +673,7 @@ class Network:
         return True
 
     def _admit_ip(self, ip: str) -> str:
-        """"" if a new inbound connection from `ip` may start a handshake, else why not."""
+        """ "" if a new inbound connection from `ip` may start a handshake, else why not."""
         if ip in self._protected_ips:
             return ""
         config = self.config
@@ -710,13 +722,8 @@ class Network:
             if _is_ip(address.host):
                 continue
             with trio.move_on_after(self.config.dial_timeout_s):
-                try:
-                    infos = await trio.socket.getaddrinfo(
-                        address.host, address.port, type=trio.socket.SOCK_STREAM
-                    )
-                except OSError:
-                    continue
-                for info in infos:
+                infos = await self._lookup(address.host, address.port)
+                for info in infos[:DIAL_ADDRESSES_MAX]:
                     self._protected_ips.add(_normal_ip(str(info[4][0])))
 
     # -- connections ---------------------------------------------------------
@@ -894,15 +901,7 @@ class Network:
         """
         config = self.config
         with trio.move_on_after(config.dial_timeout_s):
-            try:
-                infos = await trio.socket.getaddrinfo(
-                    address.host, address.port, type=trio.socket.SOCK_STREAM
-                )
-            except (OSError, UnicodeError):
-                # UnicodeError (and idna.IDNAError, a subclass): a name the
-                # IDNA codec refuses, e.g. a label over 63 characters, which
-                # a PEX answer can carry; it must fail the dial, not the node.
-                return None
+            infos = await self._lookup(address.host, address.port)
             for family, kind, proto, _, sockaddr in infos[:DIAL_ADDRESSES_MAX]:
                 try:
                     sock = trio.socket.socket(family, kind, proto)
@@ -919,6 +918,22 @@ class Network:
                     raise
                 sock.close()
         return None
+
+    async def _lookup(self, host: str, port: int) -> list[_AddrInfo]:
+        """What `host` resolves to ([] if it does not), on the resolver's own threads.
+
+        An IP address is not looked up. UnicodeError is a name the IDNA codec
+        refuses (a label over 63 characters, an empty one), which a PEX answer
+        or a config can carry: it fails the lookup, not the node.
+        """
+        try:
+            if _is_ip(host):
+                return _getaddrinfo(host, port)  # numeric: no resolver, no wait
+            return await trio.to_thread.run_sync(
+                _getaddrinfo, host, port, limiter=self._resolver, abandon_on_cancel=True
+            )
+        except (OSError, UnicodeError):
+            return []
 
     def _backoff_s(self, failures: int, cap_s: float) -> float:
         """Before the next dial: base x 2^failures, at most `cap_s`, times 0.5 to 1 at random."""

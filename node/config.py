@@ -372,8 +372,9 @@ class P2PConfig:
             _integer(0, 3600),
             "A connection whose data has gone unacknowledged by the peer's TCP for this long "
             "(the link is dead: cut, interface down) is closed, and persistent peers are "
-            "redialled every 1-2 s, so a node is back within seconds of its link. A peer that "
-            "acknowledges but does not read is left to send_timeout_s. Linux only; 0 disables.",
+            "redialled after at most 2 s, so a node is back within seconds of its link. A peer "
+            "that acknowledges but does not read is left to send_timeout_s. Linux only; "
+            "0 disables.",
         ),
     )
     frame_timeout_s: int = field(
