@@ -80,6 +80,7 @@ from devnet import (
     stop_nodes,
     wait_ready,
 )
+from node.config import load_config
 from node.home import DEFAULT_TESTNET_CHAIN_ID
 from node.mempool import COMMITTED_IDS_MAX
 
@@ -481,7 +482,9 @@ async def run(ns: argparse.Namespace, folder: Path) -> dict[str, object]:
             [v for v in net.views if isinstance(v, SoakView)],
             start_ms,
             end_ms,
-            homes[0].config.consensus.block_interval_ms(),
+            # From the file: make_testnet wrote the commit timeout there after
+            # `homes` were made.
+            load_config(homes[0].paths.config).consensus.block_interval_ms(),
         )
         with_pressure(chain["stalls"], samples)  # type: ignore[arg-type]
         with_pressure(chain["slow"], samples)  # type: ignore[arg-type]
