@@ -12,6 +12,7 @@ messages are verified before they take a place (bug 6).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,18 @@ def vote_msg(
     )
 
 
+# Every WAL a test opens is closed after it (each holds two descriptors: 2 per test
+# leaked here until a pytest worker ran out of them under a 1,024 limit).
+_opened: list[WAL] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_wals() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 class Node:
     """A driver over a real WAL, fed decoded messages as the shell feeds it."""
 
@@ -115,6 +128,7 @@ class Node:
         self, tmp: Path, me: PrivateKey = ME, last_signed: SignedRecord | None = None
     ) -> None:
         self.wal: WAL = wal_module.open_wal(tmp / "wal")
+        _opened.append(self.wal)
         self.now = 0.0
         self.driver = Driver(
             state=STATE,

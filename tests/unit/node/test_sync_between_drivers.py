@@ -46,6 +46,7 @@ from node.messages import (
     encode_message,
 )
 from node.storage import open_store
+from node.wal import WAL
 
 CHAIN = "sync-between-drivers"
 KEYS = [PrivateKey(digest(b"sync-key-%d" % i)) for i in range(4)]
@@ -96,13 +97,30 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Certified]:
     store.close()
 
 
+# Every WAL a test opens is closed after it (each holds two descriptors).
+_opened: list[WAL] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_wals() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+def _open(path: Path) -> WAL:
+    w = wal_module.open_wal(path)
+    _opened.append(w)
+    return w
+
+
 def _driver(tmp: Path, state: ChainState, me: bytes, *, can_sign: bool) -> Driver:
     driver = Driver(
         state=state,
         validator_address=me,
         can_sign=can_sign,
         last_signed=None,
-        wal=wal_module.open_wal(tmp),
+        wal=_open(tmp),
         config=CONFIG,
         validators_at=lambda h: None,
         now=0.0,

@@ -76,7 +76,8 @@ def test_every_truncation_point_recovers_a_prefix(tmp_path: Path) -> None:
         assert (w.recovery is None) == ((cut - marker_end) % frame == 0)
         w.append(b"after")
         w.close()
-        assert list(wal.open_wal(d).replay_from_last_height()) == [*got, b"after"]
+        with wal.open_wal(d) as reopened:
+            assert list(reopened.replay_from_last_height()) == [*got, b"after"]
 
 
 def test_garbage_tail_is_truncated_and_reported(tmp_path: Path) -> None:
