@@ -18,7 +18,13 @@ import pytest
 from node.effects import Sign
 from node.messages import StatusMsg, SyncStatusMsg, encode_message
 from node.signstate import SignedRecord, SignStep
-from tests.unit.node.test_driver import CONFIG, Node, _state_after, block
+from tests.unit.node.test_driver import (
+    CONFIG,
+    Node,
+    _close_wals,  # noqa: F401  (autouse: closes Nodes' WALs)
+    _state_after,
+    block,
+)
 
 STEP_S = 0.125
 HALT_S = CONFIG.watch_halt_s
