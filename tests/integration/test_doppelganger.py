@@ -18,6 +18,7 @@ import signal
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -42,6 +43,12 @@ def _set_doppelganger_heights(home: Path, heights: int) -> None:
     )
 
 
+async def _heights_signed(api: Any, node: Any, index: int) -> list[int]:
+    """The heights whose certificate, as `node` serves it, holds validator `index`'s precommit."""
+    top = await api.height(node)
+    return [h for h in range(1, top + 1) if index in await api.signers(node, h)]
+
+
 async def test_a_restarted_validator_watches_before_it_signs_again(
     tmp_path: Path, crypto: str
 ) -> None:
@@ -57,8 +64,12 @@ async def test_a_restarted_validator_watches_before_it_signs_again(
         await api.wait_height(net.validators, 4, TIMEOUT_S)
         index = await api.validator_index(others[0], restarted)
         # It has signed: its precommit is in a certificate (so its sign state height is > 0).
-        top = await api.height(others[0])
-        assert any([index in await api.signers(others[0], h) for h in range(1, top + 1)])
+        await nodes.wait_for(
+            lambda: _heights_signed(api, others[0], index),
+            bool,
+            TIMEOUT_S,
+            f"a precommit of {restarted.name}",
+        )
         assert restarted.events(WATCHING_EVENT) == []  # a first start has nothing to watch for
 
         assert await restarted.stop() == 0
@@ -219,6 +230,14 @@ async def test_on_a_halted_chain_the_watch_ends_halt_after_the_last_block(
     async with nodes.running(net), nodes.open_api() as api:
         await api.wait_height(net.validators, 3, TIMEOUT_S)
         index = await api.validator_index(others[0], restarted)
+        # It must have signed (sign state height > 0) or its restart has nothing to
+        # watch for: a node3 that only caught up on heights 1-3 when killed never signed.
+        await nodes.wait_for(
+            lambda: _heights_signed(api, others[0], index),
+            bool,
+            TIMEOUT_S,
+            f"a precommit of {restarted.name}",
+        )
         await restarted.kill()
         await api.wait_height(others, await api.height(others[0]) + 2, TIMEOUT_S)
         assert paused.process is not None
