@@ -487,7 +487,7 @@ async def run(ns: argparse.Namespace, folder: Path) -> dict[str, object]:
             load_config(homes[0].paths.config).consensus.block_interval_ms(),
         )
         with_pressure(chain["stalls"], samples)  # type: ignore[arg-type]
-        with_pressure(chain["slow"], samples)  # type: ignore[arg-type]
+        with_pressure(chain.get("slow", []), samples)  # type: ignore[arg-type]
         return {
             "saturated_tps": saturated_tps,
             "soak_tps": rate,
