@@ -109,8 +109,9 @@ def vote_msg(
     )
 
 
-# Every WAL a test opens is closed after it (each holds two descriptors: 2 per test
-# leaked here until a pytest worker ran out of them under a 1,024 limit).
+# Every WAL a test opens through open_test_wal is closed after it (each holds two
+# descriptors: 2 per test leaked until a pytest worker ran out of them under a
+# 1,024 limit). Modules that use it import _close_wals too, which makes it autouse there.
 _opened: list[WAL] = []
 
 
@@ -121,14 +122,19 @@ def _close_wals() -> Iterator[None]:
         _opened.pop().close()
 
 
+def open_test_wal(path: Path) -> WAL:
+    wal = wal_module.open_wal(path)
+    _opened.append(wal)
+    return wal
+
+
 class Node:
     """A driver over a real WAL, fed decoded messages as the shell feeds it."""
 
     def __init__(
         self, tmp: Path, me: PrivateKey = ME, last_signed: SignedRecord | None = None
     ) -> None:
-        self.wal: WAL = wal_module.open_wal(tmp / "wal")
-        _opened.append(self.wal)
+        self.wal: WAL = open_test_wal(tmp / "wal")
         self.now = 0.0
         self.driver = Driver(
             state=STATE,

@@ -33,32 +33,17 @@ from consensus.types import (
     ValidatorSet,
 )
 from network import Misbehaviour as PeerFault
-from node import wal as wal_module
 from node.driver import CLIENT_PEER, Driver
 from node.effects import Effect, Gossip, Penalise
 from node.messages import EvidenceMsg, decode_message, encode_message
-from node.wal import WAL
 from tests.unit.consensus.test_light_attack import AttackedChain, sign_for
-from tests.unit.node.test_driver import CONFIG
+from tests.unit.node.test_driver import (
+    CONFIG,
+    _close_wals,  # noqa: F401  (autouse: closes the WALs open_test_wal opened)
+    open_test_wal,
+)
 
 PEER = "b" * 40
-
-
-# Every WAL a test opens is closed after it (each holds two descriptors).
-_opened: list[WAL] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_wals() -> Iterator[None]:
-    yield
-    while _opened:
-        _opened.pop().close()
-
-
-def _open(path: Path) -> WAL:
-    w = wal_module.open_wal(path)
-    _opened.append(w)
-    return w
 
 
 class AttackedNode:
@@ -70,7 +55,7 @@ class AttackedNode:
             validator_address=PrivateKey(b"\x09" * 32).address,  # not a validator: no signing
             can_sign=False,
             last_signed=None,
-            wal=_open(tmp / "wal"),
+            wal=open_test_wal(tmp / "wal"),
             config=CONFIG,
             validators_at=lambda h: a.validators,
             commit_at=a.commits.get,

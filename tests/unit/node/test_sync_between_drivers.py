@@ -21,7 +21,6 @@ from consensus.genesis import Genesis, GenesisValidator
 from consensus.sigverify import SignatureVerifier
 from consensus.state import ChainState
 from consensus.types import Block, Commit, CommitSig, Vote, VoteType, vote_sign_bytes
-from node import wal as wal_module
 from node.chain import Chain
 from node.driver import Driver
 from node.effects import (
@@ -46,7 +45,10 @@ from node.messages import (
     encode_message,
 )
 from node.storage import open_store
-from node.wal import WAL
+from tests.unit.node.test_driver import (
+    _close_wals,  # noqa: F401  (autouse: closes the WALs open_test_wal opened)
+    open_test_wal,
+)
 
 CHAIN = "sync-between-drivers"
 KEYS = [PrivateKey(digest(b"sync-key-%d" % i)) for i in range(4)]
@@ -97,30 +99,13 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Certified]:
     store.close()
 
 
-# Every WAL a test opens is closed after it (each holds two descriptors).
-_opened: list[WAL] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_wals() -> Iterator[None]:
-    yield
-    while _opened:
-        _opened.pop().close()
-
-
-def _open(path: Path) -> WAL:
-    w = wal_module.open_wal(path)
-    _opened.append(w)
-    return w
-
-
 def _driver(tmp: Path, state: ChainState, me: bytes, *, can_sign: bool) -> Driver:
     driver = Driver(
         state=state,
         validator_address=me,
         can_sign=can_sign,
         last_signed=None,
-        wal=_open(tmp),
+        wal=open_test_wal(tmp),
         config=CONFIG,
         validators_at=lambda h: None,
         now=0.0,
