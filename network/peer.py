@@ -386,6 +386,7 @@ class Peer:
         "direction",
         "hello",
         "host",
+        "ip",
         "last_pex_answer_time",
         "messages_received",
         "messages_sent",
@@ -403,6 +404,7 @@ class Peer:
         port: int,
         config: NetworkConfig,
         counters: Counters,
+        ip: str = "",
         service: PeerHost,
         frames_budget: ByteBudget,
         send_budget: SendBudget,
@@ -414,6 +416,8 @@ class Peer:
         self.direction = direction
         self.host = host
         self.port = port
+        # The address the connection runs to (for a dialled peer, what its host resolved to).
+        self.ip = ip or host
         self.config = config
         self.dial_address = dial_address
         self._counters = counters

@@ -63,7 +63,8 @@ several nodes, every loopback test). So an inbound handshake ends as one of:
   chain ends here: it finds the mismatch at message 2 and hangs up.
 
 `handshake_failures_ip_ban` failed handshakes from one IP within
-`ban_duration_s` ban the IP for `ban_duration_s`. A ban is a rate, not a
+`ban_duration_s` ban the IP for `ban_duration_s`. For IPv6 every per-IP rule
+covers the address's /64, which one host gets whole. A ban is a rate, not a
 wall: a banned IP may still start `banned_ip_handshakes_per_s_max`
 handshakes per second (others are closed before a byte is read), so honest
 nodes behind it still get in, while its garbage costs the node almost
@@ -91,7 +92,11 @@ interval with up to `pex_addresses_max` addresses of its connected peers
 (outbound: the address it dialled; inbound: the observed IP and the listen
 port from HELLO). Addresses go into a bounded address book, and the node
 dials from it while it has fewer than `outbound_peers_max` outbound peers.
-An unsolicited answer is a protocol violation.
+An unsolicited answer is a protocol violation. An IP address that is no
+peer's (unspecified, multicast, link-local, reserved) is not learnt, nor a
+loopback one from a peer not on loopback, nor another non-global one from a
+peer on a global address; names are looked up on threads of their own,
+apart from the persistent peers' names.
 
 It is longer than the house's 600 lines on purpose: the network's one
 object (dialling, accepting, handshakes, admission, bans, gossip, PEX)
@@ -155,8 +160,11 @@ DIAL_ADDRESSES_MAX = 4
 # whose dial gave up (a resolver that hangs) keeps its thread until the system
 # resolver returns, and must not hold one of trio's shared worker threads, which
 # the node's WAL syncs, block writes and validation use. A dial that finds them
-# all busy waits for one within its timeout.
+# all busy waits for one within its timeout. The persistent peers' names (the
+# operator's) have threads of their own, so that names a peer sent through PEX,
+# whose lookups may hang on purpose, never keep a persistent peer from being redialled.
 RESOLVER_THREADS = 8
+PERSISTENT_RESOLVER_THREADS = 4
 
 
 _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
@@ -198,6 +206,42 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _ip_scope(ip: str) -> str:
+    """The key of the per-IP rules (bans, handshake rates): the address, or for IPv6 its /64.
+
+    One IPv6 host gets a /64, 2^64 addresses to send from: keyed on the full
+    address, a ban or a rate would be a new key per connection.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip  # already a scope
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return ip
+
+
+def _learnable_ip(host: str, sender_ip: str) -> bool:
+    """Whether a PEX address whose host is the IP `host` may be learnt from a peer at `sender_ip`.
+
+    Never an address that is no peer's: unspecified (a connect to it reaches this
+    very host), multicast, link-local (it needs an interface), reserved. A
+    loopback address only from a peer on loopback, any other non-global one (a
+    private network) only from a peer on a non-global address: a peer out on the
+    internet cannot point the node at the node's own host or its LAN.
+    """
+    address = ipaddress.ip_address(_normal_ip(host))
+    try:
+        sender = ipaddress.ip_address(_normal_ip(sender_ip))
+    except ValueError:
+        return address.is_global
+    if address.is_loopback:
+        return sender.is_loopback
+    if address.is_unspecified or address.is_multicast or address.is_link_local:
+        return False
+    return not address.is_reserved and (address.is_global or not sender.is_global)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +400,7 @@ class Network:
         # Hosts of persistent peers: never banned or limited per IP.
         self._protected_ips = {_normal_ip(p.host) for p in self._persistent if _is_ip(p.host)}
         self._resolver = trio.CapacityLimiter(RESOLVER_THREADS)
+        self._persistent_resolver = trio.CapacityLimiter(PERSISTENT_RESOLVER_THREADS)
         self._scores: dict[str, int] = {}
         self._refusals_reported: dict[str, float] = {}
         self._refusal_bucket = TokenBucket(REFUSAL_REPORTS_PER_S_MAX, 0.0, REFUSAL_REPORTS_BURST)
@@ -609,7 +654,7 @@ class Network:
                 if not peer.pex_requested:
                     raise ProtocolViolation("unsolicited pex addresses")
                 peer.pex_requested = False
-                self._learn(message.addresses)
+                self._learn(message.addresses, peer.ip)
 
     def on_misbehaviour(self, peer: Peer, reason: Misbehaviour, detail: str) -> None:
         self._score(peer.node_id, reason)
@@ -664,11 +709,12 @@ class Network:
         self._on_refused(node_id, reason)
 
     def _ip_banned(self, ip: str) -> bool:
-        expiry = self._ip_bans.get(ip)
+        scope = _ip_scope(ip)
+        expiry = self._ip_bans.get(scope)
         if expiry is None:
             return False
         if expiry <= trio.current_time():
-            del self._ip_bans[ip]
+            del self._ip_bans[scope]
             return False
         return True
 
@@ -677,21 +723,22 @@ class Network:
         if ip in self._protected_ips:
             return ""
         config = self.config
-        banned = self._ip_banned(ip)
+        scope = _ip_scope(ip)
+        banned = self._ip_banned(scope)
         rate = (
             config.banned_ip_handshakes_per_s_max if banned else config.handshakes_per_ip_per_s_max
         )
         now = trio.current_time()
-        bucket = self._ip_buckets.pop(ip, None)
+        bucket = self._ip_buckets.pop(scope, None)
         if bucket is None or bucket.rate != rate:
             bucket = TokenBucket(rate, now, max(1.0, rate))
         # Re-inserted last: the table is evicted oldest first at its bound.
-        self._ip_buckets[ip] = bucket
+        self._ip_buckets[scope] = bucket
         if len(self._ip_buckets) > config.bans_entries_max:
             del self._ip_buckets[next(iter(self._ip_buckets))]
         if not bucket.try_take(now):
             return "ip_banned" if banned else "ip_rate"
-        if self._ip_pending[ip] >= config.handshakes_pending_per_ip_max:
+        if self._ip_pending[scope] >= config.handshakes_pending_per_ip_max:
             return "ip_handshakes_busy"
         return ""
 
@@ -700,19 +747,20 @@ class Network:
         threshold = self.config.handshake_failures_ip_ban
         if threshold <= 0 or ip in self._protected_ips:
             return
+        scope = _ip_scope(ip)
         now = trio.current_time()
-        count, since = self._ip_failures.pop(ip, (0, now))
+        count, since = self._ip_failures.pop(scope, (0, now))
         if now - since > self.config.ban_duration_s:
             count, since = 0, now
         count += 1
         if count >= threshold:
-            self._ip_bans.pop(ip, None)
-            self._ip_bans[ip] = now + self.config.ban_duration_s
+            self._ip_bans.pop(scope, None)
+            self._ip_bans[scope] = now + self.config.ban_duration_s
             self._bans_issued += 1
             if len(self._ip_bans) > self.config.bans_entries_max:
                 del self._ip_bans[next(iter(self._ip_bans))]
             return
-        self._ip_failures[ip] = (count, since)
+        self._ip_failures[scope] = (count, since)
         if len(self._ip_failures) > self.config.bans_entries_max:
             del self._ip_failures[next(iter(self._ip_failures))]
 
@@ -722,7 +770,7 @@ class Network:
             if _is_ip(address.host):
                 continue
             with trio.move_on_after(self.config.dial_timeout_s):
-                infos = await self._lookup(address.host, address.port)
+                infos = await self._lookup(address.host, address.port, persistent=True)
                 for info in infos[:DIAL_ADDRESSES_MAX]:
                     self._protected_ips.add(_normal_ip(str(info[4][0])))
 
@@ -754,7 +802,7 @@ class Network:
                 return
             conn = await self._handshake(stream, ip, initiator=False)
             if conn is not None:
-                await self._run_peer(conn, "inbound", ip, port, None)
+                await self._run_peer(conn, "inbound", ip, port, None, ip)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -767,9 +815,10 @@ class Network:
         expected_node_id: str | None = None,
     ) -> SecureConnection | None:
         self._handshakes_pending += 1
+        scope = _ip_scope(ip)
         if not initiator:
             self._inbound_pending += 1
-            self._ip_pending[ip] += 1
+            self._ip_pending[scope] += 1
         try:
             return await handshake(
                 stream,
@@ -796,9 +845,9 @@ class Network:
             self._handshakes_pending -= 1
             if not initiator:
                 self._inbound_pending -= 1
-                self._ip_pending[ip] -= 1
-                if not self._ip_pending[ip]:
-                    del self._ip_pending[ip]
+                self._ip_pending[scope] -= 1
+                if not self._ip_pending[scope]:
+                    del self._ip_pending[scope]
 
     def _preferred(self, new: Peer, old: Peer) -> Peer:
         if new.direction == old.direction:
@@ -813,6 +862,7 @@ class Network:
         host: str,
         port: int,
         dial_address: PeerAddress | None,
+        ip: str,
     ) -> bool:
         """Register the peer and serve it until it closes; False if refused."""
         node_id = conn.remote_node_id
@@ -831,6 +881,7 @@ class Network:
             direction=direction,
             host=host,
             port=port,
+            ip=ip,
             config=self.config,
             counters=self._counters,
             service=self,
@@ -865,7 +916,7 @@ class Network:
         """Dial, handshake and serve until the connection ends; True if it was established."""
         self._dialling.add(address.node_id)
         try:
-            stream = await self._connect(address)
+            stream = await self._connect(address, persistent=persistent)
             if stream is None:
                 return False
             try:
@@ -874,22 +925,27 @@ class Network:
                 )
                 if conn is None:
                     return False
+                try:
+                    ip = _normal_ip(stream.socket.getpeername()[0])
+                except OSError:
+                    return False
                 if persistent:
                     # Where this persistent peer really is (the handshake proved
                     # its node id there): its inbound connections come from
                     # there and must never be banned. Not before: a name can
                     # resolve to anyone.
-                    try:
-                        self._protected_ips.add(_normal_ip(stream.socket.getpeername()[0]))
-                    except OSError:
-                        return False
-                return await self._run_peer(conn, "outbound", address.host, address.port, address)
+                    self._protected_ips.add(ip)
+                return await self._run_peer(
+                    conn, "outbound", address.host, address.port, address, ip
+                )
             finally:
                 await trio.aclose_forcefully(stream)
         finally:
             self._dialling.discard(address.node_id)
 
-    async def _connect(self, address: PeerAddress) -> trio.SocketStream | None:
+    async def _connect(
+        self, address: PeerAddress, *, persistent: bool = False
+    ) -> trio.SocketStream | None:
         """A TCP connection to `address`, or None.
 
         The name is resolved within dial_timeout_s; then each address it
@@ -901,7 +957,7 @@ class Network:
         """
         config = self.config
         with trio.move_on_after(config.dial_timeout_s):
-            infos = await self._lookup(address.host, address.port)
+            infos = await self._lookup(address.host, address.port, persistent=persistent)
             for family, kind, proto, _, sockaddr in infos[:DIAL_ADDRESSES_MAX]:
                 try:
                     sock = trio.socket.socket(family, kind, proto)
@@ -919,8 +975,9 @@ class Network:
                 sock.close()
         return None
 
-    async def _lookup(self, host: str, port: int) -> list[_AddrInfo]:
-        """What `host` resolves to ([] if it does not), on the resolver's own threads.
+    async def _lookup(self, host: str, port: int, *, persistent: bool) -> list[_AddrInfo]:
+        """What `host` resolves to ([] if it does not), on the resolver's own threads
+        (a persistent peer's name on the persistent peers' threads).
 
         An IP address is not looked up. UnicodeError is a name the IDNA codec
         refuses (a label over 63 characters, an empty one), which a PEX answer
@@ -930,7 +987,11 @@ class Network:
             if _is_ip(host):
                 return _getaddrinfo(host, port)  # numeric: no resolver, no wait
             return await trio.to_thread.run_sync(
-                _getaddrinfo, host, port, limiter=self._resolver, abandon_on_cancel=True
+                _getaddrinfo,
+                host,
+                port,
+                limiter=self._persistent_resolver if persistent else self._resolver,
+                abandon_on_cancel=True,
             )
         except (OSError, UnicodeError):
             return []
@@ -985,7 +1046,8 @@ class Network:
                 break
         peer.enqueue(PEX, False, wire.encode_pex_addresses(addresses))
 
-    def _learn(self, addresses: tuple[tuple[str, str, int], ...]) -> None:
+    def _learn(self, addresses: tuple[tuple[str, str, int], ...], sender_ip: str) -> None:
+        """Add what a peer at `sender_ip` answered to PEX to the address book."""
         learnt = False
         for node_id, host, port in addresses:
             if (
@@ -994,6 +1056,7 @@ class Network:
                 or port == 0
                 or not self._admitted(node_id)
                 or not _dialable_host(host)
+                or (_is_ip(host) and not _learnable_ip(host, sender_ip))
             ):
                 continue
             if len(self._book) >= self.config.address_book_entries_max:
