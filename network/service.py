@@ -70,9 +70,9 @@ handshakes per second (others are closed before a byte is read), so honest
 nodes behind it still get in, while its garbage costs the node almost
 nothing. Every IP is also limited to `handshakes_per_ip_per_s_max` new
 connections per second and `handshakes_pending_per_ip_max` handshakes at
-once. The hosts of persistent peers (their literal IPs, what their names
-resolve to at start, and the address each was reached at) are never banned
-or limited per IP. A failed outbound handshake (wrong node id at the
+once. The hosts of persistent peers (their literal IPs, and the address
+each was last reached at, where the handshake proved its node id) are never
+banned or limited per IP. A failed outbound handshake (wrong node id at the
 address, another chain) is counted but blames nobody: the node dialled.
 Established connections are never affected by an IP ban.
 
@@ -397,8 +397,12 @@ class Network:
         self._ip_failures: dict[str, tuple[int, float]] = {}
         self._ip_buckets: dict[str, TokenBucket] = {}
         self._ip_pending: collections.Counter[str] = collections.Counter()
-        # Hosts of persistent peers: never banned or limited per IP.
+        # Never banned or limited per IP: the persistent peers' literal IPs, and
+        # where each persistent peer was last reached (node id -> IP; the
+        # handshake proved its node id there, and a peer that moves takes its
+        # exemption along).
         self._protected_ips = {_normal_ip(p.host) for p in self._persistent if _is_ip(p.host)}
+        self._persistent_reached: dict[str, str] = {}
         self._resolver = trio.CapacityLimiter(RESOLVER_THREADS)
         self._persistent_resolver = trio.CapacityLimiter(PERSISTENT_RESOLVER_THREADS)
         self._scores: dict[str, int] = {}
@@ -428,7 +432,6 @@ class Network:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._serve, listeners)
-            nursery.start_soon(self._protect_persistent_hosts)
             for address in self._persistent:
                 nursery.start_soon(self._persistent_loop, address)
             nursery.start_soon(self._pex_loop)
@@ -720,7 +723,7 @@ class Network:
 
     def _admit_ip(self, ip: str) -> str:
         """ "" if a new inbound connection from `ip` may start a handshake, else why not."""
-        if ip in self._protected_ips:
+        if self._protected(ip):
             return ""
         config = self.config
         scope = _ip_scope(ip)
@@ -745,7 +748,7 @@ class Network:
     def _blame_ip(self, ip: str) -> None:
         """A failed inbound handshake from `ip`: count it, and ban the IP at the threshold."""
         threshold = self.config.handshake_failures_ip_ban
-        if threshold <= 0 or ip in self._protected_ips:
+        if threshold <= 0 or self._protected(ip):
             return
         scope = _ip_scope(ip)
         now = trio.current_time()
@@ -764,15 +767,8 @@ class Network:
         if len(self._ip_failures) > self.config.bans_entries_max:
             del self._ip_failures[next(iter(self._ip_failures))]
 
-    async def _protect_persistent_hosts(self) -> None:
-        """Add what the persistent peers' host names resolve to (best effort, once)."""
-        for address in self._persistent:
-            if _is_ip(address.host):
-                continue
-            with trio.move_on_after(self.config.dial_timeout_s):
-                infos = await self._lookup(address.host, address.port, persistent=True)
-                for info in infos[:DIAL_ADDRESSES_MAX]:
-                    self._protected_ips.add(_normal_ip(str(info[4][0])))
+    def _protected(self, ip: str) -> bool:
+        return ip in self._protected_ips or ip in self._persistent_reached.values()
 
     # -- connections ---------------------------------------------------------
 
@@ -934,7 +930,7 @@ class Network:
                     # its node id there): its inbound connections come from
                     # there and must never be banned. Not before: a name can
                     # resolve to anyone.
-                    self._protected_ips.add(ip)
+                    self._persistent_reached[address.node_id] = ip
                 return await self._run_peer(
                     conn, "outbound", address.host, address.port, address, ip
                 )

@@ -10,8 +10,15 @@ import pytest
 import trio
 
 from consensus.crypto import PrivateKey
-from network import PeerAddress, service, wire
-from network.testing import connect_raw, eventually, key_id, loopback_node
+from network import Network, PeerAddress, service, wire
+from network.testing import (
+    TEST_CHAIN_ID,
+    TEST_CONFIG,
+    connect_raw,
+    eventually,
+    key_id,
+    loopback_node,
+)
 
 UNENCODABLE_HOSTS = [
     "a" * 64 + ".example",  # a DNS label over 63 characters: UnicodeError (idna codec)
@@ -96,10 +103,49 @@ async def test_an_address_that_fails_the_handshake_is_not_protected_from_ip_limi
             nursery.cancel_scope.cancel()
     finally:
         impostor.close()
-    protected = {ip for ip in node._protected_ips if ip.startswith("127.0.0.")}
-    # The first answer is protected at start (best effort, by design); later ones
-    # only ever connected to an impostor.
-    assert len(protected) <= 1, sorted(protected)
+    protected = {ip for ip in range_127() if node._protected(ip)}
+    # Every answer only ever connected to an impostor.
+    assert protected == set()
+
+
+def range_127() -> list[str]:
+    return [f"127.0.0.{n}" for n in range(1, 256)]
+
+
+async def test_a_persistent_peer_that_moves_takes_its_exemption_along(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A persistent peer given by name is exempt from per-IP rules where the handshake proved
+    it, and only there: once it is reached at a new address, the old one is an address
+    like any other (it may be anyone's by now)."""
+    friend = Network(
+        identity=PrivateKey.generate(),
+        chain_id=TEST_CHAIN_ID,
+        listen=("0.0.0.0", 0),  # answers on every 127.x address
+        config=TEST_CONFIG,
+    )
+    where = "127.0.0.2"
+    monkeypatch.setattr(
+        service,
+        "_getaddrinfo",
+        lambda host, port: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (where, port))],
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(friend.run)
+        port = friend.listen_address[1]
+        node = loopback_node(
+            persistent=[PeerAddress(friend.node_id, "friend.example", port)],
+            persistent_dial_backoff_max_s=0.1,
+        )
+        await nursery.start(node.run)
+        await eventually(lambda: friend.node_id in node._peers)
+        assert {ip for ip in range_127() if node._protected(ip)} == {"127.0.0.2"}
+
+        where = "127.0.0.3"
+        node._peers[friend.node_id].close("moved (test)")
+        await eventually(lambda: node._persistent_reached.get(friend.node_id) == "127.0.0.3")
+        assert {ip for ip in range_127() if node._protected(ip)} == {"127.0.0.3"}
+        nursery.cancel_scope.cancel()
 
 
 async def test_lookups_that_hang_hold_only_the_resolvers_threads(
