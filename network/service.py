@@ -70,9 +70,10 @@ handshakes per second (others are closed before a byte is read), so honest
 nodes behind it still get in, while its garbage costs the node almost
 nothing. Every IP is also limited to `handshakes_per_ip_per_s_max` new
 connections per second and `handshakes_pending_per_ip_max` handshakes at
-once. The hosts of persistent peers (their literal IPs, and the address
-each was last reached at, where the handshake proved its node id) are never
-banned or limited per IP. A failed outbound handshake (wrong node id at the
+once. The exact addresses of persistent peers (their literal IPs, and for
+one given by name the address where a handshake last proved it: dialled, or
+connecting in from an address its name resolves to) are never banned or
+limited per IP. A failed outbound handshake (wrong node id at the
 address, another chain) is counted but blames nobody: the node dialled.
 Established connections are never affected by an IP ban.
 
@@ -95,8 +96,11 @@ dials from it while it has fewer than `outbound_peers_max` outbound peers.
 An unsolicited answer is a protocol violation. An IP address that is no
 peer's (unspecified, multicast, link-local, reserved) is not learnt, nor a
 loopback one from a peer not on loopback, nor another non-global one from a
-peer on a global address; names are looked up on threads of their own,
-apart from the persistent peers' names.
+peer on a global address, nor an IPv4 address spelt as a name; a learnt
+name is dialled only at the resolved addresses that would have been learnt
+from the same peer. Addresses for a persistent peer's node id are not
+learnt. Names are looked up on threads of their own, apart from the
+persistent peers' names.
 
 It is longer than the house's 600 lines on purpose: the network's one
 object (dialling, accepting, handshakes, admission, bans, gossip, PEX)
@@ -171,10 +175,23 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 
 def _dialable_host(host: str) -> bool:
-    """An IP address or an ASCII host name of 1-63 character labels (what a dial can resolve)."""
-    return _is_ip(host) or (
-        len(host) <= 253 and all(_HOST_LABEL.match(label) for label in host.split("."))
-    )
+    """An IP address or an ASCII host name of 1-63 character labels (what a dial can resolve).
+
+    Not a name that the system resolver reads as an IPv4 address without a
+    lookup ("0", "127.1", "2130706433", "0x7f000001": inet_aton's old forms),
+    which would evade the rules for IP addresses, nor one whose last label is
+    all digits (no top-level domain is).
+    """
+    if _is_ip(host):
+        return True
+    labels = host.split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        return False
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return not labels[-1].isdigit()
+    return False
 
 
 _AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]
@@ -340,6 +357,7 @@ class NetworkStatistics:
 @dataclass(slots=True)
 class _BookEntry:
     address: PeerAddress
+    learnt_from: str  # the IP of the peer that told it: what its name resolves to must suit
     failures: int = 0
     next_dial_time: float = -math.inf
 
@@ -368,6 +386,7 @@ class Network:
         self._listen_port = listen[1]
         self._advertise_port = advertise_port
         self._persistent = [p for p in persistent_peers if p.node_id != self.node_id]
+        self._persistent_by_id = {p.node_id: p for p in self._persistent}
         self._admit = admit
         self._on_refused = on_refused
         self._rng = rng or random.Random(os.urandom(16))
@@ -403,6 +422,7 @@ class Network:
         # exemption along).
         self._protected_ips = {_normal_ip(p.host) for p in self._persistent if _is_ip(p.host)}
         self._persistent_reached: dict[str, str] = {}
+        self._persistent_confirming: set[str] = set()
         self._resolver = trio.CapacityLimiter(RESOLVER_THREADS)
         self._persistent_resolver = trio.CapacityLimiter(PERSISTENT_RESOLVER_THREADS)
         self._scores: dict[str, int] = {}
@@ -770,6 +790,31 @@ class Network:
     def _protected(self, ip: str) -> bool:
         return ip in self._protected_ips or ip in self._persistent_reached.values()
 
+    def _confirm_persistent_inbound(self, node_id: str, ip: str) -> None:
+        """A handshake proved that a persistent peer given by name connects in from `ip`:
+        where the node reaches it if its name resolves there (a peer that only dials
+        in, behind NAT, is never reached by a dial). One lookup at a time per peer."""
+        address = self._persistent_by_id.get(node_id)
+        if (
+            address is None
+            or _is_ip(address.host)
+            or self._persistent_reached.get(node_id) == ip
+            or node_id in self._persistent_confirming
+            or self._nursery is None
+        ):
+            return
+        self._persistent_confirming.add(node_id)
+        self._nursery.start_soon(self._confirm_reached, address, ip)
+
+    async def _confirm_reached(self, address: PeerAddress, ip: str) -> None:
+        try:
+            with trio.move_on_after(self.config.dial_timeout_s):
+                infos = await self._lookup(address.host, address.port, persistent=True)
+                if ip in {_normal_ip(str(info[4][0])) for info in infos}:
+                    self._persistent_reached[address.node_id] = ip
+        finally:
+            self._persistent_confirming.discard(address.node_id)
+
     # -- connections ---------------------------------------------------------
 
     async def _serve(self, listeners: list[trio.SocketListener]) -> None:
@@ -798,6 +843,7 @@ class Network:
                 return
             conn = await self._handshake(stream, ip, initiator=False)
             if conn is not None:
+                self._confirm_persistent_inbound(conn.remote_node_id, ip)
                 await self._run_peer(conn, "inbound", ip, port, None, ip)
         finally:
             await trio.aclose_forcefully(stream)
@@ -908,11 +954,13 @@ class Network:
         event, self._peers_changed = self._peers_changed, trio.Event()
         event.set()
 
-    async def _dial(self, address: PeerAddress, *, persistent: bool = False) -> bool:
+    async def _dial(
+        self, address: PeerAddress, *, persistent: bool = False, learnt_from: str | None = None
+    ) -> bool:
         """Dial, handshake and serve until the connection ends; True if it was established."""
         self._dialling.add(address.node_id)
         try:
-            stream = await self._connect(address, persistent=persistent)
+            stream = await self._connect(address, persistent=persistent, learnt_from=learnt_from)
             if stream is None:
                 return False
             try:
@@ -940,7 +988,7 @@ class Network:
             self._dialling.discard(address.node_id)
 
     async def _connect(
-        self, address: PeerAddress, *, persistent: bool = False
+        self, address: PeerAddress, *, persistent: bool = False, learnt_from: str | None = None
     ) -> trio.SocketStream | None:
         """A TCP connection to `address`, or None.
 
@@ -950,10 +998,16 @@ class Network:
         dial_timeout_s. A SYN into a dead link is thus abandoned after
         connect_timeout_s, and the next dial, once the link is back, gets in
         with the first SYN instead of the kernel's next backed-off retry.
+
+        For an address learnt through PEX from a peer at `learnt_from`, what
+        the name resolves to must be an address that could be learnt from that
+        peer (_learnable_ip): a name is no way around the rules for IPs.
         """
         config = self.config
         with trio.move_on_after(config.dial_timeout_s):
             infos = await self._lookup(address.host, address.port, persistent=persistent)
+            if learnt_from is not None:
+                infos = [i for i in infos if _learnable_ip(str(i[4][0]), learnt_from)]
             for family, kind, proto, _, sockaddr in infos[:DIAL_ADDRESSES_MAX]:
                 try:
                     sock = trio.socket.socket(family, kind, proto)
@@ -1043,11 +1097,17 @@ class Network:
         peer.enqueue(PEX, False, wire.encode_pex_addresses(addresses))
 
     def _learn(self, addresses: tuple[tuple[str, str, int], ...], sender_ip: str) -> None:
-        """Add what a peer at `sender_ip` answered to PEX to the address book."""
+        """Add what a peer at `sender_ip` answered to PEX to the address book.
+
+        Not a persistent peer's node id: the operator's address for it is the
+        one dialled, and a book dial would hold it in _dialling, delaying the
+        persistent redial.
+        """
         learnt = False
         for node_id, host, port in addresses:
             if (
                 node_id == self.node_id
+                or node_id in self._persistent_by_id
                 or node_id in self._book
                 or port == 0
                 or not self._admitted(node_id)
@@ -1061,13 +1121,13 @@ class Network:
                 address = PeerAddress(node_id, host, port)
             except ValueError as exc:
                 raise FrameError(str(exc)) from exc
-            self._book[node_id] = _BookEntry(address)
+            self._book[node_id] = _BookEntry(address, sender_ip)
             learnt = True
         if learnt:
             self._pex_wakeup.set()
 
     def _outbound_count(self) -> int:
-        persistent = {a.node_id for a in self._persistent}
+        persistent = self._persistent_by_id.keys()
         return sum(
             1
             for p in self._peers.values()
@@ -1099,7 +1159,7 @@ class Network:
                 return
 
     async def _book_dial(self, entry: _BookEntry) -> None:
-        if await self._dial(entry.address):
+        if await self._dial(entry.address, learnt_from=entry.learnt_from):
             entry.failures = 0
         else:
             entry.failures += 1

@@ -323,7 +323,13 @@ class P2PConfig:
         ),
     )
     pex: bool = field(
-        default=True, metadata=_meta(_boolean(), "Exchange peer addresses with peers.")
+        default=True,
+        metadata=_meta(
+            _boolean(),
+            "Exchange peer addresses with peers. Loopback and private addresses are learnt "
+            "only from peers on such addresses (never from one on a public address): list "
+            "nodes of your LAN that only a public peer knows as `persistent_peers`.",
+        ),
     )
     # Limits against hostile peers (network.NetworkConfig has the reasons for
     # each default; docs/PROTOCOL.md section 8.9 lists all of them).

@@ -1,6 +1,6 @@
-"""Review 4 of the per-IP scope, PEX learning rules and persistent-peer protection.
+"""The per-IP scope, PEX learning rules and persistent-peer protection (review 4).
 
-Each test fails on the commits under review (2a9bd4f and its parent)."""
+Each test failed on 2a9bd4f and its parent."""
 
 from __future__ import annotations
 
@@ -168,6 +168,6 @@ async def test_a_persistent_peer_by_name_that_only_dials_in_is_protected() -> No
         await eventually(lambda: friend.node_id in node._peers)
         assert node._peers[friend.node_id].direction == "inbound"
         assert node._peers[friend.node_id].ip == "127.0.0.1"
-        assert node._protected("127.0.0.1")
+        await eventually(lambda: node._protected("127.0.0.1"))  # once its name is looked up
         nursery.cancel_scope.cancel()
         closed.close()
