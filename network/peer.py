@@ -404,7 +404,7 @@ class Peer:
         port: int,
         config: NetworkConfig,
         counters: Counters,
-        ip: str = "",
+        ip: str,
         service: PeerHost,
         frames_budget: ByteBudget,
         send_budget: SendBudget,
@@ -417,7 +417,7 @@ class Peer:
         self.host = host
         self.port = port
         # The address the connection runs to (for a dialled peer, what its host resolved to).
-        self.ip = ip or host
+        self.ip = ip
         self.config = config
         self.dial_address = dial_address
         self._counters = counters

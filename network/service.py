@@ -64,7 +64,7 @@ several nodes, every loopback test). So an inbound handshake ends as one of:
 
 `handshake_failures_ip_ban` failed handshakes from one IP within
 `ban_duration_s` ban the IP for `ban_duration_s`. For IPv6 every per-IP rule
-covers the address's /64, which one host gets whole. A ban is a rate, not a
+covers the address's /64 (a host can send from any address of its /64). A ban is a rate, not a
 wall: a banned IP may still start `banned_ip_handshakes_per_s_max`
 handshakes per second (others are closed before a byte is read), so honest
 nodes behind it still get in, while its garbage costs the node almost
@@ -228,8 +228,9 @@ def _is_ip(host: str) -> bool:
 def _ip_scope(ip: str) -> str:
     """The key of the per-IP rules (bans, handshake rates): the address, or for IPv6 its /64.
 
-    One IPv6 host gets a /64, 2^64 addresses to send from: keyed on the full
-    address, a ban or a rate would be a new key per connection.
+    A host on an IPv6 link can send from any of its /64's 2^64 addresses: keyed
+    on the full address, a ban or a rate would be a new key per connection.
+    Hosts sharing a /64 share its limits, as hosts behind one NAT do an IPv4 one.
     """
     try:
         address = ipaddress.ip_address(ip)
