@@ -251,10 +251,7 @@ def _learnable_ip(host: str, sender_ip: str) -> bool:
     internet cannot point the node at the node's own host or its LAN.
     """
     address = ipaddress.ip_address(_normal_ip(host))
-    try:
-        sender = ipaddress.ip_address(_normal_ip(sender_ip))
-    except ValueError:
-        return address.is_global
+    sender = ipaddress.ip_address(_normal_ip(sender_ip))
     if address.is_loopback:
         return sender.is_loopback
     if address.is_unspecified or address.is_multicast or address.is_link_local:
@@ -858,7 +855,7 @@ class Network:
         expected_node_id: str | None = None,
     ) -> SecureConnection | None:
         self._handshakes_pending += 1
-        scope = _ip_scope(ip)
+        scope = "" if initiator else _ip_scope(ip)
         if not initiator:
             self._inbound_pending += 1
             self._ip_pending[scope] += 1
